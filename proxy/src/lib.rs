@@ -1,0 +1,9 @@
+//! egress-proxy: the L7 allow-list proxy and DNS filter that decides every outbound
+//! connection of a runner.
+//!
+//! The crate is usable on its own (`egress-proxy --policy FILE`) and as a library that the
+//! runner-agent drives. It holds no privilege: `unsafe` is forbidden here.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod yaml;

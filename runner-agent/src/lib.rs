@@ -1,0 +1,7 @@
+//! runner-agent: starts an isolated, egress-firewalled runner for each CI job and destroys
+//! it afterwards.
+//!
+//! The binary (`main.rs`) only parses arguments; everything else lives here so that it can
+//! be tested on its own.
+
+pub mod config;
