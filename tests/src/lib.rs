@@ -4,4 +4,7 @@
 //! Each module belongs to one area of the product; tests in `tests/tests/` pick what they
 //! need. Nothing here ever sends a packet off the machine (DESIGN.md section 8).
 
+pub mod agent;
+pub mod fence;
+pub mod netbed;
 pub mod privilege;

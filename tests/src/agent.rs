@@ -1,0 +1,1 @@
+//! Running the `runner-agent` binary in a throwaway world of its own.

@@ -1,0 +1,1 @@
+//! Helpers for the eBPF enforcement tests: cgroups and processes to attach to.
