@@ -4,4 +4,10 @@
 //! The binary (`main.rs`) only parses arguments; everything else lives here so that it can
 //! be tested on its own.
 
+pub mod cgroup;
 pub mod config;
+pub mod network;
+pub mod run;
+pub mod sandbox;
+pub mod state;
+pub mod sys;

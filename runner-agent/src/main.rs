@@ -1,5 +1,114 @@
-//! `runner-agent` binary: argument parsing only.
+//! `runner-agent` binary: argument parsing only; the work is in the library.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("runner-agent: not built yet")
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use runner_agent::config::Claims;
+use runner_agent::run::{self, RunRequest, EXIT_BAD_INPUT};
+use runner_agent::sandbox::init;
+
+/// Egress-firewalled ephemeral runners: each job runs in a fresh, isolated sandbox that
+/// is destroyed afterwards.
+#[derive(Debug, Parser)]
+#[command(name = "runner-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one job in a fresh sandbox and destroy it afterwards.
+    Run {
+        /// The job file.
+        job: PathBuf,
+        /// Host configuration (default: built-in, one `default` environment).
+        #[arg(long, value_name = "HOST.yaml")]
+        config: Option<PathBuf>,
+        /// Write audit events here, one JSON object per line.
+        #[arg(long, value_name = "FILE.jsonl")]
+        audit_log: Option<PathBuf>,
+        /// The repository the job comes from (owner/name).
+        #[arg(long, value_name = "R")]
+        repository: Option<String>,
+        /// The git ref the job runs for (refs/heads/main, refs/tags/v1).
+        #[arg(long = "ref", value_name = "REF")]
+        git_ref: Option<String>,
+        /// The event that triggered the job (push, pull_request, ...).
+        #[arg(long, value_name = "E")]
+        event: Option<String>,
+        /// The workflow file (.github/workflows/ci.yaml).
+        #[arg(long, value_name = "PATH")]
+        workflow: Option<String>,
+    },
+    /// Validate the host config (and a job file) and print the effective policy.
+    Check {
+        /// Host configuration (default: built-in).
+        #[arg(long, value_name = "HOST.yaml")]
+        config: Option<PathBuf>,
+        /// A job file to validate against it.
+        job: Option<PathBuf>,
+    },
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn main() -> ExitCode {
+    // The sandbox init must start single-threaded, before anything else runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == init::INIT_ARG)
+    {
+        init::main();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let usage_error = err.use_stderr();
+            let _ = err.print();
+            return exit(if usage_error { EXIT_BAD_INPUT } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNNER_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run {
+            job,
+            config,
+            audit_log,
+            repository,
+            git_ref,
+            event,
+            workflow,
+        } => {
+            let request = RunRequest {
+                job,
+                config,
+                audit_log,
+                claims: Claims {
+                    repository,
+                    git_ref,
+                    workflow,
+                    event,
+                },
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("error: cannot start the runtime: {err}");
+                    return exit(run::EXIT_SETUP);
+                }
+            };
+            exit(runtime.block_on(run::run(request)))
+        }
+        Command::Check { config, job } => exit(run::check(config.as_deref(), job.as_deref())),
+    }
 }

@@ -1,0 +1,288 @@
+//! A runner's network: one veth pair between the agent's network namespace ("the host")
+//! and the runner's, configured over rtnetlink.
+//!
+//! ```text
+//!  host namespace                          runner namespace
+//!  ra<slot>  10.249.x.1/30  ◀── veth ──▶  eth0  10.249.x.2/30   (+ lo)
+//! ```
+//!
+//! The runner gets no default route and no other route: the only address it can reach is
+//! the host side of its veth, where the proxy and the DNS filter listen. Its namespace is
+//! owned by the host's user namespace, so root inside cannot add a route, an address or a
+//! raw socket. IPv6 is disabled on both ends (no link-local address, so nothing is
+//! reachable over IPv6 at all), and forwarding is disabled on the host side so that even a
+//! host that routes (docker hosts do) never forwards a runner's packet.
+//!
+//! The peer is created directly inside the runner's namespace (IFLA_NET_NS_PID in the
+//! peer's attributes), so it never exists on the host under a name that could clash.
+//! Configuring the inside needs a netlink socket opened in that namespace: a short-lived
+//! thread enters it with setns(2) (network namespaces are per thread), opens the socket,
+//! and does the work on a runtime of its own.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+/// The interface name of the runner's side.
+pub const RUNNER_IF: &str = "eth0";
+
+/// A failing network operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The netlink socket could not be opened.
+    #[error("open netlink socket: {0}")]
+    Socket(std::io::Error),
+    /// A netlink request failed.
+    #[error("{op}: {source}")]
+    Netlink {
+        /// What was being done.
+        op: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// A sysctl could not be written.
+    #[error("write {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The runner's namespace could not be entered.
+    #[error("enter the runner's network namespace: {0}")]
+    Enter(std::io::Error),
+    /// The pool has no subnet for this slot.
+    #[error("runner pool {pool} has no /30 number {slot}")]
+    PoolExhausted {
+        /// The configured pool.
+        pool: Ipv4Net,
+        /// The slot asked for.
+        slot: u32,
+    },
+}
+
+/// The addresses of one runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunnerAddresses {
+    /// The runner's /30.
+    pub subnet: Ipv4Net,
+    /// Host side: where the proxy and DNS filter listen for this runner.
+    pub host: Ipv4Addr,
+    /// Runner side.
+    pub runner: Ipv4Addr,
+}
+
+impl RunnerAddresses {
+    /// The addresses of runner slot `slot` in `pool`: its `slot`-th /30, host side first.
+    pub fn for_slot(pool: Ipv4Net, slot: u32) -> Result<RunnerAddresses, NetworkError> {
+        let subnet = pool
+            .subnets(30)
+            .ok()
+            .and_then(|mut subnets| subnets.nth(slot as usize))
+            .ok_or(NetworkError::PoolExhausted { pool, slot })?;
+        let base = u32::from(subnet.network());
+        Ok(RunnerAddresses {
+            subnet,
+            host: Ipv4Addr::from(base + 1),
+            runner: Ipv4Addr::from(base + 2),
+        })
+    }
+}
+
+fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    let op = op.into();
+    move |source| NetworkError::Netlink { op, source }
+}
+
+fn connect() -> Result<Handle, NetworkError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(NetworkError::Socket)?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetworkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(source) => Err(NetworkError::Netlink {
+            op: format!("look up link {name}"),
+            source,
+        }),
+    }
+}
+
+fn write_sysctl(path: &Path, value: &str) -> Result<(), NetworkError> {
+    match std::fs::write(path, value) {
+        Ok(()) => Ok(()),
+        // No IPv6 in this kernel: nothing to disable.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path.starts_with("/proc/sys/net/ipv6") =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(NetworkError::Sysctl {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Turns off IPv6 on `interface` of the calling thread's namespace, and IPv4 forwarding
+/// when asked.
+fn harden_interface(interface: &str, no_forwarding: bool) -> Result<(), NetworkError> {
+    write_sysctl(
+        &Path::new("/proc/sys/net/ipv6/conf")
+            .join(interface)
+            .join("disable_ipv6"),
+        "1",
+    )?;
+    if no_forwarding {
+        write_sysctl(
+            &Path::new("/proc/sys/net/ipv4/conf")
+                .join(interface)
+                .join("forwarding"),
+            "0",
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates and configures the veth pair of a runner whose network namespace is that of
+/// process `netns_pid`. `host_if` is the host side's name (at most 15 bytes).
+pub async fn setup(
+    host_if: &str,
+    addrs: RunnerAddresses,
+    netns_pid: u32,
+) -> Result<(), NetworkError> {
+    let handle = connect()?;
+    let peer: LinkMessage = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(RUNNER_IF.to_owned())
+        .setns_by_pid(netns_pid)
+        .build();
+    let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(host_if.to_owned())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    handle
+        .link()
+        .add(veth)
+        .execute()
+        .await
+        .map_err(netlink(format!("create veth {host_if}")))?;
+    let index = link_index(&handle, host_if)
+        .await?
+        .ok_or_else(|| NetworkError::Netlink {
+            op: format!("find {host_if} after creating it"),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
+    harden_interface(host_if, true)?;
+    handle
+        .address()
+        .add(index, IpAddr::V4(addrs.host), addrs.subnet.prefix_len())
+        .execute()
+        .await
+        .map_err(netlink(format!("address {host_if}")))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("bring up {host_if}")))?;
+    configure_inside(netns_pid, addrs).await
+}
+
+/// Brings up lo and eth0 inside the runner's namespace.
+async fn configure_inside(netns_pid: u32, addrs: RunnerAddresses) -> Result<(), NetworkError> {
+    let netns =
+        std::fs::File::open(format!("/proc/{netns_pid}/ns/net")).map_err(NetworkError::Enter)?;
+    let work = move || -> Result<(), NetworkError> {
+        nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetworkError::Enter(e.into()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NetworkError::Socket)?;
+        runtime.block_on(async {
+            let handle = connect()?;
+            for name in ["lo", RUNNER_IF] {
+                let index =
+                    link_index(&handle, name)
+                        .await?
+                        .ok_or_else(|| NetworkError::Netlink {
+                            op: format!("find {name} in the runner's namespace"),
+                            source: rtnetlink::Error::RequestFailed,
+                        })?;
+                if name == RUNNER_IF {
+                    harden_interface(name, false)?;
+                    handle
+                        .address()
+                        .add(index, IpAddr::V4(addrs.runner), addrs.subnet.prefix_len())
+                        .execute()
+                        .await
+                        .map_err(netlink("address eth0"))?;
+                }
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+                    .map_err(netlink(format!("bring up {name}")))?;
+            }
+            Ok(())
+        })
+    };
+    // A dedicated OS thread: setns changes the namespace of the calling thread only, and
+    // this thread ends right after, so no other task ever runs in the runner's namespace.
+    tokio::task::spawn_blocking(move || std::thread::spawn(work).join())
+        .await
+        .map_err(|e| NetworkError::Enter(std::io::Error::other(e)))?
+        .map_err(|_| NetworkError::Enter(std::io::Error::other("configuration thread panicked")))?
+}
+
+/// Deletes the host side of a runner's veth (which deletes the pair). A link that is
+/// already gone is not an error.
+pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
+    let handle = connect()?;
+    let Some(index) = link_index(&handle, host_if).await? else {
+        return Ok(());
+    };
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+        Err(source) => Err(NetworkError::Netlink {
+            op: format!("delete {host_if}"),
+            source,
+        }),
+    }
+}
+
+/// Whether a link called `host_if` exists in the agent's namespace.
+pub async fn exists(host_if: &str) -> Result<bool, NetworkError> {
+    let handle = connect()?;
+    Ok(link_index(&handle, host_if).await?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_take_consecutive_slash_30s() {
+        let pool: Ipv4Net = "10.249.0.0/16".parse().unwrap();
+        let a = RunnerAddresses::for_slot(pool, 0).unwrap();
+        assert_eq!(a.host, Ipv4Addr::new(10, 249, 0, 1));
+        assert_eq!(a.runner, Ipv4Addr::new(10, 249, 0, 2));
+        let b = RunnerAddresses::for_slot(pool, 3).unwrap();
+        assert_eq!(b.subnet, "10.249.0.12/30".parse().unwrap());
+        assert!(RunnerAddresses::for_slot("10.0.0.0/29".parse().unwrap(), 2).is_err());
+    }
+}

@@ -1,0 +1,397 @@
+//! The sandbox init: the process that builds a runner's sandbox from the inside and then
+//! runs the job's steps in it, one at a time, at the agent's request.
+//!
+//! The agent starts it as `runner-agent __sandbox-init` (a fresh, single-threaded process,
+//! which `unshare` and `setns` into a user namespace require) with stdin = the control
+//! socket and stdout = stderr = the step output pipe. It runs in two processes:
+//!
+//! 1. the *outer* init, in the host's pid namespace: joins the runner's cgroups (so the
+//!    cgroup namespace is rooted there), unshares the mount, UTS, IPC, network, cgroup and
+//!    pid namespaces, waits while the agent moves the veth in, forks, and then only waits
+//!    for its child so that the agent can follow one process;
+//! 2. the *inner* init, pid 1 of the new pid namespace: builds the root filesystem, then
+//!    drops into the runner's user namespace, closes every other fd, sets no_new_privs,
+//!    installs the seccomp filter, and serves `RunStep` requests.
+//!
+//! Ordering is the security argument: every namespace is created while init is still
+//! root in the *host's* user namespace, so they all belong to it; the user namespace the
+//! job runs in is joined last and owns nothing. Root inside therefore has no capability
+//! over its mounts, network, hostname or IPC: it cannot unmount a mask, change an address
+//! or route, or remount anything. Its uid 0 is an unprivileged host uid, so files it
+//! writes on the host (it can reach none) and signals it sends carry no privilege.
+//!
+//! When the control socket closes (the agent finished or died), pid 1 exits and the kernel
+//! kills every process of the pid namespace: a runner never outlives its agent unfenced.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use std::os::unix::process::CommandExt;
+
+use super::protocol::{FromInit, SandboxSpec, StepEnd, StepRequest, ToInit};
+use super::{rootfs, seccomp};
+use crate::sys::{self, Forked};
+
+/// The hidden first argument that makes `runner-agent` act as the sandbox init.
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// The shell every step runs under (DESIGN.md 3.2: `bash -e`).
+const SHELL: &str = "/bin/bash";
+
+/// A failure inside init, reported to the agent as `Failed { stage, message }`.
+struct InitFailure {
+    stage: &'static str,
+    message: String,
+}
+
+trait Stage<T> {
+    fn stage(self, stage: &'static str) -> Result<T, InitFailure>;
+}
+
+impl<T, E: std::fmt::Display> Stage<T> for Result<T, E> {
+    fn stage(self, stage: &'static str) -> Result<T, InitFailure> {
+        self.map_err(|e| InitFailure {
+            stage,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The control socket, as a line reader and a writer on the same descriptor.
+struct Control {
+    reader: BufReader<File>,
+    writer: File,
+}
+
+impl Control {
+    fn from_stdin() -> io::Result<Control> {
+        let fd = nix::unistd::dup(io::stdin().as_fd()).map_err(io::Error::from)?;
+        let writer = File::from(fd.try_clone()?);
+        Ok(Control {
+            reader: BufReader::new(File::from(fd)),
+            writer,
+        })
+    }
+
+    fn send(&mut self, msg: &FromInit) -> io::Result<()> {
+        let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.writer.write_all(&line)
+    }
+
+    /// The next message, or `None` when the agent closed the socket.
+    fn recv(&mut self) -> io::Result<Option<ToInit>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    fn fail(&mut self, failure: InitFailure) -> ! {
+        let _ = self.send(&FromInit::Failed {
+            stage: failure.stage.to_owned(),
+            message: failure.message,
+        });
+        std::process::exit(1)
+    }
+}
+
+/// Entry point of `runner-agent __sandbox-init`. Never returns.
+pub fn main() -> ! {
+    let mut control = match Control::from_stdin() {
+        Ok(control) => control,
+        Err(_) => std::process::exit(125),
+    };
+    match outer(&mut control) {
+        Ok(code) => std::process::exit(code),
+        Err(failure) => control.fail(failure),
+    }
+}
+
+/// The outer init: namespaces, then wait for pid 1 of the new pid namespace.
+fn outer(control: &mut Control) -> Result<i32, InitFailure> {
+    let spec = match control.recv().stage("read spec")? {
+        Some(ToInit::Spec(spec)) => spec,
+        other => {
+            return Err(InitFailure {
+                stage: "read spec",
+                message: format!("expected the sandbox spec, got {other:?}"),
+            })
+        }
+    };
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, "0").map_err(|e| InitFailure {
+            stage: "join cgroup",
+            message: format!("{}: {e}", procs.display()),
+        })?;
+    }
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .stage("unshare namespaces")?;
+    control.send(&FromInit::NamespacesReady).stage("report")?;
+    match control.recv().stage("wait for network")? {
+        Some(ToInit::NetworkReady) => {}
+        None => return Ok(1),
+        Some(other) => {
+            return Err(InitFailure {
+                stage: "wait for network",
+                message: format!("unexpected {other:?}"),
+            })
+        }
+    }
+    match sys::fork().stage("fork pid 1")? {
+        Forked::Child => {
+            let code = match inner(control, &spec) {
+                Ok(code) => code,
+                Err(failure) => control.fail(failure),
+            };
+            std::process::exit(code)
+        }
+        Forked::Parent(child) => {
+            // Only pid 1 talks to the agent from now on; the outer init keeps nothing
+            // open that could hold the control socket or the output pipe. (The `Control`
+            // objects are never used or dropped again: this process only exits.)
+            let _ = sys::close_from(0);
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return Ok(1),
+                }
+            }
+        }
+    }
+}
+
+/// Pid 1 inside: build the root, drop privileges, serve steps.
+fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> {
+    // Nothing mounted from here on may propagate back to the host.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .stage("make mounts private")?;
+    nix::unistd::sethostname(&spec.runner).stage("set hostname")?;
+    let userns = make_user_namespace(spec.id_base, spec.id_count).stage("create user namespace")?;
+    let built = rootfs::build(spec, userns.as_fd()).stage("build root filesystem")?;
+    rootfs::pivot_into(&built.root).stage("pivot_root")?;
+
+    // Become root of the runner's user namespace: the id mapping makes that the
+    // unprivileged host uid `id_base`. setgroups first, while we still may.
+    setns(&userns, CloneFlags::CLONE_NEWUSER).stage("join user namespace")?;
+    drop(userns);
+    nix::unistd::setgroups(&[]).stage("setgroups")?;
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .stage("setresgid")?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .stage("setresuid")?;
+
+    // Keep only stdin (control), stdout and stderr (output pipe).
+    let control_fd = control.reader.get_ref().as_raw_fd();
+    let writer_fd = control.writer.as_raw_fd();
+    let keep = control_fd.max(writer_fd) + 1;
+    sys::close_from(keep).stage("close inherited fds")?;
+
+    nix::sys::prctl::set_no_new_privs().stage("no_new_privs")?;
+    let filters = seccomp::build().stage("build seccomp filter")?;
+    seccomp::install(&filters).stage("install seccomp filter")?;
+
+    // SIGCHLD is read from a signalfd so that a step's exit, its timeout and the agent
+    // closing the socket are all waited for in one poll.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().stage("block SIGCHLD")?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .stage("signalfd")?;
+
+    control
+        .send(&FromInit::SandboxReady {
+            idmapped: built.idmapped,
+        })
+        .stage("report")?;
+    loop {
+        match control.recv() {
+            Ok(Some(ToInit::RunStep(step))) => {
+                let end = run_step(control, &signals, &step).stage("run step")?;
+                control.send(&FromInit::StepExited(end)).stage("report")?;
+            }
+            Ok(Some(other)) => {
+                return Err(InitFailure {
+                    stage: "serve",
+                    message: format!("unexpected {other:?}"),
+                })
+            }
+            // The agent is done (or gone): returning ends pid 1 and with it the sandbox.
+            Ok(None) | Err(_) => return Ok(0),
+        }
+    }
+}
+
+/// Creates a user namespace mapping `0..count` inside to `base..base+count` on the host,
+/// and returns a descriptor for it. A child unshares the namespace and we, still root in
+/// the parent namespace, write its maps (user_namespaces(7), "User and group ID mappings").
+fn make_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
+    let (ready_read, ready_write) = nix::unistd::pipe()?;
+    let (hold_read, hold_write) = nix::unistd::pipe()?;
+    match sys::fork()? {
+        Forked::Child => {
+            drop(ready_read);
+            drop(hold_write);
+            // /proc is still the host's, where our pid is not the one our parent sees
+            // (we are in a new pid namespace): report the host pid /proc knows us by.
+            let host_pid = std::fs::read_link("/proc/self")
+                .ok()
+                .and_then(|p| p.to_str().and_then(|s| s.parse::<u32>().ok()))
+                .filter(|_| unshare(CloneFlags::CLONE_NEWUSER).is_ok())
+                .unwrap_or(0);
+            let _ = nix::unistd::write(&ready_write, &host_pid.to_ne_bytes());
+            // Wait until the parent has opened our namespace (it closes the pipe).
+            let mut byte = [0u8; 1];
+            let _ = nix::unistd::read(&hold_read, &mut byte);
+            std::process::exit(0)
+        }
+        Forked::Parent(child) => {
+            drop(ready_write);
+            drop(hold_read);
+            let mut bytes = [0u8; 4];
+            let result = (|| {
+                let host_pid = match nix::unistd::read(&ready_read, &mut bytes)? {
+                    4 => u32::from_ne_bytes(bytes),
+                    _ => 0,
+                };
+                if host_pid == 0 {
+                    return Err(io::Error::other(
+                        "the child could not unshare a user namespace",
+                    ));
+                }
+                let proc_dir = Path::new("/proc").join(host_pid.to_string());
+                let map = format!("0 {base} {count}\n");
+                std::fs::write(proc_dir.join("uid_map"), &map)?;
+                std::fs::write(proc_dir.join("gid_map"), &map)?;
+                File::open(proc_dir.join("ns/user")).map(OwnedFd::from)
+            })();
+            drop(hold_write);
+            let _ = waitpid(child, None);
+            result
+        }
+    }
+}
+
+/// Runs one step and waits for it, reaping every other process that ends meanwhile (pid
+/// 1 inherits orphans).
+fn run_step(control: &mut Control, signals: &SignalFd, step: &StepRequest) -> io::Result<StepEnd> {
+    let pid = match sys::fork()? {
+        Forked::Child => exec_step(step),
+        Forked::Parent(pid) => pid,
+    };
+    let deadline =
+        (step.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(step.timeout_ms));
+    let mut timed_out = false;
+    loop {
+        if let Some(end) = reap(pid)? {
+            return Ok(if timed_out { StepEnd::TimedOut } else { end });
+        }
+        let wait = match deadline {
+            Some(deadline) if !timed_out => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    // Kill the step's whole process group (it is a session leader).
+                    let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                    let _ = kill(pid, Signal::SIGKILL);
+                    timed_out = true;
+                    continue;
+                }
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            _ => PollTimeout::try_from(60_000).unwrap_or(PollTimeout::MAX),
+        };
+        let control_fd = control.reader.get_ref().as_fd();
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(control_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, wait) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Drain the signalfd; the reap above does the actual work.
+        while let Ok(Some(_)) = signals.read_signal() {}
+        let hangup = fds[1]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+        if hangup {
+            // The agent is gone mid-step: end everything now.
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Reaps every exited child; returns how `step` ended once it has.
+fn reap(step: Pid) -> io::Result<Option<StepEnd>> {
+    let mut result = None;
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return Ok(result),
+            Ok(WaitStatus::Exited(pid, code)) if pid == step => {
+                result = Some(StepEnd::Exited { code })
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == step => {
+                result = Some(StepEnd::Signaled {
+                    signal: signal as i32,
+                })
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => return Ok(result),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// In the forked child: become a session leader, set up stdio and exec bash.
+fn exec_step(step: &StepRequest) -> ! {
+    let _ = nix::unistd::setsid();
+    let _ = SigSet::empty().thread_set_mask();
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(null);
+    }
+    if let Err(e) = nix::unistd::chdir(&step.cwd) {
+        eprintln!(
+            "runner: cannot enter working directory {}: {e}",
+            step.cwd.display()
+        );
+        std::process::exit(1);
+    }
+    let err = std::process::Command::new(SHELL)
+        .args(["--noprofile", "--norc", "-e", "-c", &step.script])
+        .arg0("bash")
+        .env_clear()
+        .envs(step.env.iter().map(|(k, v)| (k, v)))
+        .exec();
+    eprintln!("runner: cannot run {SHELL}: {err}");
+    std::process::exit(127)
+}

@@ -1,0 +1,518 @@
+//! A runner's sandbox, seen from the agent: create it, run steps in it, destroy it, and
+//! verify that nothing of it is left.
+//!
+//! Creation order (each resource is listed in the slot's record *before* it exists, so a
+//! crash at any point leaves something the reaper can find):
+//!
+//! 1. lease a slot under `run_dir`, write the record;
+//! 2. create the cgroup directories and apply the limits;
+//! 3. start the init (`runner-agent __sandbox-init`), which joins the cgroups and unshares
+//!    its namespaces (see [`init`] for why that order makes root inside powerless);
+//! 4. create the veth pair into the new network namespace;
+//! 5. let init build the root filesystem and lock itself down.
+//!
+//! Destruction kills every process through the cgroup, deletes the veth, removes the
+//! cgroup directories, the scratch mount point and the record, then checks each of them.
+//! The sandbox's mounts live only in its own mount namespace, which the kernel frees with
+//! its last process.
+
+pub mod init;
+pub mod protocol;
+pub mod rootfs;
+pub mod seccomp;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
+use tokio::net::UnixStream;
+
+use crate::cgroup::{CgroupError, CgroupLayout, CgroupLimits, RunnerCgroup};
+use crate::network::{self, NetworkError, RunnerAddresses};
+use crate::state::{RunDir, RunnerRecord, SlotLease, StateError, ID_BASE, ID_COUNT};
+use protocol::{FromInit, SandboxSpec, StepEnd, StepRequest, ToInit};
+
+/// Where the job's files live inside the sandbox.
+pub const WORKSPACE: &str = "/workspace";
+
+/// How long destruction waits for the processes of a runner to die.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Host paths that every sandbox hides (DESIGN.md 4): secrets, sockets, other users'
+/// files and live state. The configured `state_dir` and `run_dir` are added to these.
+pub const MASKED_PATHS: &[&str] = &[
+    "/root",
+    "/home",
+    "/tmp",
+    "/var/tmp",
+    "/run",
+    "/var/run",
+    "/var/log",
+    "/var/mail",
+    "/var/spool",
+    "/var/lib/runner-agent",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssh",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/runner-agent",
+];
+
+/// A failing sandbox operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// run_dir could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Cgroup set-up or removal failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The veth could not be set up or removed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The init process could not be started or talked to.
+    #[error("sandbox init: {0}")]
+    Init(String),
+    /// The init reported a failure while building the sandbox.
+    #[error("sandbox set-up failed at {stage}: {message}")]
+    Setup {
+        /// Which part.
+        stage: String,
+        /// Why.
+        message: String,
+    },
+    /// Destruction left something behind.
+    #[error("runner {runner} was not completely removed: {}", .leftovers.join("; "))]
+    Leftovers {
+        /// The runner.
+        runner: String,
+        /// What is left, one item each.
+        leftovers: Vec<String>,
+    },
+}
+
+/// What a sandbox is built from.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The agent's live state directory.
+    pub run_dir: PathBuf,
+    /// Runner addresses come from here, a /30 per slot.
+    pub runner_pool: Ipv4Net,
+    /// How many runners may exist at once (slots 0..max).
+    pub max_concurrent: u32,
+    /// Memory, pids and cpu limits.
+    pub limits: CgroupLimits,
+    /// Size of the writable layer (and of /dev/shm), bytes.
+    pub disk_bytes: u64,
+    /// Extra host paths to mask (state_dir, run_dir).
+    pub extra_masks: Vec<PathBuf>,
+    /// The cgroup filesystem root (normally /sys/fs/cgroup).
+    pub cgroup_root: PathBuf,
+    /// The program that acts as sandbox init (the runner-agent binary).
+    pub init_program: PathBuf,
+    /// Files to write inside the sandbox (path, content), e.g. /etc/resolv.conf.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// A live sandbox.
+pub struct Sandbox {
+    record: RunnerRecord,
+    run_dir: RunDir,
+    _lease: SlotLease,
+    child: Option<tokio::process::Child>,
+    control: Option<(
+        BufReader<tokio::net::unix::OwnedReadHalf>,
+        tokio::net::unix::OwnedWriteHalf,
+    )>,
+    output: Option<pipe::Receiver>,
+    idmapped: bool,
+}
+
+/// Leases the first free slot of `run_dir`, reaping a dead agent's runner found in it.
+async fn lease_slot(run_dir: &RunDir, max: u32) -> Result<Option<SlotLease>, SandboxError> {
+    for slot in 0..max {
+        if let Some(lease) = run_dir.try_lease(slot)? {
+            if let Some(stale) = run_dir.read_record(slot)? {
+                tracing::warn!(runner = %stale.runner, job = %stale.job_id, "reaping leftovers of a dead agent");
+                teardown(run_dir, &stale).await?;
+            }
+            return Ok(Some(lease));
+        }
+    }
+    Ok(None)
+}
+
+/// Reaps every runner in `run_dir` whose agent is gone. Returns the runners reaped.
+pub async fn reap_leftovers(run_dir: &RunDir) -> Result<Vec<String>, SandboxError> {
+    let mut reaped = Vec::new();
+    for slot in run_dir.recorded_slots()? {
+        let Some(_lease) = run_dir.try_lease(slot)? else {
+            continue; // a live agent owns it
+        };
+        if let Some(record) = run_dir.read_record(slot)? {
+            tracing::warn!(runner = %record.runner, job = %record.job_id, "reaping leftovers of a dead agent");
+            teardown(run_dir, &record).await?;
+            reaped.push(record.runner);
+        }
+    }
+    Ok(reaped)
+}
+
+impl Sandbox {
+    /// Creates a sandbox for job `job_id`. Waits for a free slot when all are busy.
+    pub async fn create(config: &SandboxConfig, job_id: &str) -> Result<Sandbox, SandboxError> {
+        let run_dir = RunDir::open(&config.run_dir)?;
+        let lease = loop {
+            if let Some(lease) = lease_slot(&run_dir, config.max_concurrent.max(1)).await? {
+                break lease;
+            }
+            tracing::info!(
+                max = config.max_concurrent,
+                "all runner slots busy; waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let slot = lease.slot;
+        let layout = CgroupLayout::detect(&config.cgroup_root)?;
+        let runner = format!("r-{slot}");
+        // Cgroup names carry the job id: several agents (with separate run_dirs) may run
+        // on one host, and their slot numbers overlap.
+        let cgroup_name = format!("{runner}-{job_id}");
+        let record = RunnerRecord {
+            runner: runner.clone(),
+            slot,
+            job_id: job_id.to_owned(),
+            agent_pid: std::process::id(),
+            cgroup_dirs: layout.runner_dirs(&cgroup_name),
+            host_if: format!("ra{slot}"),
+            addresses: RunnerAddresses::for_slot(config.runner_pool, slot)?,
+            scratch_dir: run_dir.scratch_dir(slot),
+            id_base: ID_BASE + slot * ID_COUNT,
+        };
+        run_dir.write_record(&record)?;
+        let mut sandbox = Sandbox {
+            record,
+            run_dir,
+            _lease: lease,
+            child: None,
+            control: None,
+            output: None,
+            idmapped: false,
+        };
+        match sandbox.start(config, &layout, &cgroup_name).await {
+            Ok(()) => Ok(sandbox),
+            Err(err) => {
+                if let Err(cleanup) = sandbox.destroy().await {
+                    tracing::error!(error = %cleanup, "cleaning up a sandbox that failed to start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn start(
+        &mut self,
+        config: &SandboxConfig,
+        layout: &CgroupLayout,
+        cgroup_name: &str,
+    ) -> Result<(), SandboxError> {
+        let cgroup = layout.create(cgroup_name, &config.limits)?;
+        let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
+        masked.extend(config.extra_masks.iter().cloned());
+        masked.sort();
+        masked.dedup();
+        let mut files = vec![
+            (
+                PathBuf::from("/etc/hostname"),
+                format!("{}\n", self.record.runner),
+            ),
+            (
+                PathBuf::from("/etc/hosts"),
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                    self.record.addresses.runner, self.record.runner
+                ),
+            ),
+        ];
+        files.extend(config.files.iter().cloned());
+        let spec = SandboxSpec {
+            runner: self.record.runner.clone(),
+            id_base: self.record.id_base,
+            id_count: ID_COUNT,
+            cgroup_procs: cgroup.procs_files(),
+            scratch_dir: self.record.scratch_dir.clone(),
+            scratch_bytes: config.disk_bytes,
+            masked_paths: masked,
+            files,
+            workspace: PathBuf::from(WORKSPACE),
+        };
+
+        let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| SandboxError::Init(format!("socketpair: {e}")))?;
+        let (output_read, output_write) =
+            std::io::pipe().map_err(|e| SandboxError::Init(format!("pipe: {e}")))?;
+        let output_write_2 = output_write
+            .try_clone()
+            .map_err(|e| SandboxError::Init(format!("dup: {e}")))?;
+        let child = tokio::process::Command::new(&config.init_program)
+            .arg(init::INIT_ARG)
+            .env_clear()
+            .stdin(Stdio::from(OwnedFd::from(init_end)))
+            .stdout(Stdio::from(OwnedFd::from(output_write)))
+            .stderr(Stdio::from(OwnedFd::from(output_write_2)))
+            // Its own process group: a Ctrl-C at the agent's terminal is the agent's to
+            // handle (by destroying the sandbox), not the sandbox's.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                SandboxError::Init(format!("start {}: {e}", config.init_program.display()))
+            })?;
+        let init_pid = child.id().unwrap_or(0);
+        self.child = Some(child);
+        agent_end
+            .set_nonblocking(true)
+            .map_err(|e| SandboxError::Init(format!("socket: {e}")))?;
+        let stream = UnixStream::from_std(agent_end)
+            .map_err(|e| SandboxError::Init(format!("socket: {e}")))?;
+        let (read, write) = stream.into_split();
+        self.control = Some((BufReader::new(read), write));
+        self.output = Some(
+            pipe::Receiver::from_owned_fd(OwnedFd::from(output_read))
+                .map_err(|e| SandboxError::Init(format!("pipe: {e}")))?,
+        );
+
+        self.send(&ToInit::Spec(spec)).await?;
+        self.expect_ready("namespaces", |m| matches!(m, FromInit::NamespacesReady))
+            .await?;
+        network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
+        self.send(&ToInit::NetworkReady).await?;
+        let ready = self
+            .expect_ready("sandbox", |m| matches!(m, FromInit::SandboxReady { .. }))
+            .await?;
+        if let FromInit::SandboxReady { idmapped } = ready {
+            self.idmapped = idmapped;
+        }
+        Ok(())
+    }
+
+    /// The runner's name (`r-<slot>`).
+    pub fn runner(&self) -> &str {
+        &self.record.runner
+    }
+
+    /// The runner's addresses.
+    pub fn addresses(&self) -> RunnerAddresses {
+        self.record.addresses
+    }
+
+    /// The runner's v2 cgroup directory.
+    pub fn cgroup_dir(&self) -> &Path {
+        &self.record.cgroup_dirs[0]
+    }
+
+    /// Whether host-owned files appear owned by root inside.
+    pub fn idmapped(&self) -> bool {
+        self.idmapped
+    }
+
+    async fn send(&mut self, msg: &ToInit) -> Result<(), SandboxError> {
+        let (_, writer) = self
+            .control
+            .as_mut()
+            .ok_or_else(|| SandboxError::Init("control channel closed".into()))?;
+        let mut line = serde_json::to_vec(msg).map_err(|e| SandboxError::Init(e.to_string()))?;
+        line.push(b'\n');
+        writer
+            .write_all(&line)
+            .await
+            .map_err(|e| SandboxError::Init(format!("send: {e}")))
+    }
+
+    async fn recv(&mut self) -> Result<FromInit, SandboxError> {
+        let (reader, _) = self
+            .control
+            .as_mut()
+            .ok_or_else(|| SandboxError::Init("control channel closed".into()))?;
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| SandboxError::Init(format!("receive: {e}")))?;
+        if n == 0 {
+            return Err(SandboxError::Init(
+                "the sandbox init exited unexpectedly".into(),
+            ));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| SandboxError::Init(format!("bad message {line:?}: {e}")))
+    }
+
+    async fn expect_ready(
+        &mut self,
+        what: &str,
+        ok: impl Fn(&FromInit) -> bool,
+    ) -> Result<FromInit, SandboxError> {
+        match self.recv().await? {
+            m if ok(&m) => Ok(m),
+            FromInit::Failed { stage, message } => Err(SandboxError::Setup { stage, message }),
+            other => Err(SandboxError::Init(format!(
+                "waiting for {what}: unexpected {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs one step, copying everything it prints to `sink` as it comes, and returns how
+    /// it ended.
+    pub async fn run_step<W: AsyncWrite + Unpin>(
+        &mut self,
+        step: StepRequest,
+        sink: &mut W,
+    ) -> Result<StepEnd, SandboxError> {
+        self.send(&ToInit::RunStep(step)).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (Some(output), Some((reader, _))) = (self.output.as_mut(), self.control.as_mut())
+        else {
+            return Err(SandboxError::Init("sandbox is not running".into()));
+        };
+        let mut line = String::new();
+        let message = loop {
+            tokio::select! {
+                // Output first: whatever the step wrote before exiting is already in the
+                // pipe when its exit is reported, and must be printed under its header.
+                biased;
+                read = output.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        // Everything that could write has gone; only the report is left.
+                        let n = reader.read_line(&mut line).await.map_err(|e| SandboxError::Init(e.to_string()))?;
+                        if n == 0 {
+                            return Err(SandboxError::Init("the sandbox init exited unexpectedly".into()));
+                        }
+                        break line;
+                    }
+                    Ok(n) => sink.write_all(&buf[..n]).await.map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
+                },
+                read = reader.read_line(&mut line) => {
+                    let n = read.map_err(|e| SandboxError::Init(e.to_string()))?;
+                    if n == 0 {
+                        return Err(SandboxError::Init("the sandbox init exited unexpectedly".into()));
+                    }
+                    break line;
+                }
+            }
+        };
+        // Drain what is already buffered without waiting for background writers.
+        loop {
+            match output.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => sink
+                    .write_all(&buf[..n])
+                    .await
+                    .map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
+                Err(_) => break,
+            }
+        }
+        let _ = sink.flush().await;
+        match serde_json::from_str::<FromInit>(&message) {
+            Ok(FromInit::StepExited(end)) => Ok(end),
+            Ok(FromInit::Failed { stage, message }) => Err(SandboxError::Setup { stage, message }),
+            Ok(other) => Err(SandboxError::Init(format!("unexpected {other:?}"))),
+            Err(e) => Err(SandboxError::Init(format!("bad message {message:?}: {e}"))),
+        }
+    }
+
+    /// Kills everything, removes every resource of the runner and verifies that none is
+    /// left.
+    pub async fn destroy(mut self) -> Result<(), SandboxError> {
+        // Closing the control socket alone ends the sandbox (pid 1 exits); the cgroup kill
+        // in teardown makes it immediate and also catches anything that escaped.
+        self.control = None;
+        self.output = None;
+        let result = teardown(&self.run_dir, &self.record).await;
+        if let Some(mut child) = self.child.take() {
+            let _ = tokio::time::timeout(KILL_DEADLINE, child.wait()).await;
+        }
+        result
+    }
+}
+
+/// Removes everything `record` lists, then checks it is gone. Used for normal
+/// destruction and for reaping a dead agent's runner.
+pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), SandboxError> {
+    let mut failures = Vec::new();
+    let cgroup = RunnerCgroup::from_dirs(&record.cgroup_dirs);
+    if let Some(cgroup) = cgroup.clone() {
+        let killed = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_DEADLINE)).await;
+        match killed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if let Err(e) = network::remove(&record.host_if).await {
+        failures.push(e.to_string());
+    }
+    if let Some(cgroup) = cgroup {
+        let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    match std::fs::remove_dir(&record.scratch_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => failures.push(format!("remove {}: {e}", record.scratch_dir.display())),
+    }
+    let mut leftovers = verify_gone(record).await;
+    leftovers.extend(failures);
+    if leftovers.is_empty() {
+        run_dir.remove_record(record.slot)?;
+        Ok(())
+    } else {
+        // The record stays, so that the next start tries again.
+        Err(SandboxError::Leftovers {
+            runner: record.runner.clone(),
+            leftovers,
+        })
+    }
+}
+
+/// Lists whatever of `record` still exists: cgroup directories (and so processes), the
+/// veth, mounts on or below the scratch directory, the scratch directory.
+pub async fn verify_gone(record: &RunnerRecord) -> Vec<String> {
+    let mut left = Vec::new();
+    for dir in &record.cgroup_dirs {
+        if dir.exists() {
+            left.push(format!("cgroup {}", dir.display()));
+        }
+    }
+    match network::exists(&record.host_if).await {
+        Ok(true) => left.push(format!("veth {}", record.host_if)),
+        Ok(false) => {}
+        Err(e) => left.push(format!("veth {} (cannot check: {e})", record.host_if)),
+    }
+    if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let scratch = record.scratch_dir.to_string_lossy();
+        for line in mountinfo.lines() {
+            if let Some(mount_point) = line.split(' ').nth(4) {
+                if mount_point.starts_with(scratch.as_ref()) {
+                    left.push(format!("mount {mount_point}"));
+                }
+            }
+        }
+    }
+    if record.scratch_dir.exists() {
+        left.push(format!("directory {}", record.scratch_dir.display()));
+    }
+    left
+}

@@ -1,0 +1,147 @@
+//! Messages between the agent and the sandbox init, one JSON object per line over the
+//! init's stdin (a unix socket pair).
+//!
+//! The exchange is strictly request/response, so neither side ever has more than one
+//! message in flight:
+//!
+//! ```text
+//! agent                          init (host pid ns)        init (pid 1 inside)
+//!   Spec ───────────────────────▶ joins cgroups, unshares
+//!        ◀─────────────────────── NamespacesReady
+//!   (veth into the new netns)
+//!   NetworkReady ───────────────▶ forks ─────────────────▶ builds the root, drops to
+//!        ◀──────────────────────────────────────────────── SandboxReady   the userns
+//!   RunStep ───────────────────────────────────────────────▶
+//!        ◀──────────────────────────────────────────────── StepExited
+//!   (close) ───────────────────────────────────────────────▶ exits; the pid ns dies
+//! ```
+//!
+//! Any failure inside is reported as `Failed` with the stage and the reason, and init
+//! exits. Step output never goes through this channel: it has a pipe of its own.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything init needs to build the sandbox. It carries no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// The runner's name, also its hostname.
+    pub runner: String,
+    /// The host uid and gid that are uid/gid 0 inside.
+    pub id_base: u32,
+    /// How many ids are mapped (0..count inside).
+    pub id_count: u32,
+    /// `cgroup.procs` files init joins before creating its namespaces.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// An empty host directory; inside the sandbox's mount namespace, the scratch tmpfs
+    /// is mounted on it (the host never sees that mount).
+    pub scratch_dir: PathBuf,
+    /// Size of the scratch tmpfs (the writable layer), bytes.
+    pub scratch_bytes: u64,
+    /// Host paths hidden in the sandbox: directories appear empty, files absent.
+    pub masked_paths: Vec<PathBuf>,
+    /// Files written into the writable layer (path inside, content).
+    pub files: Vec<(PathBuf, String)>,
+    /// The job's workspace directory inside, created empty.
+    pub workspace: PathBuf,
+}
+
+/// One step to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRequest {
+    /// The script, given to `bash -e`.
+    pub script: String,
+    /// The complete environment of the step (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Directory to run in (absolute, inside).
+    pub cwd: PathBuf,
+    /// Milliseconds before the step's process group is killed; 0 for none.
+    pub timeout_ms: u64,
+}
+
+/// Agent → init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum ToInit {
+    /// First message.
+    Spec(SandboxSpec),
+    /// The veth is in place; go on.
+    NetworkReady,
+    /// Run one step and report when it ends.
+    RunStep(StepRequest),
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum StepEnd {
+    /// Exited with this code.
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// Killed by this signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// Ran past its timeout and was killed.
+    TimedOut,
+}
+
+impl StepEnd {
+    /// True for exit code 0.
+    pub fn success(self) -> bool {
+        matches!(self, StepEnd::Exited { code: 0 })
+    }
+}
+
+/// Init → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum FromInit {
+    /// The namespaces exist; the agent may configure the network namespace.
+    NamespacesReady,
+    /// The sandbox is built and locked; steps may run.
+    SandboxReady {
+        /// Whether the lower layer is idmapped (false: the host's filesystem could not be
+        /// idmapped, so host-owned files appear as nobody inside).
+        idmapped: bool,
+    },
+    /// A step finished.
+    StepExited(StepEnd),
+    /// Something failed; init exits after sending this.
+    Failed {
+        /// Which part of the set-up failed.
+        stage: String,
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_single_lines() {
+        let msgs = vec![
+            ToInit::NetworkReady,
+            ToInit::RunStep(StepRequest {
+                script: "echo a\necho b".into(),
+                env: vec![("A".into(), "1".into())],
+                cwd: "/workspace".into(),
+                timeout_ms: 5,
+            }),
+        ];
+        for msg in msgs {
+            let line = serde_json::to_string(&msg).unwrap();
+            assert!(!line.contains('\n'));
+            assert_eq!(serde_json::from_str::<ToInit>(&line).unwrap(), msg);
+        }
+        let end = FromInit::StepExited(StepEnd::Signaled { signal: 9 });
+        let line = serde_json::to_string(&end).unwrap();
+        assert_eq!(serde_json::from_str::<FromInit>(&line).unwrap(), end);
+    }
+}

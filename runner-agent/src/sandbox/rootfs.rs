@@ -1,0 +1,535 @@
+//! Building the sandbox's root filesystem and switching into it.
+//!
+//! Runs in the sandbox init (pid 1 of the new pid namespace) while it is still root in the
+//! host's user namespace, inside a mount namespace of its own whose propagation is
+//! private, so nothing here is visible on the host and everything dies with the sandbox.
+//!
+//! ```text
+//! scratch_dir (tmpfs, size = disk limit)
+//! ├── lower   host root, read-only, nosuid, nodev, idmapped (host 0 → sandbox 0)
+//! ├── upper   the writable layer: masks, generated files, /workspace, the job's writes
+//! ├── work    overlayfs work dir
+//! └── merged  overlay(lower, upper) + /proc, /sys, /dev → becomes "/" by pivot_root
+//! ```
+//!
+//! Masking is done *inside* the overlay, not with mounts on top of it: a masked directory
+//! is an opaque directory of the upper layer and a masked file a whiteout, so there is no
+//! mount the job could remove to reveal what is under it (it could not anyway: the mount
+//! namespace belongs to the host's user namespace, see `init`).
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{chown, Gid, Uid};
+
+use super::protocol::SandboxSpec;
+use crate::sys;
+
+/// A failing step of the root filesystem set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A mount failed.
+    #[error("mount {what} on {target}: {source}")]
+    Mount {
+        /// What was being mounted.
+        what: &'static str,
+        /// Where.
+        target: PathBuf,
+        /// Why.
+        source: nix::Error,
+    },
+    /// A file or directory of the writable layer could not be made.
+    #[error("prepare {path}: {source}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The lower layer could not be cloned or attached.
+    #[error("lower layer: {op}: {source}")]
+    Lower {
+        /// The failing call.
+        op: &'static str,
+        /// Why.
+        source: nix::Error,
+    },
+    /// A path cannot be used in overlayfs options (they are comma and colon separated).
+    #[error("path {0} contains ',' or ':' and cannot be used for the overlay")]
+    BadPath(PathBuf),
+    /// The root switch failed.
+    #[error("pivot_root into {root}: {op}: {source}")]
+    Pivot {
+        /// The new root.
+        root: PathBuf,
+        /// The failing call.
+        op: &'static str,
+        /// Why.
+        source: nix::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
+    move |source| RootfsError::Prepare {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn nix_io(path: &Path) -> impl FnOnce(nix::Error) -> RootfsError + '_ {
+    move |e| RootfsError::Prepare {
+        path: path.to_owned(),
+        source: io::Error::from(e),
+    }
+}
+
+fn do_mount(
+    what: &'static str,
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RootfsError> {
+    mount(source, target, fstype, flags, data).map_err(|source| RootfsError::Mount {
+        what,
+        target: target.to_owned(),
+        source,
+    })
+}
+
+/// Maps host ids to the ids that stand for them inside (used to own the writable layer's
+/// entries the way their lower counterparts appear through the idmapped mount).
+#[derive(Debug, Clone, Copy)]
+struct IdMap {
+    base: u32,
+    count: u32,
+}
+
+impl IdMap {
+    /// The host id that appears as `inside` in the sandbox; ids beyond the mapping fall
+    /// back to the sandbox's root.
+    fn host(self, inside: u32) -> u32 {
+        if inside < self.count {
+            self.base + inside
+        } else {
+            self.base
+        }
+    }
+}
+
+/// The paths of the scratch area.
+struct Scratch {
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+}
+
+/// The outcome of [`build`].
+pub struct BuiltRoot {
+    /// The directory to pivot into.
+    pub root: PathBuf,
+    /// Whether the lower layer is idmapped.
+    pub idmapped: bool,
+}
+
+/// Builds the root filesystem described by `spec` and returns where it is. `userns` is a
+/// user namespace carrying the sandbox's id mapping (used for the idmapped lower layer).
+pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, RootfsError> {
+    let ids = IdMap {
+        base: spec.id_base,
+        count: spec.id_count,
+    };
+    let scratch = mount_scratch(spec)?;
+    let idmapped = attach_lower(&scratch.lower, userns)?;
+    prepare_upper(spec, &scratch.upper, ids)?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        scratch.lower.display(),
+        scratch.upper.display(),
+        scratch.work.display()
+    );
+    do_mount(
+        "overlay",
+        Some(Path::new("overlay")),
+        &scratch.merged,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(&options),
+    )?;
+    mount_pseudo_filesystems(&scratch.merged, ids, spec.scratch_bytes)?;
+    Ok(BuiltRoot {
+        root: scratch.merged,
+        idmapped,
+    })
+}
+
+fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
+    let dir = &spec.scratch_dir;
+    let text = dir.to_string_lossy();
+    if text.contains(',') || text.contains(':') {
+        return Err(RootfsError::BadPath(dir.clone()));
+    }
+    do_mount(
+        "scratch tmpfs",
+        Some(Path::new("runner-scratch")),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!(
+            "size={},mode=0700",
+            spec.scratch_bytes.max(1 << 20)
+        )),
+    )?;
+    let scratch = Scratch {
+        lower: dir.join("lower"),
+        upper: dir.join("upper"),
+        work: dir.join("work"),
+        merged: dir.join("merged"),
+    };
+    for d in [
+        &scratch.lower,
+        &scratch.upper,
+        &scratch.work,
+        &scratch.merged,
+    ] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(d)
+            .map_err(io_err(d))?;
+    }
+    Ok(scratch)
+}
+
+/// Attaches a read-only clone of the host's root mount at `target`, idmapped when the
+/// filesystem supports it. Returns whether it is idmapped.
+fn attach_lower(target: &Path, userns: BorrowedFd<'_>) -> Result<bool, RootfsError> {
+    let clone = sys::open_tree_clone(Path::new("/")).map_err(|source| RootfsError::Lower {
+        op: "open_tree",
+        source,
+    })?;
+    let idmapped = match sys::idmap_read_only(clone.as_fd(), userns) {
+        Ok(()) => true,
+        Err(err) => {
+            // Filesystems without idmap support (for example a host whose root is itself
+            // an overlay) still work, but host-owned files appear as `nobody` inside.
+            tracing::warn!(error = %err, "host root cannot be idmapped; ownership inside will show nobody");
+            sys::read_only(clone.as_fd()).map_err(|source| RootfsError::Lower {
+                op: "mount_setattr",
+                source,
+            })?;
+            false
+        }
+    };
+    sys::move_mount_to(clone.as_fd(), target).map_err(|source| RootfsError::Lower {
+        op: "move_mount",
+        source,
+    })?;
+    Ok(idmapped)
+}
+
+/// The path of `inside` (absolute, inside the sandbox) below `base`.
+fn under(base: &Path, inside: &Path) -> PathBuf {
+    let relative: PathBuf = inside
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    base.join(relative)
+}
+
+/// Fills the writable layer before the overlay is mounted (writing to an upper layer
+/// under a mounted overlay is undefined, see the kernel's overlayfs documentation).
+fn prepare_upper(spec: &SandboxSpec, upper: &Path, ids: IdMap) -> Result<(), RootfsError> {
+    let root = ids.host(0);
+    chown(upper, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(upper))?;
+    for masked in &spec.masked_paths {
+        mask(upper, masked, ids)?;
+    }
+    for (inside, content) in &spec.files {
+        ensure_parents(upper, inside, ids)?;
+        let path = under(upper, inside);
+        // A regular file replaces whatever the host has there, symlinks included.
+        let _ = fs::remove_file(&path);
+        fs::write(&path, content).map_err(io_err(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io_err(&path))?;
+        chown(&path, Some(Uid::from_raw(root)), Some(Gid::from_raw(root)))
+            .map_err(nix_io(&path))?;
+    }
+    ensure_parents(upper, &spec.workspace, ids)?;
+    let workspace = under(upper, &spec.workspace);
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&workspace)
+        .map_err(io_err(&workspace))?;
+    chown(
+        &workspace,
+        Some(Uid::from_raw(root)),
+        Some(Gid::from_raw(root)),
+    )
+    .map_err(nix_io(&workspace))?;
+    Ok(())
+}
+
+/// Creates, in the upper layer, the directories leading to `inside`, each with the mode
+/// and (mapped) owner of its host counterpart, so that the merged view looks unchanged.
+fn ensure_parents(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
+    let mut host = PathBuf::from("/");
+    let mut parents: Vec<&std::ffi::OsStr> = inside
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    parents.pop();
+    for name in parents {
+        host.push(name);
+        let target = under(upper, &host);
+        if target.exists() {
+            continue;
+        }
+        let (mode, uid, gid) = match fs::symlink_metadata(&host) {
+            Ok(meta) if meta.is_dir() => (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            _ => (0o755, 0, 0),
+        };
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(&target)
+            .map_err(io_err(&target))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
+        chown(
+            &target,
+            Some(Uid::from_raw(ids.host(uid))),
+            Some(Gid::from_raw(ids.host(gid))),
+        )
+        .map_err(nix_io(&target))?;
+    }
+    Ok(())
+}
+
+/// Hides `inside`: an existing host directory becomes an empty opaque directory with the
+/// same mode and owner; anything else a whiteout. A path that does not exist on the host,
+/// or that goes through a symlink, needs no mask (the symlink's target is masked itself
+/// when it matters).
+fn mask(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
+    let meta = match fs::symlink_metadata(inside) {
+        Ok(meta) => meta,
+        Err(_) => return Ok(()),
+    };
+    if let Ok(canonical) = fs::canonicalize(inside.parent().unwrap_or(Path::new("/"))) {
+        if Some(canonical.as_path()) != inside.parent() {
+            return Ok(());
+        }
+    }
+    ensure_parents(upper, inside, ids)?;
+    let target = under(upper, inside);
+    if target.symlink_metadata().is_ok() {
+        return Ok(()); // masked already (listed twice)
+    }
+    if meta.is_dir() {
+        let mode = meta.mode() & 0o7777;
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(&target)
+            .map_err(io_err(&target))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
+        chown(
+            &target,
+            Some(Uid::from_raw(ids.host(meta.uid()))),
+            Some(Gid::from_raw(ids.host(meta.gid()))),
+        )
+        .map_err(nix_io(&target))?;
+        sys::set_xattr(&target, c"trusted.overlay.opaque", b"y").map_err(nix_io(&target))?;
+    } else {
+        // A whiteout is a character device 0:0 (overlayfs documentation, "whiteouts").
+        nix::sys::stat::mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0)
+            .map_err(nix_io(&target))?;
+    }
+    Ok(())
+}
+
+const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus"];
+const PROC_HIDDEN: &[&str] = &["kcore", "keys", "timer_list"];
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn mount_pseudo_filesystems(
+    root: &Path,
+    ids: IdMap,
+    scratch_bytes: u64,
+) -> Result<(), RootfsError> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    // /proc: a fresh instance, so only the sandbox's processes appear. Parts that reach
+    // the kernel are read-only or hidden, as container runtimes do.
+    let proc_dir = root.join("proc");
+    do_mount(
+        "proc",
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        hardened,
+        None,
+    )?;
+    for name in PROC_READ_ONLY {
+        let path = proc_dir.join(name);
+        if path.exists() {
+            bind(&path, &path, true)?;
+        }
+    }
+    for name in PROC_HIDDEN {
+        let path = proc_dir.join(name);
+        if path.exists() {
+            bind(Path::new("/dev/null"), &path, true)?;
+        }
+    }
+
+    // /sys: read-only, showing the sandbox's own network devices; the cgroup tree
+    // (read-only) shows the runner's cgroup as its root thanks to the cgroup namespace.
+    let sys_dir = root.join("sys");
+    do_mount(
+        "sysfs",
+        Some(Path::new("sysfs")),
+        &sys_dir,
+        Some("sysfs"),
+        hardened | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    let cgroup_dir = sys_dir.join("fs/cgroup");
+    if cgroup_dir.is_dir() {
+        do_mount(
+            "cgroup2",
+            Some(Path::new("cgroup2")),
+            &cgroup_dir,
+            Some("cgroup2"),
+            hardened | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+
+    // /dev: a small tmpfs with the usual devices bound from the host, a private devpts
+    // instance and a /dev/shm of its own.
+    let dev = root.join("dev");
+    do_mount(
+        "dev tmpfs",
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=65536"),
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        fs::write(&target, b"").map_err(io_err(&target))?;
+        bind(&Path::new("/dev").join(name), &target, false)?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(io_err(&pts))?;
+    do_mount(
+        "devpts",
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={}",
+            ids.host(5)
+        )),
+    )?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(io_err(&shm))?;
+    do_mount(
+        "shm tmpfs",
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("mode=1777,size={}", scratch_bytes.max(1 << 20))),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = dev.join(link);
+        std::os::unix::fs::symlink(target, &path).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` on `target`, read-only and without suid/dev/exec when asked.
+fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), RootfsError> {
+    do_mount("bind", Some(source), target, None, MsFlags::MS_BIND, None)?;
+    if read_only {
+        // MS_RDONLY only takes effect on a bind mount through a remount (mount(2)).
+        do_mount(
+            "read-only remount",
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `new_root` the root of the mount namespace and detaches the old root entirely,
+/// so no path leads back to the host's filesystem.
+pub fn pivot_into(new_root: &Path) -> Result<(), RootfsError> {
+    let err = |op: &'static str| {
+        move |source| RootfsError::Pivot {
+            root: new_root.to_owned(),
+            op,
+            source,
+        }
+    };
+    // The sequence below is the one runc uses (see pivot_root(2), "pivot_root(".", ".")"):
+    // 1. enter the new root, which is a mount point (the overlay);
+    nix::unistd::chdir(new_root).map_err(err("chdir"))?;
+    // 2. put the new root at "/" and stack the old root on top of it, at the same place;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    // 3. detach the old root (the top of the stack at "."), with everything under it;
+    //    MNT_DETACH because the host's mounts are busy by definition;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("umount old root"))?;
+    // 4. settle at the new "/".
+    nix::unistd::chdir("/").map_err(err("chdir /"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_strips_the_root() {
+        assert_eq!(
+            under(Path::new("/s/upper"), Path::new("/etc/hosts")),
+            PathBuf::from("/s/upper/etc/hosts")
+        );
+        assert_eq!(under(Path::new("/u"), Path::new("/")), PathBuf::from("/u"));
+    }
+
+    #[test]
+    fn ids_beyond_the_mapping_fall_back_to_root() {
+        let ids = IdMap {
+            base: 1000,
+            count: 10,
+        };
+        assert_eq!(ids.host(0), 1000);
+        assert_eq!(ids.host(9), 1009);
+        assert_eq!(ids.host(65534), 1000);
+    }
+}

@@ -1,0 +1,182 @@
+//! Thin wrappers around the few system calls that nix does not cover.
+//!
+//! This is one of the two places in the project where `unsafe` is allowed (the other is the
+//! eBPF crate's own `sys` module). Every wrapper takes and returns safe types, checks the
+//! return value, and documents its invariants next to the `unsafe` block.
+//!
+//! The new mount API (`open_tree`, `mount_setattr`, `move_mount`; Linux 5.12+) is used to
+//! build the idmapped lower layer of the sandbox root: see `mount_setattr(2)`.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+
+/// `OPEN_TREE_CLONE` from `<linux/mount.h>`: detach a copy of the mount.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `MOUNT_ATTR_RDONLY` from `<linux/mount.h>`.
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+/// `MOUNT_ATTR_NOSUID` from `<linux/mount.h>`.
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+/// `MOUNT_ATTR_NODEV` from `<linux/mount.h>`.
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+/// `MOUNT_ATTR_IDMAP` from `<linux/mount.h>`: apply the user namespace's id mapping.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// `MOVE_MOUNT_F_EMPTY_PATH` from `<linux/mount.h>`: the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+/// `struct mount_attr` from `<linux/mount.h>` (version 0, 32 bytes).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<MountAttr>() == 32);
+
+fn cstring(path: &Path) -> Result<CString, Errno> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Clones the single mount at `path` (not its submounts) into a detached mount and returns
+/// its file descriptor (`open_tree(2)` with `OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC`).
+pub fn open_tree_clone(path: &Path) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call; the flags are
+    // plain integers. The kernel returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the syscall succeeded, so `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes the detached mount `mount` read-only, nosuid and nodev, and maps its ownership
+/// through the user namespace `userns` (an idmapped mount, `mount_setattr(2)`).
+pub fn idmap_read_only(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    set_mount_attr(mount, &attr)
+}
+
+/// Makes the detached mount `mount` read-only, nosuid and nodev without an id mapping: the
+/// fallback when the host root's filesystem cannot be idmapped.
+pub fn read_only(mount: BorrowedFd<'_>) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    set_mount_attr(mount, &attr)
+}
+
+fn set_mount_attr(mount: BorrowedFd<'_>, attr: &MountAttr) -> Result<(), Errno> {
+    let empty = c"";
+    // SAFETY: `mount` is a live descriptor; `empty` is a valid C string; `attr` points to a
+    // properly initialised `struct mount_attr` whose size we pass, and outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Attaches the detached mount `mount` at `target` (`move_mount(2)`).
+pub fn move_mount_to(mount: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+    let target = cstring(target)?;
+    let empty = c"";
+    // SAFETY: both strings are valid and NUL-terminated for the duration of the call, and
+    // `mount` is a live descriptor.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Sets the extended attribute `name` of `path` to `value` (`setxattr(2)`), used for
+/// overlayfs's `trusted.overlay.opaque` marker.
+pub fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> Result<(), Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` and `name` are valid C strings and `value` a valid slice, all alive
+    // for the duration of the call; the kernel copies them.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Closes every descriptor from `first` upwards (`close_range(2)`), so that nothing the
+/// agent had open leaks into the sandbox.
+pub fn close_from(first: RawFd) -> Result<(), Errno> {
+    // SAFETY: close_range only closes descriptors; no memory is passed. Descriptors owned
+    // by Rust objects above `first` must not be used afterwards, which the callers ensure
+    // by calling this right before exec or right after setting up the only fds they keep.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// The result of [`fork`].
+pub enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(nix::unistd::Pid),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`. Only called by the sandbox init, which is single-threaded, so the child may
+/// run arbitrary code afterwards (no lock can be held by a thread that no longer exists).
+pub fn fork() -> Result<Forked, Errno> {
+    // SAFETY: the sandbox init process never starts a second thread (it runs no async
+    // runtime and spawns no threads), so the child inherits a consistent address space.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
