@@ -1,0 +1,423 @@
+//! An environment's `match:` section and the glob patterns it uses.
+//!
+//! A job's claims (repository, ref, workflow, event) decide whether it may use an
+//! environment's secrets. Every field given in `match:` must match (AND across fields);
+//! within a field, any one pattern matching is enough (OR across the list). A field left
+//! out does not constrain the job; a field given requires the job to carry that claim.
+//!
+//! Patterns follow GitHub's filter pattern syntax ("Filter pattern cheat sheet", GitHub
+//! Actions workflow syntax docs), restricted to its unambiguous core:
+//! - `*` matches any run of characters except `/` (so `refs/tags/v*` does not match
+//!   `refs/tags/v1/evil`);
+//! - `**` matches any run of characters, `/` included;
+//! - `?` makes the character just before it optional (`refs/heads/mains?` matches `main`
+//!   and `mains`), as in GitHub; it is not a single-character wildcard;
+//! - `\` makes the next character literal.
+//!
+//! `+`, `[`, `]` and a leading `!` have other meanings in GitHub's syntax that are not
+//! implemented; they are refused unless escaped, so a pattern never silently means
+//! something narrower or wider than its author read. Matching is on whole strings.
+
+use serde::Deserialize;
+
+use super::de::{scalar_deserialize, EmptyHint, NonEmpty, ScalarForm};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    /// The character is optional (`c?`).
+    Optional(char),
+    /// `*`: any run without `/`.
+    Star,
+    /// `**`: any run.
+    DoubleStar,
+}
+
+/// A compiled pattern, with the text it was written as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Compiles `text`, or says what is wrong with it.
+    pub fn new(text: &str) -> Result<Pattern, String> {
+        if text.is_empty() {
+            return Err("an empty pattern matches nothing; remove it or write `*`".to_owned());
+        }
+        if text.starts_with('!') {
+            return Err(format!(
+                "pattern `{text}`: negation with a leading `!` is not supported; \
+                 write `\\!` for a literal `!`"
+            ));
+        }
+        let mut tokens = Vec::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(escaped) => tokens.push(Token::Literal(escaped)),
+                    None => return Err(format!("pattern `{text}` ends with a lone `\\`")),
+                },
+                '*' => {
+                    if chars.next_if_eq(&'*').is_some() {
+                        if chars.peek() == Some(&'*') {
+                            return Err(format!("pattern `{text}` has `***`; use `*` or `**`"));
+                        }
+                        tokens.push(Token::DoubleStar);
+                    } else {
+                        tokens.push(Token::Star);
+                    }
+                }
+                '?' => match tokens.pop() {
+                    Some(Token::Literal(prev)) => tokens.push(Token::Optional(prev)),
+                    _ => {
+                        return Err(format!(
+                            "pattern `{text}`: `?` makes the character before it optional \
+                             and must follow a plain character"
+                        ))
+                    }
+                },
+                '+' | '[' | ']' => {
+                    return Err(format!(
+                    "pattern `{text}`: `{c}` is not supported; write `\\{c}` for a literal `{c}`"
+                ))
+                }
+                _ => tokens.push(Token::Literal(c)),
+            }
+        }
+        Ok(Pattern {
+            text: text.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the whole of `subject` matches.
+    ///
+    /// Dynamic programming over (token, character) positions: O(tokens × chars) with no
+    /// backtracking blow-up, whatever the number of stars.
+    pub fn matches(&self, subject: &str) -> bool {
+        let text: Vec<char> = subject.chars().collect();
+        let n = text.len();
+        // next[j]: tokens[i+1..] match text[j..]; filled from the last token backwards.
+        let mut next = vec![false; n + 1];
+        next[n] = true;
+        for token in self.tokens.iter().rev() {
+            let mut cur = vec![false; n + 1];
+            for j in (0..=n).rev() {
+                let here = text.get(j).copied();
+                cur[j] = match *token {
+                    Token::Literal(c) => here == Some(c) && next[j + 1],
+                    Token::Optional(c) => next[j] || (here == Some(c) && next[j + 1]),
+                    Token::Star => next[j] || (here.is_some_and(|h| h != '/') && cur[j + 1]),
+                    Token::DoubleStar => next[j] || (here.is_some() && cur[j + 1]),
+                };
+            }
+            next = cur;
+        }
+        next[0]
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl ScalarForm for Pattern {
+    const EXPECTING: &'static str = "a pattern like `refs/tags/v*`";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        Pattern::new(text)
+    }
+}
+
+scalar_deserialize!(Pattern);
+
+/// What a job says about itself. Later these come from a verified source (a GitHub OIDC
+/// token or webhook); on the CLI they are the operator's `--repository` etc.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// `owner/name`.
+    pub repository: Option<String>,
+    /// Full ref, e.g. `refs/tags/v1.2`.
+    pub git_ref: Option<String>,
+    /// Workflow file path, e.g. `.github/workflows/release.yaml`.
+    pub workflow: Option<String>,
+    /// Triggering event, e.g. `push`.
+    pub event: Option<String>,
+}
+
+/// `match:` of an environment: each field, when given, is a non-empty list of patterns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClaimMatch {
+    /// Repository patterns (`acme/*`).
+    pub repositories: Option<Vec<Pattern>>,
+    /// Ref patterns (`refs/tags/v*`).
+    pub refs: Option<Vec<Pattern>>,
+    /// Workflow path patterns.
+    pub workflows: Option<Vec<Pattern>>,
+    /// Event name patterns.
+    pub events: Option<Vec<Pattern>>,
+}
+
+impl ClaimMatch {
+    /// The fields in file order, with their YAML key and the claim they test.
+    fn fields<'a>(
+        &'a self,
+        claims: &'a Claims,
+    ) -> [(&'static str, &'a Option<Vec<Pattern>>, &'a Option<String>); 4] {
+        [
+            ("repositories", &self.repositories, &claims.repository),
+            ("refs", &self.refs, &claims.git_ref),
+            ("workflows", &self.workflows, &claims.workflow),
+            ("events", &self.events, &claims.event),
+        ]
+    }
+
+    /// `Ok` when every given field matches `claims`; otherwise the key of the first field
+    /// that did not (a missing claim fails any field that is given).
+    pub fn matches(&self, claims: &Claims) -> Result<(), String> {
+        for (key, patterns, claim) in self.fields(claims) {
+            let Some(patterns) = patterns else { continue };
+            let ok = claim
+                .as_deref()
+                .is_some_and(|value| patterns.iter().any(|p| p.matches(value)));
+            if !ok {
+                return Err(key.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per given field, `key: p1, p2`, for `runner-agent check`.
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let none = Claims::default();
+        self.fields(&none)
+            .into_iter()
+            .filter_map(|(key, patterns, _)| {
+                patterns.as_ref().map(|p| {
+                    let list: Vec<&str> = p.iter().map(Pattern::as_str).collect();
+                    format!("{key}: {}", list.join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why a `match` field may not be an empty list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PatternsHint;
+
+impl EmptyHint for PatternsHint {
+    const HINT: &'static str =
+        "this list is empty, so no job could match; list at least one pattern or leave the field out";
+}
+
+type Patterns = Option<NonEmpty<Pattern, PatternsHint>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    repositories: Patterns,
+    refs: Patterns,
+    workflows: Patterns,
+    events: Patterns,
+}
+
+impl TryFrom<RawMatch> for ClaimMatch {
+    type Error = String;
+
+    fn try_from(raw: RawMatch) -> Result<Self, String> {
+        let out = ClaimMatch {
+            repositories: raw.repositories.map(|l| l.0),
+            refs: raw.refs.map(|l| l.0),
+            workflows: raw.workflows.map(|l| l.0),
+            events: raw.events.map(|l| l.0),
+        };
+        if out
+            .fields(&Claims::default())
+            .iter()
+            .all(|(_, p, _)| p.is_none())
+        {
+            return Err(
+                "`match` is empty; give at least one of repositories, refs, workflows, events, \
+                 or leave `match` out"
+                    .to_owned(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClaimMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::de::checked_map::<D, RawMatch, ClaimMatch>(
+            d,
+            "a mapping with repositories, refs, workflows or events",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_table() {
+        for (pattern, subject, want) in [
+            ("refs/tags/v*", "refs/tags/v1.2", true),
+            ("refs/tags/v*", "refs/tags/v", true),
+            ("refs/tags/v*", "refs/tags/v1/x", false),
+            ("refs/tags/v*", "refs/heads/v1", false),
+            ("refs/**", "refs/tags/v1/x", true),
+            ("refs/**", "refs/", true),
+            ("refs/**", "ref", false),
+            ("**", "", true),
+            ("*", "", true),
+            ("*", "a/b", false),
+            ("acme/*", "acme/app", true),
+            ("acme/*", "acme/app/x", false),
+            ("acme/app", "acme/app", true),
+            ("acme/app", "acme/app2", false),
+            ("acme/app", "acme/ap", false),
+            ("mains?", "main", true),
+            ("mains?", "mains", true),
+            ("mains?", "mainss", false),
+            ("v1.?0", "v10", true),
+            ("v1.?0", "v1.0", true),
+            ("v1.?0", "v1x0", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("a**c", "a/b/c", true),
+            ("a*c", "a/c", false),
+            ("\\*", "*", true),
+            ("\\*", "x", false),
+            ("a\\+b", "a+b", true),
+            (
+                ".github/workflows/*.yaml",
+                ".github/workflows/release.yaml",
+                true,
+            ),
+            (
+                ".github/workflows/*.yaml",
+                ".github/workflows/sub/release.yaml",
+                false,
+            ),
+            ("**/release.yaml", ".github/workflows/release.yaml", true),
+            ("é*", "éa", true),
+        ] {
+            let p = Pattern::new(pattern).unwrap();
+            assert_eq!(p.matches(subject), want, "{pattern} vs {subject}");
+        }
+    }
+
+    #[test]
+    fn many_stars_stay_fast() {
+        let p = Pattern::new(&"*a".repeat(50)).unwrap();
+        let subject = "a".repeat(49) + "b";
+        let start = std::time::Instant::now();
+        assert!(!p.matches(&subject));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn pattern_syntax_errors() {
+        for (pattern, want) in [
+            ("", "empty pattern"),
+            ("!main", "negation"),
+            ("?a", "`?` makes the character before it optional"),
+            ("*?", "must follow a plain character"),
+            ("a??", "must follow a plain character"),
+            ("a+", "`+` is not supported; write `\\+`"),
+            ("[ab]", "`[` is not supported"),
+            ("a]", "`]` is not supported"),
+            ("***", "`***`"),
+            ("a\\", "lone `\\`"),
+        ] {
+            let err = Pattern::new(pattern).unwrap_err();
+            assert!(err.contains(want), "{pattern}: {err}");
+        }
+    }
+
+    fn claims(repository: &str, git_ref: &str, workflow: &str, event: &str) -> Claims {
+        Claims {
+            repository: Some(repository.into()),
+            git_ref: Some(git_ref.into()),
+            workflow: Some(workflow.into()),
+            event: Some(event.into()),
+        }
+    }
+
+    fn release_match() -> ClaimMatch {
+        let list = |items: &[&str]| Some(items.iter().map(|p| Pattern::new(p).unwrap()).collect());
+        ClaimMatch {
+            repositories: list(&["acme/app"]),
+            refs: list(&["refs/tags/v*"]),
+            workflows: list(&[".github/workflows/release.yaml"]),
+            events: list(&["push", "workflow_dispatch"]),
+        }
+    }
+
+    #[test]
+    fn claim_match_table() {
+        let m = release_match();
+        let wf = ".github/workflows/release.yaml";
+        for (c, want) in [
+            (claims("acme/app", "refs/tags/v1", wf, "push"), Ok(())),
+            (
+                claims("acme/app", "refs/tags/v1", wf, "workflow_dispatch"),
+                Ok(()),
+            ),
+            (
+                claims("evil/app", "refs/tags/v1", wf, "push"),
+                Err("repositories"),
+            ),
+            (
+                claims("acme/app", "refs/heads/main", wf, "push"),
+                Err("refs"),
+            ),
+            (
+                claims("acme/app", "refs/tags/v1/x", wf, "push"),
+                Err("refs"),
+            ),
+            (
+                claims(
+                    "acme/app",
+                    "refs/tags/v1",
+                    ".github/workflows/ci.yaml",
+                    "push",
+                ),
+                Err("workflows"),
+            ),
+            (
+                claims("acme/app", "refs/tags/v1", wf, "pull_request"),
+                Err("events"),
+            ),
+        ] {
+            assert_eq!(m.matches(&c), want.map_err(str::to_owned), "{c:?}");
+        }
+        let mut missing = claims("acme/app", "refs/tags/v1", wf, "push");
+        missing.git_ref = None;
+        assert_eq!(m.matches(&missing), Err("refs".to_owned()));
+        // Fields left out do not constrain.
+        let only_repo = ClaimMatch {
+            repositories: release_match().repositories,
+            ..ClaimMatch::default()
+        };
+        assert_eq!(
+            only_repo.matches(&Claims {
+                repository: Some("acme/app".into()),
+                ..Claims::default()
+            }),
+            Ok(())
+        );
+    }
+}
