@@ -1,0 +1,500 @@
+//! [`Fence`]: load the programs for one runner, attach them, pin them, take them away.
+//!
+//! One object is loaded per runner, so its maps (config, original destinations, events,
+//! counters) belong to that runner alone and are freed with its programs. Every
+//! attachment is a BPF link pinned under the runner's pin directory:
+//!
+//! ```text
+//! <pin_dir>/link_fence_connect4 ... link_fence_tc_ingress   links (cgroup, tcx)
+//! <pin_dir>/map_orig_dst, map_events, map_counters, map_fence_config
+//! ```
+//!
+//! Invariants:
+//! - The config map is written before any program is attached, and programs deny when
+//!   it is missing, so there is no moment where a half-attached fence lets more through.
+//! - Dropping a [`Fence`] leaves it in place (the pins hold it): a crashed or killed agent
+//!   leaves its runners fenced, never open. Only [`Fence::detach`] or [`reap`] removes it.
+//! - After [`Fence::detach`]/[`reap`] nothing refers to the programs and maps except fds
+//!   still held elsewhere (a [`crate::DenialStream`], an exported map fd); when those close
+//!   the kernel frees them.
+//! - Detach only after the runner's processes are gone: while links are being removed
+//!   one by one, a live job could slip through the ones already gone.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
+use aya::pin::PinError;
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{
+    CgroupAttachMode, CgroupSkbAttachType, LinkOrder, Program, ProgramError, TcAttachType,
+};
+use aya::{Ebpf, EbpfError};
+
+use crate::bpffs::{self, BpffsError};
+use crate::config::{ConfigError, FenceConfig};
+use crate::events::{Counters, DenialStream, EventError};
+use crate::maps::RawConfig;
+use crate::origdst::{OrigDstError, OriginalDestinations};
+
+/// The compiled programs (build.rs), embedded.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fence.bpf.o"));
+
+/// Programs attached to the runner's cgroup, in attach order: packet and socket backstops
+/// first, then the address hooks that rewrite.
+const CGROUP_PROGRAMS: [&str; 11] = [
+    "fence_skb_egress",
+    "fence_sock_create",
+    "fence_sockops",
+    "fence_recvmsg4",
+    "fence_recvmsg6",
+    "fence_getpeername4",
+    "fence_getpeername6",
+    "fence_sendmsg4",
+    "fence_sendmsg6",
+    "fence_connect4",
+    "fence_connect6",
+];
+
+/// The tc program for the host-side veth.
+const TC_PROGRAM: &str = "fence_tc_ingress";
+
+/// Maps pinned next to the links, for a restarted agent or a debugging operator.
+const PINNED_MAPS: [&str; 4] = ["fence_config", "orig_dst", "events", "counters"];
+
+/// Failures of attaching, reading or removing a fence; one variant per operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The configuration is not enforceable.
+    #[error("invalid fence configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// bpffs is missing and could not be mounted.
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    /// The pin directory could not be created or read.
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pin directory already holds pins (another fence, or leftovers to reap).
+    #[error("pin directory {0} is not empty: reap it first")]
+    PinDirInUse(PathBuf),
+    /// The cgroup v2 directory could not be opened.
+    #[error("opening cgroup {path}: {source}")]
+    OpenCgroup {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded object could not be parsed or its maps created.
+    #[error("loading the fence object: {0}")]
+    Object(#[source] Box<EbpfError>),
+    /// A program or map the object must contain is missing (build mismatch).
+    #[error("the fence object has no {0}")]
+    Missing(&'static str),
+    /// Writing the config map failed.
+    #[error("writing the fence config: {0}")]
+    WriteConfig(#[source] MapError),
+    /// The verifier or the kernel refused a program.
+    #[error("loading program {name}: {source}")]
+    LoadProgram {
+        /// Program name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// Attaching a program failed.
+    #[error("attaching program {name}: {source}")]
+    AttachProgram {
+        /// Program name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// An attachment is not a pinnable link.
+    #[error("program {name} did not attach as a link: {source}")]
+    NotALink {
+        /// Program name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: LinkError,
+    },
+    /// Pinning a link or a map failed.
+    #[error("pinning {name}: {source}")]
+    Pin {
+        /// Link or map name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: PinError,
+    },
+    /// The host-side interface index has no name in this network namespace.
+    #[error("interface index {ifindex}: {source}")]
+    Interface {
+        /// The index.
+        ifindex: u32,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+    /// The tc program is already attached for this fence.
+    #[error("the tc program is already attached")]
+    TcAlreadyAttached,
+    /// Removing a pin failed.
+    #[error("removing pin {path}: {source}")]
+    Unpin {
+        /// The pin.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Duplicating a map fd failed.
+    #[error("duplicating a map fd: {0}")]
+    DupFd(#[source] std::io::Error),
+    /// The events ring buffer was already taken by a [`DenialStream`].
+    #[error("the denial events were already taken")]
+    EventsTaken,
+    /// Reading events or counters failed.
+    #[error(transparent)]
+    Events(#[from] EventError),
+    /// Opening the original destinations failed.
+    #[error(transparent)]
+    OrigDst(#[from] OrigDstError),
+    /// Reading a program or map id failed.
+    #[error("reading object ids: {0}")]
+    Info(String),
+}
+
+/// The enforcement of one runner: programs attached to its cgroup (and optionally the
+/// tc program on its host-side veth), links pinned under its pin directory.
+pub struct Fence {
+    ebpf: Ebpf,
+    config: FenceConfig,
+    pin_dir: PathBuf,
+    links: Vec<PinnedLink>,
+    tc_attached: bool,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("runner_id", &self.config.runner_id)
+            .field("pin_dir", &self.pin_dir)
+            .field("links", &self.links.len())
+            .finish()
+    }
+}
+
+fn pin_name(kind: &str, name: &str) -> String {
+    format!("{kind}_{name}")
+}
+
+fn pin_link(link: FdLink, path: &Path, name: &'static str) -> Result<PinnedLink, FenceError> {
+    link.pin(path)
+        .map_err(|source| FenceError::Pin { name, source })
+}
+
+/// Loads and attaches one cgroup program, returning its link (not yet pinned).
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, FenceError> {
+    let load = |source| FenceError::LoadProgram { name, source };
+    let attach = |source| FenceError::AttachProgram { name, source };
+    let single = CgroupAttachMode::Single;
+    let program = ebpf.program_mut(name).ok_or(FenceError::Missing(name))?;
+    match program {
+        Program::CgroupSockAddr(p) => {
+            p.load().map_err(load)?;
+            let id = p.attach(cgroup.as_fd(), single).map_err(attach)?;
+            fd_link(name, p.take_link(id))
+        }
+        Program::CgroupSock(p) => {
+            p.load().map_err(load)?;
+            let id = p.attach(cgroup.as_fd(), single).map_err(attach)?;
+            fd_link(name, p.take_link(id))
+        }
+        Program::SockOps(p) => {
+            p.load().map_err(load)?;
+            let id = p.attach(cgroup.as_fd(), single).map_err(attach)?;
+            fd_link(name, p.take_link(id))
+        }
+        Program::CgroupSkb(p) => {
+            p.load().map_err(load)?;
+            let egress = CgroupSkbAttachType::Egress;
+            let id = p.attach(cgroup.as_fd(), egress, single).map_err(attach)?;
+            fd_link(name, p.take_link(id))
+        }
+        _ => Err(FenceError::Missing(name)),
+    }
+}
+
+/// Turns a freshly taken attachment into a pinnable link.
+fn fd_link<L>(name: &'static str, link: Result<L, ProgramError>) -> Result<FdLink, FenceError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let link = link.map_err(|source| FenceError::AttachProgram { name, source })?;
+    FdLink::try_from(link).map_err(|source| FenceError::NotALink { name, source })
+}
+
+/// Creates `pin_dir` (and bpffs if needed) and checks that it holds no pins.
+fn prepare_pin_dir(pin_dir: &Path) -> Result<(), FenceError> {
+    bpffs::ensure_mounted(pin_dir)?;
+    let io = |source| FenceError::PinDir {
+        path: pin_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(pin_dir).map_err(io)?;
+    if std::fs::read_dir(pin_dir).map_err(io)?.next().is_some() {
+        return Err(FenceError::PinDirInUse(pin_dir.to_owned()));
+    }
+    Ok(())
+}
+
+impl Fence {
+    /// Loads the programs, writes `cfg`, attaches every cgroup program to `cgroup_v2_dir`
+    /// and pins the links and maps under `pin_dir` (created; it must be empty). bpffs is
+    /// mounted at /sys/fs/bpf when `pin_dir` is below it and it is not mounted yet.
+    ///
+    /// On error, whatever was attached is removed again (the partial pins are reaped).
+    pub fn attach(
+        cgroup_v2_dir: &Path,
+        cfg: FenceConfig,
+        pin_dir: &Path,
+    ) -> Result<Self, FenceError> {
+        cfg.validate()?;
+        prepare_pin_dir(pin_dir)?;
+        let result = Self::attach_inner(cgroup_v2_dir, cfg, pin_dir);
+        if result.is_err() {
+            // Best effort: the error that matters is the one being returned.
+            if let Err(error) = reap(pin_dir) {
+                tracing::warn!(pin_dir = %pin_dir.display(), %error, "cleanup after failed attach");
+            }
+        }
+        result
+    }
+
+    fn attach_inner(
+        cgroup_v2_dir: &Path,
+        cfg: FenceConfig,
+        pin_dir: &Path,
+    ) -> Result<Self, FenceError> {
+        let cgroup = File::open(cgroup_v2_dir).map_err(|source| FenceError::OpenCgroup {
+            path: cgroup_v2_dir.to_owned(),
+            source,
+        })?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| FenceError::Object(Box::new(e)))?;
+        {
+            let map = ebpf
+                .map_mut("fence_config")
+                .ok_or(FenceError::Missing("fence_config"))?;
+            let mut array: Array<&mut MapData, RawConfig> =
+                Array::try_from(map).map_err(FenceError::WriteConfig)?;
+            array
+                .set(0, cfg.to_raw(), 0)
+                .map_err(FenceError::WriteConfig)?;
+        }
+        let mut fence = Fence {
+            ebpf,
+            config: cfg,
+            pin_dir: pin_dir.to_owned(),
+            links: Vec::new(),
+            tc_attached: false,
+        };
+        for name in PINNED_MAPS {
+            let map = fence.ebpf.map(name).ok_or(FenceError::Missing(name))?;
+            map.pin(pin_dir.join(pin_name("map", name)))
+                .map_err(|source| FenceError::Pin { name, source })?;
+        }
+        for name in CGROUP_PROGRAMS {
+            let link = attach_cgroup_program(&mut fence.ebpf, name, &cgroup)?;
+            let pinned = pin_link(link, &pin_dir.join(pin_name("link", name)), name)?;
+            fence.links.push(pinned);
+        }
+        tracing::info!(
+            runner_id = fence.config.runner_id,
+            cgroup = %cgroup_v2_dir.display(),
+            pin_dir = %pin_dir.display(),
+            programs = CGROUP_PROGRAMS.len(),
+            "fence attached"
+        );
+        Ok(fence)
+    }
+
+    /// Attaches the tc ingress program to the host-side veth `ifindex` (resolved in the
+    /// calling thread's network namespace, which must be the one holding that veth) as a
+    /// TCX link (Linux 6.6+), pinned like the others. It drops every frame from the runner
+    /// that is not ARP or IPv4 from the runner's address to a proxy listener.
+    pub fn attach_tc(&mut self, ifindex: u32) -> Result<(), FenceError> {
+        if self.tc_attached {
+            return Err(FenceError::TcAlreadyAttached);
+        }
+        let name = TC_PROGRAM;
+        let ifname = nix::net::if_::if_indextoname(ifindex)
+            .map_err(|source| FenceError::Interface { ifindex, source })?;
+        let ifname = ifname.to_string_lossy().into_owned();
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(FenceError::Missing(name))?;
+        let Program::SchedClassifier(p) = program else {
+            return Err(FenceError::Missing(name));
+        };
+        p.load()
+            .map_err(|source| FenceError::LoadProgram { name, source })?;
+        let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let id = p
+            .attach_with_options(&ifname, TcAttachType::Ingress, tcx)
+            .map_err(|source| FenceError::AttachProgram { name, source })?;
+        let link = fd_link(name, p.take_link(id))?;
+        let pinned = pin_link(link, &self.pin_dir.join(pin_name("link", name)), name)?;
+        self.links.push(pinned);
+        self.tc_attached = true;
+        tracing::info!(
+            runner_id = self.config.runner_id,
+            ifindex,
+            ifname,
+            "fence tc attached"
+        );
+        Ok(())
+    }
+
+    /// The configuration this fence enforces.
+    pub fn config(&self) -> &FenceConfig {
+        &self.config
+    }
+
+    /// Where the links and maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, FenceError> {
+        self.ebpf.map(name).ok_or(FenceError::Missing(name))
+    }
+
+    /// A new fd for the `orig_dst` map, to hand to the proxy (inherit it or send it over
+    /// SCM_RIGHTS); the receiver opens it with [`OriginalDestinations::from_fd`] and needs
+    /// no privilege.
+    pub fn orig_dst_fd(&self) -> Result<OwnedFd, FenceError> {
+        let Map::LruHashMap(data) = self.map("orig_dst")? else {
+            return Err(FenceError::Missing("orig_dst"));
+        };
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(FenceError::DupFd)
+    }
+
+    /// Reader of the original destinations, for an in-process proxy or tests.
+    pub fn original_destinations(&self) -> Result<OriginalDestinations, FenceError> {
+        Ok(OriginalDestinations::from_fd(self.orig_dst_fd()?)?)
+    }
+
+    /// The asynchronous reader of this runner's denials; can be taken once and must be
+    /// called inside a tokio runtime.
+    pub fn denials(&mut self) -> Result<DenialStream, FenceError> {
+        match self.ebpf.take_map("events") {
+            Some(Map::RingBuf(data)) => Ok(DenialStream::new(data)?),
+            Some(_) => Err(FenceError::Missing("events")),
+            None => Err(FenceError::EventsTaken),
+        }
+    }
+
+    /// The runner's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, FenceError> {
+        let map = self.map("counters")?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
+            .map_err(|e| FenceError::Events(EventError::ReadCounters(e)))?;
+        Ok(Counters::read(&array)?)
+    }
+
+    /// Kernel ids of the programs and maps of this fence, to verify they are freed.
+    pub fn object_ids(&self) -> Result<(Vec<u32>, Vec<u32>), FenceError> {
+        let info = |e: &dyn std::fmt::Display| FenceError::Info(e.to_string());
+        let mut programs = Vec::new();
+        for (_, program) in self.ebpf.programs() {
+            if let Ok(i) = program.info() {
+                programs.push(i.id());
+            }
+        }
+        let mut maps = Vec::new();
+        for (name, map) in self.ebpf.maps() {
+            let data = map_data(map).ok_or(FenceError::Missing("map data"))?;
+            maps.push(data.info().map_err(|e| info(&e))?.id());
+            tracing::trace!(name, "map id collected");
+        }
+        Ok((programs, maps))
+    }
+
+    /// Detaches every program and removes the pins. The kernel frees programs and maps
+    /// when the last fd (a [`DenialStream`], an exported map fd) is closed.
+    pub fn detach(mut self) -> Result<(), FenceError> {
+        // Closing our fds first: the pins are then the last references to the links.
+        self.links.clear();
+        let pin_dir = std::mem::take(&mut self.pin_dir);
+        drop(self);
+        reap(&pin_dir)?;
+        tracing::info!(pin_dir = %pin_dir.display(), "fence detached");
+        Ok(())
+    }
+}
+
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::Array(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d)
+        | Map::PerCpuArray(d)
+        | Map::SkStorage(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// Removes a fence from its pins alone: what a restarted agent calls for each runner it
+/// finds left over by its crashed predecessor, and what [`Fence::detach`] ends with.
+/// Unlinking a pin drops its reference; a link with no reference left is detached.
+/// A missing `pin_dir` is not an error (nothing to reap).
+pub fn reap(pin_dir: &Path) -> Result<(), FenceError> {
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(FenceError::PinDir {
+                path: pin_dir.to_owned(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| FenceError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        let path = entry.path();
+        std::fs::remove_file(&path).map_err(|source| FenceError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    std::fs::remove_dir(pin_dir).map_err(|source| FenceError::Unpin {
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    tracing::debug!(pin_dir = %pin_dir.display(), "fence pins removed");
+    Ok(())
+}
