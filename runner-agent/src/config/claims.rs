@@ -170,10 +170,7 @@ pub struct ClaimMatch {
 
 impl ClaimMatch {
     /// The fields in file order, with their YAML key and the claim they test.
-    fn fields<'a>(
-        &'a self,
-        claims: &'a Claims,
-    ) -> [(&'static str, &'a Option<Vec<Pattern>>, &'a Option<String>); 4] {
+    fn fields<'a>(&'a self, claims: &'a Claims) -> [Field<'a>; 4] {
         [
             ("repositories", &self.repositories, &claims.repository),
             ("refs", &self.refs, &claims.git_ref),
@@ -222,6 +219,9 @@ impl EmptyHint for PatternsHint {
 }
 
 type Patterns = Option<NonEmpty<Pattern, PatternsHint>>;
+
+/// One field of `match`: its key, its patterns, and the claim they test.
+type Field<'a> = (&'static str, &'a Option<Vec<Pattern>>, &'a Option<String>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

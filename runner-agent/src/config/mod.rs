@@ -29,6 +29,8 @@ mod claims;
 mod de;
 mod environment;
 mod error;
+#[cfg(test)]
+mod examples;
 mod host;
 mod job;
 mod limits;
