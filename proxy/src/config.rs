@@ -75,7 +75,12 @@ impl TryFrom<RawRule> for RuleConfig {
 
     fn try_from(raw: RawRule) -> Result<Self, Self::Error> {
         let target = match (raw.host, raw.cidr) {
-            (Some(host), None) => RuleTarget::Host(host),
+            (Some(host), None) => {
+                // Validated here, not only when the policy is compiled, so that the error
+                // carries the node's line and column.
+                crate::policy::HostPattern::parse(&host)?;
+                RuleTarget::Host(host)
+            }
             (None, Some(cidr)) => RuleTarget::Cidr(parse_cidr(&cidr)?),
             (Some(_), Some(_)) => {
                 return Err("a rule has either `host` or `cidr`, not both".to_owned())
@@ -113,8 +118,8 @@ impl TryFrom<RawRule> for RuleConfig {
                 return Err("`paths` is empty; leave it out to allow every path".to_owned())
             }
             Some(paths) => {
-                if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
-                    return Err(format!("path pattern `{bad}` must start with `/`"));
+                for path in &paths {
+                    crate::policy::pattern::PathPattern::new(path)?;
                 }
                 Some(paths)
             }
@@ -202,6 +207,9 @@ mod tests {
             ("allow:\n  - cidr: 10.0.0.0/8\n    paths: [\"/x\"]\n", "need a `host` rule"),
             ("allow:\n  - host: a.com\n    paths: [\"x\"]\n", "must start with `/`"),
             ("allow:\n  - host: a.com\n    colour: red\n", "unknown field `colour`"),
+            ("allow:\n  - host: \"*.com\"\n", "public suffix"),
+            ("allow:\n  - host: 10.0.0.1\n", "cidr"),
+            ("allow:\n  - host: a.com\n    paths: [\"/a**\"]\n", "whole segment"),
             ("mode: open\n", "unknown variant `open`"),
         ] {
             let err = parse(text).unwrap_err();

@@ -5,5 +5,20 @@
 //! runner-agent drives. It holds no privilege: `unsafe` is forbidden here.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+mod body;
+pub mod clients;
+mod dns;
 pub mod config;
+pub mod control;
+mod http;
+pub mod limits;
+pub mod origdst;
+pub mod policy;
+pub mod resolve;
+pub mod server;
+mod shared;
+pub mod tls;
+mod transparent;
+pub mod tunnel;
 pub mod yaml;

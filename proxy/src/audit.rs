@@ -1,0 +1,251 @@
+//! Audit events (DESIGN.md 3.4) and the sinks that receive them.
+//!
+//! One [`AuditEvent`] is one egress decision. The proxy, the DNS filter, the agent and the
+//! eBPF layer all emit this struct, so it is deliberately general: every field that may not
+//! apply is an `Option` and is written as `null`, never omitted, and fields are serialised
+//! in the order of DESIGN.md 3.4. One field follows the documented ones: `duration_ms`,
+//! the lifetime of a connection or request whose end the event records (null otherwise);
+//! consumers that only know the documented fields can ignore it.
+//!
+//! When events are written: a denial is written at once; an allowed connection, tunnel or
+//! request is written when it ends, with `bytes_up` (client to server), `bytes_down` and
+//! `duration_ms`, so that one line answers both "was it allowed" and "what went through".
+//!
+//! `ts` is RFC 3339 in UTC with milliseconds (`2026-11-22T10:00:00.123Z`).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// Which layer made the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The L7 proxy.
+    Proxy,
+    /// The DNS filter.
+    Dns,
+    /// The kernel programs.
+    Ebpf,
+}
+
+/// What was decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A plain HTTP request (explicit or transparent).
+    Http,
+    /// A CONNECT tunnel.
+    Connect,
+    /// A transparent TLS connection (decided on the SNI).
+    Tls,
+    /// A DNS question.
+    Dns,
+    /// A socket operation (eBPF).
+    Socket,
+    /// A packet (eBPF).
+    Packet,
+}
+
+/// allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Traffic went on (in audit mode, possibly with a deny reason).
+    Allow,
+    /// Traffic was stopped.
+    Deny,
+}
+
+/// One line of the audit log. Field order is the wire order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// Job id.
+    pub job: Option<String>,
+    /// Runner name.
+    pub runner: Option<String>,
+    /// Deciding layer.
+    pub source: Source,
+    /// What was decided on.
+    pub kind: Kind,
+    /// Name asked for (SNI, Host, CONNECT host, DNS question), normalised when valid.
+    pub host: Option<String>,
+    /// Address dialled, or asked for when the host was an address.
+    pub ip: Option<IpAddr>,
+    /// Destination port.
+    pub port: Option<u16>,
+    /// HTTP method, when visible.
+    pub method: Option<String>,
+    /// HTTP path, when visible.
+    pub path: Option<String>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why it was (or would have been, in audit mode) denied, or what went wrong.
+    pub reason: Option<String>,
+    /// The rule that allowed it.
+    pub rule: Option<String>,
+    /// Process id, when known (eBPF).
+    pub pid: Option<u32>,
+    /// Process name, when known (eBPF).
+    pub comm: Option<String>,
+    /// Bytes from the client toward the destination.
+    pub bytes_up: Option<u64>,
+    /// Bytes from the destination toward the client.
+    pub bytes_down: Option<u64>,
+    /// How long the connection or request lasted, when the event records its end.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+impl AuditEvent {
+    /// A new event stamped now, every optional field null.
+    pub fn new(source: Source, kind: Kind, verdict: Verdict) -> Self {
+        AuditEvent {
+            ts: now_rfc3339(),
+            job: None,
+            runner: None,
+            source,
+            kind,
+            host: None,
+            ip: None,
+            port: None,
+            method: None,
+            path: None,
+            verdict,
+            reason: None,
+            rule: None,
+            pid: None,
+            comm: None,
+            bytes_up: None,
+            bytes_down: None,
+            duration_ms: None,
+        }
+    }
+
+    /// The event as one JSON line (without the newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("audit events always serialise")
+    }
+}
+
+/// `2026-11-22T10:00:00.123Z`.
+pub fn now_rfc3339() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+/// Where events go. Implementations must not block for long: they are called on the
+/// connection's task.
+pub trait AuditSink: Send + Sync {
+    /// Records one event.
+    fn record(&self, event: AuditEvent);
+}
+
+/// Writes JSON lines to any writer (a file, stdout), one `write` per event so that lines
+/// from concurrent connections never interleave.
+pub struct JsonLinesSink<W: Write + Send> {
+    out: Mutex<W>,
+}
+
+impl<W: Write + Send> JsonLinesSink<W> {
+    /// Wraps a writer.
+    pub fn new(out: W) -> Self {
+        JsonLinesSink {
+            out: Mutex::new(out),
+        }
+    }
+}
+
+impl<W: Write + Send> AuditSink for JsonLinesSink<W> {
+    fn record(&self, event: AuditEvent) {
+        let mut line = event.to_json();
+        line.push('\n');
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+            tracing::error!(error = %err, "cannot write audit event");
+        }
+    }
+}
+
+/// Keeps events in memory (tests, and embedders that poll).
+#[derive(Default)]
+pub struct MemorySink {
+    events: Mutex<Vec<AuditEvent>>,
+}
+
+impl MemorySink {
+    /// A copy of every event so far.
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl AuditSink for MemorySink {
+    fn record(&self, event: AuditEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+}
+
+/// Drops every event (benchmarks that measure the proxy without logging).
+pub struct NullSink;
+
+impl AuditSink for NullSink {
+    fn record(&self, _event: AuditEvent) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_the_contract() {
+        let mut e = AuditEvent::new(Source::Proxy, Kind::Connect, Verdict::Deny);
+        e.ts = "2026-11-22T10:00:00.123Z".into();
+        e.job = Some("j-1".into());
+        e.runner = Some("r-3".into());
+        e.host = Some("github.com".into());
+        e.ip = Some("140.82.112.3".parse().unwrap());
+        e.port = Some(443);
+        e.reason = Some("host not allowed".into());
+        e.pid = Some(4242);
+        e.comm = Some("curl".into());
+        e.bytes_up = Some(0);
+        e.bytes_down = Some(0);
+        assert_eq!(
+            e.to_json(),
+            r#"{"ts":"2026-11-22T10:00:00.123Z","job":"j-1","runner":"r-3","source":"proxy","kind":"connect","host":"github.com","ip":"140.82.112.3","port":443,"method":null,"path":null,"verdict":"deny","reason":"host not allowed","rule":null,"pid":4242,"comm":"curl","bytes_up":0,"bytes_down":0,"duration_ms":null}"#
+        );
+        let back: AuditEvent = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let ts = now_rfc3339();
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.');
+    }
+
+    #[test]
+    fn json_lines_sink_writes_lines() {
+        let sink = JsonLinesSink::new(Vec::new());
+        sink.record(AuditEvent::new(Source::Dns, Kind::Dns, Verdict::Allow));
+        sink.record(AuditEvent::new(Source::Ebpf, Kind::Packet, Verdict::Deny));
+        let text = String::from_utf8(sink.out.into_inner().unwrap()).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].contains(r#""source":"ebpf","kind":"packet""#));
+    }
+}

@@ -1,0 +1,161 @@
+//! The per-client policy table: which runner (and so which policy) a connection belongs
+//! to, chosen by the connection's source address.
+//!
+//! The agent registers each runner's address with [`ClientTable::set`]; standalone mode
+//! installs one default client that every address maps to. Unknown addresses get nothing:
+//! there is no implicit fallback, so a missing registration fails closed.
+//!
+//! Each client also carries its count of open connections, so one runner cannot exhaust
+//! the proxy for the others ([`ClientEntry::try_acquire`]); the count is released by the
+//! returned guard's `Drop`, so no error path can leak a slot.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::audit::{AuditEvent, Kind, Source, Verdict};
+use crate::policy::Policy;
+
+/// One registered client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// Runner name written into audit events.
+    pub runner: Option<String>,
+    /// Job id written into audit events.
+    pub job: Option<String>,
+    /// The policy its traffic is judged by.
+    pub policy: Arc<Policy>,
+    active: AtomicUsize,
+}
+
+impl ClientEntry {
+    /// A client entry.
+    pub fn new(runner: Option<String>, job: Option<String>, policy: Arc<Policy>) -> Self {
+        ClientEntry {
+            runner,
+            job,
+            policy,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes one connection slot if fewer than `max` are in use.
+    pub fn try_acquire(self: &Arc<Self>, max: usize) -> Option<ConnSlot> {
+        let mut current = self.active.load(Ordering::Relaxed);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match self.active.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(ConnSlot {
+                        entry: Arc::clone(self),
+                    })
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Open connections right now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// A fresh event carrying this client's job and runner.
+    pub fn event(&self, source: Source, kind: Kind, verdict: Verdict) -> AuditEvent {
+        let mut event = AuditEvent::new(source, kind, verdict);
+        event.job.clone_from(&self.job);
+        event.runner.clone_from(&self.runner);
+        event
+    }
+}
+
+/// A held connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnSlot {
+    entry: Arc<ClientEntry>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.entry.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Source address → client.
+#[derive(Debug, Default)]
+pub struct ClientTable {
+    by_ip: RwLock<HashMap<IpAddr, Arc<ClientEntry>>>,
+    default: RwLock<Option<Arc<ClientEntry>>>,
+}
+
+impl ClientTable {
+    /// Registers (or replaces) the client at `ip`.
+    pub fn set(&self, ip: IpAddr, entry: ClientEntry) {
+        self.by_ip
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ip.to_canonical(), Arc::new(entry));
+    }
+
+    /// Forgets the client at `ip`; returns whether it was known.
+    pub fn remove(&self, ip: IpAddr) -> bool {
+        self.by_ip
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ip.to_canonical())
+            .is_some()
+    }
+
+    /// Serves `entry` to every address that has no registration of its own.
+    pub fn set_default(&self, entry: Option<ClientEntry>) {
+        *self.default.write().unwrap_or_else(|e| e.into_inner()) = entry.map(Arc::new);
+    }
+
+    /// The client for a source address, if any.
+    pub fn get(&self, ip: IpAddr) -> Option<Arc<ClientEntry>> {
+        let ip = ip.to_canonical();
+        if let Some(entry) = self
+            .by_ip
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+        {
+            return Some(Arc::clone(entry));
+        }
+        self.default
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_and_limits() {
+        let table = ClientTable::default();
+        let ip: IpAddr = "10.249.0.2".parse().unwrap();
+        assert!(table.get(ip).is_none());
+        table.set(ip, ClientEntry::new(Some("r-1".into()), None, Arc::new(Policy::deny_all())));
+        let entry = table.get("::ffff:10.249.0.2".parse().unwrap()).unwrap();
+        let a = entry.try_acquire(2).unwrap();
+        let _b = entry.try_acquire(2).unwrap();
+        assert!(entry.try_acquire(2).is_none());
+        drop(a);
+        assert!(entry.try_acquire(2).is_some());
+        assert!(table.remove(ip));
+        assert!(table.get(ip).is_none());
+        table.set_default(Some(ClientEntry::new(None, None, Arc::new(Policy::deny_all()))));
+        assert!(table.get(ip).is_some());
+    }
+}

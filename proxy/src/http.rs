@@ -1,0 +1,562 @@
+//! The explicit HTTP proxy (absolute-form requests and CONNECT) and the transparent plain
+//! HTTP listener, on top of hyper's HTTP/1.1 server and client.
+//!
+//! Every request on a keep-alive connection is decided on its own (THREATS.md "several
+//! requests on one keep-alive connection with different targets"): the decision, the
+//! resolution and the choice of upstream connection are made per request, and an upstream
+//! connection is only reused for the same name, port and address.
+//!
+//! Request framing is hyper's: it refuses conflicting Content-Length headers, and when
+//! Transfer-Encoding and Content-Length are both present it follows RFC 9112 section 6.3
+//! (chunked wins, Content-Length is removed) and re-frames the body toward the upstream,
+//! so a smuggled request can only ever be read as a *next request*, which is then checked
+//! like any other. Heads larger than the limit, too many headers, or heads that do not
+//! arrive in time close that connection; a parse error is recorded as a denial.
+//!
+//! Decisions:
+//! - explicit: the target is the absolute URI's authority (`http` only; `https` URIs must
+//!   use CONNECT); a Host header that names anything else is refused rather than guessed;
+//! - transparent: the target is the Host header, the port and address are the original
+//!   destination's, and that address must be one the proxy itself resolved for the name;
+//! - CONNECT: the authority is decided, the tunnel is opened only after the client's
+//!   ClientHello shows an SNI equal to the CONNECT host (port 443 requires TLS; other
+//!   ports check the SNI when the client speaks TLS, see [`crate::tls::first_flight`]).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::audit::{Kind, Source, Verdict};
+use crate::body::{Counted, EndEvent};
+use crate::clients::{ClientEntry, ConnSlot};
+use crate::policy::name::split_authority;
+use crate::policy::{classify_host, Decision, Host, HttpView};
+use crate::shared::{event_for, millis, Shared, Subject};
+use crate::tls::{first_flight, FirstFlight};
+use crate::tunnel::splice;
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    /// Explicit forward proxy.
+    Explicit,
+    /// Transparent plain HTTP; the client was headed for `original`.
+    Transparent {
+        /// The destination the client asked for.
+        original: SocketAddr,
+    },
+}
+
+struct Upstream {
+    key: (String, u16, IpAddr),
+    sender: SendRequest<ProxyBody>,
+}
+
+/// One client connection.
+struct Conn {
+    shared: Arc<Shared>,
+    client: Arc<ClientEntry>,
+    mode: Mode,
+    upstream: Mutex<Option<Upstream>>,
+    _slot: ConnSlot,
+}
+
+/// Serves one accepted connection until it closes or a limit is hit.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    client: Arc<ClientEntry>,
+    slot: ConnSlot,
+    mode: Mode,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = shared.limits.clone();
+    let conn = Arc::new(Conn {
+        shared: Arc::clone(&shared),
+        client: Arc::clone(&client),
+        mode,
+        upstream: Mutex::new(None),
+        _slot: slot,
+    });
+    let service = service_fn(move |req| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(handle(conn, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let served = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    match tokio::time::timeout(limits.total_timeout, served).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) if err.is_parse() || err.is_parse_too_large() || err.is_parse_status() => {
+            let kind = match mode {
+                Mode::Explicit | Mode::Transparent { .. } => Kind::Http,
+            };
+            shared.record(
+                Some(&client),
+                &Subject::new(kind),
+                &Decision::deny(format!("malformed request: {err}")),
+            );
+        }
+        Ok(Err(err)) => tracing::debug!(error = %err, "client connection ended"),
+        Err(_) => tracing::info!("connection closed: total time limit"),
+    }
+}
+
+fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn denied(decision: &Decision) -> Response<ProxyBody> {
+    text(
+        StatusCode::FORBIDDEN,
+        format!(
+            "egress-proxy: denied: {}",
+            decision.reason.as_deref().unwrap_or("not allowed")
+        ),
+    )
+}
+
+async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return match conn.mode {
+            Mode::Explicit => connect(conn, req).await,
+            Mode::Transparent { .. } => {
+                let decision = Decision::deny("CONNECT on the transparent listener");
+                conn.shared
+                    .record(Some(&conn.client), &Subject::new(Kind::Http), &decision);
+                denied(&decision)
+            }
+        };
+    }
+    forward(conn, req).await
+}
+
+/// The target of a plain request: host, port, and the original address if transparent.
+fn http_target(mode: Mode, uri: &Uri, headers: &HeaderMap) -> Result<(Host, u16), String> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header".to_owned());
+    }
+    let parse = |authority: &str| -> Result<(Host, Option<u16>), String> {
+        let (host, port) =
+            split_authority(authority).ok_or_else(|| format!("bad authority `{authority}`"))?;
+        let host = classify_host(host).map_err(|e| e.to_string())?;
+        Ok((host, port))
+    };
+    let from_header = match host_header {
+        Some(value) => Some(parse(
+            value.to_str().map_err(|_| "Host header is not text".to_owned())?,
+        )?),
+        None => None,
+    };
+    match mode {
+        Mode::Explicit => {
+            match uri.scheme_str() {
+                Some("http") => {}
+                Some("https") => return Err("https requests must use CONNECT".to_owned()),
+                Some(other) => return Err(format!("scheme `{other}` is not proxied")),
+                None => return Err("request target is not in absolute form".to_owned()),
+            }
+            let authority = uri
+                .authority()
+                .ok_or_else(|| "request target has no authority".to_owned())?;
+            if authority.as_str().contains('@') {
+                return Err("credentials in the request target".to_owned());
+            }
+            let (host, port) = parse(authority.as_str())?;
+            let port = port.unwrap_or(80);
+            if let Some((h, p)) = from_header {
+                if h != host || p.unwrap_or(80) != port {
+                    return Err("Host header differs from the request target".to_owned());
+                }
+            }
+            Ok((host, port))
+        }
+        Mode::Transparent { original } => {
+            let (host, port) = match (uri.authority(), from_header) {
+                (Some(authority), Some(from_header)) => {
+                    let from_uri = parse(authority.as_str())?;
+                    if from_uri != from_header {
+                        return Err("Host header differs from the request target".to_owned());
+                    }
+                    from_header
+                }
+                (None, Some(from_header)) => from_header,
+                (Some(authority), None) => parse(authority.as_str())?,
+                (None, None) => return Err("no Host header".to_owned()),
+            };
+            if port.is_some_and(|p| p != original.port()) {
+                return Err("Host port differs from the original destination".to_owned());
+            }
+            Ok((host, original.port()))
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones a Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let shared = Arc::clone(&conn.shared);
+    let client = Arc::clone(&conn.client);
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let mut subject = Subject::new(Kind::Http);
+    subject.method = Some(&method);
+    subject.path = Some(&path);
+    let (host, port) = match http_target(conn.mode, req.uri(), req.headers()) {
+        Ok(target) => target,
+        Err(reason) => {
+            let decision = Decision::deny(reason);
+            shared.record(Some(&client), &subject, &decision);
+            return denied(&decision);
+        }
+    };
+    subject.host = Some(&host);
+    subject.port = Some(port);
+    let decision = client.policy.check(
+        &host,
+        port,
+        Some(HttpView {
+            method: &method,
+            path: &path,
+        }),
+    );
+    if !decision.allowed {
+        shared.record(Some(&client), &subject, &decision);
+        return denied(&decision);
+    }
+    let addrs = match shared.addresses_for(&client.policy, &host, port).await {
+        Ok(addrs) => addrs,
+        Err((decision, ip)) => {
+            subject.ip = ip;
+            shared.record(Some(&client), &subject, &decision);
+            return denied(&decision);
+        }
+    };
+    let addrs = match conn.mode {
+        Mode::Explicit => addrs,
+        Mode::Transparent { original } => {
+            let wanted = original.ip().to_canonical();
+            if !addrs.contains(&wanted) {
+                subject.ip = Some(wanted);
+                let decision = Decision::deny("destination address is not an address of the name");
+                shared.record(Some(&client), &subject, &decision);
+                return denied(&decision);
+            }
+            vec![wanted]
+        }
+    };
+    let host_text = host.to_string();
+    let (sender, ip) = match upstream(&conn, &host_text, port, &addrs).await {
+        Ok(found) => found,
+        Err(err) => {
+            let mut event = event_for(Some(&client), Source::Proxy, &subject, &decision);
+            event.reason = Some(format!("upstream unreachable: {err}"));
+            event.duration_ms = Some(millis(start.elapsed()));
+            shared.audit.record(event);
+            return text(StatusCode::BAD_GATEWAY, format!("egress-proxy: {err}"));
+        }
+    };
+    subject.ip = Some(ip);
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let end = EndEvent {
+        event: event_for(Some(&client), Source::Proxy, &subject, &decision),
+        up: Arc::clone(&up),
+        down: Arc::clone(&down),
+        start,
+        sink: Arc::clone(&shared.audit),
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let authority = match (&host, port) {
+        (Host::Ip(IpAddr::V6(v6)), 80) => format!("[{v6}]"),
+        (Host::Ip(IpAddr::V6(v6)), p) => format!("[{v6}]:{p}"),
+        (h, 80) => h.to_string(),
+        (h, p) => format!("{h}:{p}"),
+    };
+    if let Ok(value) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, value);
+    }
+    parts.uri = match Uri::builder().path_and_query(path.as_str()).build() {
+        Ok(uri) => uri,
+        Err(_) => Uri::from_static("/"),
+    };
+    parts.version = http::Version::HTTP_11;
+    let outgoing = Request::from_parts(parts, Counted::new(body, up, None).boxed());
+    let mut sender = sender;
+    match sender.send_request(outgoing).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            *conn.upstream.lock().await = Some(Upstream {
+                key: (host_text, port, ip),
+                sender,
+            });
+            Response::from_parts(parts, Counted::new(body, down, Some(end)).boxed())
+        }
+        Err(err) => {
+            let mut end = end;
+            end.event.reason = Some(format!("upstream failed: {err}"));
+            drop(end);
+            text(StatusCode::BAD_GATEWAY, format!("egress-proxy: upstream failed: {err}"))
+        }
+    }
+}
+
+/// An upstream connection for (host, port) on one of `addrs`: the connection's cached one
+/// when it matches and is usable, else a new one.
+async fn upstream(
+    conn: &Conn,
+    host: &str,
+    port: u16,
+    addrs: &[IpAddr],
+) -> Result<(SendRequest<ProxyBody>, IpAddr), String> {
+    if let Some(cached) = conn.upstream.lock().await.take() {
+        let (h, p, ip) = &cached.key;
+        if h == host && *p == port && addrs.contains(ip) && !cached.sender.is_closed() {
+            let mut sender = cached.sender;
+            if sender.ready().await.is_ok() {
+                return Ok((sender, *ip));
+            }
+        }
+    }
+    let (stream, ip) = conn.shared.dial(addrs, port).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "upstream connection ended");
+        }
+    });
+    Ok((sender, ip))
+}
+
+async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let shared = Arc::clone(&conn.shared);
+    let client = Arc::clone(&conn.client);
+    let mut subject = Subject::new(Kind::Connect);
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    let target = authority
+        .as_deref()
+        .and_then(split_authority)
+        .ok_or_else(|| "CONNECT target is not host:port".to_owned())
+        .and_then(|(host, port)| {
+            let port = port.ok_or_else(|| "CONNECT target has no port".to_owned())?;
+            let host = classify_host(host).map_err(|e| e.to_string())?;
+            Ok((host, port))
+        });
+    let (host, port) = match target {
+        Ok(target) => target,
+        Err(reason) => {
+            let decision = Decision::deny(reason);
+            shared.record(Some(&client), &subject, &decision);
+            return denied(&decision);
+        }
+    };
+    subject.host = Some(&host);
+    subject.port = Some(port);
+    let decision = client.policy.check(&host, port, None);
+    if !decision.allowed {
+        shared.record(Some(&client), &subject, &decision);
+        return denied(&decision);
+    }
+    let addrs = match shared.addresses_for(&client.policy, &host, port).await {
+        Ok(addrs) => addrs,
+        Err((decision, ip)) => {
+            subject.ip = ip;
+            shared.record(Some(&client), &subject, &decision);
+            return denied(&decision);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("CONNECT upgrade is not a TCP stream");
+            return;
+        };
+        let stream = parts.io.into_inner();
+        let gate = TunnelGate {
+            kind: Kind::Connect,
+            host,
+            port,
+            addrs,
+            decision,
+            tls_required: port == 443,
+        };
+        gate.run(&conn.shared, &conn.client, stream, parts.read_buf.to_vec())
+            .await;
+    });
+    Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+}
+
+/// An allowed tunnel waiting for the client's first flight: checks the SNI against the
+/// decided name, then dials, replays and splices, and records the outcome.
+pub(crate) struct TunnelGate {
+    pub kind: Kind,
+    pub host: Host,
+    pub port: u16,
+    pub addrs: Vec<IpAddr>,
+    pub decision: Decision,
+    /// Whether the client must speak TLS (CONNECT to port 443).
+    pub tls_required: bool,
+}
+
+impl TunnelGate {
+    pub async fn run(
+        self,
+        shared: &Shared,
+        client: &ClientEntry,
+        mut stream: TcpStream,
+        initial: Vec<u8>,
+    ) {
+        let start = Instant::now();
+        let limits = &shared.limits;
+        let mut subject = Subject::new(self.kind);
+        subject.host = Some(&self.host);
+        subject.port = Some(self.port);
+        let wait = if self.tls_required {
+            limits.client_hello_timeout
+        } else {
+            limits.client_first_wait
+        };
+        let flight = first_flight(
+            &mut stream,
+            initial,
+            wait,
+            limits.max_client_hello,
+            limits.client_hello_timeout,
+        )
+        .await;
+        let deny = |subject: &Subject<'_>, reason: String| {
+            shared.record(Some(client), subject, &Decision::deny(reason));
+        };
+        let replay = match (flight, &self.host) {
+            (Err(err), _) => return deny(&subject, err.to_string()),
+            (Ok(FirstFlight::Closed), _) => Vec::new(),
+            (Ok(FirstFlight::Tls { bytes, info }), Host::Name(name)) => {
+                let sni = info.sni.as_deref().map(classify_host);
+                match sni {
+                    Some(Ok(Host::Name(sni))) if sni == *name => bytes,
+                    Some(_) => {
+                        let shown: String = info.sni.unwrap_or_default().chars().take(255).collect();
+                        return deny(&subject, format!("SNI `{shown}` differs from the CONNECT host"));
+                    }
+                    None => return deny(&subject, "TLS without SNI".to_owned()),
+                }
+            }
+            (Ok(FirstFlight::Tls { bytes, .. }), Host::Ip(_)) => bytes,
+            (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
+                if self.tls_required =>
+            {
+                return deny(&subject, "no TLS ClientHello on a port-443 tunnel".to_owned());
+            }
+            (Ok(FirstFlight::Other { bytes }), _) => bytes,
+            (Ok(FirstFlight::Silent), _) => Vec::new(),
+        };
+        let (mut server, ip) = match shared.dial(&self.addrs, self.port).await {
+            Ok(found) => found,
+            Err(err) => {
+                let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
+                event.reason = Some(format!("upstream unreachable: {err}"));
+                event.duration_ms = Some(millis(start.elapsed()));
+                shared.audit.record(event);
+                return;
+            }
+        };
+        subject.ip = Some(ip);
+        let _ = stream.set_nodelay(true);
+        let outcome = if server.write_all(&replay).await.is_ok() {
+            let mut outcome = splice(&mut stream, &mut server, limits.idle_timeout, limits.total_timeout).await;
+            outcome.up += replay.len() as u64;
+            outcome
+        } else {
+            crate::tunnel::SpliceOutcome {
+                up: 0,
+                down: 0,
+                cut: Some("write to destination failed".to_owned()),
+            }
+        };
+        let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
+        debug_assert_eq!(event.verdict, Verdict::Allow);
+        event.bytes_up = Some(outcome.up);
+        event.bytes_down = Some(outcome.down);
+        event.duration_ms = Some(millis(start.elapsed()));
+        tracing::info!(
+            host = %self.host, %ip, port = self.port, up = outcome.up, down = outcome.down,
+            cut = outcome.cut.as_deref(), "tunnel closed"
+        );
+        shared.audit.record(event);
+    }
+}

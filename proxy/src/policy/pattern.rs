@@ -1,0 +1,191 @@
+//! Path patterns of `paths:` rules: `*` matches within one segment, `**` across segments.
+//!
+//! The pattern `/rust-lang/*` matches `/rust-lang/cargo` but not `/rust-lang/cargo/pulls`;
+//! `/rust-lang/**` matches both (and `/rust-lang/` itself). The query string is not part of
+//! the path (RFC 3986 section 3.3) and is ignored.
+//!
+//! Invariant: a request path that could mean something else to the server than it means
+//! here never matches. Dot segments (`.`/`..`, RFC 3986 section 5.2.4), their
+//! percent-encoded forms, encoded slashes and backslashes are ambiguous between servers
+//! (path-normalisation confusion is a classic allow-list bypass), so
+//! [`PathPattern::matches`] refuses such paths outright instead of guessing.
+//!
+//! Matching is the classic greedy wildcard algorithm with one backtrack point, applied
+//! twice: to segments (with `**` as the star) and within a segment (with `*`). It runs in
+//! O(pattern × path) time at worst, never exponential.
+
+/// One compiled path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// `**`: any number of whole segments, including none.
+    Any,
+    /// A segment with optional `*` wildcards.
+    Glob(String),
+}
+
+impl PathPattern {
+    /// Compiles a pattern; it must start with `/` (checked when the file is read).
+    pub fn new(text: &str) -> Result<Self, String> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!("path pattern `{text}` must start with `/`"));
+        };
+        let mut segments = Vec::new();
+        for seg in rest.split('/') {
+            if seg == "**" {
+                segments.push(Segment::Any);
+            } else if seg.contains("**") {
+                return Err(format!(
+                    "path pattern `{text}`: `**` must be a whole segment"
+                ));
+            } else {
+                segments.push(Segment::Glob(seg.to_owned()));
+            }
+        }
+        Ok(PathPattern {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the request target's path (query ignored) matches.
+    pub fn matches(&self, target: &str) -> bool {
+        let path = target.split(['?', '#']).next().unwrap_or("");
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        if is_ambiguous(path) {
+            return false;
+        }
+        let segs: Vec<&str> = rest.split('/').collect();
+        match_segments(&self.segments, &segs)
+    }
+}
+
+/// Paths that servers may read differently: see the module documentation.
+pub fn is_ambiguous(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains('\\')
+    {
+        return true;
+    }
+    path.split('/').any(|s| s == "." || s == "..")
+}
+
+fn match_segments(pattern: &[Segment], segs: &[&str]) -> bool {
+    let (mut p, mut s) = (0usize, 0usize);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while s < segs.len() {
+        match pattern.get(p) {
+            Some(Segment::Any) => {
+                backtrack = Some((p, s));
+                p += 1;
+            }
+            Some(Segment::Glob(g)) if glob(g.as_bytes(), segs[s].as_bytes()) => {
+                p += 1;
+                s += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bs)) => {
+                    p = bp + 1;
+                    s = bs + 1;
+                    backtrack = Some((bp, bs + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|seg| *seg == Segment::Any)
+}
+
+/// `*` matches any run of bytes (a segment holds no `/`).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bt)) => {
+                    p = bp + 1;
+                    t = bt + 1;
+                    backtrack = Some((bp, bt + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        for (pattern, path, want) in [
+            ("/rust-lang/*", "/rust-lang/cargo", true),
+            ("/rust-lang/*", "/rust-lang/cargo?x=1", true),
+            ("/rust-lang/*", "/rust-lang/cargo/pulls", false),
+            ("/rust-lang/*", "/rust-lang", false),
+            ("/rust-lang/*", "/rust-lang/", true),
+            ("/rust-lang/**", "/rust-lang/cargo/pulls", true),
+            ("/rust-lang/**", "/rust-lang/", true),
+            ("/rust-lang/**", "/rust-lang", true),
+            ("/rust-lang/**", "/rust-langx/a", false),
+            ("/a/**/z", "/a/z", true),
+            ("/a/**/z", "/a/b/c/z", true),
+            ("/a/**/z", "/a/b/c/y", false),
+            ("/a/*.tar.gz", "/a/x.tar.gz", true),
+            ("/a/*.tar.gz", "/a/x/y.tar.gz", false),
+            ("/a/*-*", "/a/b-c-d", true),
+            ("/exact", "/exact", true),
+            ("/exact", "/exact/", false),
+            ("/exact", "/Exact", false),
+            ("/**", "/anything/at/all", true),
+            ("/rust-lang/**", "/rust-lang/../evil", false),
+            ("/rust-lang/**", "/rust-lang/%2e%2e/evil", false),
+            ("/rust-lang/**", "/rust-lang%2fevil", false),
+            ("/rust-lang/**", "/rust-lang/./x", false),
+            ("/rust-lang/**", "/rust-lang\\..\\evil", false),
+            ("/rust-lang/**", "rust-lang/x", false),
+            ("/rust-lang/**", "http://evil/rust-lang/x", false),
+        ] {
+            let p = PathPattern::new(pattern).unwrap();
+            assert_eq!(p.matches(path), want, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn bad_patterns() {
+        assert!(PathPattern::new("x").is_err());
+        assert!(PathPattern::new("/a**").is_err());
+    }
+
+    #[test]
+    fn no_exponential_blowup() {
+        let p = PathPattern::new(&format!("/{}b", "*a".repeat(40))).unwrap();
+        let path = format!("/{}", "a".repeat(5000));
+        let start = std::time::Instant::now();
+        assert!(!p.matches(&path));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+}
