@@ -1,7 +1,8 @@
 //! The job file (DESIGN.md 3.2): a subset of GitHub Actions step syntax.
 //!
 //! Keys (kebab-case exactly as documented; anything else is rejected):
-//! - `name`: optional, default the file name without its extension;
+//! - `name`: optional, default the file name without its extension; one line of at
+//!   most 200 characters without control characters (names are printed as headings);
 //! - `environment`: optional, default `default`; must be a valid environment name;
 //! - `image`: optional; only `host` exists;
 //! - `timeout`: optional duration for the whole job (capped later by the environment's
@@ -21,7 +22,9 @@ use serde::Deserialize;
 
 use super::de::{checked_map, unique_map, EmptyHint, EnvValue, NonEmpty};
 use super::error::{read_file, ConfigError};
-use super::names::{EnvVarName, EnvironmentName, ImageName, Text, WorkingDirectory};
+use super::names::{
+    EnvVarName, EnvironmentName, ImageName, Name, Text, WorkingDirectory, MAX_NAME_CHARS,
+};
 use super::units::Timeout;
 
 /// The environment a job uses when it names none.
@@ -74,7 +77,7 @@ pub(crate) fn env_map<'de, D: serde::Deserializer<'de>>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawStep {
-    name: Option<Text>,
+    name: Option<Name>,
     run: Text,
     #[serde(default, deserialize_with = "env_map")]
     env: BTreeMap<String, String>,
@@ -84,15 +87,23 @@ struct RawStep {
     continue_on_error: bool,
 }
 
-/// "Run " + the first non-blank line of the script, cut to 60 characters.
+/// "Run " + the first non-blank line of the script, cut to 60 characters, with control
+/// characters shown as spaces (the name is printed as a heading).
 fn default_step_name(run: &str) -> String {
     let first = run
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    let cut: String = first.chars().take(DEFAULT_NAME_CHARS).collect();
-    format!("Run {cut}")
+    format!("Run {}", printable(first, DEFAULT_NAME_CHARS))
+}
+
+/// The first `max` characters of `text`, control characters shown as spaces.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 impl TryFrom<RawStep> for Step {
@@ -130,7 +141,7 @@ impl EmptyHint for StepsHint {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawJob {
-    name: Option<Text>,
+    name: Option<Name>,
     environment: Option<EnvironmentName>,
     image: Option<ImageName>,
     timeout: Option<Timeout>,
@@ -152,7 +163,7 @@ impl JobFile {
             Some(name) => name.0,
             None => path
                 .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
+                .map(|s| printable(&s.to_string_lossy(), MAX_NAME_CHARS))
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "job".to_owned()),
         };
@@ -229,8 +240,12 @@ steps:
         let name = parse(&long).unwrap().steps[0].name.clone();
         assert_eq!(name, format!("Run echo {}", "x".repeat(55)));
         assert_eq!(name.chars().count(), 4 + 60);
+        let escaped = parse("steps:\n  - run: \"printf x\\e[2J\\tdone\"\n").unwrap();
+        assert_eq!(escaped.steps[0].name, "Run printf x [2J done");
         let stemless = JobFile::parse(Path::new(""), "steps: [ { run: x } ]\n").unwrap();
         assert_eq!(stemless.name, "job");
+        let odd = JobFile::parse(Path::new("a\u{1b}b.yaml"), "steps: [ { run: x } ]\n").unwrap();
+        assert_eq!(odd.name, "a b");
     }
 
     #[test]
@@ -295,6 +310,7 @@ steps:
             ("steps: [ { run: a, uses: actions/checkout@v4 } ]\n", "jobs/build.yaml:1:20: steps[0]: unknown field `uses`, expected one of `name`, `run`, `env`, `working-directory`, `timeout`, `continue-on-error`"),
             ("steps: { run: a }\n", "jobs/build.yaml:1:8: steps: invalid type: map, expected a non-empty list"),
             ("name: \"\"\nsteps: [ { run: a } ]\n", "jobs/build.yaml:1:7: name: this is empty; a non-empty string is expected"),
+            ("steps: [ { run: a, name: \"x\\ny\" } ]\n", "jobs/build.yaml:1:26: steps[0].name: a name cannot contain control characters"),
             ],
         );
     }

@@ -7,6 +7,8 @@
 //! - secret names: `[A-Z_][A-Z0-9_]*` (delivered as variables or file names);
 //! - images: only `host` exists;
 //! - step `run`: non-empty text without NUL (execve(2) arguments are C strings);
+//! - job and step `name`: one line of at most 200 characters without control
+//!   characters (they are printed as headings: no terminal escape sequences);
 //! - `working-directory`: absolute, or relative to the workspace without a `..` component
 //!   (a relative path must not climb out of the workspace);
 //! - `state_dir`/`run_dir`: absolute, not `/`, no `.` or `..` component (so that comparing
@@ -140,6 +142,34 @@ impl ScalarForm for Text {
     }
 }
 
+/// Longest job or step name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// A job or step name: printed as a heading and recorded in audit logs, so it is one
+/// line without control characters (an escape sequence in a name could repaint the
+/// operator's terminal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Name(pub String);
+
+impl ScalarForm for Name {
+    const EXPECTING: &'static str = "a name like `build`";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let Text(text) = Text::parse(text)?;
+        if text.chars().any(char::is_control) {
+            return Err(
+                "a name cannot contain control characters (newlines, tabs, escapes)".to_owned(),
+            );
+        }
+        if text.chars().count() > MAX_NAME_CHARS {
+            return Err(format!(
+                "this name is longer than {MAX_NAME_CHARS} characters"
+            ));
+        }
+        Ok(Name(text))
+    }
+}
+
 /// A step's `working-directory`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WorkingDirectory(pub String);
@@ -193,6 +223,7 @@ impl ScalarForm for HostDir {
 }
 
 into_string!(
+    Name,
     EnvironmentName,
     EnvVarName,
     SecretName,
@@ -202,6 +233,7 @@ into_string!(
 );
 
 scalar_deserialize!(
+    Name,
     EnvironmentName,
     EnvVarName,
     SecretName,
@@ -299,6 +331,22 @@ mod tests {
         assert!(HostDir::parse("")
             .unwrap_err()
             .contains("not an absolute path"));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Name::parse("build & test"), Ok(Name("build & test".into())));
+        for bad in ["a\nb", "a\tb", "\u{1b}[2Jspoof", "x\u{7f}"] {
+            assert!(
+                Name::parse(bad).unwrap_err().contains("control characters"),
+                "{bad:?}"
+            );
+        }
+        assert!(Name::parse(&"x".repeat(200)).is_ok());
+        assert!(Name::parse(&"x".repeat(201))
+            .unwrap_err()
+            .contains("longer than 200"));
+        assert!(Name::parse(" ").unwrap_err().contains("empty"));
     }
 
     #[test]

@@ -156,7 +156,11 @@ fn render_environment(out: &mut String, name: &str, env: &Environment) {
     };
     let _ = writeln!(out, "  egress: {mode}");
     if env.egress.allow.is_empty() {
-        let _ = writeln!(out, "    allow: nothing");
+        let none = match env.egress.mode {
+            Mode::Enforce => "allow: nothing",
+            Mode::Audit => "allow rules: none (every connection is recorded as would-be denied)",
+        };
+        let _ = writeln!(out, "    {none}");
     }
     for rule in &env.egress.allow {
         let _ = writeln!(out, "    allow {}", describe_rule(rule));

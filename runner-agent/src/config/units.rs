@@ -5,7 +5,8 @@
 //!   `KiB`/`K`, `MiB`/`M`, `GiB`/`G`, `TiB`/`T` (all powers of 1024: cgroup memory.max
 //!   and tmpfs sizes are page-based, so decimal units would only surprise);
 //! - durations: humantime forms such as `30s`, `20m`, `6h`, `1h30m`; a bare number is
-//!   rejected (seconds or minutes? the reader cannot tell) and so is zero;
+//!   rejected (seconds or minutes? the reader cannot tell), and so are zero and anything
+//!   above 30 days;
 //! - cpus: a number (integer or decimal) above 0 and at most 1024;
 //! - pids: an integer from 16 (a shell and a build tool need a few) to 4194304
 //!   (PID_MAX_LIMIT of include/linux/threads.h on 64-bit kernels);
@@ -88,7 +89,11 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// A duration above zero.
+/// Longest timeout accepted: far beyond any CI job, and small enough that adding it to a
+/// clock reading can never overflow (`Instant + Duration` panics on overflow).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration above zero and at most [`MAX_TIMEOUT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timeout(pub Duration);
 
@@ -108,6 +113,11 @@ impl ScalarForm for Timeout {
         if duration.is_zero() {
             return Err(format!(
                 "`{text}` is zero; a timeout must be positive, e.g. `30m`"
+            ));
+        }
+        if duration > MAX_TIMEOUT {
+            return Err(format!(
+                "`{text}` is longer than the maximum timeout of 30 days"
             ));
         }
         Ok(Timeout(duration))
@@ -271,7 +281,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (text, secs) in [("30s", 30), ("20m", 1200), ("6h", 21600), ("1h30m", 5400)] {
+        for (text, secs) in [
+            ("30s", 30),
+            ("20m", 1200),
+            ("6h", 21600),
+            ("1h30m", 5400),
+            ("1h 30m", 5400),
+            ("30d", 30 * 86400),
+        ] {
             assert_eq!(
                 Timeout::parse(text),
                 Ok(Timeout(Duration::from_secs(secs))),
@@ -287,10 +304,15 @@ mod tests {
             ("soon", "`soon` is not a duration"),
             ("", "is not a duration"),
             ("-5m", "is not a duration"),
+            ("31d", "`31d` is longer than the maximum timeout of 30 days"),
+            ("99999999999999y", "is not a duration"),
         ] {
             let err = Timeout::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
-            assert!(err.contains("30m"), "{text}: {err}");
+            assert!(
+                err.contains("30m") || err.contains("30 days"),
+                "{text}: {err}"
+            );
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h 30m");
     }
