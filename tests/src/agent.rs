@@ -1,1 +1,311 @@
 //! Running the `runner-agent` binary in a throwaway world of its own.
+//!
+//! A [`World`] is a temporary directory (host config, job files, state_dir, run_dir) and a
+//! named network namespace that stands for "the host": the agent runs inside it, so its
+//! veths, addresses and anything it might send stay there. The namespace has only a
+//! loopback and a marker interface (so tests can prove the runner does not see host
+//! interfaces), and no route anywhere. Dropping the world removes the namespace and the
+//! directory; the tests themselves assert that the agent left nothing behind before that.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The name of the dummy interface every world's host namespace has.
+pub const HOST_MARKER_IF: &str = "hostmark0";
+
+/// The `runner-agent` binary under test: `RUNNER_AGENT_BIN`, or the one cargo built next
+/// to this test executable (`target/<profile>/runner-agent`).
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RUNNER_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/runner-agent
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let binary = profile_dir.join("runner-agent");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it first (cargo build -p runner-agent) or set RUNNER_AGENT_BIN",
+        binary.display()
+    );
+    binary
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+/// A temporary host for the agent.
+pub struct World {
+    /// Scratch directory holding everything below.
+    pub dir: tempfile::TempDir,
+    /// Name of the network namespace the agent runs in.
+    pub netns: String,
+    /// The host config file.
+    pub config: PathBuf,
+    /// The agent's state_dir.
+    pub state_dir: PathBuf,
+    /// The agent's run_dir.
+    pub run_dir: PathBuf,
+}
+
+static WORLDS: AtomicU32 = AtomicU32::new(0);
+
+impl World {
+    /// A world whose host config is the defaults plus `runner_yaml`, a YAML fragment
+    /// placed under `runner:` (e.g. `"limits: { pids: 64 }"`), and `extra_yaml` at the
+    /// top level (e.g. environments).
+    pub fn new(runner_yaml: &str, extra_yaml: &str) -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("ra-world-")
+            .tempdir()
+            .expect("tempdir");
+        let n = WORLDS.fetch_add(1, Ordering::SeqCst);
+        let netns = format!("ra-t{}-{n}", std::process::id());
+        ip(&["netns", "add", &netns]);
+        let state_dir = dir.path().join("state");
+        let run_dir = dir.path().join("run");
+        let config = dir.path().join("host.yaml");
+        let runner_block = if runner_yaml.trim().is_empty() {
+            String::new()
+        } else {
+            let indented: Vec<String> = runner_yaml.lines().map(|l| format!("  {l}")).collect();
+            format!("runner:\n{}\n", indented.join("\n"))
+        };
+        let extra = if extra_yaml.trim().is_empty() {
+            "environments:\n  default:\n    egress: { mode: enforce, allow: [] }\n".to_owned()
+        } else {
+            format!("{extra_yaml}\n")
+        };
+        fs::write(
+            &config,
+            format!(
+                "state_dir: {}\nrun_dir: {}\n{runner_block}{extra}",
+                state_dir.display(),
+                run_dir.display()
+            ),
+        )
+        .expect("write host config");
+        // From here on, dropping the world removes the namespace, even if a step fails.
+        let world = World {
+            dir,
+            netns,
+            config,
+            state_dir,
+            run_dir,
+        };
+        ip(&["-n", &world.netns, "link", "set", "lo", "up"]);
+        // A veth pair rather than a dummy: it needs no extra kernel module.
+        ip(&[
+            "-n",
+            &world.netns,
+            "link",
+            "add",
+            HOST_MARKER_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "hostmark1",
+        ]);
+        world
+    }
+
+    /// Writes a job file into the world and returns its path.
+    pub fn job(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, yaml).expect("write job");
+        path
+    }
+
+    /// A `runner-agent` command that runs in the world's network namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let netns = fs::File::open(format!("/run/netns/{}", self.netns)).expect("open netns");
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(args).env("CI", "true");
+        // SAFETY: the closure only calls setns(2) on a descriptor opened before fork,
+        // which is async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs `runner-agent run JOB --config HOST` and waits for it.
+    pub fn run(&self, job: &Path) -> Output {
+        self.command(&[
+            "run",
+            &job.to_string_lossy(),
+            "--config",
+            &self.config.to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runner-agent")
+    }
+
+    /// Starts `runner-agent run JOB --config HOST` without waiting.
+    pub fn spawn(&self, job: &Path) -> Child {
+        self.command(&[
+            "run",
+            &job.to_string_lossy(),
+            "--config",
+            &self.config.to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn runner-agent")
+    }
+
+    /// Names of the links in the world's host namespace.
+    pub fn host_links(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.netns, "-o", "link", "show"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect()
+    }
+
+    /// Runner records currently under run_dir.
+    pub fn runner_records(&self) -> Vec<PathBuf> {
+        match fs::read_dir(self.run_dir.join("runners")) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Everything the world's runners could have left: records and scratch dirs under
+    /// run_dir, veths in the host namespace, cgroup dirs naming `job_ids`, mounts under
+    /// run_dir. Empty when the agent cleaned up.
+    pub fn leftovers(&self, job_ids: &[String]) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .runner_records()
+            .into_iter()
+            .map(|p| format!("run_dir entry {}", p.display()))
+            .collect();
+        left.extend(
+            self.host_links()
+                .into_iter()
+                .filter(|l| l.starts_with("ra"))
+                .map(|l| format!("veth {l}")),
+        );
+        for cg in cgroup_dirs_of(job_ids) {
+            left.push(format!("cgroup {}", cg.display()));
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let run_dir = self.run_dir.to_string_lossy();
+        for line in mountinfo.lines() {
+            if line
+                .split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(run_dir.as_ref()))
+            {
+                left.push(format!("mount {line}"));
+            }
+        }
+        left
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Every cgroup directory (v2 and v1) whose name contains one of `job_ids`.
+pub fn cgroup_dirs_of(job_ids: &[String]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+    ] {
+        let parent = Path::new(root).join("runner-agent");
+        if let Ok(entries) = fs::read_dir(&parent) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if job_ids.iter().any(|id| name.contains(id.as_str())) {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The job id the agent announced on stderr (`... (j-XXXX) on runner ...`).
+pub fn job_id(stderr: &str) -> Option<String> {
+    let start = stderr.find("(j-")? + 1;
+    let end = stderr[start..].find(')')? + start;
+    Some(stderr[start..end].to_owned())
+}
+
+/// Host processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == std::process::id() {
+                continue;
+            }
+            if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+                if String::from_utf8_lossy(&cmdline).contains(marker) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// Polls `check` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// Stdout and stderr of an agent run, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,131 @@
+//! Isolation of a runner, attacked from inside as root: it sees only its own processes,
+//! hostname and network, /sys is read-only, masked host paths are hidden, and root inside
+//! can neither change the host root nor load kernel code, call bpf() or mount.
+
+use runner_agent_tests::agent::{describe, job_id, World, HOST_MARKER_IF};
+use runner_agent_tests::require_privilege;
+
+/// Every check prints `OK <name>` as its last act; a check that fails stops the step
+/// (bash -e), so a missing OK line names the property that did not hold.
+const CHECKS: &[&str] = &[
+    "processes",
+    "hostname",
+    "network",
+    "sys",
+    "masks",
+    "ownership",
+    "overlay",
+    "kernel",
+    "mount",
+];
+
+#[test]
+fn a_job_sees_only_its_sandbox_and_cannot_touch_the_host() {
+    require_privilege!();
+    let world = World::new("", "");
+    let marker = format!("isolation-{}", std::process::id());
+    std::fs::write(world.state_dir.join("secret"), "top secret").unwrap_or_else(|_| {
+        std::fs::create_dir_all(&world.state_dir).unwrap();
+        std::fs::write(world.state_dir.join("secret"), "top secret").unwrap();
+    });
+    let host_name = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let job = world.job(
+        "isolation.yaml",
+        &format!(
+            r#"name: isolation
+steps:
+  - name: own processes
+    run: |
+      n=$(ls /proc | grep -cE '^[0-9]+$')
+      echo "processes visible: $n"
+      test "$n" -lt 10
+      tr '\0' ' ' < /proc/1/cmdline | grep -q __sandbox-init
+      echo OK processes
+  - name: own hostname
+    run: |
+      test "$(hostname)" = "$RUNNER_NAME"
+      test "$(hostname)" != "{host_name}"
+      echo OK hostname
+  - name: own network only
+    run: |
+      links=$(ls /sys/class/net | sort | tr '\n' ' ')
+      echo "links: $links"
+      test "$links" = "eth0 lo "
+      test ! -e /sys/class/net/{HOST_MARKER_IF}
+      # only the connected /30, no default route (destination 00000000)
+      cat /proc/net/route
+      ! awk 'NR>1 && $2=="00000000"' /proc/net/route | grep -q .
+      # no IPv6 address on eth0 (not even link-local)
+      ! grep -q eth0 /proc/net/if_inet6
+      echo OK network
+  - name: read-only sys
+    run: |
+      if echo 1 > /sys/kernel/mm/ksm/run 2>/dev/null; then echo "wrote to /sys"; exit 1; fi
+      if mkdir /sys/fs/cgroup/escape 2>/dev/null; then echo "made a cgroup"; exit 1; fi
+      awk '$2=="/sys" {{print $4}}' /proc/mounts | grep -qE '(^|,)ro(,|$)'
+      echo OK sys
+  - name: masked host paths
+    run: |
+      test ! -e /etc/shadow
+      test -z "$(ls -A /root)"
+      test -z "$(ls -A /home)"
+      test ! -e {state}/secret
+      ! grep -rqs "top secret" /tmp /var /run 2>/dev/null
+      echo OK masks
+  - name: ownership
+    run: |
+      test "$(stat -c %U:%G /usr/bin)" = "root:root"
+      test "$(id -u)" = 0
+      echo OK ownership
+  - name: overlay
+    run: |
+      echo changed > /usr/local/{marker}
+      echo "root:x:0:0:changed:/root:/bin/bash" >> /etc/passwd
+      mkdir -p /usr/lib/{marker}.d && touch /usr/bin/{marker}
+      echo OK overlay
+  - name: no kernel reach
+    run: |
+      # finit_module(313), init_module(175), bpf(321), perf_event_open(298), kexec_load(246)
+      for nr in 313 175 321 298 246; do
+        perl -e '$r = syscall($ARGV[0], 0, 0, 0); exit($r == -1 && $!{{EPERM}} ? 0 : 1)' $nr \
+          || {{ echo "syscall $nr was not refused with EPERM"; exit 1; }}
+      done
+      if cat /proc/kcore | head -c1 | grep -q .; then echo "read kcore"; exit 1; fi
+      echo OK kernel
+  - name: no mounts or namespaces
+    run: |
+      if mount -t tmpfs none /mnt 2>/dev/null; then echo "mounted"; exit 1; fi
+      if mount --bind / /mnt 2>/dev/null; then echo "bind-mounted"; exit 1; fi
+      if umount /proc 2>/dev/null; then echo "unmounted /proc"; exit 1; fi
+      if unshare -U true 2>/dev/null; then echo "new user namespace"; exit 1; fi
+      if unshare -n true 2>/dev/null; then echo "new net namespace"; exit 1; fi
+      if hostname evil 2>/dev/null; then echo "changed hostname"; exit 1; fi
+      if ip addr add 10.9.9.9/32 dev eth0 2>/dev/null; then echo "added address"; exit 1; fi
+      echo OK mount
+"#,
+            state = world.state_dir.display()
+        ),
+    );
+    let output = world.run(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    for check in CHECKS {
+        assert!(
+            stdout.lines().any(|l| l == format!("OK {check}")),
+            "check {check} did not pass\n{}",
+            describe(&output)
+        );
+    }
+    // The job's writes went to its own layer, never to the host.
+    assert!(!std::path::Path::new(&format!("/usr/local/{marker}")).exists());
+    assert!(!std::path::Path::new(&format!("/usr/bin/{marker}")).exists());
+    assert!(!std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .contains("changed"));
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    let left = world.leftovers(&[id]);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

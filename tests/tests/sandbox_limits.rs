@@ -1,0 +1,138 @@
+//! Resource limits: a fork bomb and a memory hog end in a failed job and a healthy host;
+//! step and job timeouts kill the work and clean up.
+
+use std::time::{Duration, Instant};
+
+use runner_agent_tests::agent::{describe, job_id, World};
+use runner_agent_tests::require_privilege;
+
+fn host_can_fork() -> bool {
+    std::process::Command::new("true")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_fork_bomb_fails_the_job_and_not_the_host() {
+    require_privilege!();
+    let world = World::new("limits: { pids: 64, memory: 256MiB }", "");
+    let job = world.job(
+        "bomb.yaml",
+        // A foreground bomb: every level waits for its two children, so the step stays
+        // busy forking until the pids limit stops it or the step timeout kills it.
+        "name: bomb\nsteps:\n  - name: fork bomb\n    timeout: 5s\n    run: |\n      bomb() { bomb | bomb; }; bomb\n  - name: never runs\n    run: echo SHOULD-NOT-RUN\n",
+    );
+    let started = Instant::now();
+    let output = world.run(&job);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("[1/2] fork bomb: failed"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stdout.contains("SHOULD-NOT-RUN\n"));
+    assert!(host_can_fork());
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(world.leftovers(&[id]).is_empty());
+}
+
+#[test]
+fn a_memory_hog_is_stopped_at_the_limit() {
+    require_privilege!();
+    let world = World::new("limits: { memory: 64MiB }", "");
+    let job = world.job(
+        "hog.yaml",
+        "name: hog\nsteps:\n  - name: eat memory\n    run: perl -e '$x = \"a\" x (512*1024*1024); print \"SURVIVED\\n\"'\n",
+    );
+    let output = world.run(&job);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("SURVIVED"), "{}", describe(&output));
+    assert!(
+        stdout.contains("[1/1] eat memory: failed"),
+        "{}",
+        describe(&output)
+    );
+    assert!(host_can_fork());
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(world.leftovers(&[id]).is_empty());
+}
+
+#[test]
+fn a_job_over_its_timeout_is_killed_and_cleaned_up() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job(
+        "slow.yaml",
+        "name: slow\ntimeout: 2s\nsteps:\n  - name: sleep\n    run: setsid sleep 300 & sleep 300\n",
+    );
+    let started = Instant::now();
+    let output = world.run(&job);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("job timed out after 2s"),
+        "{}",
+        describe(&output)
+    );
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(world.leftovers(&[id]).is_empty());
+}
+
+#[test]
+fn step_timeout_env_directory_and_continue_on_error_are_honoured() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job(
+        "steps.yaml",
+        r#"name: steps
+env: { JOB_VAR: job, SHARED: from-job }
+steps:
+  - name: allowed to fail
+    continue-on-error: true
+    run: exit 3
+  - name: make a directory
+    run: mkdir -p sub
+  - name: env and directory
+    working-directory: sub
+    env: { STEP_VAR: step, SHARED: from-step }
+    run: echo "vars=$JOB_VAR,$STEP_VAR,$SHARED pwd=$(pwd) agent-env=${RUNNER_AGENT_LOG:-unset}"
+  - name: slow step
+    timeout: 1s
+    run: sleep 60
+  - name: skipped
+    run: echo SHOULD-NOT-RUN
+"#,
+    );
+    let started = Instant::now();
+    let output = world.run(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        stdout.contains("[1/5] allowed to fail: failed: exit code 3 (continue-on-error)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("vars=job,step,from-step pwd=/workspace/sub agent-env=unset"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[4/5] slow step: failed: timed out after 1s"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SHOULD-NOT-RUN\n"), "{stdout}");
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(world.leftovers(&[id]).is_empty());
+}
