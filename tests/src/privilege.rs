@@ -14,7 +14,10 @@ pub fn missing_privilege() -> Option<String> {
     if !Path::new("/proc/self/ns/user").exists() {
         return Some("kernel has no user namespaces".to_owned());
     }
-    let v2 = ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.procs"];
+    let v2 = [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.procs",
+    ];
     if !v2.iter().any(|p| Path::new(p).exists()) {
         return Some("no cgroup v2 hierarchy mounted".to_owned());
     }
