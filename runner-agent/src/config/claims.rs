@@ -421,3 +421,61 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod reference {
+    //! Cross-checks the dynamic-programming matcher against a plain recursive one on
+    //! many generated patterns and subjects.
+    use super::*;
+
+    /// Backtracking reference: obviously correct, exponential in the worst case.
+    fn reference(tokens: &[Token], text: &[char]) -> bool {
+        match tokens.split_first() {
+            None => text.is_empty(),
+            Some((Token::Literal(c), rest)) => {
+                text.first() == Some(c) && reference(rest, &text[1..])
+            }
+            Some((Token::Optional(c), rest)) => {
+                reference(rest, text) || (text.first() == Some(c) && reference(rest, &text[1..]))
+            }
+            Some((Token::Star, rest)) => (0..=text.len())
+                .take_while(|&n| n == 0 || text[n - 1] != '/')
+                .any(|n| reference(rest, &text[n..])),
+            Some((Token::DoubleStar, rest)) => {
+                (0..=text.len()).any(|n| reference(rest, &text[n..]))
+            }
+        }
+    }
+
+    #[test]
+    fn matcher_agrees_with_reference() {
+        // A fixed linear congruential sequence keeps the test reproducible.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let pieces = ["a", "b", "/", "*", "**", "a?", "/?"];
+        let letters = ['a', 'b', '/'];
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let pattern: String = (0..next(6)).map(|_| pieces[next(7) as usize]).collect();
+            let Ok(compiled) = Pattern::new(&pattern) else {
+                continue; // e.g. `***` or empty: refused, not matched
+            };
+            for _ in 0..8 {
+                let subject: Vec<char> = (0..next(7)).map(|_| letters[next(3) as usize]).collect();
+                let text: String = subject.iter().collect();
+                assert_eq!(
+                    compiled.matches(&text),
+                    reference(&compiled.tokens, &subject),
+                    "{pattern} vs {text}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+}

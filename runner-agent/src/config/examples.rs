@@ -96,3 +96,41 @@ fn every_bad_example_fails_where_the_table_says() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every prefix of the example files (a file cut short by a full disk or a bad paste)
+/// is either valid or rejected with a one-line message; nothing panics, including the
+/// text scan that locates cross-field errors.
+#[test]
+fn every_prefix_of_the_examples_is_handled() {
+    let host_text = std::fs::read_to_string(examples().join("host.yaml")).unwrap();
+    let job_text = "name: build\nenvironment: ci\ntimeout: 30m\nenv:\n  A: 1\nsteps:\n  - name: x\n    run: |\n      make\n    working-directory: src\n";
+    let host = HostConfig::load(&examples().join("host.yaml")).unwrap();
+    let path = Path::new("p.yaml");
+    let mut rejected = 0;
+    for text in [host_text.as_str(), job_text] {
+        for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            let prefix = &text[..end];
+            let results = [
+                HostConfig::parse(path, prefix).map(drop),
+                JobFile::parse(path, prefix)
+                    .and_then(|job| host.resolve(&job, path, prefix).map(drop)),
+            ];
+            for result in results {
+                if let Err(err) = result {
+                    rejected += 1;
+                    let message = err.to_string();
+                    assert!(!message.contains('\n'), "{prefix:?}: {message}");
+                    assert!(message.starts_with("p.yaml:"), "{prefix:?}: {message}");
+                }
+            }
+            for key in [
+                &["environment"][..],
+                &["network", "runner_pool"],
+                &["runner", "limits", "memory"],
+            ] {
+                let _ = super::locate::value_position(prefix, key);
+            }
+        }
+    }
+    assert!(rejected > 0);
+}
