@@ -55,7 +55,7 @@ impl HostConfig {
                 format!("defined: {}", names.join(", "))
             };
             let at = value_position(job_text, &["environment"]);
-            let message = if at.is_none() && job.environment == DEFAULT_ENVIRONMENT {
+            let message = if !names_environment(job_text) {
                 format!(
                     "the job names no environment, so it uses the implicit `{DEFAULT_ENVIRONMENT}`, \
                      which the host config does not define ({defined}); add `environment: NAME`"
@@ -87,6 +87,15 @@ impl HostConfig {
             job_timeout,
         })
     }
+}
+
+/// Whether the job text has a top-level `environment` with a value (parsed again rather
+/// than scanned, so that flow-style files are read correctly too).
+fn names_environment(job_text: &str) -> bool {
+    serde_yaml::from_str::<serde_yaml::Value>(job_text)
+        .ok()
+        .and_then(|doc| doc.get("environment").map(|v| !v.is_null()))
+        .unwrap_or(false)
 }
 
 /// The human summary printed by `runner-agent check`: the host settings, then every
@@ -303,6 +312,13 @@ mod tests {
             resolve(&config, "steps: [ { run: x } ]\n").unwrap_err(),
             "job.yaml: the job names no environment, so it uses the implicit `default`, which the host config does not define (defined: ci, release); add `environment: NAME`"
         );
+        assert_eq!(
+            resolve(&config, "{ environment: default, steps: [ { run: x } ] }\n").unwrap_err(),
+            "job.yaml: unknown environment `default`: the host config does not define it (defined: ci, release)"
+        );
+        assert!(resolve(&config, "environment:\nsteps: [ { run: x } ]\n")
+            .unwrap_err()
+            .starts_with("job.yaml:1:1: the job names no environment"));
         let empty = host("environments: {}\n");
         assert!(resolve(&empty, "steps: [ { run: x } ]\n")
             .unwrap_err()
