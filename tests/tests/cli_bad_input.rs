@@ -1,0 +1,237 @@
+//! Bad input to `runner-agent run` and `check`: each gives a precise `FILE:LINE:COLUMN`
+//! error, exit code 64, and creates nothing (no state_dir, no run_dir, no runner).
+//!
+//! Validation happens before anything is created, so these tests need no privilege.
+
+use std::path::Path;
+use std::process::Command;
+
+use runner_agent_tests::agent::agent_binary;
+
+struct Case {
+    what: &'static str,
+    job: &'static str,
+    /// `LINE:COLUMN` expected right after the file name.
+    at: &'static str,
+    /// A fragment of the message.
+    says: &'static str,
+}
+
+const JOB_CASES: &[Case] = &[
+    Case {
+        what: "malformed YAML",
+        job: "name: x\nsteps:\n  - run: echo\n name: bad indentation\n",
+        at: "4:2",
+        says: "did not find expected key",
+    },
+    Case {
+        what: "unknown top-level key",
+        job: "name: x\nstepz:\n  - run: echo\n",
+        at: "2:1",
+        says: "unknown field `stepz`",
+    },
+    Case {
+        what: "unknown step key",
+        job: "name: x\nsteps:\n  - run: echo\n    shell: zsh\n",
+        at: "4:5",
+        says: "unknown field `shell`",
+    },
+    Case {
+        what: "bad duration",
+        job: "name: x\ntimeout: soon\nsteps:\n  - run: echo\n",
+        at: "2:",
+        says: "30m",
+    },
+    Case {
+        what: "bare number as duration",
+        job: "name: x\nsteps:\n  - run: echo\n    timeout: 30\n",
+        at: "4:",
+        says: "30m",
+    },
+    Case {
+        what: "empty steps",
+        job: "name: x\nsteps: []\n",
+        at: "2:",
+        says: "step",
+    },
+    Case {
+        what: "step without run",
+        job: "name: x\nsteps:\n  - name: nothing\n",
+        at: "3:",
+        says: "run",
+    },
+];
+
+fn run_agent(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(agent_binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run runner-agent")
+}
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("host.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}/state\nrun_dir: {}/run\nenvironments:\n  default: {{}}\n",
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn bad_job_files_are_rejected_precisely_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    for case in JOB_CASES {
+        let job = dir.path().join("job.yaml");
+        std::fs::write(&job, case.job).unwrap();
+        for args in [
+            vec!["run", "job.yaml", "--config", config.to_str().unwrap()],
+            vec!["check", "--config", config.to_str().unwrap(), "job.yaml"],
+        ] {
+            let out = run_agent(dir.path(), &args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "{}: {args:?}: {stderr}",
+                case.what
+            );
+            let expected = format!("job.yaml:{}", case.at);
+            assert!(
+                stderr.contains(&expected),
+                "{}: expected {expected} in {stderr}",
+                case.what
+            );
+            assert!(
+                stderr.contains(case.says),
+                "{}: expected {:?} in {stderr}",
+                case.what,
+                case.says
+            );
+            assert!(
+                !dir.path().join("state").exists(),
+                "{}: state_dir was created",
+                case.what
+            );
+            assert!(
+                !dir.path().join("run").exists(),
+                "{}: run_dir was created",
+                case.what
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_host_configs_are_rejected_precisely() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "name: x\nsteps:\n  - run: echo\n",
+    )
+    .unwrap();
+    for (what, config, at, says) in [
+        (
+            "unknown key",
+            "state_dir: /var/lib/ra\nnetwork:\n  pool: 10.0.0.0/16\n",
+            "3:3",
+            "unknown field `pool`",
+        ),
+        (
+            "bad size",
+            "runner:\n  limits: { memory: 4 gigs }\n",
+            "2:",
+            "memory",
+        ),
+        (
+            "bad timeout",
+            "runner:\n  limits:\n    timeout: forever\n",
+            "3:",
+            "30m",
+        ),
+        (
+            "unknown mode",
+            "environments:\n  default:\n    egress: { mode: open }\n",
+            "3:",
+            "unknown variant `open`",
+        ),
+    ] {
+        let path = dir.path().join("host.yaml");
+        std::fs::write(&path, config).unwrap();
+        let out = run_agent(dir.path(), &["run", "job.yaml", "--config", "host.yaml"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!("host.yaml:{at}")),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr.contains(says),
+            "{what}: expected {says:?} in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn unknown_environment_points_at_the_job_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "name: x\nenvironment: release\nsteps:\n  - run: echo\n",
+    )
+    .unwrap();
+    let out = run_agent(
+        dir.path(),
+        &["run", "job.yaml", "--config", config.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("job.yaml:2:14"), "{stderr}");
+    assert!(stderr.contains("release"), "{stderr}");
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn missing_files_and_bad_arguments_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_agent(dir.path(), &["run", "nope.yaml"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));
+    let out = run_agent(dir.path(), &["run"]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = run_agent(dir.path(), &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_prints_the_effective_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_agent(dir.path(), &["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("default"), "{stdout}");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/host.yaml");
+    let out = run_agent(
+        dir.path(),
+        &["check", "--config", examples.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
