@@ -94,6 +94,18 @@ steps:
           || {{ echo "syscall $nr was not refused with EPERM"; exit 1; }}
       done
       if cat /proc/kcore | head -c1 | grep -q .; then echo "read kcore"; exit 1; fi
+      if echo 1 > /proc/sys/vm/drop_caches 2>/dev/null; then echo "wrote /proc/sys"; exit 1; fi
+      if echo b > /proc/sysrq-trigger 2>/dev/null; then echo "wrote sysrq-trigger"; exit 1; fi
+      # raw and packet sockets need CAP_NET_RAW over the network namespace: not ours
+      perl -e 'use Socket; socket(my $s, PF_INET, SOCK_RAW, 1) ? exit 1 : exit 0' \
+        || {{ echo "opened a raw socket"; exit 1; }}
+      perl -e 'use Socket; socket(my $s, 17, SOCK_RAW, 0) ? exit 1 : exit 0' \
+        || {{ echo "opened a packet socket"; exit 1; }}
+      # pid 1 (the init that talks to the agent) cannot be inspected or killed
+      if ls /proc/1/fd >/dev/null 2>&1; then echo "listed init's fds"; exit 1; fi
+      kill -9 1 2>/dev/null || true
+      sleep 0.1
+      tr '\0' ' ' < /proc/1/cmdline | grep -q __sandbox-init
       echo OK kernel
   - name: no mounts or namespaces
     run: |
