@@ -83,6 +83,9 @@ pub struct RunnerRecord {
     pub scratch_dir: PathBuf,
     /// First host id of its id range.
     pub id_base: u32,
+    /// Inode of its network namespace, once it exists (to verify that it is gone).
+    #[serde(default)]
+    pub netns_inode: Option<u64>,
 }
 
 /// The agent's live state directory.
@@ -223,6 +226,7 @@ mod tests {
             addresses: RunnerAddresses::for_slot("10.249.0.0/16".parse().unwrap(), slot).unwrap(),
             scratch_dir: run_dir.scratch_dir(slot),
             id_base: ID_BASE,
+            netns_inode: None,
         }
     }
 

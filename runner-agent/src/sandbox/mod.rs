@@ -197,6 +197,7 @@ impl Sandbox {
             addresses: RunnerAddresses::for_slot(config.runner_pool, slot)?,
             scratch_dir: run_dir.scratch_dir(slot),
             id_base: ID_BASE + slot * ID_COUNT,
+            netns_inode: None,
         };
         run_dir.write_record(&record)?;
         let mut sandbox = Sandbox {
@@ -208,7 +209,11 @@ impl Sandbox {
             output: None,
             idmapped: false,
         };
-        match sandbox.start(config, &layout, &cgroup_name).await {
+        let span = tracing::info_span!("runner", runner = %runner, job = %job_id, slot);
+        let started =
+            tracing::Instrument::instrument(sandbox.start(config, &layout, &cgroup_name), span)
+                .await;
+        match started {
             Ok(()) => Ok(sandbox),
             Err(err) => {
                 if let Err(cleanup) = sandbox.destroy().await {
@@ -243,6 +248,11 @@ impl Sandbox {
                 ),
             ),
         ];
+        // The DNS filter listens on the host side of the runner's veth.
+        files.push((
+            PathBuf::from("/etc/resolv.conf"),
+            format!("nameserver {}\n", self.record.addresses.host),
+        ));
         files.extend(config.files.iter().cloned());
         let spec = SandboxSpec {
             runner: self.record.runner.clone(),
@@ -293,6 +303,11 @@ impl Sandbox {
         self.send(&ToInit::Spec(spec)).await?;
         self.expect_ready("namespaces", |m| matches!(m, FromInit::NamespacesReady))
             .await?;
+        // Record the namespace before configuring it, so that its removal can be checked.
+        let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))
+            .map_err(|e| SandboxError::Init(format!("network namespace of the init: {e}")))?;
+        self.record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
+        self.run_dir.write_record(&self.record)?;
         network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
         self.send(&ToInit::NetworkReady).await?;
         let ready = self
@@ -514,5 +529,26 @@ pub async fn verify_gone(record: &RunnerRecord) -> Vec<String> {
     if record.scratch_dir.exists() {
         left.push(format!("directory {}", record.scratch_dir.display()));
     }
+    if let Some(inode) = record.netns_inode {
+        if let Some(pid) = process_in_netns(inode) {
+            left.push(format!(
+                "network namespace {inode} (process {pid} is in it)"
+            ));
+        }
+    }
     left
+}
+
+/// A process whose network namespace has inode `inode`, if any. The runner's namespace is
+/// held only by its processes (it is never bind-mounted), so none found means it is gone.
+fn process_in_netns(inode: u64) -> Option<u32> {
+    let wanted = format!("net:[{inode}]");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let link = std::fs::read_link(entry.path().join("ns/net")).ok()?;
+            (link.as_os_str() == wanted.as_str()).then_some(pid)
+        })
 }
