@@ -466,6 +466,9 @@ pub enum Placement {
     UserNsRoot,
     /// Only in the runner's netns, not in the cgroup (to show what the fence stops).
     Unfenced,
+    /// Host uid [`NOBODY`] without any capability, in the runner's netns, not in the
+    /// cgroup: an unprivileged proxy process.
+    Unprivileged,
 }
 
 /// One step of a probe.
@@ -528,6 +531,61 @@ pub enum Op {
     Bpf,
     /// Reads one line from stdin before going on (lets the test act in between).
     WaitStdin,
+    /// Attaches a fence to `cgroup`, pinned under `pin_dir` (the process is then a loader
+    /// that can be killed).
+    AttachFence {
+        /// cgroup v2 directory.
+        cgroup: PathBuf,
+        /// Pin directory.
+        pin_dir: PathBuf,
+        /// Configuration.
+        config: FenceConfigJson,
+    },
+    /// Opens the inherited map fd `fd` as [`egress_ebpf::OriginalDestinations`] and looks
+    /// `peer` up.
+    LookupOrigDst {
+        /// Inherited fd number.
+        fd: i32,
+        /// Runner-side address of a redirected connection.
+        peer: SocketAddr,
+    },
+}
+
+/// [`FenceConfig`] as JSON for [`Op::AttachFence`] (the config type itself only
+/// deserializes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FenceConfigJson {
+    /// Runner id.
+    pub runner_id: u32,
+    /// Deny TCP to ports other than 53 and 443 instead of redirecting it.
+    pub deny_other_tcp: bool,
+}
+
+impl FenceConfigJson {
+    /// The configuration matching the stand-ins.
+    pub fn config(&self) -> FenceConfig {
+        let other = if self.deny_other_tcp {
+            OtherTcp::Deny
+        } else {
+            OtherTcp::HttpListener
+        };
+        fence_config(self.runner_id, other)
+    }
+}
+
+/// The fence configuration matching the stand-ins.
+pub fn fence_config(runner_id: u32, other_tcp: OtherTcp) -> FenceConfig {
+    FenceConfig {
+        proxy_addr_v4: PROXY_ADDR,
+        runner_addr_v4: RUNNER_ADDR,
+        explicit_proxy_port: EXPLICIT_PORT,
+        transparent_tls_port: TLS_PORT,
+        transparent_http_port: HTTP_PORT,
+        dns_port: DNS_PORT,
+        runner_id,
+        other_tcp,
+        allow_loopback: true,
+    }
 }
 
 /// What one step gave.
@@ -661,6 +719,13 @@ impl World {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("ip_forward")?;
             std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").context("forwarding")
         })??;
+        runner
+            .run(|| {
+                // Let every group create ICMP "ping" sockets, so that refusing them is the
+                // fence's doing and not the default ping_group_range's (icmp(7)).
+                std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+            })?
+            .context("ping_group_range")?;
         let host_ifindex = host
             .run(|| nix::net::if_::if_nametoindex("vrun"))?
             .context("ifindex")?;
@@ -684,17 +749,7 @@ impl World {
 
     /// The fence configuration matching the stand-ins.
     pub fn fence_config(&self, runner_id: u32, other_tcp: OtherTcp) -> FenceConfig {
-        FenceConfig {
-            proxy_addr_v4: PROXY_ADDR,
-            runner_addr_v4: RUNNER_ADDR,
-            explicit_proxy_port: EXPLICIT_PORT,
-            transparent_tls_port: TLS_PORT,
-            transparent_http_port: HTTP_PORT,
-            dns_port: DNS_PORT,
-            runner_id,
-            other_tcp,
-            allow_loopback: true,
-        }
+        fence_config(runner_id, other_tcp)
     }
 
     /// A pin directory for this world's fence, under /sys/fs/bpf.
@@ -707,7 +762,7 @@ impl World {
         let exe = std::env::current_exe()?;
         let netns = File::open(self.runner.path())?;
         let procs = match placement {
-            Placement::Unfenced => None,
+            Placement::Unfenced | Placement::Unprivileged => None,
             _ => Some(
                 std::fs::OpenOptions::new()
                     .write(true)
@@ -727,7 +782,12 @@ impl World {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-        sys::place_before_exec(&mut cmd, netns, procs, placement == Placement::UserNsRoot);
+        let drop_to = match placement {
+            Placement::UserNsRoot => sys::Drop::UserNsRoot,
+            Placement::Unprivileged => sys::Drop::Nobody,
+            Placement::HostRoot | Placement::Unfenced => sys::Drop::Stay,
+        };
+        sys::place_before_exec(&mut cmd, netns, procs, drop_to);
         let mut child = cmd.spawn().context("spawning probe")?;
         let stdin = child.stdin.take();
         Ok(ProbeChild { child, stdin })
@@ -851,7 +911,7 @@ fn unspecified_for(to: &SocketAddr) -> SocketAddr {
 }
 
 fn run_op(op: &Op, conns: &mut Vec<TcpStream>) -> Outcome {
-    let timeout = Duration::from_secs(2);
+    let timeout = Duration::from_secs(5);
     outcome(match op {
         Op::Connect { to, send } => (|| {
             let mut s = TcpStream::connect_timeout(to, timeout)?;
@@ -926,6 +986,26 @@ fn run_op(op: &Op, conns: &mut Vec<TcpStream>) -> Outcome {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
             Ok("resumed".to_owned())
+        })(),
+        Op::AttachFence {
+            cgroup,
+            pin_dir,
+            config,
+        } => {
+            egress_ebpf::Fence::attach(cgroup, config.config(), pin_dir)
+                .map(|fence| {
+                    // Leave it in place: this process is the loader that gets killed.
+                    std::mem::forget(fence);
+                    "attached".to_owned()
+                })
+                .map_err(std::io::Error::other)
+        }
+        Op::LookupOrigDst { fd, peer } => (|| {
+            let fd = sys::inherited_fd(*fd)?;
+            let orig =
+                egress_ebpf::OriginalDestinations::from_fd(fd).map_err(std::io::Error::other)?;
+            let found = orig.lookup(*peer).map_err(std::io::Error::other)?;
+            Ok(format!("uid={} orig={found:?}", nix::unistd::geteuid()))
         })(),
     })
 }
@@ -1133,11 +1213,31 @@ mod sys {
         })
     }
 
+    /// What the probe becomes before exec.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub enum Drop {
+        /// Keeps host root.
+        Stay,
+        /// Host uid NOBODY, no capabilities.
+        Nobody,
+        /// Host uid NOBODY, root in a new user namespace.
+        UserNsRoot,
+    }
+
+    /// Takes ownership of an fd inherited from the parent.
+    pub fn inherited_fd(fd: i32) -> io::Result<OwnedFd> {
+        // F_GETFD fails with EBADF unless fd is open.
+        // SAFETY: fcntl(F_GETFD) only reads the fd's flags.
+        check(unsafe { libc::fcntl(fd, libc::F_GETFD) }.into())?;
+        // SAFETY: fd is open (checked above) and was inherited for this process alone to own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// Arranges for the child, between fork and exec, to join the runner's netns, move
     /// into the cgroup, and optionally become root of a new user namespace as uid
     /// [`super::NOBODY`]. Only async-signal-safe calls run there (setns, write, setgroups,
     /// setresgid, setresuid, prctl, unshare, open), on data prepared before the fork.
-    pub fn place_before_exec(cmd: &mut Command, netns: File, procs: Option<File>, userns: bool) {
+    pub fn place_before_exec(cmd: &mut Command, netns: File, procs: Option<File>, drop_to: Drop) {
         let uid_map = CString::new(format!("0 {} 1", super::NOBODY)).unwrap_or_default();
         let gid_map = uid_map.clone();
         let paths = [
@@ -1169,7 +1269,7 @@ mod sys {
                         as libc::c_long,
                 )?;
             }
-            if userns {
+            if drop_to != Drop::Stay {
                 let nobody = super::NOBODY;
                 // SAFETY: plain integer arguments; dropping groups, gid then uid.
                 check(unsafe { libc::setgroups(0, std::ptr::null()) }.into())?;
@@ -1181,6 +1281,9 @@ mod sys {
                 // root-owned (proc(5)); the maps below must be writable by us.
                 // SAFETY: plain integer arguments.
                 check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) }.into())?;
+                if drop_to == Drop::Nobody {
+                    return Ok(());
+                }
                 // SAFETY: plain flag argument; the child is single-threaded after fork.
                 check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into())?;
                 write_file(paths[0], b"deny")?;
@@ -1193,4 +1296,92 @@ mod sys {
         // before fork (see above), as pre_exec requires.
         unsafe { cmd.pre_exec(hook) };
     }
+}
+
+/// A [`World`] with a fence attached to its cgroup (and optionally to its host-side veth),
+/// and a runtime to read the fence's denials. The fence is detached on drop.
+pub struct Fenced {
+    /// The fence (None once detached).
+    pub fence: Option<egress_ebpf::Fence>,
+    /// Denials of this fence.
+    pub denials: DenialStream,
+    /// Runtime the denial stream is registered with.
+    pub rt: tokio::runtime::Runtime,
+    /// Everything else.
+    pub world: World,
+}
+
+impl Fenced {
+    /// Builds a world and fences it.
+    pub fn new(runner_id: u32, other_tcp: OtherTcp, with_tc: bool) -> Result<Self> {
+        let world = World::build()?;
+        let mut fence = egress_ebpf::Fence::attach(
+            &world.cgroup.path,
+            world.fence_config(runner_id, other_tcp),
+            &world.pin_dir(),
+        )?;
+        if with_tc {
+            let ifindex = world.host_ifindex;
+            // The tc program is attached from the host namespace, where the veth end is.
+            fence = world
+                .host
+                .run(move || fence.attach_tc(ifindex).map(|()| fence))??;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let denials = {
+            let _guard = rt.enter();
+            fence.denials()?
+        };
+        Ok(Self {
+            fence: Some(fence),
+            denials,
+            rt,
+            world,
+        })
+    }
+
+    /// The attached fence.
+    pub fn fence(&self) -> &egress_ebpf::Fence {
+        self.fence.as_ref().expect("fence attached")
+    }
+
+    /// Waits (up to 3 s) until `n` denials arrived, and returns all that did.
+    pub fn denials(&mut self, n: usize) -> Vec<Denial> {
+        let stream = &mut self.denials;
+        self.rt
+            .block_on(collect_denials(stream, Duration::from_secs(3), |d| {
+                d.len() >= n
+            }))
+    }
+}
+
+impl Drop for Fenced {
+    fn drop(&mut self) {
+        if let Some(fence) = self.fence.take() {
+            if let Err(e) = fence.detach() {
+                eprintln!("cleanup: detach: {e}");
+            }
+        }
+    }
+}
+
+/// Asserts that a denial from `hook` names the process `pid` (when given) and the
+/// destination, and returns it.
+pub fn find_denial<'a>(
+    denials: &'a [Denial],
+    hook: egress_ebpf::Hook,
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    pid: Option<u32>,
+) -> &'a Denial {
+    denials
+        .iter()
+        .find(|d| {
+            d.hook == hook && d.ip == ip && (port.is_none() || d.port == port) && d.pid == pid
+        })
+        .unwrap_or_else(|| {
+            panic!("no {hook:?} denial for {ip:?}:{port:?} pid {pid:?} in {denials:#?}")
+        })
 }
