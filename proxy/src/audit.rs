@@ -185,7 +185,10 @@ pub struct MemorySink {
 impl MemorySink {
     /// A copy of every event so far.
     pub fn events(&self) -> Vec<AuditEvent> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

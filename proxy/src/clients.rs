@@ -146,7 +146,10 @@ mod tests {
         let table = ClientTable::default();
         let ip: IpAddr = "10.249.0.2".parse().unwrap();
         assert!(table.get(ip).is_none());
-        table.set(ip, ClientEntry::new(Some("r-1".into()), None, Arc::new(Policy::deny_all())));
+        table.set(
+            ip,
+            ClientEntry::new(Some("r-1".into()), None, Arc::new(Policy::deny_all())),
+        );
         let entry = table.get("::ffff:10.249.0.2".parse().unwrap()).unwrap();
         let a = entry.try_acquire(2).unwrap();
         let _b = entry.try_acquire(2).unwrap();
@@ -155,7 +158,11 @@ mod tests {
         assert!(entry.try_acquire(2).is_some());
         assert!(table.remove(ip));
         assert!(table.get(ip).is_none());
-        table.set_default(Some(ClientEntry::new(None, None, Arc::new(Policy::deny_all()))));
+        table.set_default(Some(ClientEntry::new(
+            None,
+            None,
+            Arc::new(Policy::deny_all()),
+        )));
         assert!(table.get(ip).is_some());
     }
 }

@@ -189,7 +189,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.mode, Mode::Audit);
         assert_eq!(cfg.allow[0].ports, vec![80, 443]);
-        assert_eq!(cfg.allow[1].methods.as_deref(), Some(&["GET".to_owned(), "HEAD".to_owned()][..]));
+        assert_eq!(
+            cfg.allow[1].methods.as_deref(),
+            Some(&["GET".to_owned(), "HEAD".to_owned()][..])
+        );
         assert_eq!(
             cfg.allow[2].target,
             RuleTarget::Cidr("198.51.100.0/24".parse().unwrap())
@@ -200,22 +203,43 @@ mod tests {
     fn rule_errors_carry_location() {
         for (text, want) in [
             ("allow:\n  - ports: [80]\n", "needs `host` or `cidr`"),
-            ("allow:\n  - host: a.com\n    cidr: 10.0.0.0/8\n", "not both"),
+            (
+                "allow:\n  - host: a.com\n    cidr: 10.0.0.0/8\n",
+                "not both",
+            ),
             ("allow:\n  - cidr: 10.0.0.1/8\n", "host bits set"),
             ("allow:\n  - host: a.com\n    ports: [0]\n", "port 0"),
-            ("allow:\n  - host: a.com\n    ports: [70000]\n", "invalid value"),
-            ("allow:\n  - cidr: 10.0.0.0/8\n    paths: [\"/x\"]\n", "need a `host` rule"),
-            ("allow:\n  - host: a.com\n    paths: [\"x\"]\n", "must start with `/`"),
-            ("allow:\n  - host: a.com\n    colour: red\n", "unknown field `colour`"),
+            (
+                "allow:\n  - host: a.com\n    ports: [70000]\n",
+                "invalid value",
+            ),
+            (
+                "allow:\n  - cidr: 10.0.0.0/8\n    paths: [\"/x\"]\n",
+                "need a `host` rule",
+            ),
+            (
+                "allow:\n  - host: a.com\n    paths: [\"x\"]\n",
+                "must start with `/`",
+            ),
+            (
+                "allow:\n  - host: a.com\n    colour: red\n",
+                "unknown field `colour`",
+            ),
             ("allow:\n  - host: \"*.com\"\n", "public suffix"),
             ("allow:\n  - host: 10.0.0.1\n", "cidr"),
-            ("allow:\n  - host: a.com\n    paths: [\"/a**\"]\n", "whole segment"),
+            (
+                "allow:\n  - host: a.com\n    paths: [\"/a**\"]\n",
+                "whole segment",
+            ),
             ("mode: open\n", "unknown variant `open`"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.starts_with("p.yaml:"), "{text:?}: {err}");
-            assert!(err.split(':').nth(1).unwrap().parse::<usize>().is_ok(), "{err}");
+            assert!(
+                err.split(':').nth(1).unwrap().parse::<usize>().is_ok(),
+                "{err}"
+            );
         }
     }
 }

@@ -86,8 +86,14 @@ pub fn apply(clients: &ClientTable, line: &str) -> Reply {
         } => match Policy::new(&egress) {
             Ok(policy) => {
                 tracing::info!(%ip, %runner, %job, rules = policy.len(), "client registered");
-                clients.set(ip, ClientEntry::new(Some(runner), Some(job), Arc::new(policy)));
-                Reply { ok: true, error: None }
+                clients.set(
+                    ip,
+                    ClientEntry::new(Some(runner), Some(job), Arc::new(policy)),
+                );
+                Reply {
+                    ok: true,
+                    error: None,
+                }
             }
             Err(err) => Reply {
                 ok: false,
@@ -97,7 +103,10 @@ pub fn apply(clients: &ClientTable, line: &str) -> Reply {
         Request::RemoveClient { ip } => {
             let known = clients.remove(ip);
             tracing::info!(%ip, known, "client removed");
-            Reply { ok: true, error: None }
+            Reply {
+                ok: true,
+                error: None,
+            }
         }
     }
 }
@@ -164,7 +173,13 @@ mod tests {
             &table,
             r#"{"op":"set_client","ip":"10.249.0.2","runner":"r-3","job":"j-1","egress":{"allow":[{"host":"example.com"}]}}"#,
         );
-        assert_eq!(reply, Reply { ok: true, error: None });
+        assert_eq!(
+            reply,
+            Reply {
+                ok: true,
+                error: None
+            }
+        );
         let entry = table.get("10.249.0.2".parse().unwrap()).unwrap();
         assert_eq!(entry.runner.as_deref(), Some("r-3"));
         assert_eq!(entry.policy.len(), 1);
@@ -206,7 +221,12 @@ mod tests {
             .unwrap();
         let mut lines = BufReader::new(read).lines();
         assert_eq!(lines.next_line().await.unwrap().unwrap(), r#"{"ok":true}"#);
-        assert!(lines.next_line().await.unwrap().unwrap().starts_with(r#"{"ok":false"#));
+        assert!(lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .starts_with(r#"{"ok":false"#));
         assert!(table.get("10.249.0.9".parse().unwrap()).is_some());
         server.abort();
     }

@@ -11,6 +11,7 @@
 //! - the upstream answer is rebuilt, not relayed: only A, AAAA and CNAME records of the
 //!   answer section are kept; addresses in internal ranges (rebinding) are removed unless
 //!   a `cidr` rule lists them.
+//!
 //! Every decision is an audit event with source `dns`. Over TCP, every length-prefixed
 //! message of the stream is parsed and decided on its own (RFC 7766 pipelining), so a
 //! second query in the same segment cannot ride on the first.
@@ -32,10 +33,19 @@ use crate::shared::{event_for, Shared, Subject};
 const UDP_MAX: usize = 512;
 
 /// Decides one DNS message from `peer`; returns the reply to send, if any.
-pub(crate) async fn answer(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Option<Vec<u8>> {
+pub(crate) async fn answer(
+    shared: &Shared,
+    peer: SocketAddr,
+    wire: &[u8],
+    udp: bool,
+) -> Option<Vec<u8>> {
     let client = shared.clients.get(peer.ip());
     let Some(client) = client else {
-        shared.record(None, &Subject::new(Kind::Dns), &Decision::deny(format!("unknown client {}", peer.ip())));
+        shared.record(
+            None,
+            &Subject::new(Kind::Dns),
+            &Decision::deny(format!("unknown client {}", peer.ip())),
+        );
         return None;
     };
     let reply = decide(shared, &client, wire).await?;
@@ -75,7 +85,12 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
     let query = match Message::from_vec(wire) {
         Ok(query) => query,
         Err(err) => {
-            record(shared, client, &subject, &Decision::deny(format!("malformed DNS message: {err}")));
+            record(
+                shared,
+                client,
+                &subject,
+                &Decision::deny(format!("malformed DNS message: {err}")),
+            );
             // FORMERR needs the id; without a parsable header there is nobody to answer.
             if wire.len() < 12 {
                 return None;
@@ -89,15 +104,30 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
         }
     };
     if query.message_type() == MessageType::Response {
-        record(shared, client, &subject, &Decision::deny("DNS response sent to the filter"));
+        record(
+            shared,
+            client,
+            &subject,
+            &Decision::deny("DNS response sent to the filter"),
+        );
         return None;
     }
     if query.op_code() != OpCode::Query {
-        record(shared, client, &subject, &Decision::deny("DNS operation other than a query"));
+        record(
+            shared,
+            client,
+            &subject,
+            &Decision::deny("DNS operation other than a query"),
+        );
         return Some(reply_to(&query, ResponseCode::NotImp));
     }
     if query.queries().len() != 1 {
-        record(shared, client, &subject, &Decision::deny("DNS message without exactly one question"));
+        record(
+            shared,
+            client,
+            &subject,
+            &Decision::deny("DNS message without exactly one question"),
+        );
         return Some(reply_to(&query, ResponseCode::FormErr));
     }
     let question = &query.queries()[0];
@@ -120,7 +150,12 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
     }
     let rtype = question.query_type();
     if rtype != RecordType::A && rtype != RecordType::AAAA {
-        record(shared, client, &subject, &Decision::deny(format!("record type {rtype} not served")));
+        record(
+            shared,
+            client,
+            &subject,
+            &Decision::deny(format!("record type {rtype} not served")),
+        );
         return Some(reply_to(&query, ResponseCode::NoError));
     }
     let upstream = match shared.resolver.exchange(question.name(), rtype).await {
@@ -156,7 +191,12 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
             ip: Some(ip),
             ..subject
         };
-        record(shared, client, &rebinding, &Decision::deny("answer points to an internal address"));
+        record(
+            shared,
+            client,
+            &rebinding,
+            &Decision::deny("answer points to an internal address"),
+        );
     }
     subject.ip = first_ip;
     record(shared, client, &subject, &decision);

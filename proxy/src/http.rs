@@ -179,7 +179,9 @@ fn http_target(mode: Mode, uri: &Uri, headers: &HeaderMap) -> Result<(Host, u16)
     };
     let from_header = match host_header {
         Some(value) => Some(parse(
-            value.to_str().map_err(|_| "Host header is not text".to_owned())?,
+            value
+                .to_str()
+                .map_err(|_| "Host header is not text".to_owned())?,
         )?),
         None => None,
     };
@@ -362,7 +364,10 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             let mut end = end;
             end.event.reason = Some(format!("upstream failed: {err}"));
             drop(end);
-            text(StatusCode::BAD_GATEWAY, format!("egress-proxy: upstream failed: {err}"))
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("egress-proxy: upstream failed: {err}"),
+            )
         }
     }
 }
@@ -458,7 +463,11 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
         gate.run(&conn.shared, &conn.client, stream, parts.read_buf.to_vec())
             .await;
     });
-    Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+    Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }
 
 /// An allowed tunnel waiting for the client's first flight: checks the SNI against the
@@ -510,8 +519,12 @@ impl TunnelGate {
                 match sni {
                     Some(Ok(Host::Name(sni))) if sni == *name => bytes,
                     Some(_) => {
-                        let shown: String = info.sni.unwrap_or_default().chars().take(255).collect();
-                        return deny(&subject, format!("SNI `{shown}` differs from the CONNECT host"));
+                        let shown: String =
+                            info.sni.unwrap_or_default().chars().take(255).collect();
+                        return deny(
+                            &subject,
+                            format!("SNI `{shown}` differs from the CONNECT host"),
+                        );
                     }
                     None => return deny(&subject, "TLS without SNI".to_owned()),
                 }
@@ -520,7 +533,10 @@ impl TunnelGate {
             (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
                 if self.tls_required =>
             {
-                return deny(&subject, "no TLS ClientHello on a port-443 tunnel".to_owned());
+                return deny(
+                    &subject,
+                    "no TLS ClientHello on a port-443 tunnel".to_owned(),
+                );
             }
             (Ok(FirstFlight::Other { bytes }), _) => bytes,
             (Ok(FirstFlight::Silent), _) => Vec::new(),
@@ -538,7 +554,13 @@ impl TunnelGate {
         subject.ip = Some(ip);
         let _ = stream.set_nodelay(true);
         let outcome = if server.write_all(&replay).await.is_ok() {
-            let mut outcome = splice(&mut stream, &mut server, limits.idle_timeout, limits.total_timeout).await;
+            let mut outcome = splice(
+                &mut stream,
+                &mut server,
+                limits.idle_timeout,
+                limits.total_timeout,
+            )
+            .await;
             outcome.up += replay.len() as u64;
             outcome
         } else {

@@ -8,9 +8,9 @@
 pub mod audit;
 mod body;
 pub mod clients;
-mod dns;
 pub mod config;
 pub mod control;
+mod dns;
 mod http;
 pub mod limits;
 pub mod origdst;

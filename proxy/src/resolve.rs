@@ -81,7 +81,9 @@ impl Resolver {
                 return Ok(Arc::clone(&entry.addrs));
             }
         }
-        let dns_name = Name::from_ascii(name).map_err(|e| ResolveError::Name(e.to_string()))?;
+        let mut dns_name = Name::from_ascii(name).map_err(|e| ResolveError::Name(e.to_string()))?;
+        // Responses carry absolute names; the question must be absolute to match them.
+        dns_name.set_fqdn(true);
         let (v4, v6) = tokio::join!(
             self.exchange(&dns_name, RecordType::A),
             self.exchange(&dns_name, RecordType::AAAA)
@@ -132,7 +134,9 @@ impl Resolver {
             .set_op_code(OpCode::Query)
             .set_recursion_desired(true)
             .add_query(Query::query(name.clone(), rtype));
-        let wire = query.to_vec().map_err(|e| ResolveError::Encode(e.to_string()))?;
+        let wire = query
+            .to_vec()
+            .map_err(|e| ResolveError::Encode(e.to_string()))?;
         let mut last = String::from("no server answered");
         for server in &self.servers {
             match tokio::time::timeout(self.timeout, exchange_one(*server, &wire, &query)).await {
@@ -172,14 +176,19 @@ async fn exchange_one(server: SocketAddr, wire: &[u8], query: &Message) -> Resul
 }
 
 async fn exchange_tcp(server: SocketAddr, wire: &[u8], query: &Message) -> Result<Message, String> {
-    let mut stream = TcpStream::connect(server).await.map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
     let len = u16::try_from(wire.len()).map_err(|_| "query too long".to_owned())?;
     let mut framed = len.to_be_bytes().to_vec();
     framed.extend_from_slice(wire);
     stream.write_all(&framed).await.map_err(|e| e.to_string())?;
     let len = stream.read_u16().await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; usize::from(len)];
-    stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
     let message = Message::from_vec(&buf).map_err(|e| e.to_string())?;
     if answers(&message, query) {
         Ok(message)

@@ -171,27 +171,38 @@ impl ProxyBuilder {
             (&self.plain, Listener::Plain),
         ] {
             for addr in addrs {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ProxyError::BindTcp { addr: *addr, source })?;
-                let bound = listener.local_addr().map_err(|source| ProxyError::BindTcp {
-                    addr: *addr,
-                    source,
-                })?;
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ProxyError::BindTcp {
+                            addr: *addr,
+                            source,
+                        })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ProxyError::BindTcp {
+                        addr: *addr,
+                        source,
+                    })?;
                 match listener_kind {
                     Listener::Http => proxy.http_addrs.push(bound),
                     Listener::Tls => proxy.tls_addrs.push(bound),
                     Listener::Plain => proxy.plain_addrs.push(bound),
                 }
-                proxy
-                    .tasks
-                    .push(tokio::spawn(accept_loop(Arc::clone(&shared), listener, listener_kind)));
+                proxy.tasks.push(tokio::spawn(accept_loop(
+                    Arc::clone(&shared),
+                    listener,
+                    listener_kind,
+                )));
             }
         }
         for addr in &self.dns {
             let udp = UdpSocket::bind(addr)
                 .await
-                .map_err(|source| ProxyError::BindUdp { addr: *addr, source })?;
+                .map_err(|source| ProxyError::BindUdp {
+                    addr: *addr,
+                    source,
+                })?;
             let bound = udp.local_addr().map_err(|source| ProxyError::BindUdp {
                 addr: *addr,
                 source,
@@ -199,14 +210,19 @@ impl ProxyBuilder {
             // TCP on the same port as UDP, as resolvers expect (RFC 7766).
             let tcp = TcpListener::bind(bound)
                 .await
-                .map_err(|source| ProxyError::BindTcp { addr: bound, source })?;
+                .map_err(|source| ProxyError::BindTcp {
+                    addr: bound,
+                    source,
+                })?;
             proxy.dns_addrs.push(bound);
-            proxy
-                .tasks
-                .push(tokio::spawn(crate::dns::serve_udp(Arc::clone(&shared), Arc::new(udp))));
-            proxy
-                .tasks
-                .push(tokio::spawn(crate::dns::serve_tcp(Arc::clone(&shared), tcp)));
+            proxy.tasks.push(tokio::spawn(crate::dns::serve_udp(
+                Arc::clone(&shared),
+                Arc::new(udp),
+            )));
+            proxy.tasks.push(tokio::spawn(crate::dns::serve_tcp(
+                Arc::clone(&shared),
+                tcp,
+            )));
         }
         if let Some(path) = self.control {
             let listener = crate::control::bind(&path).map_err(|source| ProxyError::Control {
@@ -260,7 +276,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
             continue;
         };
         let shared = Arc::clone(&shared);
-        let span = tracing::info_span!("conn", %peer, runner = client.runner.as_deref(), listener = ?kind);
+        let span =
+            tracing::info_span!("conn", %peer, runner = client.runner.as_deref(), listener = ?kind);
         let task = async move {
             match kind {
                 Listener::Http => http::serve(shared, stream, client, slot, Mode::Explicit).await,
@@ -268,8 +285,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
                     let original = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
                     match original {
                         Some(original) => {
-                            http::serve(shared, stream, client, slot, Mode::Transparent { original })
-                                .await
+                            http::serve(
+                                shared,
+                                stream,
+                                client,
+                                slot,
+                                Mode::Transparent { original },
+                            )
+                            .await
                         }
                         None => shared.record(
                             Some(&client),

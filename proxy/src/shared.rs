@@ -124,9 +124,7 @@ impl Shared {
             Host::Ip(ip) => vec![*ip],
             Host::Name(name) => match self.resolver.lookup_ip(name).await {
                 Ok(addrs) => addrs.to_vec(),
-                Err(err) => {
-                    return Err((Decision::deny(format!("cannot resolve: {err}")), None))
-                }
+                Err(err) => return Err((Decision::deny(format!("cannot resolve: {err}")), None)),
             },
         };
         if candidates.is_empty() {

@@ -63,7 +63,11 @@ pub(crate) async fn serve_tls(
         }
         Some(Ok(Host::Name(name))) => Host::Name(name),
         Some(_) => {
-            shared.record(Some(&client), &subject, &Decision::deny("SNI is not a host name"));
+            shared.record(
+                Some(&client),
+                &subject,
+                &Decision::deny("SNI is not a host name"),
+            );
             return;
         }
     };
@@ -73,7 +77,10 @@ pub(crate) async fn serve_tls(
         shared.record(Some(&client), &subject, &decision);
         return;
     }
-    let addrs = match shared.addresses_for(&client.policy, &host, original.port()).await {
+    let addrs = match shared
+        .addresses_for(&client.policy, &host, original.port())
+        .await
+    {
         Ok(addrs) => addrs,
         Err((decision, _)) => {
             shared.record(Some(&client), &subject, &decision);

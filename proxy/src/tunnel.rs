@@ -27,7 +27,13 @@ pub struct SpliceOutcome {
 
 const BUF: usize = 64 * 1024;
 
-async fn pump<R, W>(mut from: R, mut to: W, count: &AtomicU64, last: &AtomicU64, start: Instant) -> std::io::Result<()>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -46,7 +52,12 @@ where
 }
 
 /// Copies both ways until both sides close, one side fails, or a limit is hit.
-pub async fn splice(client: &mut TcpStream, server: &mut TcpStream, idle: Duration, total: Duration) -> SpliceOutcome {
+pub async fn splice(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+    total: Duration,
+) -> SpliceOutcome {
     let start = Instant::now();
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
@@ -99,7 +110,13 @@ mod tests {
         let (mut client_far, mut client) = pair().await;
         let (mut server, mut server_far) = pair().await;
         let task = tokio::spawn(async move {
-            splice(&mut client, &mut server, Duration::from_secs(5), Duration::from_secs(10)).await
+            splice(
+                &mut client,
+                &mut server,
+                Duration::from_secs(5),
+                Duration::from_secs(10),
+            )
+            .await
         });
         client_far.write_all(b"hello").await.unwrap();
         client_far.shutdown().await.unwrap();
@@ -119,8 +136,13 @@ mod tests {
     async fn idle_tunnels_are_cut() {
         let (_client_far, mut client) = pair().await;
         let (mut server, _server_far) = pair().await;
-        let outcome =
-            splice(&mut client, &mut server, Duration::from_millis(100), Duration::from_secs(10)).await;
+        let outcome = splice(
+            &mut client,
+            &mut server,
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        )
+        .await;
         assert_eq!(outcome.cut.as_deref(), Some("idle timeout"));
     }
 }

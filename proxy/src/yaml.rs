@@ -44,7 +44,12 @@ impl fmt::Display for InvalidFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.line, self.column) {
             (Some(line), Some(column)) => {
-                write!(f, "{}:{line}:{column}: {}", self.path.display(), self.message)
+                write!(
+                    f,
+                    "{}:{line}:{column}: {}",
+                    self.path.display(),
+                    self.message
+                )
             }
             _ => write!(f, "{}: {}", self.path.display(), self.message),
         }
@@ -116,7 +121,9 @@ mod tests {
 
     #[test]
     fn empty_file_is_an_error() {
-        let err = parse_str::<Sample>(Path::new("f.yaml"), "\n\n").unwrap_err().to_string();
+        let err = parse_str::<Sample>(Path::new("f.yaml"), "\n\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "f.yaml: the file is empty");
     }
 }

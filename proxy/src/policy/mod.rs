@@ -240,7 +240,7 @@ impl Policy {
             });
         }
         policy.cidrs = cidr_map.into_iter().collect();
-        policy.cidrs.sort_by(|a, b| b.0.cmp(&a.0));
+        policy.cidrs.sort_by_key(|entry| std::cmp::Reverse(entry.0));
         Ok(policy)
     }
 
@@ -303,7 +303,12 @@ impl Policy {
             .copied()
     }
 
-    fn judge(&self, ids: impl Iterator<Item = u32>, port: u16, http: Option<HttpView<'_>>) -> Decision {
+    fn judge(
+        &self,
+        ids: impl Iterator<Item = u32>,
+        port: u16,
+        http: Option<HttpView<'_>>,
+    ) -> Decision {
         let mut best = Miss::Host;
         for id in ids {
             let rule = &self.rules[id as usize];
@@ -323,7 +328,9 @@ impl Policy {
             Host::Name(name) => self.judge(self.host_candidates(name), port, http),
             Host::Ip(ip) => {
                 let decision = self.judge(self.cidr_candidates(*ip), port, None);
-                if decision.rule.is_none() && decision.reason.as_deref() == Some(Miss::Host.reason()) {
+                if decision.rule.is_none()
+                    && decision.reason.as_deref() == Some(Miss::Host.reason())
+                {
                     self.finish(Decision::deny("address literal not allowed"))
                 } else {
                     decision

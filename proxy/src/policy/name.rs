@@ -233,8 +233,18 @@ mod tests {
     #[test]
     fn invalid_names_are_rejected() {
         for raw in [
-            "", ".", "a..b", ".a", "a b", "a/b", "a@b", "*.a", "a\0b", "exa%6dple.com",
-            &"a".repeat(64), &format!("{}.com", "a.".repeat(130)),
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a b",
+            "a/b",
+            "a@b",
+            "*.a",
+            "a\0b",
+            "exa%6dple.com",
+            &"a".repeat(64),
+            &format!("{}.com", "a.".repeat(130)),
         ] {
             assert!(classify_host(raw).is_err(), "{raw:?} accepted");
         }
@@ -265,14 +275,23 @@ mod tests {
 
     #[test]
     fn bad_numeric_hosts_are_not_names() {
-        for raw in ["256.0.0.1", "1.2.3.4.5", "example.123", "4294967296", "1.2.3.256"] {
+        for raw in [
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "example.123",
+            "4294967296",
+            "1.2.3.256",
+        ] {
             assert!(
                 !matches!(classify_host(raw), Ok(Host::Name(_))),
                 "{raw} became a name"
             );
         }
         // A label that merely starts with digits is an ordinary name.
-        assert_eq!(classify_host("123.example"), Ok(Host::Name("123.example".into())));
+        assert_eq!(
+            classify_host("123.example"),
+            Ok(Host::Name("123.example".into()))
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ impl PathPattern {
 /// Paths that servers may read differently: see the module documentation.
 pub fn is_ambiguous(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains('\\')
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains('\\')
     {
         return true;
     }

@@ -78,8 +78,14 @@ fn reasons_and_rules() {
     let d = name_check(&p, "api.example.com", 443);
     assert_eq!(d.rule.as_deref(), Some("allow[1] *.example.com"));
     assert_eq!(d.reason, None);
-    assert_eq!(name_check(&p, "evil.net", 443).reason.as_deref(), Some("host not allowed"));
-    assert_eq!(name_check(&p, "example.com", 22).reason.as_deref(), Some("port not allowed"));
+    assert_eq!(
+        name_check(&p, "evil.net", 443).reason.as_deref(),
+        Some("host not allowed")
+    );
+    assert_eq!(
+        name_check(&p, "example.com", 22).reason.as_deref(),
+        Some("port not allowed")
+    );
     assert_eq!(
         name_check(&p, "github.com", 443).reason.as_deref(),
         Some("rule restricts methods or paths, which a tunnel hides")
@@ -220,6 +226,12 @@ fn lookup_cost_does_not_grow_with_rules() {
     let p = policy(Mode::Enforce, allow);
     let host = classify_host("a.b.wild.example.org").unwrap();
     assert!(p.check(&host, 443, None).allowed);
-    assert!(p.check(&classify_host("h99999.example89.org").unwrap(), 443, None).allowed);
-    assert!(!p.check(&classify_host("h99999.example88.org").unwrap(), 443, None).allowed);
+    assert!(
+        p.check(&classify_host("h99999.example89.org").unwrap(), 443, None)
+            .allowed
+    );
+    assert!(
+        !p.check(&classify_host("h99999.example88.org").unwrap(), 443, None)
+            .allowed
+    );
 }

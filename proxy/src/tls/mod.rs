@@ -75,7 +75,9 @@ pub fn parse_client_hello(buf: &[u8], max: usize) -> Result<Option<ClientHelloIn
             return need_more(buf, max);
         }
         if rest[0] != HANDSHAKE {
-            return Err(HelloError::Malformed("record other than handshake before the hello"));
+            return Err(HelloError::Malformed(
+                "record other than handshake before the hello",
+            ));
         }
         if rest[1] != 3 {
             return Err(HelloError::Malformed("record version is not 3.x"));
@@ -93,7 +95,9 @@ pub fn parse_client_hello(buf: &[u8], max: usize) -> Result<Option<ClientHelloIn
         handshake.extend_from_slice(&rest[5..5 + len]);
         rest = &rest[5 + len..];
         if handshake[0] != CLIENT_HELLO {
-            return Err(HelloError::Malformed("first handshake message is not a ClientHello"));
+            return Err(HelloError::Malformed(
+                "first handshake message is not a ClientHello",
+            ));
         }
         if handshake.len() < 4 {
             continue;
@@ -120,18 +124,14 @@ fn need_more(buf: &[u8], max: usize) -> Result<Option<ClientHelloInfo>, HelloErr
 
 fn interpret(message: &[u8]) -> Result<ClientHelloInfo, HelloError> {
     let hello = match parse_tls_message_handshake(message) {
-        Ok((rest, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))))
-            if rest.is_empty() =>
-        {
-            hello
-        }
+        Ok(([], TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)))) => hello,
         _ => return Err(HelloError::Malformed("ClientHello does not parse")),
     };
     let Some(ext) = hello.ext else {
         return Ok(ClientHelloInfo { sni: None });
     };
     let extensions = match parse_tls_client_hello_extensions(ext) {
-        Ok((rest, extensions)) if rest.is_empty() => extensions,
+        Ok(([], extensions)) => extensions,
         _ => return Err(HelloError::Malformed("extensions do not parse")),
     };
     let mut sni: Option<String> = None;

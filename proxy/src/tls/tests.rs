@@ -25,7 +25,11 @@ fn recorded_openssl_hello() {
 fn every_prefix_needs_more() {
     for recorded in [OPENSSL, OPENSSL_NO_SNI] {
         for len in 0..recorded.len() {
-            assert_eq!(parse_client_hello(&recorded[..len], MAX), Ok(None), "prefix {len}");
+            assert_eq!(
+                parse_client_hello(&recorded[..len], MAX),
+                Ok(None),
+                "prefix {len}"
+            );
         }
     }
 }
@@ -34,9 +38,17 @@ fn every_prefix_needs_more() {
 fn split_across_records() {
     for size in [1, 2, 3, 4, 5, 7, 64, 100, 1000] {
         let split = records(handshake_of(OPENSSL), size);
-        assert_eq!(sni(&split).as_deref(), Some("api.example.com"), "record size {size}");
+        assert_eq!(
+            sni(&split).as_deref(),
+            Some("api.example.com"),
+            "record size {size}"
+        );
         for len in 0..split.len() {
-            assert_eq!(parse_client_hello(&split[..len], MAX), Ok(None), "{size}/{len}");
+            assert_eq!(
+                parse_client_hello(&split[..len], MAX),
+                Ok(None),
+                "{size}/{len}"
+            );
         }
     }
 }
@@ -50,17 +62,26 @@ fn trailing_bytes_after_hello_are_kept_for_replay() {
 
 #[test]
 fn synthetic_hellos() {
-    assert_eq!(sni(&synthetic_client_hello(&["a.example"], 1000)).as_deref(), Some("a.example"));
+    assert_eq!(
+        sni(&synthetic_client_hello(&["a.example"], 1000)).as_deref(),
+        Some("a.example")
+    );
     assert_eq!(sni(&synthetic_client_hello(&[], 3)), None);
     assert_eq!(
-        parse_client_hello(&synthetic_client_hello(&["a.example", "b.example"], 1000), MAX),
+        parse_client_hello(
+            &synthetic_client_hello(&["a.example", "b.example"], 1000),
+            MAX
+        ),
         Err(HelloError::Malformed("two host names in server_name"))
     );
 }
 
 #[test]
 fn malformed_inputs() {
-    assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n", MAX), Err(HelloError::NotTls));
+    assert_eq!(
+        parse_client_hello(b"GET / HTTP/1.1\r\n", MAX),
+        Err(HelloError::NotTls)
+    );
     assert!(matches!(
         parse_client_hello(&[22, 3, 1, 0, 0, 1], MAX),
         Err(HelloError::Malformed(_))
@@ -68,11 +89,17 @@ fn malformed_inputs() {
     // A ServerHello (type 2) is not a ClientHello.
     let mut wrong = OPENSSL.to_vec();
     wrong[5] = 2;
-    assert!(matches!(parse_client_hello(&wrong, MAX), Err(HelloError::Malformed(_))));
+    assert!(matches!(
+        parse_client_hello(&wrong, MAX),
+        Err(HelloError::Malformed(_))
+    ));
     // An alert record in the middle of a fragmented hello.
     let mut mixed = records(&handshake_of(OPENSSL)[..10], 10);
     mixed.extend_from_slice(&[21, 3, 3, 0, 2, 2, 40]);
-    assert!(matches!(parse_client_hello(&mixed, MAX), Err(HelloError::Malformed(_))));
+    assert!(matches!(
+        parse_client_hello(&mixed, MAX),
+        Err(HelloError::Malformed(_))
+    ));
     // Corrupt the extensions length so the block no longer parses to its end.
     let mut corrupt = synthetic_client_hello(&["a.example"], 1000);
     let ext_len_at = 5 + 4 + 2 + 32 + 1 + 4 + 2;
@@ -82,9 +109,15 @@ fn malformed_inputs() {
 
 #[test]
 fn size_limit() {
-    assert_eq!(parse_client_hello(OPENSSL, 100), Err(HelloError::TooLarge(100)));
+    assert_eq!(
+        parse_client_hello(OPENSSL, 100),
+        Err(HelloError::TooLarge(100))
+    );
     let split = records(handshake_of(OPENSSL), 10);
-    assert_eq!(parse_client_hello(&split[..200], 150), Err(HelloError::TooLarge(150)));
+    assert_eq!(
+        parse_client_hello(&split[..200], 150),
+        Err(HelloError::TooLarge(150))
+    );
 }
 
 #[tokio::test]
