@@ -70,5 +70,5 @@ mod sys;
 
 pub use config::{ConfigError, FenceConfig, OtherTcp};
 pub use events::{Counters, Denial, DenialStream, EventError, Hook, Reason};
-pub use loader::{reap, Fence, FenceError};
+pub use loader::{pinned_ids, reap, still_loaded, Fence, FenceError, ObjectIds};
 pub use origdst::{OrigDstError, OriginalDestination, OriginalDestinations};

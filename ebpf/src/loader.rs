@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! <pin_dir>/link_fence_connect4 ... link_fence_tc_ingress   links (cgroup, tcx)
-//! <pin_dir>/map_orig_dst, map_events, map_counters, map_fence_config
+//! <pin_dir>/map_orig_dst, map_events, map_counters, map_fence_config, map_sock_orig
 //! ```
 //!
 //! Invariants:
@@ -62,7 +62,13 @@ const CGROUP_PROGRAMS: [&str; 11] = [
 const TC_PROGRAM: &str = "fence_tc_ingress";
 
 /// Maps pinned next to the links, for a restarted agent or a debugging operator.
-const PINNED_MAPS: [&str; 4] = ["fence_config", "orig_dst", "events", "counters"];
+const PINNED_MAPS: [&str; 5] = [
+    "fence_config",
+    "orig_dst",
+    "events",
+    "counters",
+    "sock_orig",
+];
 
 /// Failures of attaching, reading or removing a fence; one variant per operation.
 #[derive(Debug, thiserror::Error)]
@@ -423,22 +429,9 @@ impl Fence {
         Ok(Counters::read(&array)?)
     }
 
-    /// Kernel ids of the programs and maps of this fence, to verify they are freed.
-    pub fn object_ids(&self) -> Result<(Vec<u32>, Vec<u32>), FenceError> {
-        let info = |e: &dyn std::fmt::Display| FenceError::Info(e.to_string());
-        let mut programs = Vec::new();
-        for (_, program) in self.ebpf.programs() {
-            if let Ok(i) = program.info() {
-                programs.push(i.id());
-            }
-        }
-        let mut maps = Vec::new();
-        for (name, map) in self.ebpf.maps() {
-            let data = map_data(map).ok_or(FenceError::Missing("map data"))?;
-            maps.push(data.info().map_err(|e| info(&e))?.id());
-            tracing::trace!(name, "map id collected");
-        }
-        Ok((programs, maps))
+    /// Kernel ids of this fence's programs, maps and links, to verify they are freed.
+    pub fn object_ids(&self) -> Result<ObjectIds, FenceError> {
+        pinned_ids(&self.pin_dir)
     }
 
     /// Detaches every program and removes the pins. The kernel frees programs and maps
@@ -454,14 +447,90 @@ impl Fence {
     }
 }
 
-fn map_data(map: &Map) -> Option<&MapData> {
-    match map {
-        Map::Array(d)
-        | Map::LruHashMap(d)
-        | Map::RingBuf(d)
-        | Map::PerCpuArray(d)
-        | Map::SkStorage(d) => Some(d),
-        _ => None,
+/// Kernel ids of a fence's objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectIds {
+    /// Program ids.
+    pub programs: Vec<u32>,
+    /// Map ids.
+    pub maps: Vec<u32>,
+    /// Link ids.
+    pub links: Vec<u32>,
+}
+
+impl ObjectIds {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty() && self.maps.is_empty() && self.links.is_empty()
+    }
+}
+
+/// Ids of the links pinned under `pin_dir`, of the programs they hold, and of the pinned
+/// maps: what a restarted agent can check before and after [`reap`]. The sockops,
+/// recvmsg and getpeername programs hold no map beyond the pinned ones.
+pub fn pinned_ids(pin_dir: &Path) -> Result<ObjectIds, FenceError> {
+    let io = |source| FenceError::PinDir {
+        path: pin_dir.to_owned(),
+        source,
+    };
+    let info = |e: &dyn std::fmt::Display| FenceError::Info(e.to_string());
+    let mut ids = ObjectIds::default();
+    for entry in std::fs::read_dir(pin_dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("link_") {
+            let link = FdLink::from(PinnedLink::from_pin(&path).map_err(|e| info(&e))?);
+            let link_info = link.info().map_err(|e| info(&e))?;
+            ids.links.push(link_info.id());
+            ids.programs.push(link_info.program_id());
+            // Dropping the FdLink closes our fd only; the pin keeps the link.
+        } else if name.starts_with("map_") {
+            ids.maps.push(
+                aya::maps::MapInfo::from_pin(&path)
+                    .map_err(|e| info(&e))?
+                    .id(),
+            );
+        }
+    }
+    Ok(ids)
+}
+
+/// Which of `ids` the kernel still has (freeing is asynchronous: poll).
+pub fn still_loaded(ids: &ObjectIds) -> ObjectIds {
+    let programs: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    let maps: Vec<u32> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .map(|m| m.id())
+        .collect();
+    let links: Vec<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| l.id())
+        .collect();
+    ObjectIds {
+        programs: ids
+            .programs
+            .iter()
+            .copied()
+            .filter(|id| programs.contains(id))
+            .collect(),
+        maps: ids
+            .maps
+            .iter()
+            .copied()
+            .filter(|id| maps.contains(id))
+            .collect(),
+        links: ids
+            .links
+            .iter()
+            .copied()
+            .filter(|id| links.contains(id))
+            .collect(),
     }
 }
 

@@ -811,6 +811,13 @@ impl ProbeChild {
         self.child.id()
     }
 
+    /// SIGKILLs the probe (a loader dying without any cleanup).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Lets an [`Op::WaitStdin`] go on.
     pub fn resume(&mut self) -> Result<()> {
         let stdin = self.stdin.as_mut().context("stdin gone")?;

@@ -390,7 +390,7 @@ fn new_namespaces_and_bpf_from_inside_do_not_undo_the_fence() {
     let links = std::fs::read_dir(f.fence().pin_dir())
         .expect("pins")
         .count();
-    assert_eq!(links, 11 + 4, "links and maps pinned");
+    assert_eq!(links, 11 + 5, "links and maps pinned");
     settle();
     assert!(
         f.world.recorder.seen().is_empty(),

@@ -1,0 +1,222 @@
+//! A fence's life: attached for the runner's lifetime, still there when the loader is
+//! SIGKILLed (its links are pinned), and gone, programs, maps and links freed, after
+//! detach or reap. Also: the original-destination map is usable by an unprivileged
+//! process that was handed its fd (the proxy runs without privileges).
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use egress_ebpf::{pinned_ids, reap, still_loaded, Fence, ObjectIds, OtherTcp};
+use runner_agent_tests::fence::{FenceConfigJson, Fenced, Op, Placement, World, TARGET};
+use runner_agent_tests::require_privilege;
+
+#[test]
+#[ignore = "entry point of the probe process started by the fence tests"]
+fn fence_probe() {
+    runner_agent_tests::fence::probe_main();
+}
+
+/// 11 cgroup links, 5 maps; 12 links with the tc program.
+const PINS: usize = 16;
+
+fn wait_freed(ids: &ObjectIds) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = still_loaded(ids);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still in the kernel after 10 s: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn detach_removes_every_program_map_and_link() {
+    require_privilege!();
+    let world = World::build().expect("world");
+    let pin_dir = world.pin_dir();
+    let mut fence = Fence::attach(
+        &world.cgroup.path,
+        world.fence_config(20, OtherTcp::Deny),
+        &pin_dir,
+    )
+    .expect("attach");
+    let ifindex = world.host_ifindex;
+    fence = world
+        .host
+        .run(move || fence.attach_tc(ifindex).map(|()| fence))
+        .expect("netns")
+        .expect("tc");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let denials = {
+        let _guard = rt.enter();
+        fence.denials().expect("denials")
+    };
+    let orig = fence.original_destinations().expect("orig");
+    let ids = fence.object_ids().expect("ids");
+    assert_eq!(ids.links.len(), 12, "{ids:?}");
+    assert_eq!(ids.programs.len(), 12, "{ids:?}");
+    assert_eq!(ids.maps.len(), 5, "{ids:?}");
+    assert_eq!(still_loaded(&ids), ids, "all live while attached");
+    assert_eq!(std::fs::read_dir(&pin_dir).expect("pins").count(), PINS + 1);
+
+    fence.detach().expect("detach");
+    assert!(!pin_dir.exists(), "pin dir removed");
+    // Links go at once; programs and maps when the last fd (the readers) is closed.
+    let links_only = ObjectIds {
+        links: ids.links.clone(),
+        ..ObjectIds::default()
+    };
+    wait_freed(&links_only);
+    drop((denials, orig));
+    wait_freed(&ids);
+    // And the cgroup is open again: the runner reaches the internet unfenced.
+    let report = world
+        .probe(
+            &[Op::Connect {
+                to: SocketAddr::from((TARGET, 5432)),
+                send: String::new(),
+            }],
+            Placement::HostRoot,
+        )
+        .expect("probe");
+    assert!(report.outcomes[0].ok, "{:?}", report.outcomes);
+}
+
+#[test]
+fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
+    require_privilege!();
+    let world = World::build().expect("world");
+    let pin_dir = world.pin_dir();
+    let config = FenceConfigJson {
+        runner_id: 21,
+        deny_other_tcp: true,
+    };
+    let ops = [
+        Op::AttachFence {
+            cgroup: world.cgroup.path.clone(),
+            pin_dir: pin_dir.clone(),
+            config,
+        },
+        Op::WaitStdin,
+    ];
+    let mut loader = world
+        .spawn_probe(&ops, Placement::Unfenced)
+        .expect("loader");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&pin_dir).map(|d| d.count()).unwrap_or(0) < PINS {
+        assert!(Instant::now() < deadline, "loader never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    loader.kill().expect("SIGKILL the loader");
+    let ids = pinned_ids(&pin_dir).expect("ids");
+    assert_eq!(
+        still_loaded(&ids),
+        ids,
+        "everything still loaded after the loader died"
+    );
+
+    let to = SocketAddr::from((TARGET, 5432));
+    let report = world
+        .probe(
+            &[Op::Connect {
+                to,
+                send: String::new(),
+            }],
+            Placement::UserNsRoot,
+        )
+        .expect("probe");
+    assert_eq!(
+        (report.outcomes[0].ok, report.outcomes[0].errno),
+        (false, libc::EPERM),
+        "still fenced"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        world.recorder.seen().is_empty(),
+        "{:?}",
+        world.recorder.seen()
+    );
+
+    reap(&pin_dir).expect("reap");
+    assert!(!pin_dir.exists());
+    wait_freed(&ids);
+    let report = world
+        .probe(
+            &[Op::Connect {
+                to,
+                send: String::new(),
+            }],
+            Placement::UserNsRoot,
+        )
+        .expect("probe");
+    assert!(
+        report.outcomes[0].ok,
+        "open again after reap: {:?}",
+        report.outcomes
+    );
+    assert!(world
+        .recorder
+        .seen()
+        .iter()
+        .any(|s| s.dst == IpAddr::V4(TARGET)));
+    // Reaping what is already gone is not an error.
+    reap(&pin_dir).expect("second reap");
+}
+
+#[test]
+fn original_destinations_are_readable_by_an_unprivileged_process_holding_the_fd() {
+    require_privilege!();
+    let f = Fenced::new(22, OtherTcp::HttpListener, false).expect("fenced world");
+    let report = f
+        .world
+        .probe(
+            &[Op::Connect {
+                to: SocketAddr::from((TARGET, 443)),
+                send: String::new(),
+            }],
+            Placement::UserNsRoot,
+        )
+        .expect("probe");
+    let detail = &report.outcomes[0].detail;
+    let peer: SocketAddr = detail
+        .split(' ')
+        .find_map(|w| w.strip_prefix("local="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no local address in {detail}"));
+    let fd = f.fence().orig_dst_fd().expect("fd");
+    // Inherited across exec on purpose (the agent would pass it the same way).
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .expect("clear CLOEXEC");
+    let ops = [
+        Op::Bpf,
+        Op::LookupOrigDst {
+            fd: fd.as_raw_fd(),
+            peer,
+        },
+    ];
+    let report = f
+        .world
+        .probe(&ops, Placement::Unprivileged)
+        .expect("unprivileged probe");
+    let o = &report.outcomes;
+    // The process is really unprivileged for bpf(): it cannot create maps or walk ids.
+    assert_eq!((o[0].ok, o[0].errno), (false, libc::EPERM), "{:?}", o[0]);
+    assert_eq!(
+        o[1].detail,
+        format!("uid=65534 orig=Some({TARGET}:443)"),
+        "{:?}",
+        o[1]
+    );
+}
