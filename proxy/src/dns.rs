@@ -16,7 +16,7 @@
 //! message of the stream is parsed and decided on its own (RFC 7766 pipelining), so a
 //! second query in the same segment cannot ride on the first.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::audit::{Kind, Source};
 use crate::clients::ClientEntry;
-use crate::policy::{normalise_name, Decision, Host};
+use crate::policy::{normalise_name, Decision, Host, Policy, SpecialNets};
 use crate::shared::{event_for, Shared, Subject};
 
 /// Largest UDP answer without EDNS (RFC 1035 section 2.3.4).
@@ -80,85 +80,160 @@ fn reply_to(query: &Message, code: ResponseCode) -> Message {
     reply
 }
 
-async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Message> {
-    let subject = Subject::new(Kind::Dns);
+/// What the filter does with a message before (or instead of) asking upstream.
+#[derive(Debug)]
+pub enum Local {
+    /// Answer locally (or drop, with `None`), recording `decision` about `host`.
+    Reply {
+        /// The reply to send, if any.
+        reply: Option<Message>,
+        /// The normalised question name, when there was a valid one.
+        host: Option<Host>,
+        /// The decision to record.
+        decision: Decision,
+    },
+    /// Ask upstream: an allowed name and an address type.
+    Forward {
+        /// The query as received.
+        query: Message,
+        /// The normalised question name.
+        host: Host,
+        /// The allow decision.
+        decision: Decision,
+    },
+}
+
+fn local_reply(reply: Option<Message>, host: Option<Host>, reason: impl Into<String>) -> Local {
+    Local::Reply {
+        reply,
+        host,
+        decision: Decision::deny(reason),
+    }
+}
+
+/// The part of the decision that needs no network: parsing, the one-question rule, the
+/// name check and the type check. Pure, so it is unit-tested and fuzzed directly.
+pub fn local_decision(policy: &Policy, wire: &[u8]) -> Local {
     let query = match Message::from_vec(wire) {
         Ok(query) => query,
         Err(err) => {
-            record(
-                shared,
-                client,
-                &subject,
-                &Decision::deny(format!("malformed DNS message: {err}")),
-            );
-            // FORMERR needs the id; without a parsable header there is nobody to answer.
-            if wire.len() < 12 {
-                return None;
-            }
-            let mut reply = Message::new();
-            reply
-                .set_id(u16::from_be_bytes([wire[0], wire[1]]))
-                .set_message_type(MessageType::Response)
-                .set_response_code(ResponseCode::FormErr);
-            return Some(reply);
+            // FORMERR needs the id; without a full header there is nobody to answer.
+            let reply = (wire.len() >= 12).then(|| {
+                let mut reply = Message::new();
+                reply
+                    .set_id(u16::from_be_bytes([wire[0], wire[1]]))
+                    .set_message_type(MessageType::Response)
+                    .set_response_code(ResponseCode::FormErr);
+                reply
+            });
+            return local_reply(reply, None, format!("malformed DNS message: {err}"));
         }
     };
     if query.message_type() == MessageType::Response {
-        record(
-            shared,
-            client,
-            &subject,
-            &Decision::deny("DNS response sent to the filter"),
-        );
-        return None;
+        return local_reply(None, None, "DNS response sent to the filter");
     }
     if query.op_code() != OpCode::Query {
-        record(
-            shared,
-            client,
-            &subject,
-            &Decision::deny("DNS operation other than a query"),
-        );
-        return Some(reply_to(&query, ResponseCode::NotImp));
+        let reply = reply_to(&query, ResponseCode::NotImp);
+        return local_reply(Some(reply), None, "DNS operation other than a query");
     }
     if query.queries().len() != 1 {
-        record(
-            shared,
-            client,
-            &subject,
-            &Decision::deny("DNS message without exactly one question"),
+        let reply = reply_to(&query, ResponseCode::FormErr);
+        return local_reply(
+            Some(reply),
+            None,
+            "DNS message without exactly one question",
         );
-        return Some(reply_to(&query, ResponseCode::FormErr));
     }
     let question = &query.queries()[0];
     let name = match normalise_name(&question.name().to_ascii()) {
-        Ok(name) => Host::Name(name),
+        Ok(name) => name,
         Err(err) => {
-            record(shared, client, &subject, &Decision::deny(err.to_string()));
-            return Some(reply_to(&query, ResponseCode::NXDomain));
+            let reply = reply_to(&query, ResponseCode::NXDomain);
+            return local_reply(Some(reply), None, err.to_string());
         }
     };
-    let mut subject = subject;
-    subject.host = Some(&name);
-    let Host::Name(name_text) = &name else {
-        return None;
-    };
-    let decision = client.policy.check_dns_name(name_text);
+    let decision = policy.check_dns_name(&name);
+    let host = Host::Name(name);
     if !decision.allowed {
-        record(shared, client, &subject, &decision);
-        return Some(reply_to(&query, ResponseCode::NXDomain));
+        return Local::Reply {
+            reply: Some(reply_to(&query, ResponseCode::NXDomain)),
+            host: Some(host),
+            decision,
+        };
     }
     let rtype = question.query_type();
     if rtype != RecordType::A && rtype != RecordType::AAAA {
-        record(
-            shared,
-            client,
-            &subject,
-            &Decision::deny(format!("record type {rtype} not served")),
+        let reply = reply_to(&query, ResponseCode::NoError);
+        return local_reply(
+            Some(reply),
+            Some(host),
+            format!("record type {rtype} not served"),
         );
-        return Some(reply_to(&query, ResponseCode::NoError));
     }
-    let upstream = match shared.resolver.exchange(question.name(), rtype).await {
+    Local::Forward {
+        query,
+        host,
+        decision,
+    }
+}
+
+/// Rebuilds an upstream answer for the client: A, AAAA and CNAME records only, internal
+/// addresses removed unless a `cidr` rule lists them. Returns the reply, the first
+/// address kept and the first address removed.
+pub fn filter_answer(
+    query: &Message,
+    upstream: &Message,
+    policy: &Policy,
+    special: &SpecialNets,
+) -> (Message, Option<IpAddr>, Option<IpAddr>) {
+    let mut reply = reply_to(query, upstream.response_code());
+    let mut first_ip = None;
+    let mut removed = None;
+    for answer in upstream.answers() {
+        let ip = match answer.data() {
+            RData::A(a) => Some(IpAddr::V4((*a).into())),
+            RData::AAAA(a) => Some(IpAddr::V6((*a).into())),
+            RData::CNAME(_) => None,
+            _ => continue,
+        };
+        if let Some(ip) = ip {
+            if special.contains(ip) && !policy.lists_address(ip) {
+                removed.get_or_insert(ip);
+                continue;
+            }
+            first_ip.get_or_insert(ip);
+        }
+        reply.add_answer(Record::clone(answer));
+    }
+    (reply, first_ip, removed)
+}
+
+async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Message> {
+    let (query, host, decision) = match local_decision(&client.policy, wire) {
+        Local::Reply {
+            reply,
+            host,
+            decision,
+        } => {
+            let mut subject = Subject::new(Kind::Dns);
+            subject.host = host.as_ref();
+            record(shared, client, &subject, &decision);
+            return reply;
+        }
+        Local::Forward {
+            query,
+            host,
+            decision,
+        } => (query, host, decision),
+    };
+    let mut subject = Subject::new(Kind::Dns);
+    subject.host = Some(&host);
+    let question = &query.queries()[0];
+    let upstream = match shared
+        .resolver
+        .exchange(question.name(), question.query_type())
+        .await
+    {
         Ok(upstream) => upstream,
         Err(err) => {
             let mut failed = decision.clone();
@@ -167,25 +242,8 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
             return Some(reply_to(&query, ResponseCode::ServFail));
         }
     };
-    let mut reply = reply_to(&query, upstream.response_code());
-    let mut first_ip = None;
-    let mut removed = None;
-    for answer in upstream.answers() {
-        let ip = match answer.data() {
-            RData::A(a) => Some(std::net::IpAddr::V4((*a).into())),
-            RData::AAAA(a) => Some(std::net::IpAddr::V6((*a).into())),
-            RData::CNAME(_) => None,
-            _ => continue,
-        };
-        if let Some(ip) = ip {
-            if shared.special.contains(ip) && !client.policy.lists_address(ip) {
-                removed.get_or_insert(ip);
-                continue;
-            }
-            first_ip.get_or_insert(ip);
-        }
-        reply.add_answer(Record::clone(answer));
-    }
+    let (reply, first_ip, removed) =
+        filter_answer(&query, &upstream, &client.policy, &shared.special);
     if let Some(ip) = removed {
         let rebinding = Subject {
             ip: Some(ip),
@@ -267,5 +325,129 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
         if stream.write_all(&framed).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EgressConfig, RuleConfig, RuleTarget, DEFAULT_PORTS};
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{rdata, Name};
+
+    fn policy() -> Policy {
+        Policy::new(&EgressConfig {
+            allow: vec![RuleConfig {
+                target: RuleTarget::Host("*.example.com".into()),
+                ports: DEFAULT_PORTS.to_vec(),
+                methods: None,
+                paths: None,
+            }],
+            ..EgressConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn query(name: &str, rtype: RecordType) -> Message {
+        let mut m = Message::new();
+        m.set_id(42)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        m
+    }
+
+    fn reason(local: &Local) -> Option<&str> {
+        match local {
+            Local::Reply { decision, .. } => decision.reason.as_deref(),
+            Local::Forward { .. } => None,
+        }
+    }
+
+    #[test]
+    fn local_decisions() {
+        let p = policy();
+        let wire = |name, rtype| query(name, rtype).to_vec().unwrap();
+        assert!(matches!(
+            local_decision(&p, &wire("API.Example.com.", RecordType::A)),
+            Local::Forward { .. }
+        ));
+        assert!(matches!(
+            local_decision(&p, &wire("a.example.com.", RecordType::AAAA)),
+            Local::Forward { .. }
+        ));
+        assert_eq!(
+            reason(&local_decision(&p, &wire("example.com.", RecordType::A))),
+            Some("name not allowed")
+        );
+        assert_eq!(
+            reason(&local_decision(&p, &wire("x.evil.net.", RecordType::A))),
+            Some("name not allowed")
+        );
+        assert_eq!(
+            reason(&local_decision(
+                &p,
+                &wire("a.example.com.", RecordType::TXT)
+            )),
+            Some("record type TXT not served")
+        );
+        let mut two = query("a.example.com.", RecordType::A);
+        two.add_query(Query::query(
+            Name::from_ascii("b.evil.net.").unwrap(),
+            RecordType::A,
+        ));
+        assert_eq!(
+            reason(&local_decision(&p, &two.to_vec().unwrap())),
+            Some("DNS message without exactly one question")
+        );
+        let mut response = query("a.example.com.", RecordType::A);
+        response.set_message_type(MessageType::Response);
+        let local = local_decision(&p, &response.to_vec().unwrap());
+        assert!(matches!(local, Local::Reply { reply: None, .. }));
+        assert!(matches!(
+            local_decision(&p, &[1, 2, 3]),
+            Local::Reply { reply: None, .. }
+        ));
+        match local_decision(&p, &[0xab, 0xcd, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 7]) {
+            Local::Reply { reply: Some(r), .. } => {
+                assert_eq!((r.id(), r.response_code()), (0xabcd, ResponseCode::FormErr))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn answers_are_rebuilt_and_rebinding_removed() {
+        let p = policy();
+        let q = query("a.example.com.", RecordType::A);
+        let mut upstream = q.clone();
+        upstream.set_message_type(MessageType::Response);
+        let name = Name::from_ascii("a.example.com.").unwrap();
+        let cdn = Name::from_ascii("cdn.example.net.").unwrap();
+        upstream.add_answer(Record::from_rdata(
+            name.clone(),
+            60,
+            RData::CNAME(rdata::CNAME(cdn.clone())),
+        ));
+        upstream.add_answer(Record::from_rdata(
+            cdn.clone(),
+            60,
+            RData::A(rdata::A::new(127, 0, 0, 1)),
+        ));
+        upstream.add_answer(Record::from_rdata(
+            cdn.clone(),
+            60,
+            RData::A(rdata::A::new(203, 0, 113, 5)),
+        ));
+        upstream.add_answer(Record::from_rdata(
+            cdn,
+            60,
+            RData::TXT(rdata::TXT::new(vec!["x".into()])),
+        ));
+        let (reply, first, removed) = filter_answer(&q, &upstream, &p, &SpecialNets::default());
+        assert_eq!(reply.answers().len(), 2);
+        assert_eq!(first, Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(removed, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(reply.id(), 42);
     }
 }

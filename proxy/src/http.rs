@@ -165,7 +165,11 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
 }
 
 /// The target of a plain request: host, port, and the original address if transparent.
-fn http_target(mode: Mode, uri: &Uri, headers: &HeaderMap) -> Result<(Host, u16), String> {
+pub(crate) fn http_target(
+    mode: Mode,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Host, u16), String> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {

@@ -148,6 +148,30 @@ impl World {
         );
     }
 
+    /// From the runner, sends a synthetic ClientHello naming `names` (split into records
+    /// of `record` bytes, written in `segment`-byte writes) to the transparent TLS
+    /// listener as if headed for `original`:443; true when the proxy then closes.
+    fn hello_to(
+        &self,
+        original: Ipv4Addr,
+        names: &[&'static str],
+        record: usize,
+        segment: usize,
+    ) -> bool {
+        let table = self.origdst.clone();
+        let hello = egress_proxy::tls::synthetic_client_hello(names, record);
+        self.runner(async move {
+            let mut stream =
+                transparent(TLS, table, SocketAddr::new(IpAddr::V4(original), 443)).await;
+            stream.set_nodelay(true).unwrap();
+            for chunk in hello.chunks(segment) {
+                stream.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            closed(&mut stream).await
+        })
+    }
+
     fn runner<F>(&self, fut: F) -> F::Output
     where
         F: std::future::Future + Send + 'static,
@@ -502,15 +526,7 @@ fn sni_must_equal_the_connect_host() {
 fn sni_of_an_allowed_name_toward_another_address_is_denied() {
     require_privilege!();
     let w = world();
-    let table = w.origdst.clone();
-    let closed_early = w.runner(async move {
-        let mut stream =
-            transparent(TLS, table, SocketAddr::new(IpAddr::V4(TRAP_IPS[0]), 443)).await;
-        let hello = egress_proxy::tls::synthetic_client_hello(&["allowed.test"], 16_384);
-        stream.write_all(&hello).await.unwrap();
-        closed(&mut stream).await
-    });
-    assert!(closed_early);
+    assert!(w.hello_to(TRAP_IPS[0], &["allowed.test"], 16_384, 16_384));
     let e = w.deny_event("SNI toward attacker", |e| e.kind == Kind::Tls);
     assert_eq!(
         e.reason.as_deref(),
@@ -525,16 +541,7 @@ fn transparent_tls_without_sni_or_with_a_denied_sni_is_refused() {
     require_privilege!();
     let w = world();
     for names in [&[][..], &["evil.test"][..], &["203.0.113.10"][..]] {
-        let table = w.origdst.clone();
-        let names: Vec<&'static str> = names.to_vec();
-        let closed_early = w.runner(async move {
-            let mut stream =
-                transparent(TLS, table, SocketAddr::new(IpAddr::V4(TRAP_IPS[0]), 443)).await;
-            let hello = egress_proxy::tls::synthetic_client_hello(&names, 16_384);
-            stream.write_all(&hello).await.unwrap();
-            closed(&mut stream).await
-        });
-        assert!(closed_early);
+        assert!(w.hello_to(TRAP_IPS[0], names, 16_384, 16_384), "{names:?}");
     }
     w.deny_event("no SNI", |e| e.reason.as_deref() == Some("no SNI"));
     w.deny_event("evil SNI", |e| {
@@ -552,36 +559,17 @@ fn a_split_client_hello_is_reassembled() {
     let w = world();
     // Allowed name, hello split into 5-byte records sent in 3-byte segments: the proxy
     // must reassemble it and let it through to the allowed server.
-    let table = w.origdst.clone();
-    let hello = egress_proxy::tls::synthetic_client_hello(&["api.allowed.test"], 5);
-    let sent = hello.len() as u64;
-    w.runner(async move {
-        let mut stream = transparent(TLS, table, SocketAddr::new(IpAddr::V4(WEB_IP), 443)).await;
-        stream.set_nodelay(true).unwrap();
-        for chunk in hello.chunks(3) {
-            stream.write_all(chunk).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // The synthetic hello offers nothing the server accepts; it answers with an
-        // alert and closes.
-        closed(&mut stream).await
-    });
+    let sent = egress_proxy::tls::synthetic_client_hello(&["api.allowed.test"], 5).len() as u64;
+    // The synthetic hello offers nothing the server accepts; it answers with an alert
+    // and closes.
+    assert!(w.hello_to(WEB_IP, &["api.allowed.test"], 5, 3));
     let e = w.wait_event("split allowed", |e| {
         e.kind == Kind::Tls && e.verdict == Verdict::Allow
     });
     assert_eq!(e.host.as_deref(), Some("api.allowed.test"));
     assert_eq!(e.bytes_up, Some(sent));
     // The same split with a denied name goes nowhere.
-    let table = w.origdst.clone();
-    let hello = egress_proxy::tls::synthetic_client_hello(&["evil.test"], 5);
-    w.runner(async move {
-        let mut stream =
-            transparent(TLS, table, SocketAddr::new(IpAddr::V4(TRAP_IPS[0]), 443)).await;
-        for chunk in hello.chunks(3) {
-            stream.write_all(chunk).await.unwrap();
-        }
-        closed(&mut stream).await
-    });
+    assert!(w.hello_to(TRAP_IPS[0], &["evil.test"], 5, 3));
     w.deny_event("split denied", |e| {
         e.kind == Kind::Tls && e.host.as_deref() == Some("evil.test")
     });
