@@ -1,0 +1,1435 @@
+//! Sandbox lifecycle benchmark: create → exec `true` → destroy, side by side with
+//! `bwrap --unshare-all` and `crun run` on the same machine (DESIGN.md 10).
+//!
+//! Run as root: `cargo bench -p runner-agent --bench sandbox [-- --iterations N --warmup W
+//! --settle-ms MS]`
+//! (or `SANDBOX_BENCH_ITERATIONS` / `SANDBOX_BENCH_WARMUP`). Without root it prints why and
+//! exits 0; a missing `bwrap` or `crun` is reported and that contender skipped.
+//!
+//! What is timed, per iteration, wall clock:
+//!
+//! - `runner-agent`: `Sandbox::create` + `run_step("true")` + `destroy`, through the
+//!   library, exactly as `runner-agent run` drives it: slot and record, cgroups with
+//!   limits, init with its namespaces, veth, overlay root, seccomp, the step (`bash -e -c
+//!   true`), then kill, veth and cgroup removal and the leftover check;
+//! - `runner-agent run`: the CLI end to end with a one-step job (`run: "true"`), for the
+//!   figure a user sees (adds process start, config parsing and the audit log);
+//! - `bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev true`;
+//! - `crun run` on a bundle made at start (`crun spec`, edited: a minimal rootfs holding
+//!   `true` and the libraries `ldd` lists, namespaces pid, network, ipc, uts, mount,
+//!   cgroup and, if crun manages it here, user), one container id per iteration.
+//!
+//! Contenders run interleaved (one of each per round) so that drift in the machine's load
+//! falls on all of them alike. A second loop then drives the same lifecycle phase by
+//! phase (see [`phases`]) to show where the time goes; its total is printed next to the
+//! real one so that a mirror gone stale is visible.
+//!
+//! Isolation: before any thread exists, the process moves into a network namespace of its
+//! own (unshare(2) `CLONE_NEWNET` applies to the calling thread only, so it must run while
+//! there is just one); every veth the sandboxes create lives there and vanishes with the
+//! process. No packet is sent anywhere. State goes to temporary directories; a guard reaps
+//! any runner a failed iteration left (cgroups live outside the namespace).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+mod options {
+    //! Command line and environment: `--iterations N` (30), `--warmup N` (3),
+    //! `--settle-ms MS` (0), and the `--bench` flag cargo adds (ignored). The variables
+    //! `SANDBOX_BENCH_ITERATIONS`, `SANDBOX_BENCH_WARMUP` and `SANDBOX_BENCH_SETTLE_MS`
+    //! give the defaults so that the bench can be tuned without touching the cargo
+    //! command.
+
+    use std::time::Duration;
+
+    use anyhow::{bail, Context, Result};
+
+    /// How much to run.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Options {
+        /// Timed iterations per contender.
+        pub iterations: usize,
+        /// Untimed iterations per contender before them.
+        pub warmup: usize,
+        /// Pause after every task, so that the kernel's deferred clean-up of one task
+        /// (freeing network namespaces) does not land in the next one's time.
+        pub settle: Duration,
+    }
+
+    fn env_count(name: &str, default: usize) -> Result<usize> {
+        match std::env::var(name) {
+            Ok(value) => value
+                .parse()
+                .with_context(|| format!("{name}={value:?} is not a count")),
+            Err(_) => Ok(default),
+        }
+    }
+
+    /// Parses the process arguments.
+    pub fn parse() -> Result<Options> {
+        let mut options = Options {
+            iterations: env_count("SANDBOX_BENCH_ITERATIONS", 30)?,
+            warmup: env_count("SANDBOX_BENCH_WARMUP", 3)?,
+            settle: Duration::from_millis(env_count("SANDBOX_BENCH_SETTLE_MS", 0)? as u64),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            };
+            let mut value = |what: &str| -> Result<usize> {
+                let text = match inline.clone() {
+                    Some(v) => v,
+                    None => args
+                        .next()
+                        .with_context(|| format!("{what} needs a value"))?,
+                };
+                text.parse()
+                    .with_context(|| format!("{what} {text:?} is not a count"))
+            };
+            match name.as_str() {
+                "--iterations" | "-n" => options.iterations = value("--iterations")?,
+                "--warmup" => options.warmup = value("--warmup")?,
+                "--settle-ms" => {
+                    options.settle = Duration::from_millis(value("--settle-ms")? as u64)
+                }
+                // Cargo passes this to every bench target.
+                "--bench" => {}
+                other => bail!(
+                    "unknown argument {other:?} (use --iterations N, --warmup N, --settle-ms MS)"
+                ),
+            }
+        }
+        if options.iterations == 0 {
+            bail!("--iterations must be at least 1");
+        }
+        Ok(options)
+    }
+}
+
+mod stats {
+    //! Order statistics of a sample of durations: median, p90 (nearest rank), min.
+    //! Medians rather than means: process start-up times have a long right tail
+    //! (scheduler, page cache, RCU grace periods) that a mean would smear over everything.
+
+    use std::time::Duration;
+
+    /// Summary of one sample.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Summary {
+        /// The median (mean of the two middle values for even counts).
+        pub median: Duration,
+        /// 90th percentile, nearest-rank method.
+        pub p90: Duration,
+        /// The fastest run.
+        pub min: Duration,
+    }
+
+    /// Summarises `sample`; `None` when it is empty.
+    pub fn summarize(sample: &[Duration]) -> Option<Summary> {
+        if sample.is_empty() {
+            return None;
+        }
+        let mut sorted = sample.to_vec();
+        sorted.sort();
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2
+        };
+        // Nearest rank: the smallest value with at least 90% of the sample at or below it.
+        let rank = (n * 9).div_ceil(10).max(1);
+        Some(Summary {
+            median,
+            p90: sorted[rank - 1],
+            min: sorted[0],
+        })
+    }
+
+    /// Milliseconds with two decimals.
+    pub fn ms(d: Duration) -> String {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+mod netns {
+    //! Moves the whole (still single-threaded) process into a fresh network namespace.
+
+    use anyhow::{bail, Context, Result};
+    use nix::sched::{unshare, CloneFlags};
+
+    /// Threads of this process, from /proc/self/status.
+    fn thread_count() -> Result<usize> {
+        let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no Threads: line in /proc/self/status")
+    }
+
+    /// unshare(2) `CLONE_NEWNET`. Refuses to run with more than one thread: the others
+    /// would stay in the machine's namespace and anything they create would land there.
+    pub fn enter_private() -> Result<()> {
+        let threads = thread_count()?;
+        if threads != 1 {
+            bail!("{threads} threads already run; the network namespace must be entered first");
+        }
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        Ok(())
+    }
+}
+
+mod ours {
+    //! The runner-agent contender: the sandbox library, and the CLI.
+
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context, Result};
+    use runner_agent::cgroup::{CgroupLimits, CGROUP_ROOT};
+    use runner_agent::config::{HostConfig, DEFAULT_LIMITS};
+    use runner_agent::sandbox::protocol::{StepEnd, StepRequest};
+    use runner_agent::sandbox::{Sandbox, SandboxConfig, WORKSPACE};
+
+    /// The sandbox configuration `runner-agent run` would build with the built-in host
+    /// config and default limits, with state under `run_dir`.
+    pub fn config(run_dir: &Path, state_dir: &Path) -> SandboxConfig {
+        let host = HostConfig::builtin_default();
+        SandboxConfig {
+            run_dir: run_dir.to_owned(),
+            runner_pool: host.network.runner_pool,
+            max_concurrent: host.runner.max_concurrent,
+            limits: CgroupLimits {
+                memory: Some(DEFAULT_LIMITS.memory),
+                pids: Some(DEFAULT_LIMITS.pids),
+                cpus: Some(DEFAULT_LIMITS.cpus),
+            },
+            disk_bytes: DEFAULT_LIMITS.disk,
+            extra_masks: vec![state_dir.to_owned(), run_dir.to_owned()],
+            cgroup_root: PathBuf::from(CGROUP_ROOT),
+            init_program: PathBuf::from(env!("CARGO_BIN_EXE_runner-agent")),
+            files: Vec::new(),
+        }
+    }
+
+    /// The step every contender runs.
+    pub fn true_step() -> StepRequest {
+        StepRequest {
+            script: "true".to_owned(),
+            env: vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
+            cwd: PathBuf::from(WORKSPACE),
+            timeout_ms: 0,
+        }
+    }
+
+    /// Fails unless the step ran and exited 0.
+    pub fn check_step(end: StepEnd) -> Result<()> {
+        if !end.success() {
+            bail!("`true` did not succeed in the sandbox: {end:?}");
+        }
+        Ok(())
+    }
+
+    /// One lifecycle through the library: (create, step, destroy) durations.
+    pub async fn lifecycle(
+        config: &SandboxConfig,
+        job_id: &str,
+    ) -> Result<(Duration, Duration, Duration)> {
+        let t0 = Instant::now();
+        let mut sandbox = Sandbox::create(config, job_id)
+            .await
+            .context("Sandbox::create")?;
+        let t1 = Instant::now();
+        let end = sandbox
+            .run_step(true_step(), &mut tokio::io::sink())
+            .await
+            .context("run_step")?;
+        let t2 = Instant::now();
+        sandbox.destroy().await.context("Sandbox::destroy")?;
+        let t3 = Instant::now();
+        check_step(end)?;
+        Ok((t1 - t0, t2 - t1, t3 - t2))
+    }
+
+    /// `runner-agent run` with a one-step job, in a world of its own files.
+    pub struct Cli {
+        job: PathBuf,
+        config: PathBuf,
+    }
+
+    impl Cli {
+        /// Writes the job file and a host config whose state_dir and run_dir are under
+        /// `dir`.
+        pub fn prepare(dir: &Path) -> Result<Cli> {
+            let job = dir.join("true.yaml");
+            let config = dir.join("host.yaml");
+            std::fs::write(
+                &job,
+                "name: bench\nsteps:\n  - name: true\n    run: \"true\"\n",
+            )
+            .context("write job file")?;
+            std::fs::write(
+                &config,
+                format!(
+                    "state_dir: {}\nrun_dir: {}\n",
+                    dir.join("state").display(),
+                    dir.join("run").display()
+                ),
+            )
+            .context("write host config")?;
+            Ok(Cli { job, config })
+        }
+
+        /// One `runner-agent run`; fails unless it exits 0.
+        pub fn run_once(&self) -> Result<Duration> {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runner-agent"));
+            cmd.arg("run")
+                .arg(&self.job)
+                .arg("--config")
+                .arg(&self.config);
+            super::timed(&mut cmd, "runner-agent run")
+        }
+    }
+}
+
+mod phases {
+    //! The sandbox lifecycle driven one phase at a time, to see where the time goes.
+    //!
+    //! `Sandbox` times nothing itself and exposes no hook between its phases, so this
+    //! module repeats `Sandbox::create`, `run_step` and `teardown` (runner-agent
+    //! src/sandbox/mod.rs) with the same public building blocks, in the same order, with
+    //! a clock read between them. It is a mirror: if the sandbox changes, this can go
+    //! stale. The bench prints its total next to the real lifecycle's so that a mismatch
+    //! shows.
+    //!
+    //! [`Teardown::WhatIf`] is not what the sandbox does: it measures two cheaper ways of
+    //! doing the same teardown, so that their saving is a measured figure rather than a
+    //! guess. Kill: `cgroup.kill`, then re-read `cgroup.events` every 50 µs instead of
+    //! sleeping 2 ms between checks. Veth: no RTM_DELLINK; once the runner's last process
+    //! has exited its network namespace is released, and the kernel's namespace cleanup
+    //! deletes the veth pair with it (veth peers are deleted together); the host side is
+    //! polled every millisecond until it is gone (with a delete after 2 s as a fallback,
+    //! counted). Both
+    //! still end in the same `verify_gone` check, so nothing is skipped.
+
+    use std::os::fd::OwnedFd;
+    use std::path::PathBuf;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context, Result};
+    use runner_agent::cgroup::CgroupLayout;
+    use runner_agent::network::{self, RunnerAddresses};
+    use runner_agent::sandbox::protocol::{FromInit, SandboxSpec, ToInit};
+    use runner_agent::sandbox::{self, init, SandboxConfig, MASKED_PATHS, WORKSPACE};
+    use runner_agent::state::{RunDir, RunnerRecord, ID_BASE, ID_COUNT};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixStream;
+
+    /// The phases, in order, as printed.
+    pub const NAMES: [&str; 11] = [
+        "slot + record",
+        "cgroup create + limits",
+        "spawn init (fork+exec)",
+        "init start + join cgroup + unshare",
+        "veth create + configure",
+        "rootfs + userns + seccomp (init)",
+        "step: bash -c true",
+        "kill (cgroup.kill, wait empty)",
+        "veth delete",
+        "cgroup rmdir + scratch rmdir",
+        "verify + record removal",
+    ];
+
+    /// Durations of one lifecycle, indexed like [`NAMES`].
+    pub type Timings = [Duration; NAMES.len()];
+
+    /// How the teardown phases are done.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Teardown {
+        /// As `sandbox::teardown` does it.
+        AsSandbox,
+        /// The cheaper variants described in the module header.
+        WhatIf,
+    }
+
+    /// How long the what-if teardown waits for the kernel to delete the veth.
+    const VETH_GONE_DEADLINE: Duration = Duration::from_secs(2);
+    /// How often it looks (tokio's timer resolution is 1 ms).
+    const VETH_POLL: Duration = Duration::from_millis(1);
+
+    /// What-if kill: `cgroup.kill` once, then a tight watch of `cgroup.events`.
+    fn kill_and_watch(v2_dir: &std::path::Path) -> Result<()> {
+        std::fs::write(v2_dir.join("cgroup.kill"), "1").context("write cgroup.kill")?;
+        let events = v2_dir.join("cgroup.events");
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&events).context("read cgroup.events")?;
+            if text.lines().any(|l| l.trim() == "populated 0") {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("{} still populated after 10 s", v2_dir.display());
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// What-if veth removal: wait for the namespace cleanup to delete it. Returns whether
+    /// the fallback delete was needed.
+    async fn await_veth_gone(host_if: &str) -> Result<bool> {
+        let started = Instant::now();
+        while network::exists(host_if).await? {
+            if started.elapsed() > VETH_GONE_DEADLINE {
+                network::remove(host_if).await?;
+                return Ok(true);
+            }
+            // Not a tight loop: every netlink socket opened and closed queues RCU
+            // callbacks, and the namespace cleanup waits for those (rcu_barrier), so
+            // polling hard would delay the very thing it waits for.
+            tokio::time::sleep(VETH_POLL).await;
+        }
+        Ok(false)
+    }
+
+    struct Clock {
+        last: Instant,
+        timings: Timings,
+        next: usize,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock {
+                last: Instant::now(),
+                timings: [Duration::ZERO; NAMES.len()],
+                next: 0,
+            }
+        }
+
+        /// Ends the current phase.
+        fn lap(&mut self) {
+            let now = Instant::now();
+            self.timings[self.next] = now - self.last;
+            self.last = now;
+            self.next += 1;
+        }
+    }
+
+    async fn send(stream: &mut tokio::net::unix::OwnedWriteHalf, msg: &ToInit) -> Result<()> {
+        let mut line = serde_json::to_vec(msg)?;
+        line.push(b'\n');
+        stream.write_all(&line).await.context("send to init")
+    }
+
+    async fn recv(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<FromInit> {
+        let mut line = String::new();
+        if reader
+            .read_line(&mut line)
+            .await
+            .context("read from init")?
+            == 0
+        {
+            bail!("the sandbox init exited unexpectedly");
+        }
+        let msg: FromInit = serde_json::from_str(&line).context("message from init")?;
+        if let FromInit::Failed { stage, message } = &msg {
+            bail!("sandbox set-up failed at {stage}: {message}");
+        }
+        Ok(msg)
+    }
+
+    /// One lifecycle, phase by phase. Whatever happens, the runner is torn down before
+    /// this returns (an error after the record was written still leaves the record for
+    /// the caller's reaper).
+    pub async fn lifecycle(
+        config: &SandboxConfig,
+        job_id: &str,
+        teardown: Teardown,
+    ) -> Result<(Timings, bool)> {
+        let mut clock = Clock::new();
+
+        // 1. Slot and record, as Sandbox::create.
+        let run_dir = RunDir::open(&config.run_dir)?;
+        let mut lease = None;
+        for slot in 0..config.max_concurrent.max(1) {
+            if let Some(l) = run_dir.try_lease(slot)? {
+                lease = Some(l);
+                break;
+            }
+        }
+        let lease = lease.context("no free slot")?;
+        let slot = lease.slot;
+        let layout = CgroupLayout::detect(&config.cgroup_root)?;
+        let runner = format!("r-{slot}");
+        let cgroup_name = format!("{runner}-{job_id}");
+        let mut record = RunnerRecord {
+            runner: runner.clone(),
+            slot,
+            job_id: job_id.to_owned(),
+            agent_pid: std::process::id(),
+            cgroup_dirs: layout.runner_dirs(&cgroup_name),
+            host_if: format!("ra{slot}"),
+            addresses: RunnerAddresses::for_slot(config.runner_pool, slot)?,
+            scratch_dir: run_dir.scratch_dir(slot),
+            id_base: ID_BASE + slot * ID_COUNT,
+            netns_inode: None,
+        };
+        run_dir.write_record(&record)?;
+        clock.lap();
+
+        let started =
+            start_and_step(config, &layout, &cgroup_name, &mut record, &run_dir, clock).await;
+        let (mut clock, child) = match started {
+            Ok(ok) => ok,
+            Err(err) => {
+                let _ = sandbox::teardown(&run_dir, &record).await;
+                return Err(err);
+            }
+        };
+
+        // Teardown, as sandbox::teardown, with the clock read between its parts. The
+        // control socket and the output pipe were closed when `start_and_step` returned.
+        let cgroup = runner_agent::cgroup::RunnerCgroup::from_dirs(&record.cgroup_dirs)
+            .context("no cgroup in the record")?;
+        let killer = cgroup.clone();
+        match teardown {
+            Teardown::AsSandbox => {
+                tokio::task::spawn_blocking(move || killer.kill_all(Duration::from_secs(10)))
+                    .await??
+            }
+            Teardown::WhatIf => {
+                tokio::task::spawn_blocking(move || kill_and_watch(&killer.v2_dir)).await??
+            }
+        }
+        clock.lap();
+        let fell_back = match teardown {
+            Teardown::AsSandbox => {
+                network::remove(&record.host_if).await?;
+                false
+            }
+            Teardown::WhatIf => await_veth_gone(&record.host_if).await?,
+        };
+        clock.lap();
+        tokio::task::spawn_blocking(move || cgroup.remove()).await??;
+        match std::fs::remove_dir(&record.scratch_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("remove scratch dir"),
+        }
+        clock.lap();
+        let left = sandbox::verify_gone(&record).await;
+        if !left.is_empty() {
+            bail!("left behind: {}", left.join("; "));
+        }
+        run_dir.remove_record(record.slot)?;
+        let mut child = child;
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        clock.lap();
+        drop(lease);
+        Ok((clock.timings, fell_back))
+    }
+
+    /// Phases 2 to 7: cgroup, init, namespaces, veth, root, step. Returns the clock and
+    /// the init process; the control socket and output pipe are closed on return, which
+    /// (as in `Sandbox::destroy`) tells pid 1 to exit.
+    async fn start_and_step(
+        config: &SandboxConfig,
+        layout: &CgroupLayout,
+        cgroup_name: &str,
+        record: &mut RunnerRecord,
+        run_dir: &RunDir,
+        mut clock: Clock,
+    ) -> Result<(Clock, tokio::process::Child)> {
+        // 2. Cgroup.
+        let cgroup = layout.create(cgroup_name, &config.limits)?;
+        clock.lap();
+
+        // 3. Spawn init, with the spec built as Sandbox::start builds it.
+        let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
+        masked.extend(config.extra_masks.iter().cloned());
+        masked.sort();
+        masked.dedup();
+        let mut files = vec![
+            (
+                PathBuf::from("/etc/hostname"),
+                format!("{}\n", record.runner),
+            ),
+            (
+                PathBuf::from("/etc/hosts"),
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                    record.addresses.runner, record.runner
+                ),
+            ),
+            (
+                PathBuf::from("/etc/resolv.conf"),
+                format!("nameserver {}\n", record.addresses.host),
+            ),
+        ];
+        files.extend(config.files.iter().cloned());
+        let spec = SandboxSpec {
+            runner: record.runner.clone(),
+            id_base: record.id_base,
+            id_count: ID_COUNT,
+            cgroup_procs: cgroup.procs_files(),
+            scratch_dir: record.scratch_dir.clone(),
+            scratch_bytes: config.disk_bytes,
+            masked_paths: masked,
+            files,
+            workspace: PathBuf::from(WORKSPACE),
+        };
+        let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()?;
+        let (output_read, output_write) = std::io::pipe()?;
+        let output_write_2 = output_write.try_clone()?;
+        let child = tokio::process::Command::new(&config.init_program)
+            .arg(init::INIT_ARG)
+            .env_clear()
+            .stdin(Stdio::from(OwnedFd::from(init_end)))
+            .stdout(Stdio::from(OwnedFd::from(output_write)))
+            .stderr(Stdio::from(OwnedFd::from(output_write_2)))
+            .process_group(0)
+            .spawn()
+            .context("spawn init")?;
+        let init_pid = child.id().context("init has no pid")?;
+        agent_end.set_nonblocking(true)?;
+        let (read, mut write) = UnixStream::from_std(agent_end)?.into_split();
+        let mut read = BufReader::new(read);
+        // Held open (as Sandbox holds it) so that the step's stdout is a live pipe.
+        let output = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output_read))?;
+        clock.lap();
+
+        // 4. Namespaces.
+        send(&mut write, &ToInit::Spec(spec)).await?;
+        let FromInit::NamespacesReady = recv(&mut read).await? else {
+            bail!("expected NamespacesReady");
+        };
+        let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))?;
+        record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
+        run_dir.write_record(record)?;
+        clock.lap();
+
+        // 5. Veth.
+        network::setup(&record.host_if, record.addresses, init_pid).await?;
+        clock.lap();
+
+        // 6. Root filesystem, user namespace, seccomp: all inside init.
+        send(&mut write, &ToInit::NetworkReady).await?;
+        let FromInit::SandboxReady { .. } = recv(&mut read).await? else {
+            bail!("expected SandboxReady");
+        };
+        clock.lap();
+
+        // 7. The step (`true` prints nothing, so only the report is read).
+        send(&mut write, &ToInit::RunStep(super::ours::true_step())).await?;
+        let FromInit::StepExited(end) = recv(&mut read).await? else {
+            bail!("expected StepExited");
+        };
+        super::ours::check_step(end)?;
+        clock.lap();
+        drop((read, write, output));
+        Ok((clock, child))
+    }
+
+    /// Reference point: the init binary started with no spec (it reads end of file and
+    /// exits), i.e. fork + exec + dynamic loading + exit of `runner-agent`.
+    pub async fn init_exec_only(config: &SandboxConfig) -> Result<Duration> {
+        let started = Instant::now();
+        let status = tokio::process::Command::new(&config.init_program)
+            .arg(init::INIT_ARG)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("start init")?;
+        let elapsed = started.elapsed();
+        if status.success() {
+            bail!("init without a spec should fail, but it exited 0");
+        }
+        Ok(elapsed)
+    }
+}
+
+mod bwrap {
+    //! The bubblewrap contender: `bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev
+    //! true`. --unshare-all gives it new user, ipc, pid, net, uts and cgroup namespaces
+    //! (bwrap(1)); it creates no veth and no cgroup and applies no limits.
+
+    use std::process::Command;
+    use std::time::Duration;
+
+    use anyhow::Result;
+
+    /// The full command line.
+    pub const ARGS: [&str; 9] = [
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "true",
+    ];
+
+    /// One run; fails unless it exits 0.
+    pub fn run_once() -> Result<Duration> {
+        super::timed(Command::new("bwrap").args(ARGS), "bwrap")
+    }
+}
+
+mod sys {
+    //! The bench's one unsafe operation: starting a child in a mount namespace of its own
+    //! whose /sys/fs/cgroup is the cgroup v2 hierarchy.
+    //!
+    //! Why: on a hybrid host with a controller left on v2 (here: hugetlb), crun refuses
+    //! to start anything ("cgroups in hybrid mode not supported, drop all controllers
+    //! from cgroupv2"), whatever its cgroup manager. Showing crun a pure v2 layout, in a
+    //! mount namespace that dies with it, lets it run without touching the machine's
+    //! mounts. The cost (unshare(2) of a mount namespace, two mount(2) calls) is charged
+    //! to crun's time.
+
+    use std::ffi::CStr;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+
+    /// Makes `cmd` run in a private mount namespace with cgroup2 mounted on
+    /// /sys/fs/cgroup.
+    pub fn cgroup2_view(cmd: &mut Command) {
+        const ROOT: &CStr = c"/";
+        const CGROUP: &CStr = c"/sys/fs/cgroup";
+        const CGROUP2: &CStr = c"cgroup2";
+        // SAFETY: the closure runs between fork and exec. It only makes the unshare(2)
+        // and mount(2) system calls, which are async-signal-safe, on `&'static CStr`
+        // arguments (nix passes those through without allocating), and converts an errno
+        // into an io::Error, which does not allocate either.
+        unsafe {
+            cmd.pre_exec(|| {
+                unshare(CloneFlags::CLONE_NEWNS)?;
+                // Private first, so that the cgroup2 mount cannot propagate to the host
+                // (mount_namespaces(7), "Shared subtrees").
+                mount(
+                    None::<&CStr>,
+                    ROOT,
+                    None::<&CStr>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&CStr>,
+                )?;
+                mount(
+                    Some(CGROUP2),
+                    CGROUP,
+                    Some(CGROUP2),
+                    MsFlags::empty(),
+                    None::<&CStr>,
+                )?;
+                Ok(())
+            });
+        }
+    }
+}
+
+mod crun {
+    //! The crun contender: an OCI bundle generated at start, run once per iteration with a
+    //! fresh container id (`crun run` deletes the container when its process exits).
+    //!
+    //! The bundle: `crun spec`'s default config with `terminal: false`, `args: ["true"]`,
+    //! the cgroup namespace added, and a user namespace mapping 0..65536 to an unused
+    //! host range. The rootfs is a directory holding only `/usr/bin/true` and the
+    //! libraries `ldd` lists for it, mounted read-only. crun's state goes to a temporary
+    //! `--root`, so nothing lands in /run/crun.
+    //!
+    //! Not every crun set-up works on every host, so the first that runs `true` of these
+    //! is used, and the bench prints which and why the others failed: with a user
+    //! namespace and crun's cgroupfs manager; with a user namespace and no cgroup
+    //! (`--cgroup-manager=disabled`; crun 1.8 raises RLIMIT_MEMLOCK before loading its
+    //! device-filter eBPF program, which fails without CAP_SYS_RESOURCE); then the same
+    //! two without a user namespace. On hybrid hosts crun also runs in a cgroup v2 view
+    //! (see [`super::sys`]). With a cgroup manager, the container's cgroup path is fixed
+    //! (`/ra-bench-<pid>`) so that a run that fails half-way (crun then leaves the
+    //! directory) can be cleaned up.
+
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use anyhow::{bail, Context, Result};
+    use serde_json::{json, Value};
+
+    /// Host ids the container's user namespace maps to (outside runner-agent's range).
+    const USERNS_HOST_BASE: u32 = 0x3000_0000;
+
+    /// One way of running crun.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Setup {
+        /// The config has a user namespace.
+        pub userns: bool,
+        /// crun's `--cgroup-manager` (`cgroupfs` or `disabled`).
+        pub cgroup_manager: &'static str,
+        /// crun runs in a mount namespace where /sys/fs/cgroup is cgroup2.
+        pub cgroup2_view: bool,
+    }
+
+    impl Setup {
+        /// A short description for the table.
+        pub fn describe(&self) -> String {
+            format!(
+                "crun run ({}, cgroups {})",
+                if self.userns { "+userns" } else { "no userns" },
+                if self.cgroup_manager == "disabled" {
+                    "off"
+                } else {
+                    self.cgroup_manager
+                }
+            )
+        }
+    }
+
+    /// A bundle and crun's state directory.
+    pub struct Bundle {
+        bundle: PathBuf,
+        state: PathBuf,
+        template: Value,
+        /// How crun is run.
+        pub setup: Setup,
+        prefix: String,
+    }
+
+    /// Copies `path` (absolute) into `rootfs` at the same place.
+    fn copy_in(rootfs: &Path, path: &Path) -> Result<()> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        let target = rootfs.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(path, &target)
+            .with_context(|| format!("copy {} into the rootfs", path.display()))?;
+        Ok(())
+    }
+
+    /// The files `ldd` lists for `binary` (`lib => /path (addr)` and `/path (addr)`).
+    fn libraries(binary: &str) -> Result<Vec<PathBuf>> {
+        let output = Command::new("ldd")
+            .arg(binary)
+            .output()
+            .context("start ldd")?;
+        if !output.status.success() {
+            bail!("ldd {binary} failed");
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim();
+                let path = match line.split_once("=>") {
+                    Some((_, right)) => right.trim(),
+                    None => line,
+                };
+                let path = path.split_whitespace().next()?;
+                path.starts_with('/').then(|| PathBuf::from(path))
+            })
+            .collect())
+    }
+
+    /// Whether this is a hybrid host (v2 mounted at /sys/fs/cgroup/unified).
+    fn hybrid() -> bool {
+        Path::new("/sys/fs/cgroup/unified/cgroup.controllers").is_file()
+    }
+
+    /// The machine's cgroup v2 root, as the bench (not crun) sees it.
+    fn v2_root() -> &'static Path {
+        if hybrid() {
+            Path::new("/sys/fs/cgroup/unified")
+        } else {
+            Path::new("/sys/fs/cgroup")
+        }
+    }
+
+    impl Bundle {
+        /// Generates the bundle under `dir` and picks the first set-up that works.
+        pub fn prepare(dir: &Path) -> Result<Bundle> {
+            let bundle = dir.join("bundle");
+            let state = dir.join("state");
+            let rootfs = bundle.join("rootfs");
+            std::fs::create_dir_all(&rootfs)?;
+            std::fs::create_dir_all(&state)?;
+            let spec = Command::new("crun")
+                .arg("spec")
+                .current_dir(&bundle)
+                .output()
+                .context("start crun spec")?;
+            if !spec.status.success() {
+                bail!("crun spec: {}", String::from_utf8_lossy(&spec.stderr));
+            }
+            let template: Value =
+                serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)
+                    .context("parse crun spec's config.json")?;
+            copy_in(&rootfs, Path::new("/usr/bin/true"))?;
+            for library in libraries("/usr/bin/true")? {
+                copy_in(&rootfs, &library)?;
+            }
+            for mount_point in ["proc", "dev", "sys", "tmp"] {
+                std::fs::create_dir_all(rootfs.join(mount_point))?;
+            }
+            let view = hybrid();
+            let setups = [
+                (true, "cgroupfs"),
+                (true, "disabled"),
+                (false, "cgroupfs"),
+                (false, "disabled"),
+            ]
+            .map(|(userns, cgroup_manager)| Setup {
+                userns,
+                cgroup_manager,
+                cgroup2_view: view,
+            });
+            let mut bundle = Bundle {
+                bundle,
+                state,
+                template,
+                setup: setups[0],
+                prefix: format!("ra-bench-{}", std::process::id()),
+            };
+            let mut failures = Vec::new();
+            for (i, setup) in setups.into_iter().enumerate() {
+                bundle.setup = setup;
+                bundle.write_config()?;
+                match bundle.run_once(&format!("probe{i}")) {
+                    Ok(_) => {
+                        for failure in &failures {
+                            println!("crun: not used: {failure}");
+                        }
+                        return Ok(bundle);
+                    }
+                    Err(err) => {
+                        let why = format!("{err:#}");
+                        let first = why.lines().next().unwrap_or_default().to_owned();
+                        failures.push(format!("{}: {first}", setup.describe()));
+                    }
+                }
+            }
+            bail!("no crun set-up works here: {}", failures.join("; "))
+        }
+
+        fn write_config(&self) -> Result<()> {
+            let mut config = self.template.clone();
+            config["process"]["terminal"] = json!(false);
+            config["process"]["args"] = json!(["true"]);
+            config["root"] = json!({ "path": "rootfs", "readonly": true });
+            let linux = &mut config["linux"];
+            linux["cgroupsPath"] = json!(format!("/{}", self.prefix));
+            let mut namespaces: Vec<Value> = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+                .iter()
+                .map(|t| json!({ "type": t }))
+                .collect();
+            if self.setup.userns {
+                namespaces.push(json!({ "type": "user" }));
+                let map = json!([{ "containerID": 0, "hostID": USERNS_HOST_BASE, "size": 65536 }]);
+                linux["uidMappings"] = map.clone();
+                linux["gidMappings"] = map;
+            }
+            linux["namespaces"] = Value::Array(namespaces);
+            std::fs::write(
+                self.bundle.join("config.json"),
+                serde_json::to_vec_pretty(&config)?,
+            )
+            .context("write config.json")
+        }
+
+        /// `crun <global options> ARGS` as set up.
+        fn command(&self, args: &[&str]) -> Command {
+            let mut cmd = Command::new("crun");
+            cmd.arg("--root")
+                .arg(&self.state)
+                .arg(format!("--cgroup-manager={}", self.setup.cgroup_manager))
+                .args(args)
+                .stdin(Stdio::null());
+            if self.setup.cgroup2_view {
+                super::sys::cgroup2_view(&mut cmd);
+            }
+            cmd
+        }
+
+        fn crun(&self, args: &[&str]) -> Result<std::process::Output> {
+            self.command(args)
+                .output()
+                .with_context(|| format!("start crun {args:?}"))
+        }
+
+        /// `crun run` with container id `<prefix>-<tag>`; fails unless `true` exits 0.
+        pub fn run_once(&self, tag: &str) -> Result<Duration> {
+            let id = format!("{}-{tag}", self.prefix);
+            let bundle = self.bundle.to_string_lossy();
+            let timed = super::timed(
+                &mut self.command(&["run", "--bundle", &bundle, &id]),
+                "crun run",
+            );
+            if timed.is_err() {
+                self.remove_cgroup();
+            }
+            timed
+        }
+
+        /// Removes the container cgroup a failed run may have left.
+        fn remove_cgroup(&self) {
+            let dir = v2_root().join(&self.prefix);
+            if let Err(err) = std::fs::remove_dir(&dir) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("cannot remove {}: {err}", dir.display());
+                }
+            }
+        }
+
+        /// Containers crun still knows about (should be none: `run` deletes them).
+        pub fn leftovers(&self) -> Vec<String> {
+            let Ok(output) = self.crun(&["list", "--quiet"]) else {
+                return Vec::new();
+            };
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    impl Drop for Bundle {
+        /// Deletes whatever container a failed run left (its cgroup, if any, is outside
+        /// the temporary directory).
+        fn drop(&mut self) {
+            for id in self.leftovers() {
+                let _ = self.crun(&["delete", "--force", &id]);
+            }
+            self.remove_cgroup();
+        }
+    }
+}
+
+mod report {
+    //! The printed tables.
+
+    use std::time::Duration;
+
+    use super::stats::{ms, summarize, Summary};
+
+    /// One row of the main table.
+    pub struct Row {
+        /// What ran.
+        pub name: String,
+        /// Its timings.
+        pub sample: Vec<Duration>,
+    }
+
+    fn ratio(value: Duration, base: Option<Summary>) -> String {
+        match base {
+            Some(b) if !b.median.is_zero() => {
+                format!("{:.2}x", value.as_secs_f64() / b.median.as_secs_f64())
+            }
+            _ => "-".to_owned(),
+        }
+    }
+
+    /// The comparison table; ratios are medians over bwrap's median.
+    pub fn contenders(rows: &[Row], bwrap: Option<&Row>) {
+        let base = bwrap.and_then(|r| summarize(&r.sample));
+        println!(
+            "{:<44} {:>10} {:>10} {:>10} {:>9}",
+            "contender", "median", "p90", "min", "vs bwrap"
+        );
+        for row in rows {
+            let Some(s) = summarize(&row.sample) else {
+                continue;
+            };
+            println!(
+                "{:<44} {:>10} {:>10} {:>10} {:>9}",
+                row.name,
+                ms(s.median),
+                ms(s.p90),
+                ms(s.min),
+                ratio(s.median, base)
+            );
+        }
+    }
+
+    /// A breakdown table: each part's median, p90 and share of the sum of medians.
+    pub fn breakdown(title: &str, parts: &[(&str, Vec<Duration>)]) {
+        let summaries: Vec<(&str, Summary)> = parts
+            .iter()
+            .filter_map(|(n, s)| summarize(s).map(|s| (*n, s)))
+            .collect();
+        let total: Duration = summaries.iter().map(|(_, s)| s.median).sum();
+        println!("\n{title}");
+        println!(
+            "{:<44} {:>10} {:>10} {:>8}",
+            "phase", "median", "p90", "share"
+        );
+        for (name, s) in &summaries {
+            let share = if total.is_zero() {
+                0.0
+            } else {
+                100.0 * s.median.as_secs_f64() / total.as_secs_f64()
+            };
+            println!(
+                "{:<44} {:>10} {:>10} {:>7.1}%",
+                name,
+                ms(s.median),
+                ms(s.p90),
+                share
+            );
+        }
+        println!("{:<44} {:>10}", "sum of medians", ms(total));
+    }
+}
+
+/// The first line of /proc/loadavg: the bench shares the machine, and the figures mean
+/// little without knowing what else ran.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// Runs `cmd` to its end (stdin empty, output captured) and returns how long it took;
+/// fails, with its stderr, unless it exits 0.
+fn timed(cmd: &mut std::process::Command, what: &str) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let output = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("start {what}"))?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(elapsed)
+}
+
+/// Whether `program` is on PATH.
+fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Reaps every runner a failed iteration left in the bench's run_dirs, on drop: its
+/// cgroups are in the machine's cgroup tree, outside everything temporary.
+struct ReapGuard {
+    run_dirs: Vec<PathBuf>,
+}
+
+impl Drop for ReapGuard {
+    fn drop(&mut self) {
+        let run_dirs = std::mem::take(&mut self.run_dirs);
+        // A thread of its own: this may run while a runtime is being unwound.
+        let reaped = std::thread::spawn(move || -> Result<Vec<String>> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut all = Vec::new();
+            for dir in run_dirs.iter().filter(|d| d.exists()) {
+                let run_dir = runner_agent::state::RunDir::open(dir)?;
+                all.extend(runtime.block_on(runner_agent::sandbox::reap_leftovers(&run_dir))?);
+            }
+            Ok(all)
+        })
+        .join();
+        match reaped {
+            Ok(Ok(reaped)) if reaped.is_empty() => {}
+            Ok(Ok(reaped)) => eprintln!("reaped runners left by a failed iteration: {reaped:?}"),
+            Ok(Err(err)) => eprintln!("reaping leftovers failed: {err:#}"),
+            Err(_) => eprintln!("reaping leftovers panicked"),
+        }
+    }
+}
+
+/// Everything timed in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// The sandbox library: create, step, destroy.
+    Ours,
+    /// `runner-agent run`.
+    Cli,
+    /// bubblewrap.
+    Bwrap,
+    /// crun.
+    Crun,
+    /// The phase-by-phase mirror, as the sandbox tears down.
+    Mirror,
+    /// The mirror with the what-if teardown.
+    WhatIf,
+    /// The init binary alone.
+    InitExec,
+}
+
+/// Every sample taken.
+#[derive(Default)]
+struct Samples {
+    total: Vec<Duration>,
+    create: Vec<Duration>,
+    step: Vec<Duration>,
+    destroy: Vec<Duration>,
+    cli: Vec<Duration>,
+    bwrap: Vec<Duration>,
+    crun: Vec<Duration>,
+    mirror: Vec<phases::Timings>,
+    what_if: Vec<phases::Timings>,
+    what_if_fallbacks: usize,
+    init_exec: Vec<Duration>,
+}
+
+/// What the tasks run against.
+struct Bench {
+    runtime: tokio::runtime::Runtime,
+    config: runner_agent::sandbox::SandboxConfig,
+    cli: ours::Cli,
+    crun: Option<crun::Bundle>,
+}
+
+impl Bench {
+    /// Runs `task` once; records it into `samples` when given.
+    fn run(&self, task: Task, id: &str, samples: Option<&mut Samples>) -> Result<()> {
+        let mut scratch = Samples::default();
+        let s = samples.unwrap_or(&mut scratch);
+        match task {
+            Task::Ours => {
+                let (c, st, d) = self.runtime.block_on(ours::lifecycle(&self.config, id))?;
+                s.create.push(c);
+                s.step.push(st);
+                s.destroy.push(d);
+                s.total.push(c + st + d);
+            }
+            Task::Cli => s.cli.push(self.cli.run_once()?),
+            Task::Bwrap => s.bwrap.push(bwrap::run_once()?),
+            Task::Crun => {
+                if let Some(c) = &self.crun {
+                    s.crun.push(c.run_once(id)?);
+                }
+            }
+            Task::Mirror | Task::WhatIf => {
+                let teardown = if task == Task::Mirror {
+                    phases::Teardown::AsSandbox
+                } else {
+                    phases::Teardown::WhatIf
+                };
+                let (timings, fell_back) =
+                    self.runtime
+                        .block_on(phases::lifecycle(&self.config, id, teardown))?;
+                if task == Task::Mirror {
+                    s.mirror.push(timings);
+                } else {
+                    s.what_if.push(timings);
+                    s.what_if_fallbacks += usize::from(fell_back);
+                }
+            }
+            Task::InitExec => s.init_exec.push(
+                self.runtime
+                    .block_on(phases::init_exec_only(&self.config))?,
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// The samples of phase `index` across lifecycles.
+fn phase(timings: &[phases::Timings], index: usize) -> Vec<Duration> {
+    timings.iter().map(|t| t[index]).collect()
+}
+
+fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
+    let crun_name = bench
+        .crun
+        .as_ref()
+        .map(|c| c.setup.describe())
+        .unwrap_or_else(|| "crun run".to_owned());
+    let row = |name: &str, sample: &[Duration]| report::Row {
+        name: name.to_owned(),
+        sample: sample.to_vec(),
+    };
+    let rows = [
+        row("runner-agent (Sandbox create+step+destroy)", &s.total),
+        row("bwrap --unshare-all", &s.bwrap),
+        row(&crun_name, &s.crun),
+        row("runner-agent run (CLI, one-step job)", &s.cli),
+    ];
+    println!(
+        "\nsandbox create -> exec `true` -> destroy: {} rounds after {} warm-up, \
+         each round in random order, {} ms pause after each task",
+        options.iterations,
+        options.warmup,
+        options.settle.as_millis()
+    );
+    report::contenders(&rows, (!s.bwrap.is_empty()).then_some(&rows[1]));
+
+    report::breakdown(
+        "runner-agent, timed around each library call",
+        &[
+            ("Sandbox::create", s.create.clone()),
+            ("run_step(true)", s.step.clone()),
+            ("Sandbox::destroy (incl. verify)", s.destroy.clone()),
+        ],
+    );
+    for (title, timings) in [
+        (
+            "runner-agent, phase by phase (mirror of Sandbox::create/run_step/destroy)",
+            &s.mirror,
+        ),
+        (
+            "what-if: same, kill watched every 50 us, veth left to the netns cleanup",
+            &s.what_if,
+        ),
+    ] {
+        let named: Vec<(&str, Vec<Duration>)> = phases::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, phase(timings, i)))
+            .collect();
+        report::breakdown(title, &named);
+        let totals: Vec<Duration> = timings.iter().map(|t| t.iter().sum()).collect();
+        if let Some(total) = stats::summarize(&totals) {
+            println!(
+                "{:<44} {:>10} {:>10}",
+                "total (median, p90)",
+                stats::ms(total.median),
+                stats::ms(total.p90)
+            );
+        }
+    }
+    if let Some(real) = stats::summarize(&s.total) {
+        println!(
+            "(the real lifecycle's median above: {})",
+            stats::ms(real.median)
+        );
+    }
+    println!(
+        "what-if veth removal needed the fallback delete in {} of {} runs",
+        s.what_if_fallbacks,
+        s.what_if.len()
+    );
+    if let Some(exec) = stats::summarize(&s.init_exec) {
+        println!(
+            "reference: runner-agent init exec + exit without a spec: median {}, p90 {}",
+            stats::ms(exec.median),
+            stats::ms(exec.p90)
+        );
+    }
+}
+
+fn bench(options: options::Options, tmp: &Path) -> Result<()> {
+    use rand::seq::SliceRandom;
+
+    let run_dir = tmp.join("run");
+    let state_dir = tmp.join("state");
+    let cli_dir = tmp.join("cli");
+    std::fs::create_dir_all(&cli_dir)?;
+    let _reap = ReapGuard {
+        run_dirs: vec![run_dir.clone(), cli_dir.join("run")],
+    };
+
+    let mut tasks = vec![
+        Task::Ours,
+        Task::Cli,
+        Task::Mirror,
+        Task::WhatIf,
+        Task::InitExec,
+    ];
+    if installed("bwrap") {
+        tasks.push(Task::Bwrap);
+    } else {
+        println!("bwrap is not installed: skipping the bubblewrap contender");
+    }
+    let crun = if installed("crun") {
+        let dir = tmp.join("crun");
+        std::fs::create_dir_all(&dir)?;
+        tasks.push(Task::Crun);
+        Some(crun::Bundle::prepare(&dir).context("crun bundle")?)
+    } else {
+        println!("crun is not installed: skipping the crun contender");
+        None
+    };
+    let bench = Bench {
+        runtime: tokio::runtime::Runtime::new().context("tokio runtime")?,
+        config: ours::config(&run_dir, &state_dir),
+        cli: ours::Cli::prepare(&cli_dir)?,
+        crun,
+    };
+
+    // Random order within each round: a contender's asynchronous kernel clean-up (a
+    // network namespace is freed by a kernel worker after its last process exits) then
+    // delays whichever task happens to come next, not always the same one.
+    let mut rng = rand::rng();
+    let mut samples = Samples::default();
+    println!(
+        "{} warm-up and {} timed rounds of: {tasks:?}",
+        options.warmup, options.iterations
+    );
+    println!(
+        "{} cpus, load average at start: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    for round in 0..options.warmup + options.iterations {
+        tasks.shuffle(&mut rng);
+        let timed = round >= options.warmup;
+        for task in &tasks {
+            let id = format!("b{}-{round}-{task:?}", std::process::id());
+            bench
+                .run(*task, &id, timed.then_some(&mut samples))
+                .with_context(|| format!("{task:?}, round {round}"))?;
+            std::thread::sleep(options.settle);
+        }
+    }
+
+    println!("load average at end: {}", load_average());
+    print_results(options, &bench, &samples);
+    if let Some(c) = &bench.crun {
+        let left = c.leftovers();
+        if !left.is_empty() {
+            bail!("crun left containers behind: {left:?}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let options = match options::parse() {
+        Ok(o) => o,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(64);
+        }
+    };
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipping the sandbox benchmark: it needs root (namespaces, cgroups, veth)");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(err) = netns::enter_private() {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = tempfile::Builder::new()
+        .prefix("ra-bench-")
+        .tempdir()
+        .context("temporary directory")
+        .and_then(|tmp| bench(options, tmp.path()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
