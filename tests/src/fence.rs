@@ -628,6 +628,19 @@ pub struct World {
     pub host_mac: [u8; 6],
     /// MAC address of the runner's eth0.
     pub runner_mac: [u8; 6],
+    /// Pin directories handed out by [`World::pin_dir`], reaped on drop.
+    pins: Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // A test that failed before detaching leaves its fence pinned; remove it.
+        for dir in self.pins.lock().map(|p| p.clone()).unwrap_or_default() {
+            if let Err(e) = egress_ebpf::reap(&dir) {
+                eprintln!("cleanup: reap {}: {e}", dir.display());
+            }
+        }
+    }
 }
 
 /// MAC address of `ifname` in `ns`, from `ip link show` (sysfs shows the netns that
@@ -744,6 +757,7 @@ impl World {
             host_ifindex,
             host_mac,
             runner_mac,
+            pins: Mutex::new(Vec::new()),
         })
     }
 
@@ -754,7 +768,11 @@ impl World {
 
     /// A pin directory for this world's fence, under /sys/fs/bpf.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new(egress_ebpf::bpffs::DEFAULT_BPFFS).join(unique("fence-test-"))
+        let dir = Path::new(egress_ebpf::bpffs::DEFAULT_BPFFS).join(unique("fence-test-"));
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.push(dir.clone());
+        }
+        dir
     }
 
     /// Starts a probe running `ops`; [`ProbeChild::finish`] collects its report.
@@ -791,6 +809,16 @@ impl World {
         let mut child = cmd.spawn().context("spawning probe")?;
         let stdin = child.stdin.take();
         Ok(ProbeChild { child, stdin })
+    }
+
+    /// One TCP connect from a probe, sending nothing.
+    pub fn connect(&self, to: SocketAddr, placement: Placement) -> Result<Outcome> {
+        let op = Op::Connect {
+            to,
+            send: String::new(),
+        };
+        let mut report = self.probe(&[op], placement)?;
+        report.outcomes.pop().context("no outcome")
     }
 
     /// Runs a probe to completion.

@@ -79,16 +79,10 @@ fn detach_removes_every_program_map_and_link() {
     drop((denials, orig));
     wait_freed(&ids);
     // And the cgroup is open again: the runner reaches the internet unfenced.
-    let report = world
-        .probe(
-            &[Op::Connect {
-                to: SocketAddr::from((TARGET, 5432)),
-                send: String::new(),
-            }],
-            Placement::HostRoot,
-        )
+    let o = world
+        .connect(SocketAddr::from((TARGET, 5432)), Placement::HostRoot)
         .expect("probe");
-    assert!(report.outcomes[0].ok, "{:?}", report.outcomes);
+    assert!(o.ok, "{o:?}");
 }
 
 #[test]
@@ -125,20 +119,8 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
     );
 
     let to = SocketAddr::from((TARGET, 5432));
-    let report = world
-        .probe(
-            &[Op::Connect {
-                to,
-                send: String::new(),
-            }],
-            Placement::UserNsRoot,
-        )
-        .expect("probe");
-    assert_eq!(
-        (report.outcomes[0].ok, report.outcomes[0].errno),
-        (false, libc::EPERM),
-        "still fenced"
-    );
+    let o = world.connect(to, Placement::UserNsRoot).expect("probe");
+    assert_eq!((o.ok, o.errno), (false, libc::EPERM), "still fenced: {o:?}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         world.recorder.seen().is_empty(),
@@ -149,20 +131,8 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
     reap(&pin_dir).expect("reap");
     assert!(!pin_dir.exists());
     wait_freed(&ids);
-    let report = world
-        .probe(
-            &[Op::Connect {
-                to,
-                send: String::new(),
-            }],
-            Placement::UserNsRoot,
-        )
-        .expect("probe");
-    assert!(
-        report.outcomes[0].ok,
-        "open again after reap: {:?}",
-        report.outcomes
-    );
+    let o = world.connect(to, Placement::UserNsRoot).expect("probe");
+    assert!(o.ok, "open again after reap: {o:?}");
     assert!(world
         .recorder
         .seen()
@@ -176,17 +146,11 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
 fn original_destinations_are_readable_by_an_unprivileged_process_holding_the_fd() {
     require_privilege!();
     let f = Fenced::new(22, OtherTcp::HttpListener, false).expect("fenced world");
-    let report = f
+    let o = f
         .world
-        .probe(
-            &[Op::Connect {
-                to: SocketAddr::from((TARGET, 443)),
-                send: String::new(),
-            }],
-            Placement::UserNsRoot,
-        )
+        .connect(SocketAddr::from((TARGET, 443)), Placement::UserNsRoot)
         .expect("probe");
-    let detail = &report.outcomes[0].detail;
+    let detail = &o.detail;
     let peer: SocketAddr = detail
         .split(' ')
         .find_map(|w| w.strip_prefix("local="))
