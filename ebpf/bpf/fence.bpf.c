@@ -450,10 +450,8 @@ static __always_inline int packet_ok(struct __sk_buff *skb, __u32 off, __u16 l3p
 		d.protocol = ip.protocol;
 		if (cfg->allow_loopback && is_loopback4(ip.daddr) && !check_source)
 			return 1;
-		if (check_source && ip.saddr != cfg->runner_addr) {
-			d.reason = FENCE_REASON_SPOOFED;
-			goto deny4;
-		}
+		/* Non-first fragments carry no ports to check; none of the proxy's traffic
+		 * needs fragmenting (DNS queries are small, TCP segments fit the MTU). */
 		if (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 			d.reason = FENCE_REASON_FRAGMENT;
 			goto deny4;
@@ -465,6 +463,10 @@ static __always_inline int packet_ok(struct __sk_buff *skb, __u32 off, __u16 l3p
 		}
 		__u16 dport = bpf_ntohs(ports[1]);
 		d.dport = dport;
+		if (check_source && ip.saddr != cfg->runner_addr) {
+			d.reason = FENCE_REASON_SPOOFED;
+			goto deny4;
+		}
 		if (ip.daddr == cfg->proxy_addr) {
 			if (ip.protocol == IPPROTO_TCP && is_proxy_tcp_port(cfg, dport))
 				return 1;

@@ -6,6 +6,7 @@
 //! at its conventional place, /sys/fs/bpf, when a pin directory lies below it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
@@ -50,8 +51,15 @@ pub fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
 
 /// Makes sure `pin_dir` can hold pins: mounts bpffs at /sys/fs/bpf (mode 0700, root only)
 /// when `pin_dir` is below it and it is not mounted; otherwise the nearest existing
-/// ancestor of `pin_dir` must already be on bpffs.
+/// ancestor of `pin_dir` must already be on bpffs. Serialized within the process; another
+/// process mounting at the same moment is not guarded against.
 pub fn ensure_mounted(pin_dir: &Path) -> Result<(), BpffsError> {
+    // Two threads that both find bpffs missing would otherwise both mount it, and the
+    // second mount would hide the pins made under the first.
+    static MOUNTING: Mutex<()> = Mutex::new(());
+    let _serialized = MOUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = Path::new(DEFAULT_BPFFS);
     if pin_dir.starts_with(root) && root.is_dir() && !is_bpffs(root)? {
         mount(

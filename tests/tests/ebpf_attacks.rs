@@ -23,6 +23,8 @@ fn fence_probe() {
 }
 
 const EPERM: i32 = 1;
+/// Another runner's address, as a job might forge it.
+const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 3);
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -258,6 +260,13 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
     require_privilege!();
     let mut f = Fenced::new(13, OtherTcp::HttpListener, true).expect("fenced world");
     let (af_inet, af_inet6, af_packet) = (libc::AF_INET, libc::AF_INET6, libc::AF_PACKET);
+    let spoofed = udp_frame(
+        f.world.host_mac,
+        f.world.runner_mac,
+        SPOOFED,
+        PROXY_ADDR,
+        runner_agent_tests::fence::DNS_PORT,
+    );
     let frame = udp_frame(
         f.world.host_mac,
         f.world.runner_mac,
@@ -296,6 +305,12 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
             ifname: "eth0".into(),
             frame,
         },
+        // A spoofed source to a port the host does serve: the proxy tells runners apart
+        // by source address, so the tc program refuses any source but the runner's.
+        Op::Frame {
+            ifname: "eth0".into(),
+            frame: spoofed,
+        },
     ];
     // As host root: the strongest socket privileges there are in the runner's netns.
     let report = f.world.probe(&ops, Placement::HostRoot).expect("probe");
@@ -303,12 +318,10 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
     for (i, o) in o[..4].iter().enumerate() {
         assert_eq!((o.ok, o.errno), (false, EPERM), "socket {i}: {o:?}");
     }
-    assert!(
-        o[4].ok,
-        "the packet socket itself is not refused: {:?}",
-        o[4]
-    );
-    let denials = f.denials(5);
+    for o in &o[4..] {
+        assert!(o.ok, "the packet socket itself is not refused: {o:?}");
+    }
+    let denials = f.denials(6);
     let pid = Some(report.pid);
     let creates: Vec<_> = denials
         .iter()
@@ -329,6 +342,14 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
     );
     let tc = find_denial(&denials, Hook::TcIngress, v4(TARGET), Some(9999), None);
     assert_eq!(tc.reason, Reason::Destination);
+    let dns = Some(runner_agent_tests::fence::DNS_PORT);
+    let spoof = find_denial(&denials, Hook::TcIngress, v4(PROXY_ADDR), dns, None);
+    assert_eq!(spoof.reason, Reason::Spoofed);
+    let arrivals = f.world.proxy.arrivals();
+    assert!(
+        arrivals.iter().all(|a| a.peer.ip() != IpAddr::V4(SPOOFED)),
+        "{arrivals:?}"
+    );
 
     // Root of a user namespace (what a job is) cannot even open a packet socket there.
     let report = f.world.probe(
