@@ -155,6 +155,24 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// The `reason` text of the audit event: which program refused and why.
+    pub fn audit_reason(&self) -> String {
+        format!("{}: {}", self.hook.name(), self.reason.text())
+    }
+
+    /// Wall-clock time of the denial, for the audit event's `ts`: the programs stamp
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns), converted here through the current offset
+    /// between the two clocks.
+    pub fn wall_clock(&self) -> std::time::SystemTime {
+        let now_wall = std::time::SystemTime::now();
+        let Ok(now_mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+            return now_wall;
+        };
+        let now_ns = u64::try_from(now_mono.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now_mono.tv_nsec()).unwrap_or(0);
+        now_wall - std::time::Duration::from_nanos(now_ns.saturating_sub(self.monotonic_ns))
+    }
+
     fn from_raw(raw: &RawEvent) -> Option<Self> {
         let hook = Hook::from_raw(raw.hook)?;
         let in_task = raw.tgid != 0;
@@ -341,6 +359,12 @@ mod tests {
         assert_eq!(d.ip, Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))));
         assert_eq!(d.port, Some(443));
         assert_eq!(d.hook.audit_kind(), "socket");
+        assert_eq!(
+            d.audit_reason(),
+            "connect4: destination not served by the proxy"
+        );
+        // A stamp of 0 is the boot moment: long before now.
+        assert!(d.wall_clock() < std::time::SystemTime::now());
     }
 
     #[test]
