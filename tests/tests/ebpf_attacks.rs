@@ -123,7 +123,10 @@ fn ip_literals_on_other_ports_and_the_host_side_address_are_denied() {
         assert_eq!(d.reason, want);
         assert_eq!(d.runner_id, 10);
         let age = std::time::SystemTime::now().duration_since(d.wall_clock());
-        assert!(age.as_ref().is_ok_and(|a| *a < Duration::from_secs(60)), "{age:?}");
+        assert!(
+            age.as_ref().is_ok_and(|a| *a < Duration::from_secs(60)),
+            "{age:?}"
+        );
     }
     settle();
     assert!(
