@@ -1119,18 +1119,16 @@ mod sys {
             tv_usec: 50_000,
         };
         // SAFETY: tv is a valid timeval that outlives the call; the length matches it.
-        check(
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&raw const tv).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            }
-            .into(),
-        )?;
+        let ret = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        check(ret.into())?;
         Ok(fd)
     }
 
@@ -1175,10 +1173,10 @@ mod sys {
             iov_base: data.as_ptr() as *mut _,
             iov_len: data.len(),
         };
-        // SAFETY: mmsghdr is plain data; zero is a valid initial value for every field.
         let mut msgs: Vec<libc::mmsghdr> = addrs
             .iter_mut()
             .map(|(addr, len)| {
+                // SAFETY: mmsghdr is plain data; zero is a valid value for every field.
                 let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
                 m.msg_hdr.msg_namelen = *len;
@@ -1298,11 +1296,9 @@ mod sys {
             check(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }.into())?;
             if let Some(procs) = &procs {
                 // Writing "0" moves the writing process (cgroups(7)).
-                // SAFETY: the buffer is a static byte string.
-                check(
-                    unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) }
-                        as libc::c_long,
-                )?;
+                // SAFETY: the buffer is a static byte string of the length given.
+                let ret = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+                check(ret as libc::c_long)?;
             }
             if drop_to != Drop::Stay {
                 let nobody = super::NOBODY;
@@ -1404,13 +1400,13 @@ impl Drop for Fenced {
 
 /// Asserts that a denial from `hook` names the process `pid` (when given) and the
 /// destination, and returns it.
-pub fn find_denial<'a>(
-    denials: &'a [Denial],
+pub fn find_denial(
+    denials: &[Denial],
     hook: egress_ebpf::Hook,
     ip: Option<IpAddr>,
     port: Option<u16>,
     pid: Option<u32>,
-) -> &'a Denial {
+) -> &Denial {
     denials
         .iter()
         .find(|d| {
