@@ -20,6 +20,9 @@ use crate::policy::Policy;
 /// One registered client.
 #[derive(Debug)]
 pub struct ClientEntry {
+    /// Unique for the life of the process: keys state that must never be shared between
+    /// clients (pooled upstream connections).
+    pub id: u64,
     /// Runner name written into audit events.
     pub runner: Option<String>,
     /// Job id written into audit events.
@@ -32,7 +35,9 @@ pub struct ClientEntry {
 impl ClientEntry {
     /// A client entry.
     pub fn new(runner: Option<String>, job: Option<String>, policy: Arc<Policy>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         ClientEntry {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             runner,
             job,
             policy,

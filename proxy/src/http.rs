@@ -22,6 +22,7 @@
 //!   ClientHello shows an SNI equal to the CONNECT host (port 443 requires TLS; other
 //!   ports check the SNI when the client speaks TLS, see [`crate::tls::first_flight`]).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
@@ -69,6 +70,57 @@ struct Upstream {
     sender: SendRequest<ProxyBody>,
 }
 
+/// Idle upstream connections, kept per client so that a connection opened for one runner
+/// is never reused for another, and per (name, port, address) so that a reused connection
+/// goes exactly where a new one would.
+#[derive(Default)]
+pub(crate) struct UpstreamPool {
+    idle: std::sync::Mutex<HashMap<PoolKey, Vec<SendRequest<ProxyBody>>>>,
+}
+
+/// (client id, name, port, address).
+type PoolKey = (u64, String, u16, IpAddr);
+
+/// Idle connections kept per key, and keys kept in all.
+const POOL_PER_KEY: usize = 16;
+const POOL_KEYS: usize = 4096;
+
+impl UpstreamPool {
+    fn take(
+        &self,
+        client: u64,
+        host: &str,
+        port: u16,
+        ip: IpAddr,
+    ) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (client, host.to_owned(), port, ip);
+        let senders = idle.get_mut(&key)?;
+        while let Some(sender) = senders.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        idle.remove(&key);
+        None
+    }
+
+    fn put(&self, client: u64, upstream: Upstream) {
+        if upstream.sender.is_closed() {
+            return;
+        }
+        let (host, port, ip) = upstream.key;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= POOL_KEYS {
+            idle.clear(); // bounded memory; the cost is a few new connections
+        }
+        let senders = idle.entry((client, host, port, ip)).or_default();
+        if senders.len() < POOL_PER_KEY {
+            senders.push(upstream.sender);
+        }
+    }
+}
+
 /// One client connection.
 struct Conn {
     shared: Arc<Shared>,
@@ -76,6 +128,14 @@ struct Conn {
     mode: Mode,
     upstream: Mutex<Option<Upstream>>,
     _slot: ConnSlot,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(upstream) = self.upstream.get_mut().take() {
+            self.shared.pool.put(self.client.id, upstream);
+        }
+    }
 }
 
 /// Serves one accepted connection until it closes or a limit is hit.
@@ -358,10 +418,13 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            *conn.upstream.lock().await = Some(Upstream {
+            let previous = conn.upstream.lock().await.replace(Upstream {
                 key: (host_text, port, ip),
                 sender,
             });
+            if let Some(previous) = previous {
+                conn.shared.pool.put(conn.client.id, previous);
+            }
             Response::from_parts(parts, Counted::new(body, down, Some(end)).boxed())
         }
         Err(err) => {
@@ -387,10 +450,18 @@ async fn upstream(
     if let Some(cached) = conn.upstream.lock().await.take() {
         let (h, p, ip) = &cached.key;
         if h == host && *p == port && addrs.contains(ip) && !cached.sender.is_closed() {
+            let ip = *ip;
             let mut sender = cached.sender;
             if sender.ready().await.is_ok() {
-                return Ok((sender, *ip));
+                return Ok((sender, ip));
             }
+        } else {
+            conn.shared.pool.put(conn.client.id, cached);
+        }
+    }
+    for ip in addrs {
+        if let Some(sender) = conn.shared.pool.take(conn.client.id, host, port, *ip) {
+            return Ok((sender, *ip));
         }
     }
     let (stream, ip) = conn.shared.dial(addrs, port).await?;

@@ -155,6 +155,7 @@ impl ProxyBuilder {
             limits: self.limits,
             special: SpecialNets::with_extra(self.internal),
             origdst: self.origdst,
+            pool: crate::http::UpstreamPool::default(),
         });
         let mut proxy = Proxy {
             shared: Arc::clone(&shared),

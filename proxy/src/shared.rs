@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub special: SpecialNets,
     pub origdst: Option<Arc<dyn OriginalDestination>>,
+    pub pool: crate::http::UpstreamPool,
 }
 
 /// What a decision event is about.
