@@ -1,28 +1,29 @@
 //! Sandbox lifecycle benchmark: create → exec `true` → destroy, side by side with
-//! `bwrap --unshare-all` and `crun run` on the same machine (DESIGN.md 10).
+//! `bwrap --unshare-all` and `crun run` on the same machine (DESIGN.md 10). Results and
+//! their reading: runner-agent/BENCHMARKS.md.
 //!
-//! Run as root: `cargo bench -p runner-agent --bench sandbox [-- --iterations N --warmup W
-//! --settle-ms MS]`
-//! (or `SANDBOX_BENCH_ITERATIONS` / `SANDBOX_BENCH_WARMUP`). Without root it prints why and
-//! exits 0; a missing `bwrap` or `crun` is reported and that contender skipped.
+//! Run as root: `cargo bench -p runner-agent --bench sandbox [-- --iterations N
+//! --warmup N --settle-ms MS]` (see [`options`]). Without root it prints why and exits 0;
+//! a missing `bwrap` or `crun` is reported and that contender skipped.
 //!
 //! What is timed, per iteration, wall clock:
 //!
 //! - `runner-agent`: `Sandbox::create` + `run_step("true")` + `destroy`, through the
-//!   library, exactly as `runner-agent run` drives it: slot and record, cgroups with
-//!   limits, init with its namespaces, veth, overlay root, seccomp, the step (`bash -e -c
-//!   true`), then kill, veth and cgroup removal and the leftover check;
+//!   library, as `runner-agent run` drives it: slot and record, cgroups with limits,
+//!   init with its namespaces, veth, overlay root, seccomp, the step (`bash -e -c true`),
+//!   then kill, veth and cgroup removal and the leftover check;
 //! - `runner-agent run`: the CLI end to end with a one-step job (`run: "true"`), for the
 //!   figure a user sees (adds process start, config parsing and the audit log);
 //! - `bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev true`;
-//! - `crun run` on a bundle made at start (`crun spec`, edited: a minimal rootfs holding
-//!   `true` and the libraries `ldd` lists, namespaces pid, network, ipc, uts, mount,
-//!   cgroup and, if crun manages it here, user), one container id per iteration.
+//! - `crun run` on a bundle made at start (see [`crun`]), one container id per
+//!   iteration.
 //!
-//! Contenders run interleaved (one of each per round) so that drift in the machine's load
-//! falls on all of them alike. A second loop then drives the same lifecycle phase by
-//! phase (see [`phases`]) to show where the time goes; its total is printed next to the
-//! real one so that a mirror gone stale is visible.
+//! Every task runs once per round, in a random order per round, so that drift in the
+//! machine's load and the kernel's deferred clean-up after one task (network namespaces
+//! are freed by a kernel worker) fall on all of them alike. The rounds also drive the
+//! same lifecycle phase by phase (see [`phases`]) to show where the time goes, and time
+//! two reference operations: the init binary starting alone, and a process joining a
+//! runner's cgroups.
 //!
 //! Isolation: before any thread exists, the process moves into a network namespace of its
 //! own (unshare(2) `CLONE_NEWNET` applies to the calling thread only, so it must run while
