@@ -180,6 +180,13 @@ impl TestCgroup {
         Ok(Self { path })
     }
 
+    /// A child cgroup `name` of this one (removed on drop; drop it before its parent).
+    pub fn child(&self, name: &str) -> Result<Self> {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        Ok(Self { path })
+    }
+
     /// Pids currently in the cgroup.
     pub fn pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.procs"))
@@ -777,6 +784,17 @@ impl World {
 
     /// Starts a probe running `ops`; [`ProbeChild::finish`] collects its report.
     pub fn spawn_probe(&self, ops: &[Op], placement: Placement) -> Result<ProbeChild> {
+        self.spawn_probe_in(ops, placement, &self.cgroup.path)
+    }
+
+    /// Like [`Self::spawn_probe`], placing the probe in `cgroup` (a descendant of the
+    /// fenced one, say) instead of the world's cgroup.
+    pub fn spawn_probe_in(
+        &self,
+        ops: &[Op],
+        placement: Placement,
+        cgroup: &Path,
+    ) -> Result<ProbeChild> {
         let exe = std::env::current_exe()?;
         let netns = File::open(self.runner.path())?;
         let procs = match placement {
@@ -784,7 +802,7 @@ impl World {
             _ => Some(
                 std::fs::OpenOptions::new()
                     .write(true)
-                    .open(self.cgroup.path.join("cgroup.procs"))?,
+                    .open(cgroup.join("cgroup.procs"))?,
             ),
         };
         let mut cmd = Command::new(exe);

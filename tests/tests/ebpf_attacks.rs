@@ -531,3 +531,40 @@ fn fail_closed_when_the_proxy_dies_mid_job() {
         f.world.recorder.seen()
     );
 }
+
+#[test]
+fn a_job_in_a_child_cgroup_is_fenced_all_the_same() {
+    require_privilege!();
+    let mut f = Fenced::new(17, OtherTcp::Deny, false).expect("fenced world");
+    let child = f.world.cgroup.child("job").expect("child cgroup");
+    let ops = [
+        Op::Connect {
+            to: sa(TARGET, 22),
+            send: String::new(),
+        },
+        Op::SendTo {
+            to: sa(TARGET, 9999),
+            data: "x".into(),
+            reply: false,
+        },
+    ];
+    let probe = f
+        .world
+        .spawn_probe_in(&ops, Placement::UserNsRoot, &child.path)
+        .expect("probe");
+    let report = probe.finish().expect("report");
+    for o in &report.outcomes {
+        assert_eq!((o.ok, o.errno), (false, EPERM), "{o:?}");
+    }
+    let denials = f.denials(2);
+    let pid = Some(report.pid);
+    find_denial(&denials, Hook::Connect4, v4(TARGET), Some(22), pid);
+    find_denial(&denials, Hook::Sendmsg4, v4(TARGET), Some(9999), pid);
+    drop(child);
+    settle();
+    assert!(
+        f.world.recorder.seen().is_empty(),
+        "{:?}",
+        f.world.recorder.seen()
+    );
+}
