@@ -17,8 +17,10 @@
 //! - After [`Fence::detach`]/[`reap`] nothing refers to the programs and maps except fds
 //!   still held elsewhere (a [`crate::DenialStream`], an exported map fd); when those close
 //!   the kernel frees them.
-//! - Detach only after the runner's processes are gone: while links are being removed
-//!   one by one, a live job could slip through the ones already gone.
+//! - Detach after the runner's processes are gone. Links are removed one by one, the
+//!   rewriting hooks first and the packet backstops (cgroup_skb, tc) last, so a process
+//!   still alive meanwhile is dropped rather than let out; but a connection to the
+//!   proxy could then succeed un-redirected, so do not rely on it.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -534,6 +536,21 @@ pub fn still_loaded(ids: &ObjectIds) -> ObjectIds {
     }
 }
 
+/// Order in which [`reap`] removes pins (lowest first).
+fn removal_rank(path: &Path) -> u8 {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    match name {
+        "link_fence_sock_create" => 1,
+        "link_fence_skb_egress" => 2,
+        "link_fence_tc_ingress" => 3,
+        n if n.starts_with("link_") => 0,
+        _ => 4, // maps: nothing is enforced by their pins
+    }
+}
+
 /// Removes a fence from its pins alone: what a restarted agent calls for each runner it
 /// finds left over by its crashed predecessor, and what [`Fence::detach`] ends with.
 /// Unlinking a pin drops its reference; a link with no reference left is detached.
@@ -549,12 +566,18 @@ pub fn reap(pin_dir: &Path) -> Result<(), FenceError> {
             })
         }
     };
+    let mut paths = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| FenceError::PinDir {
             path: pin_dir.to_owned(),
             source,
         })?;
-        let path = entry.path();
+        paths.push(entry.path());
+    }
+    // Fail closed while going: the rewriting hooks go first, the backstops last, so a
+    // process still running meanwhile meets a packet filter rather than an open door.
+    paths.sort_by_key(|p| removal_rank(p));
+    for path in paths {
         std::fs::remove_file(&path).map_err(|source| FenceError::Unpin {
             path: path.clone(),
             source,
@@ -566,4 +589,43 @@ pub fn reap(pin_dir: &Path) -> Result<(), FenceError> {
     })?;
     tracing::debug!(pin_dir = %pin_dir.display(), "fence pins removed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reap_removes_rewriting_hooks_before_the_backstops() {
+        let mut names = vec![
+            "map_events",
+            "link_fence_tc_ingress",
+            "link_fence_skb_egress",
+            "link_fence_connect4",
+            "link_fence_sock_create",
+            "link_fence_sendmsg6",
+        ];
+        names.sort_by_key(|n| removal_rank(Path::new(n)));
+        assert_eq!(&names[4..], ["link_fence_tc_ingress", "map_events"]);
+        assert_eq!(names[3], "link_fence_skb_egress");
+        assert_eq!(names[2], "link_fence_sock_create");
+    }
+
+    #[test]
+    fn reap_of_a_missing_directory_is_a_no_op() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(reap(&dir.path().join("absent")).is_ok());
+    }
+
+    #[test]
+    fn every_program_and_map_named_here_is_in_the_object() {
+        // Loading would create maps (root only); the names are in the ELF symbol table.
+        let text = String::from_utf8_lossy(OBJECT);
+        for name in CGROUP_PROGRAMS.iter().chain([&TC_PROGRAM]) {
+            assert!(text.contains(name), "{name} missing from the object");
+        }
+        for name in PINNED_MAPS {
+            assert!(text.contains(name), "{name} missing from the object");
+        }
+    }
 }
