@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn reap_removes_rewriting_hooks_before_the_backstops() {
-        let mut names = vec![
+        let mut names = [
             "map_events",
             "link_fence_tc_ingress",
             "link_fence_skb_egress",
