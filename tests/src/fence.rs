@@ -795,7 +795,10 @@ impl World {
         placement: Placement,
         cgroup: &Path,
     ) -> Result<ProbeChild> {
-        let exe = std::env::current_exe()?;
+        // Through /proc/self/exe (a magic link, followed without searching the directories
+        // on the way, see proc(5)), so that a probe that dropped to an unprivileged uid can
+        // exec a test binary that lives under a directory closed to that uid.
+        let exe = Path::new("/proc/self/exe");
         let netns = File::open(self.runner.path())?;
         let procs = match placement {
             Placement::Unfenced | Placement::Unprivileged => None,
