@@ -9,10 +9,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `mode:` of an egress section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Deny what no rule allows.
@@ -23,7 +23,7 @@ pub enum Mode {
 }
 
 /// An `egress:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressConfig {
     /// enforce (default) or audit.
@@ -60,14 +60,38 @@ pub struct RuleConfig {
 /// Ports a rule allows when it names none.
 pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cidr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ports: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     methods: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     paths: Option<Vec<String>>,
+}
+
+/// Rules serialise back to the file form (so the agent can send a policy over the
+/// control channel in the same shape it was read).
+impl Serialize for RuleConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (host, cidr) = match &self.target {
+            RuleTarget::Host(host) => (Some(host.clone()), None),
+            RuleTarget::Cidr(net) => (None, Some(net.to_string())),
+        };
+        RawRule {
+            host,
+            cidr,
+            ports: Some(self.ports.clone()),
+            methods: self.methods.clone(),
+            paths: self.paths.clone(),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl TryFrom<RawRule> for RuleConfig {
@@ -197,6 +221,17 @@ mod tests {
             cfg.allow[2].target,
             RuleTarget::Cidr("198.51.100.0/24".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn rules_round_trip_through_json() {
+        let cfg = parse(
+            "mode: audit\nallow:\n  - host: \"*.example.com\"\n    methods: [GET]\n  - cidr: 198.51.100.0/24\n    ports: [5432]\n",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: EgressConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::config::EgressConfig;
 use crate::policy::Policy;
 
 /// One request on the control channel.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Registers or replaces a client.
@@ -185,6 +185,20 @@ mod tests {
         assert_eq!(entry.policy.len(), 1);
         assert!(apply(&table, r#"{"op":"remove_client","ip":"10.249.0.2"}"#).ok);
         assert!(table.get("10.249.0.2".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn requests_serialise_to_what_apply_reads() {
+        let table = ClientTable::default();
+        let request = Request::SetClient {
+            ip: "10.249.0.3".parse().unwrap(),
+            runner: "r".into(),
+            job: "j".into(),
+            egress: EgressConfig::default(),
+        };
+        let line = serde_json::to_string(&request).unwrap();
+        assert!(line.starts_with(r#"{"op":"set_client""#), "{line}");
+        assert!(apply(&table, &line).ok);
     }
 
     #[test]

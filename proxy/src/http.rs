@@ -171,12 +171,9 @@ pub(crate) async fn serve(
     match tokio::time::timeout(limits.total_timeout, served).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) if err.is_parse() || err.is_parse_too_large() || err.is_parse_status() => {
-            let kind = match mode {
-                Mode::Explicit | Mode::Transparent { .. } => Kind::Http,
-            };
             shared.record(
                 Some(&client),
-                &Subject::new(kind),
+                &Subject::new(Kind::Http),
                 &Decision::deny(format!("malformed request: {err}")),
             );
         }
