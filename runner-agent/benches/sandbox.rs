@@ -216,6 +216,7 @@ mod ours {
             cgroup_root: PathBuf::from(CGROUP_ROOT),
             init_program: PathBuf::from(env!("CARGO_BIN_EXE_runner-agent")),
             files: Vec::new(),
+            bpf_pin_root: PathBuf::from(runner_agent::sandbox::BPF_PIN_ROOT),
         }
     }
 
@@ -481,6 +482,9 @@ mod phases {
             scratch_dir: run_dir.scratch_dir(slot),
             id_base: ID_BASE + slot * ID_COUNT,
             netns_inode: None,
+            // The replay does not attach the eBPF fence; its cost shows as the gap between
+            // the replay's total and the real median.
+            pin_dir: None,
         };
         run_dir.write_record(&record)?;
         clock.lap();

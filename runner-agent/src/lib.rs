@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod egress;
 pub mod network;
 pub mod run;
 pub mod sandbox;

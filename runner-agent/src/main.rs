@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use runner_agent::config::Claims;
+use runner_agent::egress::proxy_child;
 use runner_agent::run::{self, RunRequest, EXIT_BAD_INPUT};
 use runner_agent::sandbox::init;
 
@@ -58,11 +59,12 @@ fn exit(code: i32) -> ExitCode {
 
 fn main() -> ExitCode {
     // The sandbox init must start single-threaded, before anything else runs.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == init::INIT_ARG)
-    {
-        init::main();
+    // The sandbox init and the proxy process must start single-threaded, before
+    // anything else runs.
+    match std::env::args_os().nth(1) {
+        Some(arg) if arg == init::INIT_ARG => init::main(),
+        Some(arg) if arg == proxy_child::PROXY_ARG => proxy_child::main(),
+        _ => {}
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

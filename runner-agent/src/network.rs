@@ -157,12 +157,13 @@ fn harden_interface(interface: &str, no_forwarding: bool) -> Result<(), NetworkE
 }
 
 /// Creates and configures the veth pair of a runner whose network namespace is that of
-/// process `netns_pid`. `host_if` is the host side's name (at most 15 bytes).
+/// process `netns_pid`. `host_if` is the host side's name (at most 15 bytes). Returns the
+/// host side's interface index.
 pub async fn setup(
     host_if: &str,
     addrs: RunnerAddresses,
     netns_pid: u32,
-) -> Result<(), NetworkError> {
+) -> Result<u32, NetworkError> {
     let handle = connect()?;
     let peer: LinkMessage = LinkMessageBuilder::<LinkUnspec>::new()
         .name(RUNNER_IF.to_owned())
@@ -197,7 +198,8 @@ pub async fn setup(
         .execute()
         .await
         .map_err(netlink(format!("bring up {host_if}")))?;
-    configure_inside(netns_pid, addrs).await
+    configure_inside(netns_pid, addrs).await?;
+    Ok(index)
 }
 
 /// Brings up lo and eth0 inside the runner's namespace.

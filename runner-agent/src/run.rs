@@ -21,9 +21,13 @@ use crate::cgroup::{CgroupLimits, CGROUP_ROOT};
 use crate::config::{
     format_duration, Approval, Claims, ConfigError, HostConfig, JobFile, ResolvedJob,
 };
+use crate::egress::audit_log::AuditLog;
+use crate::egress::proxy_process::upstream_dns;
+use crate::egress::{EgressSettings, RunnerEgress};
 use crate::sandbox::protocol::{StepEnd, StepRequest};
-use crate::sandbox::{self, Sandbox, SandboxConfig, WORKSPACE};
+use crate::sandbox::{self, Sandbox, SandboxConfig, BPF_PIN_ROOT, WORKSPACE};
 use crate::state::RunDir;
+use std::sync::Arc;
 
 /// Every step succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -199,10 +203,13 @@ pub async fn run(request: RunRequest) -> i32 {
             .join(&job_id)
             .join("audit.jsonl")
     });
-    if let Err(err) = create_audit_log(&audit_path) {
-        eprintln!("error: audit log {}: {err}", audit_path.display());
-        return EXIT_SETUP;
-    }
+    let audit_log = match AuditLog::create(&audit_path) {
+        Ok(log) => Arc::new(log),
+        Err(err) => {
+            eprintln!("error: audit log {}: {err}", audit_path.display());
+            return EXIT_SETUP;
+        }
+    };
 
     let run_dir = match RunDir::open(&host.run_dir) {
         Ok(dir) => dir,
@@ -238,8 +245,9 @@ pub async fn run(request: RunRequest) -> i32 {
         disk_bytes: resolved.limits.disk,
         extra_masks: vec![host.state_dir.clone(), host.run_dir.clone()],
         cgroup_root: PathBuf::from(CGROUP_ROOT),
-        init_program,
+        init_program: init_program.clone(),
         files: Vec::new(),
+        bpf_pin_root: PathBuf::from(BPF_PIN_ROOT),
     };
 
     let span = tracing::info_span!("job", job = %job_id, name = %job.name);
@@ -258,6 +266,23 @@ pub async fn run(request: RunRequest) -> i32 {
         sandbox.runner(),
         resolved.environment_name
     );
+    let settings = EgressSettings {
+        program: &init_program,
+        egress: &resolved.environment.egress,
+        upstream_dns: upstream_dns(host.network.upstream_dns.as_deref()),
+        internal: vec![ipnet::IpNet::V4(host.network.runner_pool)],
+    };
+    let egress = match RunnerEgress::start(&mut sandbox, &job_id, settings, audit_log.clone()).await
+    {
+        Ok(egress) => egress,
+        Err(err) => {
+            eprintln!("error: cannot set up egress: {err}");
+            if let Err(err) = sandbox.destroy().await {
+                eprintln!("error: {err}");
+            }
+            return EXIT_SETUP;
+        }
+    };
     if !sandbox.idmapped() {
         eprintln!("warning: the host root could not be idmapped; host files appear owned by nobody inside");
     }
@@ -266,6 +291,7 @@ pub async fn run(request: RunRequest) -> i32 {
     let (outcomes, interruption) =
         run_steps(&mut sandbox, &job, &resolved, &job_id, deadline).await;
     let runner = sandbox.runner().to_owned();
+    egress.stop().await;
     let destroyed = sandbox.destroy().await;
 
     let mut code =
@@ -281,6 +307,7 @@ pub async fn run(request: RunRequest) -> i32 {
         &outcomes,
         interruption.as_deref(),
         started.elapsed(),
+        &audit_log.summary(),
     );
     if let Err(err) = destroyed {
         eprintln!("error: {err}");
@@ -426,6 +453,7 @@ fn step_env(
         "RUNNER_ENVIRONMENT".into(),
         resolved.environment_name.clone(),
     );
+    env.extend(crate::egress::proxy_env(sandbox.addresses().host));
     env.extend(job.env.clone());
     env.extend(step.env.clone());
     env.into_iter().collect()
@@ -440,19 +468,6 @@ fn step_cwd(working_directory: Option<&str>) -> PathBuf {
     }
 }
 
-fn create_audit_log(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
-}
-
 fn print_summary(
     job: &JobFile,
     job_id: &str,
@@ -460,6 +475,7 @@ fn print_summary(
     outcomes: &[StepOutcome],
     interruption: Option<&str>,
     elapsed: Duration,
+    egress_summary: &str,
 ) {
     let succeeded =
         interruption.is_none() && !outcomes.iter().any(|o| o.failed() && !o.continue_on_error);
@@ -485,9 +501,7 @@ fn print_summary(
             outcome.elapsed.as_secs_f64()
         ));
     }
-    text.push_str(
-        "Egress summary: the runner had no route out (no proxy attached); nothing was allowed.\n",
-    );
+    text.push_str(egress_summary);
     print!("{text}");
 }
 

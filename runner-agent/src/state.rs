@@ -86,6 +86,9 @@ pub struct RunnerRecord {
     /// Inode of its network namespace, once it exists (to verify that it is gone).
     #[serde(default)]
     pub netns_inode: Option<u64>,
+    /// Where its eBPF fence is pinned.
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The agent's live state directory.
@@ -227,6 +230,7 @@ mod tests {
             scratch_dir: run_dir.scratch_dir(slot),
             id_base: ID_BASE,
             netns_inode: None,
+            pin_dir: None,
         }
     }
 

@@ -180,3 +180,40 @@ pub fn fork() -> Result<Forked, Errno> {
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
     }
 }
+
+/// Takes ownership of descriptor `fd`, which this process inherited from its parent by
+/// agreement (the proxy child gets the original-destination map as fd 3). Fails when no
+/// such descriptor is open.
+pub fn take_inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
+    nix::fcntl::fcntl(
+        // SAFETY: the descriptor is only borrowed for this one fcntl call, which checks
+        // that it is open.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )?;
+    // SAFETY: the descriptor is open (checked above), was passed to us for this purpose,
+    // and nothing else in this process owns or closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arranges for `cmd`'s child to receive `fd` as descriptor `target` (and nothing else of
+/// ours: everything else stays close-on-exec).
+pub fn pass_fd(cmd: &mut tokio::process::Command, fd: OwnedFd, target: RawFd) {
+    // SAFETY: the closure runs between fork and exec and only calls dup2(2) and fcntl(2),
+    // which are async-signal-safe; it allocates nothing. `fd` is moved into the closure,
+    // so it stays open until the command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            if raw == target {
+                // dup2 onto itself keeps FD_CLOEXEC; clear it instead.
+                if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -213,6 +213,14 @@ impl World {
         for cg in cgroup_dirs_of(job_ids) {
             left.push(format!("cgroup {}", cg.display()));
         }
+        if let Ok(entries) = fs::read_dir("/sys/fs/bpf/runner-agent") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if job_ids.iter().any(|id| name.contains(id.as_str())) {
+                    left.push(format!("eBPF pins {}", entry.path().display()));
+                }
+            }
+        }
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let run_dir = self.run_dir.to_string_lossy();
         for line in mountinfo.lines() {

@@ -79,6 +79,9 @@ pub enum SandboxError {
     /// The veth could not be set up or removed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The eBPF fence could not be attached or removed.
+    #[error("eBPF fence: {0}")]
+    Fence(#[from] egress_ebpf::FenceError),
     /// The init process could not be started or talked to.
     #[error("sandbox init: {0}")]
     Init(String),
@@ -121,7 +124,12 @@ pub struct SandboxConfig {
     pub init_program: PathBuf,
     /// Files to write inside the sandbox (path, content), e.g. /etc/resolv.conf.
     pub files: Vec<(PathBuf, String)>,
+    /// Where eBPF fences are pinned (one directory per runner below it, on bpffs).
+    pub bpf_pin_root: PathBuf,
 }
+
+/// The default root of the fences' pins.
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/runner-agent";
 
 /// A live sandbox.
 pub struct Sandbox {
@@ -135,6 +143,7 @@ pub struct Sandbox {
     )>,
     output: Option<pipe::Receiver>,
     idmapped: bool,
+    fence: Option<egress_ebpf::Fence>,
 }
 
 /// Leases the first free slot of `run_dir`, reaping a dead agent's runner found in it.
@@ -198,6 +207,7 @@ impl Sandbox {
             scratch_dir: run_dir.scratch_dir(slot),
             id_base: ID_BASE + slot * ID_COUNT,
             netns_inode: None,
+            pin_dir: Some(config.bpf_pin_root.join(&cgroup_name)),
         };
         run_dir.write_record(&record)?;
         let mut sandbox = Sandbox {
@@ -208,6 +218,7 @@ impl Sandbox {
             control: None,
             output: None,
             idmapped: false,
+            fence: None,
         };
         let span = tracing::info_span!("runner", runner = %runner, job = %job_id, slot);
         let started =
@@ -231,6 +242,19 @@ impl Sandbox {
         cgroup_name: &str,
     ) -> Result<(), SandboxError> {
         let cgroup = layout.create(cgroup_name, &config.limits)?;
+        // The fence goes on before any process of the runner exists, so nothing the job
+        // runs ever has a moment without it.
+        let pin_dir = self.record.pin_dir.clone().unwrap_or_default();
+        let fence_config = crate::egress::fence_config(
+            self.record.addresses.host,
+            self.record.addresses.runner,
+            self.record.slot,
+        );
+        self.fence = Some(egress_ebpf::Fence::attach(
+            &cgroup.v2_dir,
+            fence_config,
+            &pin_dir,
+        )?);
         let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
         masked.extend(config.extra_masks.iter().cloned());
         masked.sort();
@@ -308,7 +332,11 @@ impl Sandbox {
             .map_err(|e| SandboxError::Init(format!("network namespace of the init: {e}")))?;
         self.record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
         self.run_dir.write_record(&self.record)?;
-        network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
+        let host_index =
+            network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
+        if let Some(fence) = self.fence.as_mut() {
+            fence.attach_tc(host_index)?;
+        }
         self.send(&ToInit::NetworkReady).await?;
         let ready = self
             .expect_ready("sandbox", |m| matches!(m, FromInit::SandboxReady { .. }))
@@ -332,6 +360,29 @@ impl Sandbox {
     /// The runner's v2 cgroup directory.
     pub fn cgroup_dir(&self) -> &Path {
         &self.record.cgroup_dirs[0]
+    }
+
+    /// A descriptor of the fence's original-destination map, for the proxy.
+    pub fn orig_dst_fd(&self) -> Result<OwnedFd, SandboxError> {
+        let fence = self
+            .fence
+            .as_ref()
+            .ok_or_else(|| SandboxError::Init("no fence".into()))?;
+        Ok(fence.orig_dst_fd()?)
+    }
+
+    /// The stream of the fence's denials (taken once).
+    pub fn denials(&mut self) -> Result<egress_ebpf::DenialStream, SandboxError> {
+        let fence = self
+            .fence
+            .as_mut()
+            .ok_or_else(|| SandboxError::Init("no fence".into()))?;
+        Ok(fence.denials()?)
+    }
+
+    /// The runner's slot.
+    pub fn slot(&self) -> u32 {
+        self.record.slot
     }
 
     /// Whether host-owned files appear owned by root inside.
@@ -451,6 +502,10 @@ impl Sandbox {
         // in teardown makes it immediate and also catches anything that escaped.
         self.control = None;
         self.output = None;
+        // Dropping the handle leaves the pinned links in force; teardown removes them
+        // from the pins once the runner's processes are dead, for live runners and
+        // reaped ones alike.
+        self.fence = None;
         let result = teardown(&self.run_dir, &self.record).await;
         if let Some(mut child) = self.child.take() {
             let _ = tokio::time::timeout(KILL_DEADLINE, child.wait()).await;
@@ -470,6 +525,15 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
             Ok(Ok(())) => {}
             Ok(Err(e)) => failures.push(e.to_string()),
             Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if let Some(pin_dir) = &record.pin_dir {
+        if let Err(e) = egress_ebpf::reap(pin_dir) {
+            failures.push(format!("eBPF fence: {e}"));
+        } else if let Err(e) = std::fs::remove_dir(pin_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                failures.push(format!("remove {}: {e}", pin_dir.display()));
+            }
         }
     }
     if let Err(e) = network::remove(&record.host_if).await {
@@ -528,6 +592,11 @@ pub async fn verify_gone(record: &RunnerRecord) -> Vec<String> {
     }
     if record.scratch_dir.exists() {
         left.push(format!("directory {}", record.scratch_dir.display()));
+    }
+    if let Some(pin_dir) = &record.pin_dir {
+        if pin_dir.exists() {
+            left.push(format!("eBPF pins {}", pin_dir.display()));
+        }
     }
     if let Some(inode) = record.netns_inode {
         if let Some(pid) = process_in_netns(inode) {

@@ -1,0 +1,164 @@
+//! The proxy process: `runner-agent __egress-proxy`, started by the agent for one runner.
+//!
+//! It reads its configuration (one JSON line) from stdin, takes the fence's
+//! original-destination map from descriptor 3, and then, still single-threaded, drops to
+//! uid/gid `nobody` with no supplementary groups and no_new_privs: from then on it holds
+//! no capability at all (DESIGN.md 1: "the proxy runs without root and without
+//! capabilities"). Only then does it start its runtime, bind its listeners (ports above
+//! 1024, on the host side of the runner's veth) and serve.
+//!
+//! Audit events go to stdout, one JSON line each, after a first line `ready` that tells
+//! the agent every listener is bound. When stdin closes (the agent is done, or dead), the
+//! process exits: a proxy never outlives its agent.
+
+use std::io::{BufRead, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use egress_proxy::audit::{AuditEvent, AuditSink};
+use egress_proxy::config::EgressConfig;
+use egress_proxy::policy::Policy;
+use serde::{Deserialize, Serialize};
+
+use super::{DNS_PORT, EXPLICIT_PROXY_PORT, TRANSPARENT_HTTP_PORT, TRANSPARENT_TLS_PORT};
+
+/// The hidden first argument that makes `runner-agent` act as the proxy process.
+pub const PROXY_ARG: &str = "__egress-proxy";
+
+/// The line the child prints once it serves.
+pub const READY_LINE: &str = "ready";
+
+/// The descriptor on which the child receives the original-destination map.
+pub const ORIG_DST_FD: i32 = 3;
+
+/// The unprivileged identity the proxy runs as.
+pub const PROXY_UID: u32 = 65534;
+
+/// What the proxy child serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyChildConfig {
+    /// Where to listen (the host side of the runner's veth).
+    pub listen: Ipv4Addr,
+    /// The runner's address: the only client.
+    pub client: IpAddr,
+    /// Runner name, for audit events.
+    pub runner: String,
+    /// Job id, for audit events.
+    pub job: String,
+    /// The environment's egress section, in the host config's form.
+    pub egress: serde_json::Value,
+    /// Resolvers to ask.
+    pub upstream_dns: Vec<SocketAddr>,
+    /// Ranges treated as internal besides the built-in ones (the runner pool).
+    pub internal: Vec<ipnet::IpNet>,
+}
+
+/// Writes each event as a JSON line to stdout.
+struct StdoutSink;
+
+impl AuditSink for StdoutSink {
+    fn record(&self, event: AuditEvent) {
+        let mut line = event.to_json();
+        line.push('\n');
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+}
+
+/// Looks up redirected connections in the fence's map.
+struct FenceLookup(egress_ebpf::OriginalDestinations);
+
+impl egress_proxy::origdst::OriginalDestination for FenceLookup {
+    fn lookup(&self, stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
+        let peer = stream.peer_addr().ok()?;
+        self.0.lookup(peer).ok().flatten()
+    }
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("egress-proxy: {message}");
+    std::process::exit(1)
+}
+
+/// Entry point of `runner-agent __egress-proxy`. Never returns.
+pub fn main() -> ! {
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().lock().read_line(&mut line) {
+        fail(format!("read configuration: {err}"));
+    }
+    let config: ProxyChildConfig =
+        serde_json::from_str(&line).unwrap_or_else(|e| fail(format!("bad configuration: {e}")));
+    let egress: EgressConfig = serde_json::from_value(config.egress.clone())
+        .unwrap_or_else(|e| fail(format!("bad egress policy: {e}")));
+    let policy = Policy::new(&egress).unwrap_or_else(|e| fail(format!("egress policy: {e}")));
+    let orig_dst = crate::sys::take_inherited_fd(ORIG_DST_FD)
+        .map_err(|e| e.to_string())
+        .and_then(|fd| egress_ebpf::OriginalDestinations::from_fd(fd).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| fail(format!("original-destination map: {e}")));
+    if let Err(err) = drop_privileges() {
+        fail(format!("drop privileges: {err}"));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(format!("runtime: {e}")));
+    runtime.block_on(serve(config, Arc::new(policy), orig_dst));
+    std::process::exit(0)
+}
+
+/// Becomes `nobody`: no supplementary groups, then gid, then uid (in that order, since
+/// changing the uid first would take away the right to change the rest). Changing every
+/// uid away from 0 clears all capability sets (capabilities(7), "Effect of user ID
+/// changes"); no_new_privs keeps an exec from regaining any.
+fn drop_privileges() -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    nix::unistd::setgroups(&[])?;
+    let gid = Gid::from_raw(PROXY_UID);
+    nix::unistd::setresgid(gid, gid, gid)?;
+    let uid = Uid::from_raw(PROXY_UID);
+    nix::unistd::setresuid(uid, uid, uid)?;
+    nix::sys::prctl::set_no_new_privs()?;
+    if nix::unistd::geteuid().is_root() {
+        return Err(nix::errno::Errno::EPERM);
+    }
+    Ok(())
+}
+
+async fn serve(
+    config: ProxyChildConfig,
+    policy: Arc<Policy>,
+    orig_dst: egress_ebpf::OriginalDestinations,
+) {
+    let at = |port| SocketAddr::new(IpAddr::V4(config.listen), port);
+    let started = egress_proxy::server::Proxy::builder()
+        .http_listen(at(EXPLICIT_PROXY_PORT))
+        .tls_listen(at(TRANSPARENT_TLS_PORT))
+        .plain_http_listen(at(TRANSPARENT_HTTP_PORT))
+        .dns_listen(at(DNS_PORT))
+        .upstream_dns(config.upstream_dns.clone())
+        .internal_ranges(config.internal.clone())
+        .audit(Arc::new(StdoutSink))
+        .original_destination(Arc::new(FenceLookup(orig_dst)))
+        .start()
+        .await;
+    let proxy = match started {
+        Ok(proxy) => proxy,
+        Err(err) => fail(format!("start: {err}")),
+    };
+    proxy.set_client(config.client, &config.runner, &config.job, policy);
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{READY_LINE}");
+        let _ = out.flush();
+    }
+    // Serve until the agent closes stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await;
+    drop(proxy);
+}

@@ -1,0 +1,213 @@
+//! Starting, watching and stopping the proxy process of a runner (see `proxy_child` for
+//! the process itself).
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress_proxy::audit::AuditEvent;
+use egress_proxy::config::{EgressConfig, Mode, RuleTarget};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::oneshot;
+
+use super::audit_log::AuditLog;
+use super::proxy_child::{ProxyChildConfig, ORIG_DST_FD, PROXY_ARG, READY_LINE};
+
+/// How long the proxy may take to bind its listeners.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The proxy process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyProcessError {
+    /// The process did not start.
+    #[error("start the proxy: {0}")]
+    Spawn(std::io::Error),
+    /// It started but did not report ready.
+    #[error("the proxy did not start serving: {0}")]
+    NotReady(String),
+}
+
+/// A running proxy process.
+pub struct ProxyProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyProcess {
+    /// Starts `program __egress-proxy` with `config`, handing it the fence's
+    /// original-destination map; its audit events go to `log`. Returns once it serves.
+    pub async fn start(
+        program: &Path,
+        config: &ProxyChildConfig,
+        orig_dst: OwnedFd,
+        log: Arc<AuditLog>,
+    ) -> Result<ProxyProcess, ProxyProcessError> {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg(PROXY_ARG)
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true);
+        crate::sys::pass_fd(&mut cmd, orig_dst, ORIG_DST_FD);
+        let mut child = cmd.spawn().map_err(ProxyProcessError::Spawn)?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| ProxyProcessError::NotReady("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| ProxyProcessError::NotReady("no stdout".into()))?;
+        let mut line =
+            serde_json::to_vec(config).map_err(|e| ProxyProcessError::NotReady(e.to_string()))?;
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| ProxyProcessError::NotReady(format!("send configuration: {e}")))?;
+
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let events = tokio::spawn(read_events(stdout, log, ready_tx));
+        match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
+            Ok(Ok(())) => Ok(ProxyProcess {
+                child,
+                stdin: Some(stdin),
+                events,
+            }),
+            Ok(Err(_)) => {
+                let status = child.wait().await.ok();
+                Err(ProxyProcessError::NotReady(format!(
+                    "it exited ({status:?})"
+                )))
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(ProxyProcessError::NotReady(format!(
+                    "no answer within {READY_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    /// The process id (for tests that kill the proxy).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the proxy (closing its stdin ends it) and waits until every event it wrote
+    /// has been logged.
+    pub async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.events).await;
+    }
+}
+
+/// Reads the child's stdout: `ready`, then audit events until it closes.
+async fn read_events(
+    stdout: tokio::process::ChildStdout,
+    log: Arc<AuditLog>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut ready = Some(ready);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line == READY_LINE {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
+            }
+            continue;
+        }
+        match serde_json::from_str::<AuditEvent>(&line) {
+            Ok(event) => log.record(&event),
+            Err(err) => tracing::warn!(error = %err, "unreadable event from the proxy"),
+        }
+    }
+}
+
+/// The egress section in its file form (what the proxy parses), from the parsed config.
+pub fn egress_value(egress: &EgressConfig) -> serde_json::Value {
+    let rules: Vec<serde_json::Value> = egress
+        .allow
+        .iter()
+        .map(|rule| {
+            let mut map = serde_json::Map::new();
+            match &rule.target {
+                RuleTarget::Host(host) => map.insert("host".into(), host.clone().into()),
+                RuleTarget::Cidr(net) => map.insert("cidr".into(), net.to_string().into()),
+            };
+            map.insert("ports".into(), rule.ports.clone().into());
+            if let Some(methods) = &rule.methods {
+                map.insert("methods".into(), methods.clone().into());
+            }
+            if let Some(paths) = &rule.paths {
+                map.insert("paths".into(), paths.clone().into());
+            }
+            serde_json::Value::Object(map)
+        })
+        .collect();
+    let mode = match egress.mode {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    };
+    serde_json::json!({ "mode": mode, "allow": rules })
+}
+
+/// The resolvers the proxy asks: the configured ones, else the host's (`nameserver`
+/// lines of /etc/resolv.conf), on port 53.
+pub fn upstream_dns(configured: Option<&[IpAddr]>) -> Vec<SocketAddr> {
+    let servers: Vec<IpAddr> = match configured {
+        Some(list) => list.to_vec(),
+        None => std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some("nameserver"))
+                    .then(|| words.next().and_then(|w| w.parse().ok()))
+                    .flatten()
+            })
+            .collect(),
+    };
+    servers
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_egress_section_round_trips_through_its_file_form() {
+        let text = "mode: audit\nallow:\n  - host: \"*.example.com\"\n    ports: [443]\n    methods: [GET]\n    paths: [\"/a/*\"]\n  - cidr: 198.51.100.0/24\n    ports: [5432]\n";
+        let parsed: EgressConfig =
+            egress_proxy::yaml::parse_str(Path::new("x.yaml"), text).unwrap();
+        let value = egress_value(&parsed);
+        let again: EgressConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn configured_resolvers_win() {
+        let ips: Vec<IpAddr> = vec!["198.51.100.53".parse().unwrap()];
+        assert_eq!(
+            upstream_dns(Some(&ips)),
+            vec!["198.51.100.53:53".parse().unwrap()]
+        );
+    }
+}
