@@ -182,6 +182,14 @@ pub(crate) async fn serve(
     }
 }
 
+/// Appends `more` to an event's reason, keeping an audit-mode reason in front.
+fn add_reason(reason: &mut Option<String>, more: String) {
+    *reason = Some(match reason.take() {
+        Some(first) => format!("{first}; {more}"),
+        None => more,
+    });
+}
+
 fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(message + "\n"))
@@ -377,7 +385,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
         Ok(found) => found,
         Err(err) => {
             let mut event = event_for(Some(&client), Source::Proxy, &subject, &decision);
-            event.reason = Some(format!("upstream unreachable: {err}"));
+            add_reason(&mut event.reason, format!("upstream unreachable: {err}"));
             event.duration_ms = Some(millis(start.elapsed()));
             shared.audit.record(event);
             return text(StatusCode::BAD_GATEWAY, format!("egress-proxy: {err}"));
@@ -426,7 +434,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
         }
         Err(err) => {
             let mut end = end;
-            end.event.reason = Some(format!("upstream failed: {err}"));
+            add_reason(&mut end.event.reason, format!("upstream failed: {err}"));
             drop(end);
             text(
                 StatusCode::BAD_GATEWAY,
@@ -617,7 +625,7 @@ impl TunnelGate {
             Ok(found) => found,
             Err(err) => {
                 let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
-                event.reason = Some(format!("upstream unreachable: {err}"));
+                add_reason(&mut event.reason, format!("upstream unreachable: {err}"));
                 event.duration_ms = Some(millis(start.elapsed()));
                 shared.audit.record(event);
                 return;

@@ -1094,3 +1094,31 @@ fn the_control_channel_registers_clients() {
         .any(|e| e.runner.as_deref() == Some("r-9") && e.verdict == Verdict::Allow));
     drop(proxy);
 }
+
+#[test]
+fn audit_mode_allows_and_records_what_it_would_deny() {
+    require_privilege!();
+    let w = world();
+    let audit_policy = POLICY.replace("mode: enforce", "mode: audit");
+    w.proxy.as_ref().unwrap().set_client(
+        IpAddr::V4(RUNNER_IP),
+        "r-1",
+        "j-1",
+        Arc::new(Policy::new(&egress(&audit_policy)).unwrap()),
+    );
+    let got = w.runner(exchange(
+        "GET http://evil.test/audited HTTP/1.1\r\nHost: evil.test\r\n\r\n".into(),
+    ));
+    // The trap is no HTTP server: the connection reached it and was closed, so the
+    // proxy answers 502. What matters is that it was let through, and recorded.
+    assert_ne!(got.map(|r| r.0), Some(403));
+    let e = w.wait_event("audit allow", |e| e.host.as_deref() == Some("evil.test"));
+    assert_eq!(e.verdict, Verdict::Allow);
+    assert_eq!(
+        e.reason
+            .as_deref()
+            .map(|r| r.starts_with("host not allowed")),
+        Some(true)
+    );
+    assert!(w.bed.trap_hits().iter().any(|h| h.local.port() == 80));
+}
