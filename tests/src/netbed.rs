@@ -7,6 +7,10 @@
 //!  eth0 192.0.2.2/24 ─ run0 192.0.2.1/24   inet0 198.51.100.1/24 ─ host0 198.51.100.2/24
 //!                                          203.0.113.0/24 via .2        + .10 .11 .53 (servers)
 //!                                                                       local 203.0.113.0/24 (traps)
+//!  IPv6 (documentation prefix 2001:db8::/32, RFC 3849):
+//!  2001:db8:2::2/64 ─ 2001:db8:2::1/64     2001:db8:100::1/64 ─ 2001:db8:100::2/64
+//!                                          2001:db8:113::/64 via ::2    + ::10 (web server)
+//!                                                                       local 2001:db8:113::/64 (traps)
 //! ```
 //!
 //! - 198.51.100.10 and .11 are web servers: HTTP on 80 and 8080, HTTPS on 443 and 8443
@@ -32,7 +36,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +65,13 @@ pub const WEB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const WEB2_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 /// The DNS server.
 pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+/// IPv6 address of the first web server (HTTP and HTTPS, like [`WEB_IP`]).
+pub const WEB6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+/// IPv6 trap address (listeners on [`TRAP_PORTS`]).
+pub const TRAP6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 0x10);
+/// The runner's IPv6 address.
+pub const RUNNER6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
+
 /// Addresses with trap listeners.
 pub const TRAP_IPS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(203, 0, 113, 10),
@@ -94,6 +105,12 @@ pub fn default_names() -> Vec<(&'static str, Vec<IpAddr>)> {
             vec![IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))],
         ),
         ("runner.allowed.test", v4(RUNNER_IP)),
+        ("v6.allowed.test", vec![IpAddr::V6(WEB6_IP)]),
+        ("evil6.test", vec![IpAddr::V6(TRAP6_IP)]),
+        (
+            "ula.allowed.test",
+            vec![IpAddr::V6("fd00::1".parse().expect("valid"))],
+        ),
     ]
 }
 
@@ -344,48 +361,41 @@ impl NetBed {
             internet.name().to_owned(),
             runner.name().to_owned(),
         );
-        let setup: &[&[&str]] = &[
-            &[
-                "-n", &h, "link", "add", "inet0", "type", "veth", "peer", "name", "host0", "netns",
-                &i,
-            ],
-            &["-n", &h, "addr", "add", "198.51.100.1/24", "dev", "inet0"],
-            &["-n", &h, "link", "set", "inet0", "up"],
-            &[
-                "-n",
-                &h,
-                "route",
-                "add",
-                "203.0.113.0/24",
-                "via",
-                "198.51.100.2",
-            ],
-            &["-n", &i, "addr", "add", "198.51.100.2/24", "dev", "host0"],
-            &["-n", &i, "addr", "add", "198.51.100.10/24", "dev", "host0"],
-            &["-n", &i, "addr", "add", "198.51.100.11/24", "dev", "host0"],
-            &["-n", &i, "addr", "add", "198.51.100.53/24", "dev", "host0"],
-            &["-n", &i, "link", "set", "host0", "up"],
-            &[
-                "-n",
-                &i,
-                "route",
-                "add",
-                "local",
-                "203.0.113.0/24",
-                "dev",
-                "lo",
-            ],
-            &[
-                "-n", &h, "link", "add", "run0", "type", "veth", "peer", "name", "eth0", "netns",
-                &r,
-            ],
-            &["-n", &h, "addr", "add", "192.0.2.1/24", "dev", "run0"],
-            &["-n", &h, "link", "set", "run0", "up"],
-            &["-n", &r, "addr", "add", "192.0.2.2/24", "dev", "eth0"],
-            &["-n", &r, "link", "set", "eth0", "up"],
+        // {h}, {i}, {r}: the host, internet and runner namespaces.
+        const SETUP: &[&str] = &[
+            "-n {h} link add inet0 type veth peer name host0 netns {i}",
+            "-n {h} addr add 198.51.100.1/24 dev inet0",
+            "-n {h} link set inet0 up",
+            "-n {h} route add 203.0.113.0/24 via 198.51.100.2",
+            "-n {i} addr add 198.51.100.2/24 dev host0",
+            "-n {i} addr add 198.51.100.10/24 dev host0",
+            "-n {i} addr add 198.51.100.11/24 dev host0",
+            "-n {i} addr add 198.51.100.53/24 dev host0",
+            "-n {i} link set host0 up",
+            "-n {i} route add local 203.0.113.0/24 dev lo",
+            "-n {h} link add run0 type veth peer name eth0 netns {r}",
+            "-n {h} addr add 192.0.2.1/24 dev run0",
+            "-n {h} link set run0 up",
+            "-n {r} addr add 192.0.2.2/24 dev eth0",
+            "-n {r} link set eth0 up",
+            // IPv6: `nodad` makes the addresses usable at once (no duplicate address
+            // detection delay, RFC 4862 section 5.4; nobody else is on these links).
+            "-n {h} addr add 2001:db8:100::1/64 dev inet0 nodad",
+            "-n {i} addr add 2001:db8:100::2/64 dev host0 nodad",
+            "-n {i} addr add 2001:db8:100::10/64 dev host0 nodad",
+            "-n {h} route add 2001:db8:113::/64 via 2001:db8:100::2",
+            // IPv6 only binds configured addresses, so the trap address is added too.
+            "-n {i} addr add 2001:db8:113::10/128 dev lo nodad",
+            "-n {i} route add local 2001:db8:113::/64 dev lo",
+            "-n {h} addr add 2001:db8:2::1/64 dev run0 nodad",
+            "-n {r} addr add 2001:db8:2::2/64 dev eth0 nodad",
         ];
-        for args in setup {
-            ip(args)?;
+        for line in SETUP {
+            let line = line
+                .replace("{h}", &h)
+                .replace("{i}", &i)
+                .replace("{r}", &r);
+            ip(&line.split_whitespace().collect::<Vec<_>>())?;
         }
         let records = Arc::new(Records::default());
         for (name, ips) in default_names() {
@@ -494,13 +504,13 @@ async fn start_servers(
     records: Arc<Records>,
     tls: Arc<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
-    for ip in [WEB_IP, WEB2_IP] {
+    for ip in [IpAddr::V4(WEB_IP), IpAddr::V4(WEB2_IP), IpAddr::V6(WEB6_IP)] {
         for port in HTTP_PORTS {
-            let listener = TcpListener::bind((ip, port)).await?;
+            let listener = bind_tcp(ip, port).await?;
             tokio::spawn(web_accept(listener, Arc::clone(&records), None));
         }
         for port in HTTPS_PORTS {
-            let listener = TcpListener::bind((ip, port)).await?;
+            let listener = bind_tcp(ip, port).await?;
             tokio::spawn(web_accept(
                 listener,
                 Arc::clone(&records),
@@ -508,11 +518,17 @@ async fn start_servers(
             ));
         }
     }
-    for ip in TRAP_IPS {
+    let traps = TRAP_IPS
+        .iter()
+        .map(|ip| IpAddr::V4(*ip))
+        .chain([IpAddr::V6(TRAP6_IP)]);
+    for ip in traps {
         for port in TRAP_PORTS {
-            let listener = TcpListener::bind((ip, port)).await?;
+            let listener = bind_tcp(ip, port).await?;
             tokio::spawn(trap_tcp(listener, Arc::clone(&records)));
-            let socket = UdpSocket::bind((ip, port)).await?;
+            let socket = UdpSocket::bind((ip, port))
+                .await
+                .with_context(|| format!("udp {ip} {port}"))?;
             tokio::spawn(trap_udp(socket, Arc::clone(&records)));
         }
     }
@@ -521,6 +537,12 @@ async fn start_servers(
     let tcp = TcpListener::bind((DNS_IP, 53)).await?;
     tokio::spawn(dns_tcp(tcp, Arc::clone(&records)));
     Ok(())
+}
+
+async fn bind_tcp(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((ip, port))
+        .await
+        .with_context(|| format!("listening on {}", SocketAddr::new(ip, port)))
 }
 
 async fn trap_tcp(listener: TcpListener, records: Arc<Records>) {

@@ -19,7 +19,7 @@ use egress_proxy::server::Proxy;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use runner_agent_tests::netbed::{
-    self, NetBed, RUNNER_HOST_IP, RUNNER_IP, TRAP_IPS, WEB2_IP, WEB_IP,
+    self, NetBed, RUNNER_HOST_IP, RUNNER_IP, TRAP6_IP, TRAP_IPS, WEB2_IP, WEB6_IP, WEB_IP,
 };
 use runner_agent_tests::require_privilege;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,7 +77,9 @@ fn world_with(limits: Limits) -> World {
         .limits(limits)
         .internal_ranges([
             netbed::RUNNER_NET.parse().unwrap(),
+            "2001:db8:2::/64".parse().unwrap(),
             "198.51.100.1/32".parse().unwrap(),
+            "2001:db8:100::1/128".parse().unwrap(),
         ])
         .original_destination(origdst.clone());
     let proxy = bed.host().run(builder.start()).expect("starting the proxy");
@@ -1121,4 +1123,62 @@ fn audit_mode_allows_and_records_what_it_would_deny() {
         Some(true)
     );
     assert!(w.bed.trap_hits().iter().any(|h| h.local.port() == 80));
+}
+
+#[test]
+fn ipv6_destinations_are_served_and_guarded() {
+    require_privilege!();
+    let w = world();
+    let got = w.runner(exchange(
+        "GET http://v6.allowed.test/six HTTP/1.1\r\nHost: v6.allowed.test\r\n\r\n".into(),
+    ));
+    assert_eq!(got, Some((200, format!("hello from {WEB6_IP}\n"))));
+    let e = w.wait_event("v6 allow", |e| {
+        e.verdict == Verdict::Allow && e.kind == Kind::Http
+    });
+    assert_eq!(e.ip, Some(IpAddr::V6(WEB6_IP)));
+    let ca = w.bed.ca_der().to_vec();
+    let body = w.runner(async move {
+        let mut stream = netbed::connect(EXPLICIT).await.unwrap();
+        stream
+            .write_all(b"CONNECT v6.allowed.test:443 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
+        https_get(stream, ca, "v6.allowed.test").await.unwrap()
+    });
+    assert!(body.contains(&format!("hello from {WEB6_IP}")), "{body}");
+    for (target, reason) in [
+        ("[2001:db8:113::10]:443", "address literal not allowed"),
+        ("[2001:DB8:113:0::10]:80", "address literal not allowed"),
+        ("evil6.test:443", "host not allowed"),
+        ("ula.allowed.test:443", "internal address"),
+        ("[::ffff:203.0.113.10]:443", "address literal not allowed"),
+    ] {
+        let got = w.runner(exchange(format!("CONNECT {target} HTTP/1.1\r\n\r\n")));
+        assert_eq!(got.map(|r| r.0), Some(403), "{target}");
+        w.deny_event(target, |e| e.reason.as_deref() == Some(reason));
+    }
+    let reply = w
+        .runner(udp_dns(dns_query(5, "v6.allowed.test.", RecordType::AAAA)))
+        .unwrap();
+    assert_eq!(answer_ips(&reply), vec![IpAddr::V6(WEB6_IP)]);
+    let reply = w
+        .runner(udp_dns(dns_query(6, "ula.allowed.test.", RecordType::AAAA)))
+        .unwrap();
+    assert!(answer_ips(&reply).is_empty());
+    w.deny_event("ula answer", |e| e.ip == Some("fd00::1".parse().unwrap()));
+    // An allowed SNI toward the IPv6 trap, through the transparent listener.
+    let table = w.origdst.clone();
+    let closed_early = w.runner(async move {
+        let original = SocketAddr::new(IpAddr::V6(TRAP6_IP), 443);
+        let mut stream = transparent(TLS, table, original).await;
+        let hello = egress_proxy::tls::synthetic_client_hello(&["allowed.test"], 16_384);
+        stream.write_all(&hello).await.unwrap();
+        closed(&mut stream).await
+    });
+    assert!(closed_early);
+    w.deny_event("v6 SNI toward trap", |e| e.ip == Some(IpAddr::V6(TRAP6_IP)));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(w.bed.trap_hits().is_empty(), "{:?}", w.bed.trap_hits());
 }
