@@ -174,6 +174,19 @@ impl World {
         })
     }
 
+    /// From the runner: CONNECT `name`:443 through the explicit proxy, then an HTTPS GET
+    /// trusting the bed's certificate; returns the raw response.
+    fn https_via_connect(&self, name: &'static str) -> String {
+        let ca = self.bed.ca_der().to_vec();
+        self.runner(async move {
+            let mut stream = netbed::connect(EXPLICIT).await.unwrap();
+            let connect = format!("CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n\r\n");
+            stream.write_all(connect.as_bytes()).await.unwrap();
+            assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
+            https_get(stream, ca, name).await.unwrap()
+        })
+    }
+
     fn runner<F>(&self, fut: F) -> F::Output
     where
         F: std::future::Future + Send + 'static,
@@ -353,19 +366,7 @@ fn allowed_http_through_the_forward_proxy() {
 fn allowed_https_through_connect() {
     require_privilege!();
     let w = world();
-    let ca = w.bed.ca_der().to_vec();
-    let body = w.runner(async move {
-        let mut stream = netbed::connect(EXPLICIT).await.unwrap();
-        stream
-            .write_all(
-                b"CONNECT api.allowed.test:443 HTTP/1.1\r\nHost: api.allowed.test:443\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let (status, _) = read_response(&mut stream).await.unwrap();
-        assert_eq!(status, 200);
-        https_get(stream, ca, "api.allowed.test").await.unwrap()
-    });
+    let body = w.https_via_connect("api.allowed.test");
     assert!(body.contains(&format!("hello from {WEB_IP}")), "{body}");
     let hits = w.bed.web_hits();
     assert_eq!(hits.len(), 1);
@@ -1137,16 +1138,7 @@ fn ipv6_destinations_are_served_and_guarded() {
         e.verdict == Verdict::Allow && e.kind == Kind::Http
     });
     assert_eq!(e.ip, Some(IpAddr::V6(WEB6_IP)));
-    let ca = w.bed.ca_der().to_vec();
-    let body = w.runner(async move {
-        let mut stream = netbed::connect(EXPLICIT).await.unwrap();
-        stream
-            .write_all(b"CONNECT v6.allowed.test:443 HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
-        https_get(stream, ca, "v6.allowed.test").await.unwrap()
-    });
+    let body = w.https_via_connect("v6.allowed.test");
     assert!(body.contains(&format!("hello from {WEB6_IP}")), "{body}");
     for (target, reason) in [
         ("[2001:db8:113::10]:443", "address literal not allowed"),
