@@ -593,7 +593,15 @@ impl TunnelGate {
         };
         let replay = match (flight, &self.host) {
             (Err(err), _) => return deny(&subject, err.to_string()),
-            (Ok(FirstFlight::Closed), _) => Vec::new(),
+            (Ok(FirstFlight::Closed), _) => {
+                // Nothing to carry: record the (empty) tunnel without dialling.
+                let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
+                event.bytes_up = Some(0);
+                event.bytes_down = Some(0);
+                event.duration_ms = Some(millis(start.elapsed()));
+                shared.audit.record(event);
+                return;
+            }
             (Ok(FirstFlight::Tls { bytes, info }), Host::Name(name)) => {
                 let sni = info.sni.as_deref().map(classify_host);
                 match sni {

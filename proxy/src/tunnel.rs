@@ -173,7 +173,9 @@ pub async fn splice_with(
     let watchdog = async {
         loop {
             let idle_ms = idle.as_millis() as u64;
-            let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            // `last` may have moved past the `elapsed` read just before: saturate.
+            let since =
+                (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
             if since >= idle_ms {
                 return "idle timeout";
             }
