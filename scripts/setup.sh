@@ -5,7 +5,7 @@
 # tools the example jobs use inside the sandbox (perl, procps).
 set -euo pipefail
 
-packages=(clang llvm libbpf-dev libc6-dev iproute2 bubblewrap crun perl procps ca-certificates)
+packages=(clang llvm libbpf-dev libc6-dev iproute2 bubblewrap crun perl procps python3 curl ca-certificates)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -272,17 +272,17 @@ pub async fn run(request: RunRequest) -> i32 {
         upstream_dns: upstream_dns(host.network.upstream_dns.as_deref()),
         internal: vec![ipnet::IpNet::V4(host.network.runner_pool)],
     };
-    let egress = match RunnerEgress::start(&mut sandbox, &job_id, settings, audit_log.clone()).await
-    {
-        Ok(egress) => egress,
-        Err(err) => {
-            eprintln!("error: cannot set up egress: {err}");
-            if let Err(err) = sandbox.destroy().await {
-                eprintln!("error: {err}");
+    let mut egress =
+        match RunnerEgress::start(&mut sandbox, &job_id, settings, audit_log.clone()).await {
+            Ok(egress) => egress,
+            Err(err) => {
+                eprintln!("error: cannot set up egress: {err}");
+                if let Err(err) = sandbox.destroy().await {
+                    eprintln!("error: {err}");
+                }
+                return EXIT_SETUP;
             }
-            return EXIT_SETUP;
-        }
-    };
+        };
     if !sandbox.idmapped() {
         eprintln!("warning: the host root could not be idmapped; host files appear owned by nobody inside");
     }
@@ -291,8 +291,9 @@ pub async fn run(request: RunRequest) -> i32 {
     let (outcomes, interruption) =
         run_steps(&mut sandbox, &job, &resolved, &job_id, deadline).await;
     let runner = sandbox.runner().to_owned();
-    egress.stop().await;
+    egress.stop_proxy().await;
     let destroyed = sandbox.destroy().await;
+    egress.finish().await;
 
     let mut code =
         if interruption.is_some() || outcomes.iter().any(|o| o.failed() && !o.continue_on_error) {

@@ -217,3 +217,89 @@ pub fn pass_fd(cmd: &mut tokio::process::Command, fd: OwnedFd, target: RawFd) {
         });
     }
 }
+
+/// Installs a seccomp filter on the calling thread with `SECCOMP_FILTER_FLAG_NEW_LISTENER`
+/// and returns the listener: the descriptor on which calls the filter answers with
+/// `SECCOMP_RET_USER_NOTIF` are delivered (seccomp_unotify(2)). no_new_privs must be set.
+pub fn install_notifying_filter(program: &[seccompiler::sock_filter]) -> Result<OwnedFd, Errno> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?,
+        // The kernel only reads the program; seccompiler's sock_filter has the kernel's
+        // layout (u16 code, u8 jt, u8 jf, u32 k).
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points to `program`, which outlives the call; the kernel copies the
+    // filter. The flags request a listener fd, returned on success.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the call succeeded, so `fd` is a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One intercepted system call.
+#[derive(Debug, Clone, Copy)]
+pub struct Notification {
+    /// Cookie to answer with.
+    pub id: u64,
+    /// The caller (in the supervisor's pid namespace).
+    pub pid: u32,
+    /// System call number.
+    pub nr: i64,
+    /// Its arguments.
+    pub args: [u64; 6],
+}
+
+/// Receives the next notification from a seccomp listener (SECCOMP_IOCTL_NOTIF_RECV).
+pub fn receive_notification(listener: BorrowedFd<'_>) -> Result<Notification, Errno> {
+    // SAFETY: seccomp_notif is plain old data for which all-zero is valid; the kernel
+    // requires it zeroed before NOTIF_RECV.
+    let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: `notif` is a properly sized, writable seccomp_notif that outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &mut notif as *mut libc::seccomp_notif,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(Notification {
+        id: notif.id,
+        pid: notif.pid,
+        nr: i64::from(notif.data.nr),
+        args: notif.data.args,
+    })
+}
+
+/// Answers notification `id`: the call fails with `errno` and is never executed.
+pub fn deny_notification(listener: BorrowedFd<'_>, id: u64, errno: i32) -> Result<(), Errno> {
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: -errno,
+        flags: 0,
+    };
+    // SAFETY: `resp` is a valid seccomp_notif_resp that outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &mut resp as *mut libc::seccomp_notif_resp,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

@@ -104,7 +104,18 @@ fn destination(event: &AuditEvent) -> String {
             v4 => format!("{v4}:{port}"),
         },
         (None, Some(ip), None) => ip.to_string(),
-        (None, None, _) => format!("({} {})", source_name(event), kind_name(event)),
+        (None, None, _) => match event
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("seccomp: "))
+        {
+            // "seccomp: bpf() refused (...)": summarise by the call.
+            Some(rest) => format!(
+                "(refused) {}",
+                rest.split(" refused").next().unwrap_or(rest)
+            ),
+            None => format!("({} {})", source_name(event), kind_name(event)),
+        },
     }
 }
 

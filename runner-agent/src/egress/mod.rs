@@ -87,6 +87,29 @@ pub fn denial_event(
     event
 }
 
+/// Converts a system call the sandbox refused into an audit event. The contract's sources
+/// are proxy, dns and ebpf; these come from the kernel-side enforcement layer too (the
+/// seccomp filter), so they carry source `ebpf`, kind `socket`, and a reason starting with
+/// `seccomp:` that names the call.
+pub fn seccomp_event(
+    denial: &crate::sandbox::SeccompDenial,
+    host_pid: Option<u32>,
+    job: &str,
+    runner: &str,
+) -> egress_proxy::audit::AuditEvent {
+    use egress_proxy::audit::{AuditEvent, Kind, Source, Verdict};
+    let mut event = AuditEvent::new(Source::Ebpf, Kind::Socket, Verdict::Deny);
+    event.job = Some(job.to_owned());
+    event.runner = Some(runner.to_owned());
+    event.pid = host_pid;
+    event.comm = Some(denial.comm.clone());
+    event.reason = Some(format!(
+        "seccomp: {} refused (pid {} in the sandbox)",
+        denial.call, denial.pid
+    ));
+    event
+}
+
 fn format_time(at: std::time::SystemTime) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
@@ -110,9 +133,11 @@ pub enum EgressError {
 /// The live egress machinery of one runner: its proxy process and the reader of its
 /// fence's denials, both writing to the job's audit log.
 pub struct RunnerEgress {
-    proxy: proxy_process::ProxyProcess,
+    proxy: Option<proxy_process::ProxyProcess>,
     denials: tokio::task::JoinHandle<()>,
     stop_denials: tokio::sync::oneshot::Sender<()>,
+    /// Ends by itself when the sandbox's control channel closes.
+    seccomp: tokio::task::JoinHandle<()>,
 }
 
 /// What the proxy of a runner serves.
@@ -159,6 +184,19 @@ impl RunnerEgress {
                 denial_log.record(&denial_event(&denial, &job, &runner_name));
             }
         });
+        let seccomp = match sandbox.seccomp_denials() {
+            Some(mut denied) => {
+                let (log, job, runner) = (log.clone(), job_id.to_owned(), runner.clone());
+                let cgroup_dir = sandbox.cgroup_dir().to_owned();
+                tokio::spawn(async move {
+                    while let Some(denial) = denied.recv().await {
+                        let host_pid = crate::sandbox::host_pid_in(&cgroup_dir, denial.pid);
+                        log.record(&seccomp_event(&denial, host_pid, &job, &runner));
+                    }
+                })
+            }
+            None => tokio::spawn(async {}),
+        };
         let config = proxy_child::ProxyChildConfig {
             listen: addresses.host,
             client: std::net::IpAddr::V4(addresses.runner),
@@ -180,25 +218,38 @@ impl RunnerEgress {
             Ok(proxy) => proxy,
             Err(err) => {
                 denials.abort();
+                seccomp.abort();
                 return Err(err.into());
             }
         };
         Ok(RunnerEgress {
-            proxy,
+            proxy: Some(proxy),
             denials,
             stop_denials,
+            seccomp,
         })
     }
 
     /// The proxy's process id.
     pub fn proxy_pid(&self) -> Option<u32> {
-        self.proxy.pid()
+        self.proxy.as_ref().and_then(|p| p.pid())
     }
 
-    /// Stops the proxy and the denial reader, after logging everything they saw.
-    pub async fn stop(self) {
-        self.proxy.stop().await;
+    /// Stops the proxy after it has logged everything it decided. Call before the
+    /// sandbox is destroyed.
+    pub async fn stop_proxy(&mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop().await;
+        }
+    }
+
+    /// Logs what is still queued of the fence's denials and of the refused system calls,
+    /// and stops. Call after the sandbox is destroyed (its control channel closed).
+    pub async fn finish(mut self) {
+        self.stop_proxy().await;
+        let timeout = std::time::Duration::from_secs(5);
         let _ = self.stop_denials.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.denials).await;
+        let _ = tokio::time::timeout(timeout, self.denials).await;
+        let _ = tokio::time::timeout(timeout, self.seccomp).await;
     }
 }

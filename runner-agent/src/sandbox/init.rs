@@ -217,10 +217,14 @@ fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> 
 
     nix::sys::prctl::set_no_new_privs().stage("no_new_privs")?;
     let filters = seccomp::build().stage("build seccomp filter")?;
-    seccomp::install(&filters).stage("install seccomp filter")?;
+    let listener = seccomp::install(&filters).stage("install seccomp filter")?;
+    let mut notifier = Notifier {
+        listener,
+        reported: 0,
+    };
 
-    // SIGCHLD is read from a signalfd so that a step's exit, its timeout and the agent
-    // closing the socket are all waited for in one poll.
+    // SIGCHLD is read from a signalfd so that a step's exit, its timeout, an intercepted
+    // system call and the agent closing the socket are all waited for in one poll.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block().stage("block SIGCHLD")?;
@@ -233,9 +237,29 @@ fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> 
         })
         .stage("report")?;
     loop {
+        // Between steps, background processes of the job may still make intercepted
+        // calls: serve those while waiting for the next request.
+        if control.reader.buffer().is_empty() {
+            let mut fds = [
+                PollFd::new(control.reader.get_ref().as_fd(), PollFlags::POLLIN),
+                PollFd::new(notifier.listener.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e).stage("wait"),
+            }
+            let notified = readable(&fds[1]);
+            let request = readable(&fds[0]) || hung_up(&fds[0]);
+            if notified {
+                notifier.serve(control);
+            }
+            if !request {
+                continue;
+            }
+        }
         match control.recv() {
             Ok(Some(ToInit::RunStep(step))) => {
-                let end = run_step(control, &signals, &step).stage("run step")?;
+                let end = run_step(control, &signals, &mut notifier, &step).stage("run step")?;
                 control.send(&FromInit::StepExited(end)).stage("report")?;
             }
             Ok(Some(other)) => {
@@ -246,6 +270,49 @@ fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> 
             }
             // The agent is done (or gone): returning ends pid 1 and with it the sandbox.
             Ok(None) | Err(_) => return Ok(0),
+        }
+    }
+}
+
+fn readable(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+fn hung_up(fd: &PollFd<'_>) -> bool {
+    fd.revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+}
+
+/// At most this many intercepted calls are reported per job; past it they are still
+/// refused but only counted, so a job cannot flood the agent through this channel.
+const MAX_REPORTED_DENIALS: u64 = 10_000;
+
+/// The supervisor of the seccomp filter: answers every intercepted call with `EPERM`
+/// and reports it to the agent.
+struct Notifier {
+    listener: OwnedFd,
+    reported: u64,
+}
+
+impl Notifier {
+    fn serve(&mut self, control: &mut Control) {
+        let notification = match sys::receive_notification(self.listener.as_fd()) {
+            Ok(n) => n,
+            // ENOENT: the caller died (or was interrupted) before we looked.
+            Err(_) => return,
+        };
+        // Read who it was before answering: afterwards the process may be gone.
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", notification.pid))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_default();
+        let _ = sys::deny_notification(self.listener.as_fd(), notification.id, libc::EPERM);
+        self.reported += 1;
+        if self.reported <= MAX_REPORTED_DENIALS {
+            let _ = control.send(&FromInit::Denied {
+                pid: notification.pid,
+                comm,
+                call: seccomp::describe(notification.nr, &notification.args),
+            });
         }
     }
 }
@@ -302,7 +369,12 @@ fn make_user_namespace(base: u32, count: u32) -> io::Result<OwnedFd> {
 
 /// Runs one step and waits for it, reaping every other process that ends meanwhile (pid
 /// 1 inherits orphans).
-fn run_step(control: &mut Control, signals: &SignalFd, step: &StepRequest) -> io::Result<StepEnd> {
+fn run_step(
+    control: &mut Control,
+    signals: &SignalFd,
+    notifier: &mut Notifier,
+    step: &StepRequest,
+) -> io::Result<StepEnd> {
     let pid = match sys::fork()? {
         Forked::Child => exec_step(step),
         Forked::Parent(pid) => pid,
@@ -333,19 +405,21 @@ fn run_step(control: &mut Control, signals: &SignalFd, step: &StepRequest) -> io
         let mut fds = [
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(control_fd, PollFlags::POLLIN),
+            PollFd::new(notifier.listener.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, wait) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+        let (hangup, notified) = (hung_up(&fds[1]), readable(&fds[2]));
         // Drain the signalfd; the reap above does the actual work.
         while let Ok(Some(_)) = signals.read_signal() {}
-        let hangup = fds[1]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
         if hangup {
             // The agent is gone mid-step: end everything now.
             std::process::exit(1);
+        }
+        if notified {
+            notifier.serve(control);
         }
     }
 }

@@ -30,6 +30,7 @@ use ipnet::Ipv4Net;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use crate::cgroup::{CgroupError, CgroupLayout, CgroupLimits, RunnerCgroup};
 use crate::network::{self, NetworkError, RunnerAddresses};
@@ -137,10 +138,12 @@ pub struct Sandbox {
     run_dir: RunDir,
     _lease: SlotLease,
     child: Option<tokio::process::Child>,
-    control: Option<(
-        BufReader<tokio::net::unix::OwnedReadHalf>,
-        tokio::net::unix::OwnedWriteHalf,
-    )>,
+    /// Writing half of the control socket; dropping it ends the sandbox.
+    control: Option<tokio::net::unix::OwnedWriteHalf>,
+    /// Messages from init, read by a task of their own (see `read_messages`).
+    messages: Option<mpsc::UnboundedReceiver<Result<FromInit, String>>>,
+    /// System calls the sandbox refused, as init reported them.
+    seccomp_denials: Option<mpsc::UnboundedReceiver<SeccompDenial>>,
     output: Option<pipe::Receiver>,
     idmapped: bool,
     fence: Option<egress_ebpf::Fence>,
@@ -216,6 +219,8 @@ impl Sandbox {
             _lease: lease,
             child: None,
             control: None,
+            messages: None,
+            seccomp_denials: None,
             output: None,
             idmapped: false,
             fence: None,
@@ -318,7 +323,12 @@ impl Sandbox {
         let stream = UnixStream::from_std(agent_end)
             .map_err(|e| SandboxError::Init(format!("socket: {e}")))?;
         let (read, write) = stream.into_split();
-        self.control = Some((BufReader::new(read), write));
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let (denials_tx, seccomp_denials) = mpsc::unbounded_channel();
+        tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
+        self.control = Some(write);
+        self.messages = Some(messages);
+        self.seccomp_denials = Some(seccomp_denials);
         self.output = Some(
             pipe::Receiver::from_owned_fd(OwnedFd::from(output_read))
                 .map_err(|e| SandboxError::Init(format!("pipe: {e}")))?,
@@ -391,7 +401,7 @@ impl Sandbox {
     }
 
     async fn send(&mut self, msg: &ToInit) -> Result<(), SandboxError> {
-        let (_, writer) = self
+        let writer = self
             .control
             .as_mut()
             .ok_or_else(|| SandboxError::Init("control channel closed".into()))?;
@@ -404,22 +414,22 @@ impl Sandbox {
     }
 
     async fn recv(&mut self) -> Result<FromInit, SandboxError> {
-        let (reader, _) = self
-            .control
+        let messages = self
+            .messages
             .as_mut()
             .ok_or_else(|| SandboxError::Init("control channel closed".into()))?;
-        let mut line = String::new();
-        let n = reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| SandboxError::Init(format!("receive: {e}")))?;
-        if n == 0 {
-            return Err(SandboxError::Init(
+        match messages.recv().await {
+            Some(Ok(message)) => Ok(message),
+            Some(Err(err)) => Err(SandboxError::Init(err)),
+            None => Err(SandboxError::Init(
                 "the sandbox init exited unexpectedly".into(),
-            ));
+            )),
         }
-        serde_json::from_str(&line)
-            .map_err(|e| SandboxError::Init(format!("bad message {line:?}: {e}")))
+    }
+
+    /// The system calls the sandbox refuses, as they happen (taken once).
+    pub fn seccomp_denials(&mut self) -> Option<mpsc::UnboundedReceiver<SeccompDenial>> {
+        self.seccomp_denials.take()
     }
 
     async fn expect_ready(
@@ -445,54 +455,51 @@ impl Sandbox {
     ) -> Result<StepEnd, SandboxError> {
         self.send(&ToInit::RunStep(step)).await?;
         let mut buf = vec![0u8; 64 * 1024];
-        let (Some(output), Some((reader, _))) = (self.output.as_mut(), self.control.as_mut())
-        else {
+        let (Some(output), Some(messages)) = (self.output.as_mut(), self.messages.as_mut()) else {
             return Err(SandboxError::Init("sandbox is not running".into()));
         };
-        let mut line = String::new();
-        let message = loop {
+        let mut output_open = true;
+        let end = loop {
             tokio::select! {
                 // Output first: whatever the step wrote before exiting is already in the
                 // pipe when its exit is reported, and must be printed under its header.
                 biased;
-                read = output.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => {
-                        // Everything that could write has gone; only the report is left.
-                        let n = reader.read_line(&mut line).await.map_err(|e| SandboxError::Init(e.to_string()))?;
-                        if n == 0 {
-                            return Err(SandboxError::Init("the sandbox init exited unexpectedly".into()));
-                        }
-                        break line;
-                    }
-                    Ok(n) => sink.write_all(&buf[..n]).await.map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
+                read = output.read(&mut buf), if output_open => match read {
+                    Ok(0) | Err(_) => output_open = false,
+                    Ok(n) => sink
+                        .write_all(&buf[..n])
+                        .await
+                        .map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
                 },
-                read = reader.read_line(&mut line) => {
-                    let n = read.map_err(|e| SandboxError::Init(e.to_string()))?;
-                    if n == 0 {
-                        return Err(SandboxError::Init("the sandbox init exited unexpectedly".into()));
+                message = messages.recv() => match message {
+                    Some(Ok(FromInit::StepExited(end))) => break end,
+                    Some(Ok(FromInit::Failed { stage, message })) => {
+                        return Err(SandboxError::Setup { stage, message })
                     }
-                    break line;
-                }
+                    Some(Ok(other)) => {
+                        return Err(SandboxError::Init(format!("unexpected {other:?}")))
+                    }
+                    Some(Err(err)) => return Err(SandboxError::Init(err)),
+                    None => {
+                        return Err(SandboxError::Init(
+                            "the sandbox init exited unexpectedly".into(),
+                        ))
+                    }
+                },
             }
         };
         // Drain what is already buffered without waiting for background writers.
-        loop {
+        while output_open {
             match output.try_read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => sink
+                Ok(n) if n > 0 => sink
                     .write_all(&buf[..n])
                     .await
                     .map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
-                Err(_) => break,
+                _ => break,
             }
         }
         let _ = sink.flush().await;
-        match serde_json::from_str::<FromInit>(&message) {
-            Ok(FromInit::StepExited(end)) => Ok(end),
-            Ok(FromInit::Failed { stage, message }) => Err(SandboxError::Setup { stage, message }),
-            Ok(other) => Err(SandboxError::Init(format!("unexpected {other:?}"))),
-            Err(e) => Err(SandboxError::Init(format!("bad message {message:?}: {e}"))),
-        }
+        Ok(end)
     }
 
     /// Kills everything, removes every resource of the runner and verifies that none is
@@ -501,6 +508,7 @@ impl Sandbox {
         // Closing the control socket alone ends the sandbox (pid 1 exits); the cgroup kill
         // in teardown makes it immediate and also catches anything that escaped.
         self.control = None;
+        self.messages = None;
         self.output = None;
         // Dropping the handle leaves the pinned links in force; teardown removes them
         // from the pins once the runner's processes are dead, for live runners and
@@ -511,6 +519,72 @@ impl Sandbox {
             let _ = tokio::time::timeout(KILL_DEADLINE, child.wait()).await;
         }
         result
+    }
+}
+
+/// The host pid of the process numbered `inner` inside the sandbox whose v2 cgroup is
+/// `cgroup_dir`, if it still exists. Every process of a job is in that cgroup (the job
+/// cannot make cgroups: its cgroupfs is read-only), and the NSpid line of
+/// /proc/PID/status lists its pid in each namespace, outermost first.
+pub fn host_pid_in(cgroup_dir: &Path, inner: u32) -> Option<u32> {
+    let procs = std::fs::read_to_string(cgroup_dir.join("cgroup.procs")).ok()?;
+    let inner = inner.to_string();
+    procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+                    line.split_whitespace().last().map(|last| last == inner)
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// A system call the sandbox refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompDenial {
+    /// The caller's pid inside the sandbox.
+    pub pid: u32,
+    /// Its command name.
+    pub comm: String,
+    /// The call, e.g. `bpf()`.
+    pub call: String,
+}
+
+/// Reads init's messages for as long as the socket is open. Refused system calls go to
+/// their own channel the moment they arrive (they may come at any time, also between
+/// steps); everything else goes to the sandbox's request/response channel. A task of its
+/// own because reading a line is not cancellation-safe in a `select!`.
+async fn read_messages(
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    messages: mpsc::UnboundedSender<Result<FromInit, String>>,
+    denials: mpsc::UnboundedSender<SeccompDenial>,
+) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) => return,
+            Ok(_) => match serde_json::from_str::<FromInit>(&line) {
+                Ok(FromInit::Denied { pid, comm, call }) => {
+                    let _ = denials.send(SeccompDenial { pid, comm, call });
+                }
+                Ok(message) => {
+                    let _ = messages.send(Ok(message));
+                }
+                Err(e) => {
+                    let _ = messages.send(Err(format!("bad message {line:?}: {e}")));
+                    return;
+                }
+            },
+            Err(e) => {
+                let _ = messages.send(Err(format!("receive: {e}")));
+                return;
+            }
+        }
     }
 }
 

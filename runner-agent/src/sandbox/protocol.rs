@@ -111,6 +111,16 @@ pub enum FromInit {
     },
     /// A step finished.
     StepExited(StepEnd),
+    /// A process of the job made a system call the sandbox refuses (seccomp); it failed
+    /// with EPERM without running.
+    Denied {
+        /// The caller, as numbered inside the sandbox.
+        pid: u32,
+        /// Its command name.
+        comm: String,
+        /// The call, e.g. `bpf()` or `socket(AF_PACKET, SOCK_RAW)`.
+        call: String,
+    },
     /// Something failed; init exits after sending this.
     Failed {
         /// Which part of the set-up failed.

@@ -17,8 +17,13 @@
 //! - `userfaultfd` and `io_uring_*` (large attack surface, and io_uring operations are
 //!   not seen by seccomp at all).
 //!
-//! Denied calls fail with `EPERM`; `clone3` fails with `ENOSYS` because its flags live in
-//! memory a filter cannot read, and C libraries fall back to `clone` on `ENOSYS`.
+//! Denied calls never run: the filter hands them to the sandbox init as seccomp user
+//! notifications (seccomp_unotify(2)), and init answers each with `EPERM` and reports it
+//! to the agent, so every attempt lands in the audit log with the process that made it.
+//! Raw and packet sockets are intercepted the same way (the kernel would refuse them
+//! anyway, for want of CAP_NET_RAW, but silently). `clone3` fails with `ENOSYS` because
+//! its flags live in memory a filter cannot read, and C libraries fall back to `clone` on
+//! `ENOSYS`. If init is gone, intercepted calls fail with `ENOSYS`: never run.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +44,9 @@ pub enum SeccompError {
     /// This architecture is not supported.
     #[error("seccomp filter not available for this architecture")]
     Arch,
+    /// The notifying filter could not be installed.
+    #[error("cannot install the notifying seccomp filter: {0}")]
+    Listener(std::io::Error),
 }
 
 /// Calls that fail with `EPERM` whatever their arguments.
@@ -109,8 +117,34 @@ fn target_arch() -> Result<TargetArch, SeccompError> {
     }
 }
 
-/// Builds the two programs: the `EPERM` deny-list and the `clone3` → `ENOSYS` rule.
-pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
+/// seccompiler has no `SECCOMP_RET_USER_NOTIF` action: the filter is built with this
+/// otherwise unused `SECCOMP_RET_TRACE` value as a stand-in, and every `ret` of it is
+/// rewritten afterwards (see [`to_user_notif`]).
+const NOTIFY_STAND_IN: SeccompAction = SeccompAction::Trace(0x5eed);
+
+/// `BPF_RET | BPF_K`: a classic BPF "return constant" instruction.
+const BPF_RET_K: u16 = 0x06;
+
+/// The two programs, in install order: the notifying deny-list (its listener reports
+/// every attempt) and the `clone3` → `ENOSYS` rule.
+pub struct Filters {
+    /// Deny-list; answered by the supervisor with `EPERM`.
+    pub notify: BpfProgram,
+    /// `clone3` fails with `ENOSYS`.
+    pub clone3: BpfProgram,
+}
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
+    Ok(SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Qword,
+        op,
+        value,
+    )?)
+}
+
+/// Builds the filters.
+pub fn build() -> Result<Filters, SeccompError> {
     let arch = target_arch()?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
         .iter()
@@ -121,38 +155,149 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     let clone_rules = CLONE_NAMESPACE_FLAGS
         .iter()
         .map(|&flag| {
-            let cond = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag as u64),
-                flag as u64,
-            )?;
-            SeccompRule::new(vec![cond])
+            let flag = flag as u64;
+            SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(flag), flag)?])
+                .map_err(SeccompError::from)
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(i64::from(libc::SYS_clone), clone_rules);
-    let deny = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )?;
+    // Raw and packet sockets: the kernel refuses them anyway (root inside holds no
+    // CAP_NET_RAW over the runner's network namespace); intercepting them here is what
+    // puts the attempt in the audit log.
+    let sock_type_mask = 0xf; // the type without SOCK_NONBLOCK / SOCK_CLOEXEC
+    rules.insert(
+        i64::from(libc::SYS_socket),
+        vec![
+            SeccompRule::new(vec![condition(
+                0,
+                SeccompCmpOp::Eq,
+                libc::AF_PACKET as u64,
+            )?])?,
+            SeccompRule::new(vec![condition(
+                1,
+                SeccompCmpOp::MaskedEq(sock_type_mask),
+                libc::SOCK_RAW as u64,
+            )?])?,
+        ],
+    );
+    let deny = SeccompFilter::new(rules, SeccompAction::Allow, NOTIFY_STAND_IN, arch)?;
     let clone3 = SeccompFilter::new(
         BTreeMap::from([(i64::from(libc::SYS_clone3), Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
     )?;
-    Ok(vec![deny.try_into()?, clone3.try_into()?])
+    Ok(Filters {
+        notify: to_user_notif(deny.try_into()?),
+        clone3: clone3.try_into()?,
+    })
 }
 
-/// Installs the filters on the calling thread; they are inherited by every child and
-/// cannot be removed. `no_new_privs` must be set first.
-pub fn install(programs: &[BpfProgram]) -> Result<(), SeccompError> {
-    for program in programs {
-        seccompiler::apply_filter(program)?;
+/// Rewrites every `ret NOTIFY_STAND_IN` into `ret SECCOMP_RET_USER_NOTIF`.
+fn to_user_notif(mut program: BpfProgram) -> BpfProgram {
+    let stand_in = u32::from(NOTIFY_STAND_IN);
+    for insn in &mut program {
+        if insn.code == BPF_RET_K && insn.k == stand_in {
+            insn.k = libc::SECCOMP_RET_USER_NOTIF;
+        }
     }
-    Ok(())
+    program
+}
+
+/// Installs the filters on the calling thread (inherited by every child, irremovable)
+/// and returns the listener of the notifying one. `no_new_privs` must be set first.
+pub fn install(filters: &Filters) -> Result<std::os::fd::OwnedFd, SeccompError> {
+    seccompiler::apply_filter(&filters.clone3)?;
+    crate::sys::install_notifying_filter(&filters.notify)
+        .map_err(|e| SeccompError::Listener(e.into()))
+}
+
+/// What an intercepted call was, for the audit log: `bpf()`, `socket(AF_PACKET)`,
+/// `clone(CLONE_NEWUSER)`...
+pub fn describe(nr: i64, args: &[u64; 6]) -> String {
+    let name = syscall_name(nr);
+    if nr == i64::from(libc::SYS_socket) {
+        let family = match args[0] as i32 {
+            libc::AF_PACKET => "AF_PACKET".to_owned(),
+            libc::AF_INET => "AF_INET".to_owned(),
+            libc::AF_INET6 => "AF_INET6".to_owned(),
+            other => format!("family {other}"),
+        };
+        let raw = (args[1] & 0xf) as i32 == libc::SOCK_RAW;
+        return format!("socket({family}{})", if raw { ", SOCK_RAW" } else { "" });
+    }
+    if nr == i64::from(libc::SYS_clone) || nr == i64::from(libc::SYS_unshare) {
+        let flags: Vec<&str> = [
+            (libc::CLONE_NEWUSER, "CLONE_NEWUSER"),
+            (libc::CLONE_NEWNS, "CLONE_NEWNS"),
+            (libc::CLONE_NEWPID, "CLONE_NEWPID"),
+            (libc::CLONE_NEWNET, "CLONE_NEWNET"),
+            (libc::CLONE_NEWUTS, "CLONE_NEWUTS"),
+            (libc::CLONE_NEWIPC, "CLONE_NEWIPC"),
+            (libc::CLONE_NEWCGROUP, "CLONE_NEWCGROUP"),
+        ]
+        .iter()
+        .filter(|(flag, _)| args[0] & (*flag as u64) != 0)
+        .map(|(_, name)| *name)
+        .collect();
+        return format!("{name}({})", flags.join("|"));
+    }
+    format!("{name}()")
+}
+
+fn syscall_name(nr: i64) -> &'static str {
+    const NAMES: &[(libc::c_long, &str)] = &[
+        (libc::SYS_bpf, "bpf"),
+        (libc::SYS_perf_event_open, "perf_event_open"),
+        (libc::SYS_kexec_load, "kexec_load"),
+        (libc::SYS_kexec_file_load, "kexec_file_load"),
+        (libc::SYS_init_module, "init_module"),
+        (libc::SYS_finit_module, "finit_module"),
+        (libc::SYS_delete_module, "delete_module"),
+        (libc::SYS_reboot, "reboot"),
+        (libc::SYS_swapon, "swapon"),
+        (libc::SYS_swapoff, "swapoff"),
+        (libc::SYS_syslog, "syslog"),
+        (libc::SYS_acct, "acct"),
+        (libc::SYS_settimeofday, "settimeofday"),
+        (libc::SYS_clock_settime, "clock_settime"),
+        (libc::SYS_clock_adjtime, "clock_adjtime"),
+        (libc::SYS_adjtimex, "adjtimex"),
+        (libc::SYS_lookup_dcookie, "lookup_dcookie"),
+        (libc::SYS_quotactl, "quotactl"),
+        (libc::SYS_keyctl, "keyctl"),
+        (libc::SYS_add_key, "add_key"),
+        (libc::SYS_request_key, "request_key"),
+        (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+        (libc::SYS_name_to_handle_at, "name_to_handle_at"),
+        (libc::SYS_mount, "mount"),
+        (libc::SYS_umount2, "umount2"),
+        (libc::SYS_pivot_root, "pivot_root"),
+        (libc::SYS_open_tree, "open_tree"),
+        (libc::SYS_move_mount, "move_mount"),
+        (libc::SYS_fsopen, "fsopen"),
+        (libc::SYS_fsconfig, "fsconfig"),
+        (libc::SYS_fsmount, "fsmount"),
+        (libc::SYS_fspick, "fspick"),
+        (libc::SYS_mount_setattr, "mount_setattr"),
+        (libc::SYS_unshare, "unshare"),
+        (libc::SYS_setns, "setns"),
+        (libc::SYS_userfaultfd, "userfaultfd"),
+        (libc::SYS_io_uring_setup, "io_uring_setup"),
+        (libc::SYS_io_uring_enter, "io_uring_enter"),
+        (libc::SYS_io_uring_register, "io_uring_register"),
+        (libc::SYS_clone, "clone"),
+        (libc::SYS_socket, "socket"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_iopl, "iopl"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_ioperm, "ioperm"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| i64::from(*n) == nr)
+        .map(|(_, name)| *name)
+        .unwrap_or("syscall")
 }
 
 #[cfg(test)]
@@ -160,10 +305,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filters_compile() {
-        let programs = build().unwrap();
-        assert_eq!(programs.len(), 2);
-        assert!(programs.iter().all(|p| !p.is_empty()));
+    fn filters_compile_and_notify_instead_of_tracing() {
+        let filters = build().unwrap();
+        assert!(!filters.notify.is_empty() && !filters.clone3.is_empty());
+        let stand_in = u32::from(NOTIFY_STAND_IN);
+        assert!(filters
+            .notify
+            .iter()
+            .all(|i| !(i.code == BPF_RET_K && i.k == stand_in)));
+        assert!(filters
+            .notify
+            .iter()
+            .any(|i| i.code == BPF_RET_K && i.k == libc::SECCOMP_RET_USER_NOTIF));
+    }
+
+    #[test]
+    fn intercepted_calls_are_described() {
+        let mut args = [0u64; 6];
+        args[0] = libc::AF_PACKET as u64;
+        args[1] = libc::SOCK_RAW as u64;
+        assert_eq!(
+            describe(libc::SYS_socket, &args),
+            "socket(AF_PACKET, SOCK_RAW)"
+        );
+        args[0] = (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64;
+        assert_eq!(
+            describe(libc::SYS_unshare, &args),
+            "unshare(CLONE_NEWUSER|CLONE_NEWNET)"
+        );
+        assert_eq!(describe(libc::SYS_bpf, &args), "bpf()");
     }
 
     #[test]
