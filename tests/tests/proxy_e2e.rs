@@ -1174,3 +1174,70 @@ fn ipv6_destinations_are_served_and_guarded() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(w.bed.trap_hits().is_empty(), "{:?}", w.bed.trap_hits());
 }
+
+#[test]
+fn forged_dns_answers_teach_the_proxy_nothing() {
+    require_privilege!();
+    let w = world();
+    // Forged responses claiming allowed.test lives at the trap, sent to the filter over
+    // UDP and TCP: the filter drops them, and the proxy, which resolves names only
+    // through its upstream, keeps dialling the real address.
+    let mut forged = Message::new();
+    forged
+        .set_id(77)
+        .set_message_type(MessageType::Response)
+        .add_query(Query::query(
+            Name::from_ascii("allowed.test.").unwrap(),
+            RecordType::A,
+        ))
+        .add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("allowed.test.").unwrap(),
+            3600,
+            RData::A(hickory_proto::rr::rdata::A(TRAP_IPS[0])),
+        ));
+    let wire = forged.to_vec().unwrap();
+    let udp_wire = wire.clone();
+    let replies = w.runner(async move {
+        let socket = UdpSocket::bind((RUNNER_IP, 0)).await.unwrap();
+        for _ in 0..20 {
+            socket.send_to(&udp_wire, DNS).await.unwrap();
+        }
+        let mut buf = [0u8; 512];
+        let mut replies = 0;
+        while tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf))
+            .await
+            .is_ok()
+        {
+            replies += 1;
+        }
+        replies
+    });
+    assert_eq!(replies, 0);
+    let tcp_wire = wire.clone();
+    w.runner(async move {
+        let mut stream = netbed::connect(DNS).await.unwrap();
+        let mut framed = (tcp_wire.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&tcp_wire);
+        stream.write_all(&framed).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    w.wait_count(21, |e| {
+        e.reason.as_deref() == Some("DNS response sent to the filter")
+    });
+    let got = w.runner(exchange(
+        "GET http://allowed.test/after-forgery HTTP/1.1\r\nHost: allowed.test\r\n\r\n".into(),
+    ));
+    assert_eq!(got, Some((200, format!("hello from {WEB_IP}\n"))));
+    let reply = w
+        .runner(udp_dns(dns_query(8, "allowed.test.", RecordType::A)))
+        .unwrap();
+    assert_eq!(answer_ips(&reply), vec![IpAddr::V4(WEB_IP)]);
+    assert!(w.bed.trap_hits().is_empty(), "{:?}", w.bed.trap_hits());
+    assert_eq!(
+        w.events()
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("DNS response sent to the filter"))
+            .count(),
+        21
+    );
+}
