@@ -57,6 +57,8 @@ pub struct World {
     pub state_dir: PathBuf,
     /// The agent's run_dir.
     pub run_dir: PathBuf,
+    /// Whether the namespace was made for this world (and is removed with it).
+    owns_netns: bool,
 }
 
 static WORLDS: AtomicU32 = AtomicU32::new(0);
@@ -66,13 +68,23 @@ impl World {
     /// placed under `runner:` (e.g. `"limits: { pids: 64 }"`), and `extra_yaml` at the
     /// top level (e.g. environments).
     pub fn new(runner_yaml: &str, extra_yaml: &str) -> World {
+        let n = WORLDS.fetch_add(1, Ordering::SeqCst);
+        let netns = format!("ra-t{}-{n}", std::process::id());
+        ip(&["netns", "add", &netns]);
+        World::build(netns, true, runner_yaml, extra_yaml)
+    }
+
+    /// A world whose agent runs in an existing namespace `netns` (for example the host
+    /// namespace of a [`crate::netbed::NetBed`]); the namespace is not removed with it.
+    pub fn in_netns(netns: &str, runner_yaml: &str, extra_yaml: &str) -> World {
+        World::build(netns.to_owned(), false, runner_yaml, extra_yaml)
+    }
+
+    fn build(netns: String, owns_netns: bool, runner_yaml: &str, extra_yaml: &str) -> World {
         let dir = tempfile::Builder::new()
             .prefix("ra-world-")
             .tempdir()
             .expect("tempdir");
-        let n = WORLDS.fetch_add(1, Ordering::SeqCst);
-        let netns = format!("ra-t{}-{n}", std::process::id());
-        ip(&["netns", "add", &netns]);
         let state_dir = dir.path().join("state");
         let run_dir = dir.path().join("run");
         let config = dir.path().join("host.yaml");
@@ -103,7 +115,11 @@ impl World {
             config,
             state_dir,
             run_dir,
+            owns_netns,
         };
+        if !owns_netns {
+            return world;
+        }
         ip(&["-n", &world.netns, "link", "set", "lo", "up"]);
         // A veth pair rather than a dummy: it needs no extra kernel module.
         ip(&[
@@ -157,6 +173,27 @@ impl World {
         .stdin(Stdio::null())
         .output()
         .expect("run runner-agent")
+    }
+
+    /// Like [`World::run`], with the audit log written into the world (returned parsed).
+    pub fn run_audited(&self, job: &Path) -> (Output, Vec<serde_json::Value>) {
+        let audit = self.dir.path().join(format!(
+            "audit-{}.jsonl",
+            WORLDS.fetch_add(1, Ordering::SeqCst)
+        ));
+        let output = self
+            .command(&[
+                "run",
+                &job.to_string_lossy(),
+                "--config",
+                &self.config.to_string_lossy(),
+                "--audit-log",
+                &audit.to_string_lossy(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run runner-agent");
+        (output, read_audit(&audit))
     }
 
     /// Starts `runner-agent run JOB --config HOST` without waiting.
@@ -238,11 +275,40 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        if !self.owns_netns {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Parses an audit log (JSON lines); a line that is not a JSON object fails the test.
+pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad audit line {line:?}: {e}"));
+            assert!(value.is_object(), "audit line is not an object: {line}");
+            value
+        })
+        .collect()
+}
+
+/// The deny events of `events` whose field `field` equals `value` (a string or number).
+pub fn denials_where<'a>(
+    events: &'a [serde_json::Value],
+    field: &str,
+    value: serde_json::Value,
+) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| e["verdict"] == "deny" && e[field] == value)
+        .collect()
 }
 
 /// Every cgroup directory (v2 and v1) whose name contains one of `job_ids`.

