@@ -45,6 +45,7 @@ use tokio::sync::Mutex;
 use crate::audit::{Kind, Source, Verdict};
 use crate::body::{Counted, EndEvent};
 use crate::clients::{ClientEntry, ConnSlot};
+use crate::framing::{Recorder, Tail};
 use crate::policy::name::split_authority;
 use crate::policy::{classify_host, Decision, Host, HttpView};
 use crate::shared::{event_for, millis, Shared, Subject};
@@ -126,6 +127,7 @@ struct Conn {
     shared: Arc<Shared>,
     client: Arc<ClientEntry>,
     mode: Mode,
+    tail: Tail,
     upstream: Mutex<Option<Upstream>>,
     _slot: ConnSlot,
 }
@@ -148,10 +150,12 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shared.limits.clone();
+    let tail = Tail::new(limits.max_header_bytes.max(8192) * 2);
     let conn = Arc::new(Conn {
         shared: Arc::clone(&shared),
         client: Arc::clone(&client),
         mode,
+        tail: tail.clone(),
         upstream: Mutex::new(None),
         _slot: slot,
     });
@@ -166,7 +170,7 @@ pub(crate) async fn serve(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     let served = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Recorder::new(stream, tail)), service)
         .with_upgrades();
     match tokio::time::timeout(limits.total_timeout, served).await {
         Ok(Ok(())) => {}
@@ -337,6 +341,17 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     let mut subject = Subject::new(Kind::Http);
     subject.method = Some(&method);
     subject.path = Some(&path);
+    if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.tail.take_conflict() {
+        // RFC 9112 section 6.1: reject rather than guess; see crate::framing.
+        let decision = Decision::deny("both Content-Length and Transfer-Encoding");
+        shared.record(Some(&client), &subject, &decision);
+        let mut response = denied(&decision);
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     let (host, port) = match http_target(conn.mode, req.uri(), req.headers()) {
         Ok(target) => target,
         Err(reason) => {
@@ -527,11 +542,11 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
                 return;
             }
         };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<Recorder<TcpStream>>>() else {
             tracing::error!("CONNECT upgrade is not a TCP stream");
             return;
         };
-        let stream = parts.io.into_inner();
+        let stream = parts.io.into_inner().inner;
         let gate = TunnelGate {
             kind: Kind::Connect,
             host,

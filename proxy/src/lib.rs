@@ -11,6 +11,7 @@ pub mod clients;
 pub mod config;
 pub mod control;
 pub mod dns;
+mod framing;
 pub mod fuzz;
 mod http;
 pub mod limits;
