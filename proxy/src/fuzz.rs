@@ -94,6 +94,7 @@ pub fn client_hello(data: &[u8]) {
 /// HTTP request head parsing, target extraction (explicit and transparent) and the policy
 /// decision behind it.
 pub fn http_head(data: &[u8]) {
+    let _ = crate::framing::has_conflict(data);
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(_)) = request.parse(data) else {
