@@ -13,6 +13,7 @@
 //! netns and cgroup first, so every socket it opens is subject to the fence. The bed is
 //! built with `ip` (a benchmark, not the product) and removed on drop.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,10 @@ fn main() -> Result<()> {
     }
     let opts = options()?;
     let bed = Bed::build()?;
+    // Per-program run time and count (kernel.bpf_stats_enabled, sysctl(8)): the fence's
+    // own CPU cost, which the end-to-end figures show only through noise.
+    let _stats_on = StatsEnabled::new()?;
+    let mut stats = BTreeMap::new();
     let mut lat: [Vec<u64>; 3] = Default::default();
     let mut tput: [Vec<f64>; 2] = Default::default();
     for round in 0..opts.rounds {
@@ -87,6 +92,7 @@ fn main() -> Result<()> {
                     bed.client_connects(SocketAddr::from((PROXY, EXPLICIT)), opts.connects)?,
                 );
                 tput[1].push(bed.client_stream(SocketAddr::from((ELSEWHERE, 443)), opts.seconds)?);
+                collect_stats(&fence, &mut stats)?;
                 fence.detach()?;
             } else {
                 lat[0].extend(bed.client_connects(SocketAddr::from((PROXY, TLS)), opts.connects)?);
@@ -95,6 +101,7 @@ fn main() -> Result<()> {
         }
     }
     report(&opts, &mut lat, &mut tput);
+    report_stats(&stats);
     Ok(())
 }
 
@@ -143,6 +150,7 @@ fn report(o: &Options, lat: &mut [Vec<u64>; 3], tput: &mut [Vec<f64>; 2]) {
     // before `med` sorts the vectors.)
     let mut paired: Vec<f64> = tput[0].iter().zip(&tput[1]).map(|(a, b)| b / a).collect();
     let paired_median = med(&mut paired);
+    let (lo, hi) = (paired[0], paired[paired.len() - 1]);
     let (off, on) = (med(&mut tput[0]), med(&mut tput[1]));
     println!(
         "bulk TCP throughput, one connection, median of {} runs of {} s:",
@@ -150,11 +158,58 @@ fn report(o: &Options, lat: &mut [Vec<u64>; 3], tput: &mut [Vec<f64>; 2]) {
     );
     println!("  without fence {:>10.2} Gbit/s", off * 8.0 / 1e9);
     println!(
-        "  with fence    {:>10.2} Gbit/s  ratio of medians {:.3}, median of per-round ratios {:.3}",
+        "  with fence    {:>10.2} Gbit/s  ratio of medians {:.3}, median of per-round ratios {:.3} (range {:.2}..{:.2})",
         on * 8.0 / 1e9,
         on / off,
-        paired_median
+        paired_median,
+        lo,
+        hi
     );
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns on kernel.bpf_stats_enabled for the benchmark's duration, restoring it after.
+struct StatsEnabled(String);
+
+impl StatsEnabled {
+    fn new() -> Result<Self> {
+        let before = std::fs::read_to_string(BPF_STATS)?;
+        std::fs::write(BPF_STATS, "1")?;
+        Ok(Self(before))
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.0.trim());
+    }
+}
+
+/// Adds the run time (ns) and run count of each of the fence's programs to `stats`.
+fn collect_stats(fence: &Fence, stats: &mut BTreeMap<String, (u128, u64)>) -> Result<()> {
+    let ids = fence.object_ids()?;
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if ids.programs.contains(&info.id()) {
+            let name = info.name_as_str().unwrap_or("?").to_owned();
+            let entry = stats.entry(name).or_insert((0, 0));
+            entry.0 += info.run_time().as_nanos();
+            entry.1 += info.run_count();
+        }
+    }
+    Ok(())
+}
+
+fn report_stats(stats: &BTreeMap<String, (u128, u64)>) {
+    println!("programs' own cost while fenced (kernel.bpf_stats_enabled), all rounds:");
+    for (name, (ns, runs)) in stats {
+        let avg = if *runs == 0 {
+            0.0
+        } else {
+            *ns as f64 / *runs as f64
+        };
+        println!("  {name:<16} {runs:>10} runs  {avg:>8.0} ns/run");
+    }
 }
 
 /// Runs `ip` and fails with its stderr.
