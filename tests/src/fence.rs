@@ -1086,13 +1086,7 @@ pub fn udp_frame(
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let csum = !((folded & 0xffff) + (folded >> 16)) as u16;
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    set_ipv4_checksum(&mut ip);
     f.extend_from_slice(&ip);
     f.extend_from_slice(&40000u16.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
@@ -1100,6 +1094,28 @@ pub fn udp_frame(
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(payload);
     f
+}
+
+/// Turns a frame from [`udp_frame`] into a non-first IPv4 fragment (offset 1480 bytes, no
+/// more fragments): a packet without transport header, that port filters cannot judge.
+pub fn non_first_fragment(mut frame: Vec<u8>) -> Vec<u8> {
+    let ip = &mut frame[14..34];
+    ip[6..8].copy_from_slice(&185u16.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    set_ipv4_checksum(ip);
+    frame
+}
+
+/// Fills the header checksum of a 20-byte IPv4 header whose checksum field is zero
+/// (RFC 791: one's complement of the one's complement sum of the 16-bit words).
+fn set_ipv4_checksum(ip: &mut [u8]) {
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let csum = !((folded & 0xffff) + (folded >> 16)) as u16;
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
 }
 
 /// The few raw system calls the harness needs that have no safe wrapper.

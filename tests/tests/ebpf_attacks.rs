@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use egress_ebpf::{Hook, OtherTcp, Reason};
 use runner_agent_tests::fence::{
-    find_denial, udp_frame, Fenced, Op, Placement, World, OTHER_DNS, PROXY_ADDR, RUNNER_ADDR,
-    TARGET, TARGET6,
+    find_denial, non_first_fragment, udp_frame, Fenced, Op, Placement, World, OTHER_DNS,
+    PROXY_ADDR, RUNNER_ADDR, TARGET, TARGET6,
 };
 use runner_agent_tests::require_privilege;
 
@@ -272,6 +272,13 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
         PROXY_ADDR,
         runner_agent_tests::fence::DNS_PORT,
     );
+    let fragment = non_first_fragment(udp_frame(
+        f.world.host_mac,
+        f.world.runner_mac,
+        RUNNER_ADDR,
+        PROXY_ADDR,
+        runner_agent_tests::fence::DNS_PORT,
+    ));
     let frame = udp_frame(
         f.world.host_mac,
         f.world.runner_mac,
@@ -316,6 +323,11 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
             ifname: "eth0".into(),
             frame: spoofed,
         },
+        // A non-first fragment carries no ports: refused whatever its address.
+        Op::Frame {
+            ifname: "eth0".into(),
+            frame: fragment,
+        },
     ];
     // As host root: the strongest socket privileges there are in the runner's netns.
     let report = f.world.probe(&ops, Placement::HostRoot).expect("probe");
@@ -326,7 +338,7 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
     for o in &o[4..] {
         assert!(o.ok, "the packet socket itself is not refused: {o:?}");
     }
-    let denials = f.denials(6);
+    let denials = f.denials(7);
     let pid = Some(report.pid);
     let creates: Vec<_> = denials
         .iter()
@@ -350,6 +362,12 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
     let dns = Some(runner_agent_tests::fence::DNS_PORT);
     let spoof = find_denial(&denials, Hook::TcIngress, v4(PROXY_ADDR), dns, None);
     assert_eq!(spoof.reason, Reason::Spoofed);
+    let fragment = denials.iter().find(|d| d.reason == Reason::Fragment);
+    let fragment = fragment.unwrap_or_else(|| panic!("no fragment denial: {denials:#?}"));
+    assert_eq!(
+        (fragment.hook, fragment.ip, fragment.port),
+        (Hook::TcIngress, v4(PROXY_ADDR), None)
+    );
     let arrivals = f.world.proxy.arrivals();
     assert!(
         arrivals.iter().all(|a| a.peer.ip() != IpAddr::V4(SPOOFED)),
