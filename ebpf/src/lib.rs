@@ -20,10 +20,10 @@
 //! | any other IPv6 destination | EPERM + denial |
 //! | loopback of the runner's own netns | allowed ([`FenceConfig::allow_loopback`]) |
 //! | raw, ICMP (ping), SCTP or other non TCP/UDP inet sockets | socket() fails with EPERM + denial |
-//! | packet sockets, raw sockets in the runner's netns | refused by the kernel: CAP_NET_RAW over the runner's netns (owned by the host's user namespace) is not the job's; frames from a netns the job made itself reach no link |
+//! | packet sockets | refused by the kernel in the runner's netns (CAP_NET_RAW over it, owned by the host's user namespace, is not the job's); in a netns the job made itself they reach no link; whatever a packet socket does send is dropped by tc |
 //! | bpf() | refused by the kernel: needs CAP_BPF in the host's user namespace (and `unprivileged_bpf_disabled`) |
 //! | any packet leaving the runner's sockets not to a listener | dropped by cgroup_skb egress + denial |
-//! | any frame reaching the host-side veth that is not ARP or IPv4 from the runner's address to a listener | dropped by tc + denial |
+//! | any frame reaching the host-side veth that is not ARP or IPv4 from the runner's address to a listener (spoofed sources, IP fragments, IPv6) | dropped by tc + denial |
 //!
 //! Not covered here: socket families other than inet (vsock, packet in a job-made netns,
 //! ...) and bpf() attempts are not seen by cgroup hooks; they are refused by the kernel's
@@ -31,6 +31,11 @@
 //! their audit trail must come from. A `lsm_cgroup/socket_create` program would cover them,
 //! but tracing-class programs (LSM, fentry) cannot be loaded on every kernel this runs on
 //! (the CI kernel refuses them with EPERM), so the fence does not depend on them.
+//!
+//! The fence always enforces: the `audit` egress mode (allow and record) is the proxy's
+//! business; there is nothing beyond the proxy a runner could be let through to anyway.
+//!
+//! Each row is exercised by the privileged tests in `tests/tests/ebpf_*.rs`.
 //!
 //! Redirected TCP connections keep their original destination, which the proxy reads
 //! with [`OriginalDestinations::lookup`] using the peer address of the accepted socket.
