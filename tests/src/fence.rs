@@ -504,10 +504,13 @@ pub enum Op {
         /// Wait for a reply.
         reply: bool,
     },
-    /// UDP connect(2) then send(2).
+    /// UDP connect(2) then send(2); optionally waits for a reply and reports its source
+    /// (recvfrom(2) on the connected socket) and getpeername(2).
     UdpConnect {
         /// Destination.
         to: SocketAddr,
+        /// Wait for a reply.
+        reply: bool,
     },
     /// One sendmmsg(2) with one datagram per destination, from one unconnected socket.
     Sendmmsg {
@@ -1006,11 +1009,18 @@ fn run_op(op: &Op, conns: &mut Vec<TcpStream>) -> Outcome {
                 String::from_utf8_lossy(&buf[..n])
             ))
         })(),
-        Op::UdpConnect { to } => (|| {
+        Op::UdpConnect { to, reply } => (|| {
             let s = UdpSocket::bind(unspecified_for(to))?;
             s.connect(to)?;
             s.send(b"udp-connect")?;
-            Ok("sent".to_owned())
+            if !reply {
+                return Ok("sent".to_owned());
+            }
+            s.set_read_timeout(Some(timeout))?;
+            let mut buf = [0u8; 512];
+            let (n, from) = s.recv_from(&mut buf)?;
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            Ok(format!("from={from} peer={} reply={reply}", s.peer_addr()?))
         })(),
         Op::Sendmmsg { to } => (|| {
             let s = UdpSocket::bind(unspecified_for(&to[0]))?;

@@ -165,6 +165,7 @@ fn ipv6_is_denied_at_every_hook_and_mapped_addresses_count_as_ipv4() {
         },
         Op::UdpConnect {
             to: sa(TARGET6, 123),
+            reply: false,
         },
         Op::SendTo {
             to: mapped,
@@ -228,6 +229,7 @@ fn udp_other_than_dns_is_denied_for_sendto_sendmmsg_and_connect() {
         },
         Op::UdpConnect {
             to: sa(TARGET, 123),
+            reply: false,
         },
         Op::Sendmmsg {
             to: vec![sa(OTHER_DNS, 5353), sa(TARGET, 9999)],

@@ -205,3 +205,68 @@ fn dns_over_udp_goes_to_the_filter_and_the_reply_comes_from_the_server_asked() {
     assert_eq!(fence.counters().expect("counters").redirected_dns, 2);
     fence.detach().expect("detach");
 }
+
+#[test]
+fn loopback_stays_reachable_and_connected_udp_dns_and_sendmmsg_go_to_the_filter() {
+    require_privilege!();
+    let world = World::build().expect("world");
+    let fence = Fence::attach(
+        &world.cgroup.path,
+        world.fence_config(3, OtherTcp::Deny),
+        &world.pin_dir(),
+    )
+    .expect("attach");
+    // A service of the job's own, on the runner's loopback.
+    let local = world
+        .runner
+        .run(|| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .expect("netns")
+        .expect("bind");
+    let local_addr = local.local_addr().expect("addr");
+    let accepting = std::thread::spawn(move || local.accept().map(|(_, peer)| peer));
+    let ops = [
+        Op::Connect {
+            to: local_addr,
+            send: String::new(),
+        },
+        // glibc's resolver connects its UDP socket and checks where answers come from.
+        Op::UdpConnect {
+            to: sa(OTHER_DNS, 53),
+            reply: true,
+        },
+        Op::Sendmmsg {
+            to: vec![sa(OTHER_DNS, 53), sa(TARGET, 53)],
+        },
+    ];
+    let report = world.probe(&ops, Placement::UserNsRoot).expect("probe");
+    let o = &report.outcomes;
+    assert!(o.iter().all(|x| x.ok), "{o:?}");
+    assert!(
+        o[0].detail.contains(&format!("peer={local_addr}")),
+        "{}",
+        o[0].detail
+    );
+    assert!(accepting.join().expect("join").is_ok());
+    assert_eq!(
+        o[1].detail,
+        format!("from={OTHER_DNS}:53 peer={OTHER_DNS}:53 reply=dns-reply:udp-connect")
+    );
+    assert_eq!(o[2].detail, "sent=2");
+    let queries: Vec<_> = world
+        .proxy
+        .arrivals()
+        .into_iter()
+        .filter(|a| a.udp)
+        .map(|a| String::from_utf8_lossy(&a.data).into_owned())
+        .collect();
+    assert_eq!(queries, ["udp-connect", "sendmmsg", "sendmmsg"]);
+    assert!(
+        world.recorder.seen().is_empty(),
+        "{:?}",
+        world.recorder.seen()
+    );
+    let counters = fence.counters().expect("counters");
+    assert_eq!(counters.redirected_dns, 3);
+    assert_eq!(counters.denied_total(), 0);
+    fence.detach().expect("detach");
+}
