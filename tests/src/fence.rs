@@ -274,6 +274,18 @@ impl StandIn {
         self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// Waits (up to 3 s) until `enough` holds for the arrivals, and returns them.
+    pub fn arrivals_until(&self, enough: impl Fn(&[Arrival]) -> bool) -> Vec<Arrival> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let got = self.arrivals();
+            if enough(&got) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Closes the TCP listener on `port`: the proxy died. Later connects are refused.
     pub fn kill_listener(&self, port: u16) {
         if let Ok(mut ports) = self.tcp_ports.lock() {
@@ -1427,11 +1439,16 @@ impl Fenced {
 
     /// Waits (up to 3 s) until `n` denials arrived, and returns all that did.
     pub fn denials(&mut self, n: usize) -> Vec<Denial> {
+        self.denials_until(|d| d.len() >= n)
+    }
+
+    /// Waits (up to 3 s) until `enough` holds for the denials received, and returns them
+    /// all. For tests whose fence also sees the kernel's own traffic (IPv6 neighbour
+    /// discovery reaching the tc program), where a count would stop too early.
+    pub fn denials_until(&mut self, enough: impl Fn(&[Denial]) -> bool) -> Vec<Denial> {
         let stream = &mut self.denials;
         self.rt
-            .block_on(collect_denials(stream, Duration::from_secs(3), |d| {
-                d.len() >= n
-            }))
+            .block_on(collect_denials(stream, Duration::from_secs(3), enough))
     }
 }
 

@@ -127,8 +127,11 @@ fn proxy_ports_are_reachable_and_tcp_is_redirected_with_its_original_destination
         assert_eq!(entry.destination, want, "op {i}");
         assert_eq!(entry.pid, report.pid, "op {i}");
         assert!(!entry.comm.is_empty());
+        let arrived = world
+            .proxy
+            .arrivals_until(|a| a.iter().any(|a| a.peer == peer));
         assert!(
-            world.proxy.arrivals().iter().any(|a| a.peer == peer),
+            arrived.iter().any(|a| a.peer == peer),
             "arrived at the stand-in: {peer}"
         );
     }
@@ -189,9 +192,10 @@ fn dns_over_udp_goes_to_the_filter_and_the_reply_comes_from_the_server_asked() {
         o[2].detail,
         format!("from={PROXY_ADDR}:{DNS_PORT} reply=dns-reply:query-c")
     );
+    // The stand-in records a query just after answering it.
     let queries: Vec<_> = world
         .proxy
-        .arrivals()
+        .arrivals_until(|a| a.iter().filter(|a| a.udp).count() >= 3)
         .into_iter()
         .filter(|a| a.udp)
         .map(|a| a.data)
@@ -254,7 +258,7 @@ fn loopback_stays_reachable_and_connected_udp_dns_and_sendmmsg_go_to_the_filter(
     assert_eq!(o[2].detail, "sent=2");
     let queries: Vec<_> = world
         .proxy
-        .arrivals()
+        .arrivals_until(|a| a.iter().filter(|a| a.udp).count() >= 3)
         .into_iter()
         .filter(|a| a.udp)
         .map(|a| String::from_utf8_lossy(&a.data).into_owned())
