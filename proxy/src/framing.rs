@@ -38,9 +38,13 @@ impl Tail {
     fn push(&self, data: &[u8]) {
         let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
         let data = &data[data.len().saturating_sub(self.cap)..];
-        let excess = (bytes.len() + data.len()).saturating_sub(self.cap);
-        let excess = excess.min(bytes.len());
-        bytes.drain(..excess);
+        if bytes.len() + data.len() > self.cap {
+            // Drop down to half the cap at once, so the memmove is paid once per cap/2
+            // bytes read rather than on every small read of a keep-alive connection.
+            let keep = (self.cap / 2).saturating_sub(data.len());
+            let drop = bytes.len().saturating_sub(keep);
+            bytes.drain(..drop);
+        }
         bytes.extend_from_slice(data);
     }
 
@@ -164,7 +168,9 @@ mod tests {
         let tail = Tail::new(16);
         tail.push(b"0123456789");
         tail.push(b"abcdefghij");
-        assert_eq!(tail.bytes.lock().unwrap().as_slice(), b"456789abcdefghij");
+        assert_eq!(tail.bytes.lock().unwrap().as_slice(), b"abcdefghij");
+        tail.push(b"0123");
+        assert_eq!(tail.bytes.lock().unwrap().as_slice(), b"abcdefghij0123");
         tail.push(&[b'x'; 40]);
         assert_eq!(tail.bytes.lock().unwrap().len(), 16);
         assert!(!tail.take_conflict());
