@@ -303,6 +303,9 @@ impl RunnerCgroup {
         let kill_file = self.v2_dir.join("cgroup.kill");
         let use_kill_file = kill_file.exists();
         let start = Instant::now();
+        // Processes die within a few hundred microseconds of SIGKILL: look again soon,
+        // backing off so that a slow death does not spin.
+        let mut pause = Duration::from_micros(50);
         loop {
             if use_kill_file {
                 write(&kill_file, "1")?;
@@ -323,7 +326,8 @@ impl RunnerCgroup {
                     waited: start.elapsed(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
@@ -396,7 +400,7 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
                 if e.raw_os_error() == Some(libc::EBUSY)
                     && start.elapsed() < Duration::from_secs(5) =>
             {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_micros(200));
             }
             Err(source) => {
                 return Err(CgroupError::Remove {

@@ -247,19 +247,6 @@ impl Sandbox {
         cgroup_name: &str,
     ) -> Result<(), SandboxError> {
         let cgroup = layout.create(cgroup_name, &config.limits)?;
-        // The fence goes on before any process of the runner exists, so nothing the job
-        // runs ever has a moment without it.
-        let pin_dir = self.record.pin_dir.clone().unwrap_or_default();
-        let fence_config = crate::egress::fence_config(
-            self.record.addresses.host,
-            self.record.addresses.runner,
-            self.record.slot,
-        );
-        self.fence = Some(egress_ebpf::Fence::attach(
-            &cgroup.v2_dir,
-            fence_config,
-            &pin_dir,
-        )?);
         let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
         masked.extend(config.extra_masks.iter().cloned());
         masked.sort();
@@ -335,6 +322,23 @@ impl Sandbox {
         );
 
         self.send(&ToInit::Spec(spec)).await?;
+        // The fence goes on while init joins the cgroup (a move into a cgroup waits for
+        // an RCU grace period, so the two overlap), and in any case before init is let
+        // go: no process of the job exists before the fence, and none ever runs without
+        // it. Init itself does no networking.
+        let pin_dir = self.record.pin_dir.clone().unwrap_or_default();
+        let fence_config = crate::egress::fence_config(
+            self.record.addresses.host,
+            self.record.addresses.runner,
+            self.record.slot,
+        );
+        let v2_dir = cgroup.v2_dir.clone();
+        let fence = tokio::task::spawn_blocking(move || {
+            egress_ebpf::Fence::attach(&v2_dir, fence_config, &pin_dir)
+        })
+        .await
+        .map_err(|e| SandboxError::Init(format!("fence task: {e}")))??;
+        self.fence = Some(fence);
         self.expect_ready("namespaces", |m| matches!(m, FromInit::NamespacesReady))
             .await?;
         // Record the namespace before configuring it, so that its removal can be checked.
@@ -601,6 +605,10 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
             Err(e) => failures.push(e.to_string()),
         }
     }
+    // Deleting the veth waits for the kernel to unregister both devices (RCU grace
+    // periods): do the rest meanwhile.
+    let host_if = record.host_if.clone();
+    let veth = tokio::spawn(async move { network::remove(&host_if).await });
     if let Some(pin_dir) = &record.pin_dir {
         if let Err(e) = egress_ebpf::reap(pin_dir) {
             failures.push(format!("eBPF fence: {e}"));
@@ -610,9 +618,6 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
             }
         }
     }
-    if let Err(e) = network::remove(&record.host_if).await {
-        failures.push(e.to_string());
-    }
     if let Some(cgroup) = cgroup {
         let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
         match removed {
@@ -620,6 +625,11 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
             Ok(Err(e)) => failures.push(e.to_string()),
             Err(e) => failures.push(e.to_string()),
         }
+    }
+    match veth.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failures.push(e.to_string()),
+        Err(e) => failures.push(e.to_string()),
     }
     match std::fs::remove_dir(&record.scratch_dir) {
         Ok(()) => {}
