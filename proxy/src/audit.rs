@@ -150,28 +150,69 @@ pub trait AuditSink: Send + Sync {
     fn record(&self, event: AuditEvent);
 }
 
-/// Writes JSON lines to any writer (a file, stdout), one `write` per event so that lines
-/// from concurrent connections never interleave.
-pub struct JsonLinesSink<W: Write + Send> {
-    out: Mutex<W>,
+/// Writes JSON lines to any writer (a file, stdout) from a writer thread of its own.
+///
+/// Events are serialised on the caller's thread and handed over a bounded channel; the
+/// writer thread writes whatever has queued up in one `write` and flushes, so a busy
+/// proxy pays one system call per batch rather than per event, and lines from concurrent
+/// connections never interleave. When the queue is full, callers wait (back-pressure:
+/// events are never dropped). Dropping the sink drains the queue and flushes before it
+/// returns, so nothing recorded is lost on an orderly exit.
+pub struct JsonLinesSink {
+    queue: Option<std::sync::mpsc::SyncSender<String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-impl<W: Write + Send> JsonLinesSink<W> {
-    /// Wraps a writer.
-    pub fn new(out: W) -> Self {
+/// Events queued before callers wait.
+const QUEUE: usize = 16 * 1024;
+
+impl JsonLinesSink {
+    /// Starts the writer thread over `out`.
+    pub fn new<W: Write + Send + 'static>(mut out: W) -> Self {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || {
+                let mut batch = String::new();
+                while let Ok(line) = lines.recv() {
+                    batch.push_str(&line);
+                    while batch.len() < 1 << 20 {
+                        match lines.try_recv() {
+                            Ok(line) => batch.push_str(&line),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(err) = out.write_all(batch.as_bytes()).and_then(|()| out.flush()) {
+                        tracing::error!(error = %err, "cannot write audit events");
+                    }
+                    batch.clear();
+                }
+            })
+            .ok();
         JsonLinesSink {
-            out: Mutex::new(out),
+            queue: Some(queue),
+            writer,
         }
     }
 }
 
-impl<W: Write + Send> AuditSink for JsonLinesSink<W> {
+impl AuditSink for JsonLinesSink {
     fn record(&self, event: AuditEvent) {
         let mut line = event.to_json();
         line.push('\n');
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-            tracing::error!(error = %err, "cannot write audit event");
+        if let Some(queue) = &self.queue {
+            if queue.send(line).is_err() {
+                tracing::error!("audit writer is gone; event lost");
+            }
+        }
+    }
+}
+
+impl Drop for JsonLinesSink {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
     }
 }
@@ -241,14 +282,35 @@ mod tests {
         assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.');
     }
 
+    /// A writer whose bytes the test can read after the sink is gone.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
-    fn json_lines_sink_writes_lines() {
-        let sink = JsonLinesSink::new(Vec::new());
-        sink.record(AuditEvent::new(Source::Dns, Kind::Dns, Verdict::Allow));
+    fn json_lines_sink_writes_every_line_before_drop_returns() {
+        let out = Shared::default();
+        let sink = JsonLinesSink::new(out.clone());
+        for _ in 0..1000 {
+            sink.record(AuditEvent::new(Source::Dns, Kind::Dns, Verdict::Allow));
+        }
         sink.record(AuditEvent::new(Source::Ebpf, Kind::Packet, Verdict::Deny));
-        let text = String::from_utf8(sink.out.into_inner().unwrap()).unwrap();
+        drop(sink);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
-        assert!(lines[1].contains(r#""source":"ebpf","kind":"packet""#));
+        assert_eq!(lines.len(), 1001);
+        assert!(lines[1000].contains(r#""source":"ebpf","kind":"packet""#));
+        assert!(lines
+            .iter()
+            .all(|l| serde_json::from_str::<AuditEvent>(l).is_ok()));
     }
 }
