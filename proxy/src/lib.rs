@@ -13,6 +13,7 @@ pub mod control;
 pub mod dns;
 mod framing;
 pub mod fuzz;
+mod gate;
 mod http;
 pub mod limits;
 pub mod origdst;

@@ -168,6 +168,14 @@ impl Shared {
     }
 }
 
+/// Appends `more` to an event's reason, keeping an audit-mode reason in front.
+pub(crate) fn add_reason(reason: &mut Option<String>, more: String) {
+    *reason = Some(match reason.take() {
+        Some(first) => format!("{first}; {more}"),
+        None => more,
+    });
+}
+
 /// Milliseconds in a duration, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::Kind;
 use crate::clients::{ClientEntry, ConnSlot};
-use crate::http::TunnelGate;
+use crate::gate::TunnelGate;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{Shared, Subject};
 use crate::tls::read_client_hello;
