@@ -115,7 +115,7 @@ pub fn new_job_id() -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u128)
+        .map(|d| d.as_millis())
         .unwrap_or(0);
     let value = (millis << 80) | (rand::random::<u128>() & ((1u128 << 80) - 1));
     let mut id = String::with_capacity(28);

@@ -493,13 +493,15 @@ impl Sandbox {
             }
         };
         // Drain what is already buffered without waiting for background writers.
-        while output_open {
-            match output.try_read(&mut buf) {
-                Ok(n) if n > 0 => sink
-                    .write_all(&buf[..n])
-                    .await
-                    .map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
-                _ => break,
+        if output_open {
+            loop {
+                match output.try_read(&mut buf) {
+                    Ok(n) if n > 0 => sink
+                        .write_all(&buf[..n])
+                        .await
+                        .map_err(|e| SandboxError::Init(format!("write output: {e}")))?,
+                    _ => break,
+                }
             }
         }
         let _ = sink.flush().await;

@@ -146,10 +146,8 @@ fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, 
 /// Builds the filters.
 pub fn build() -> Result<Filters, SeccompError> {
     let arch = target_arch()?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
-        .iter()
-        .map(|&nr| (i64::from(nr), Vec::new()))
-        .collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
     // On x86_64 the flags are clone's first argument (see clone(2), "C library/kernel
     // differences"); a rule per flag, any one matching denies the call.
     let clone_rules = CLONE_NAMESPACE_FLAGS
@@ -160,13 +158,13 @@ pub fn build() -> Result<Filters, SeccompError> {
                 .map_err(SeccompError::from)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(i64::from(libc::SYS_clone), clone_rules);
+    rules.insert(libc::SYS_clone, clone_rules);
     // Raw and packet sockets: the kernel refuses them anyway (root inside holds no
     // CAP_NET_RAW over the runner's network namespace); intercepting them here is what
     // puts the attempt in the audit log.
     let sock_type_mask = 0xf; // the type without SOCK_NONBLOCK / SOCK_CLOEXEC
     rules.insert(
-        i64::from(libc::SYS_socket),
+        libc::SYS_socket,
         vec![
             SeccompRule::new(vec![condition(
                 0,
@@ -182,7 +180,7 @@ pub fn build() -> Result<Filters, SeccompError> {
     );
     let deny = SeccompFilter::new(rules, SeccompAction::Allow, NOTIFY_STAND_IN, arch)?;
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(i64::from(libc::SYS_clone3), Vec::new())]),
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
@@ -216,7 +214,7 @@ pub fn install(filters: &Filters) -> Result<std::os::fd::OwnedFd, SeccompError> 
 /// `clone(CLONE_NEWUSER)`...
 pub fn describe(nr: i64, args: &[u64; 6]) -> String {
     let name = syscall_name(nr);
-    if nr == i64::from(libc::SYS_socket) {
+    if nr == libc::SYS_socket {
         let family = match args[0] as i32 {
             libc::AF_PACKET => "AF_PACKET".to_owned(),
             libc::AF_INET => "AF_INET".to_owned(),
@@ -226,7 +224,7 @@ pub fn describe(nr: i64, args: &[u64; 6]) -> String {
         let raw = (args[1] & 0xf) as i32 == libc::SOCK_RAW;
         return format!("socket({family}{})", if raw { ", SOCK_RAW" } else { "" });
     }
-    if nr == i64::from(libc::SYS_clone) || nr == i64::from(libc::SYS_unshare) {
+    if nr == libc::SYS_clone || nr == libc::SYS_unshare {
         let flags: Vec<&str> = [
             (libc::CLONE_NEWUSER, "CLONE_NEWUSER"),
             (libc::CLONE_NEWNS, "CLONE_NEWNS"),
@@ -295,7 +293,7 @@ fn syscall_name(nr: i64) -> &'static str {
     ];
     NAMES
         .iter()
-        .find(|(n, _)| i64::from(*n) == nr)
+        .find(|(n, _)| *n == nr)
         .map(|(_, name)| *name)
         .unwrap_or("syscall")
 }
