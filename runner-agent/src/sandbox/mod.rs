@@ -247,6 +247,40 @@ impl Sandbox {
         cgroup_name: &str,
     ) -> Result<(), SandboxError> {
         let cgroup = layout.create(cgroup_name, &config.limits)?;
+        // Loading and verifying the fence's programs is the slowest part of a runner's
+        // start: it runs while init starts, joins the cgroup and builds the root. It is
+        // attached before this function returns, so before any process of the job exists
+        // (init itself does no networking), and awaited on every path so that a failure
+        // elsewhere never races its pinning.
+        let pin_dir = self.record.pin_dir.clone().unwrap_or_default();
+        let fence_config = crate::egress::fence_config(
+            self.record.addresses.host,
+            self.record.addresses.runner,
+            self.record.slot,
+        );
+        let v2_dir = cgroup.v2_dir.clone();
+        let fence_task = tokio::task::spawn_blocking(move || {
+            egress_ebpf::Fence::attach(&v2_dir, fence_config, &pin_dir)
+        });
+        let started = self.start_init(config, &cgroup).await;
+        let fence = fence_task
+            .await
+            .map_err(|e| SandboxError::Init(format!("fence task: {e}")))?;
+        self.fence = Some(fence?);
+        let host_index = started?;
+        if let Some(fence) = self.fence.as_mut() {
+            fence.attach_tc(host_index)?;
+        }
+        Ok(())
+    }
+
+    /// Starts init, sets up the network, and waits until the sandbox is built. Returns
+    /// the host side's interface index.
+    async fn start_init(
+        &mut self,
+        config: &SandboxConfig,
+        cgroup: &RunnerCgroup,
+    ) -> Result<u32, SandboxError> {
         let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
         masked.extend(config.extra_masks.iter().cloned());
         masked.sort();
@@ -322,23 +356,6 @@ impl Sandbox {
         );
 
         self.send(&ToInit::Spec(spec)).await?;
-        // The fence goes on while init joins the cgroup (a move into a cgroup waits for
-        // an RCU grace period, so the two overlap), and in any case before init is let
-        // go: no process of the job exists before the fence, and none ever runs without
-        // it. Init itself does no networking.
-        let pin_dir = self.record.pin_dir.clone().unwrap_or_default();
-        let fence_config = crate::egress::fence_config(
-            self.record.addresses.host,
-            self.record.addresses.runner,
-            self.record.slot,
-        );
-        let v2_dir = cgroup.v2_dir.clone();
-        let fence = tokio::task::spawn_blocking(move || {
-            egress_ebpf::Fence::attach(&v2_dir, fence_config, &pin_dir)
-        })
-        .await
-        .map_err(|e| SandboxError::Init(format!("fence task: {e}")))??;
-        self.fence = Some(fence);
         self.expect_ready("namespaces", |m| matches!(m, FromInit::NamespacesReady))
             .await?;
         // Record the namespace before configuring it, so that its removal can be checked.
@@ -348,9 +365,6 @@ impl Sandbox {
         self.run_dir.write_record(&self.record)?;
         let host_index =
             network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
-        if let Some(fence) = self.fence.as_mut() {
-            fence.attach_tc(host_index)?;
-        }
         self.send(&ToInit::NetworkReady).await?;
         let ready = self
             .expect_ready("sandbox", |m| matches!(m, FromInit::SandboxReady { .. }))
@@ -358,7 +372,7 @@ impl Sandbox {
         if let FromInit::SandboxReady { idmapped } = ready {
             self.idmapped = idmapped;
         }
-        Ok(())
+        Ok(host_index)
     }
 
     /// The runner's name (`r-<slot>`).
