@@ -162,35 +162,29 @@ impl World {
         cmd
     }
 
+    /// `runner-agent run JOB --config HOST` plus `extra` arguments.
+    fn run_command(&self, job: &Path, extra: &[&str]) -> Command {
+        let (job, config) = (job.to_string_lossy(), self.config.to_string_lossy());
+        let mut args = vec!["run", &job, "--config", &config];
+        args.extend_from_slice(extra);
+        let mut cmd = self.command(&args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
     /// Runs `runner-agent run JOB --config HOST` and waits for it.
     pub fn run(&self, job: &Path) -> Output {
-        self.command(&[
-            "run",
-            &job.to_string_lossy(),
-            "--config",
-            &self.config.to_string_lossy(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run runner-agent")
+        self.run_command(job, &[])
+            .output()
+            .expect("run runner-agent")
     }
 
     /// Like [`World::run`], with the audit log written into the world (returned parsed).
     pub fn run_audited(&self, job: &Path) -> (Output, Vec<serde_json::Value>) {
-        let audit = self.dir.path().join(format!(
-            "audit-{}.jsonl",
-            WORLDS.fetch_add(1, Ordering::SeqCst)
-        ));
+        let n = WORLDS.fetch_add(1, Ordering::SeqCst);
+        let audit = self.dir.path().join(format!("audit-{n}.jsonl"));
         let output = self
-            .command(&[
-                "run",
-                &job.to_string_lossy(),
-                "--config",
-                &self.config.to_string_lossy(),
-                "--audit-log",
-                &audit.to_string_lossy(),
-            ])
-            .stdin(Stdio::null())
+            .run_command(job, &["--audit-log", &audit.to_string_lossy()])
             .output()
             .expect("run runner-agent");
         (output, read_audit(&audit))
@@ -198,17 +192,11 @@ impl World {
 
     /// Starts `runner-agent run JOB --config HOST` without waiting.
     pub fn spawn(&self, job: &Path) -> Child {
-        self.command(&[
-            "run",
-            &job.to_string_lossy(),
-            "--config",
-            &self.config.to_string_lossy(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn runner-agent")
+        self.run_command(job, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn runner-agent")
     }
 
     /// Names of the links in the world's host namespace.
@@ -291,8 +279,8 @@ pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
         .lines()
         .map(|line| {
-            let value: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad audit line {line:?}: {e}"));
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("bad audit line {line:?}: {e}"));
             assert!(value.is_object(), "audit line is not an object: {line}");
             value
         })
