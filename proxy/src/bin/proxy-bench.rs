@@ -66,6 +66,9 @@ struct Args {
     /// Rules in the allow-lists of both proxies.
     #[arg(long, default_value_t = 1000)]
     rules: usize,
+    /// Measure only tunnel throughput (skips the wrk runs and lookups).
+    #[arg(long)]
+    tunnel_only: bool,
 }
 
 const TARGET: &str = "svc500.bench.test";
@@ -122,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     let dir = Scratch::new("world")?;
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("bench-servers")
         .enable_all()
         .build()?;
     let (origin, bulk, dns) = servers.block_on(start_servers(args.bulk_mib))?;
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
 
     let proxy_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.proxy_threads)
+        .thread_name("egress-proxy")
         .enable_all()
         .build()?;
     let audit = std::fs::File::create(dir.path().join("audit.jsonl"))?;
@@ -157,6 +162,13 @@ fn main() -> anyhow::Result<()> {
         ("squid", Some(squid_addr)),
     ];
     let mut results = Vec::new();
+    if args.tunnel_only {
+        for (name, via) in proxies {
+            let tput = median((0..args.runs).map(|_| tunnel_throughput(via, bulk, args.bulk_mib)))?;
+            println!("{name}: tunnel {tput:.0} MiB/s");
+        }
+        return Ok(());
+    }
     for (name, via) in proxies {
         let keep = median(
             (0..args.runs).map(|_| wrk(&args, via, origin, false, args.connections).map(|r| r.rps)),
