@@ -29,7 +29,20 @@ pub struct ClientEntry {
     pub job: Option<String>,
     /// The policy its traffic is judged by.
     pub policy: Arc<Policy>,
+    /// Open proxy connections (all TCP listeners but DNS).
     active: AtomicUsize,
+    /// Open DNS-over-TCP connections, counted apart so that busy proxy traffic never
+    /// starves name resolution (and the reverse).
+    dns_active: AtomicUsize,
+}
+
+/// Which connection count a slot is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Proxy listeners (explicit, transparent TLS, transparent HTTP).
+    Proxy,
+    /// DNS over TCP.
+    Dns,
 }
 
 impl ClientEntry {
@@ -42,17 +55,31 @@ impl ClientEntry {
             job,
             policy,
             active: AtomicUsize::new(0),
+            dns_active: AtomicUsize::new(0),
         }
     }
 
-    /// Takes one connection slot if fewer than `max` are in use.
+    fn counter(&self, kind: SlotKind) -> &AtomicUsize {
+        match kind {
+            SlotKind::Proxy => &self.active,
+            SlotKind::Dns => &self.dns_active,
+        }
+    }
+
+    /// Takes one proxy connection slot if fewer than `max` are in use.
     pub fn try_acquire(self: &Arc<Self>, max: usize) -> Option<ConnSlot> {
-        let mut current = self.active.load(Ordering::Relaxed);
+        self.try_acquire_kind(SlotKind::Proxy, max)
+    }
+
+    /// Takes one slot of `kind` if fewer than `max` are in use.
+    pub fn try_acquire_kind(self: &Arc<Self>, kind: SlotKind, max: usize) -> Option<ConnSlot> {
+        let counter = self.counter(kind);
+        let mut current = counter.load(Ordering::Relaxed);
         loop {
             if current >= max {
                 return None;
             }
-            match self.active.compare_exchange_weak(
+            match counter.compare_exchange_weak(
                 current,
                 current + 1,
                 Ordering::AcqRel,
@@ -61,6 +88,7 @@ impl ClientEntry {
                 Ok(_) => {
                     return Some(ConnSlot {
                         entry: Arc::clone(self),
+                        kind,
                     })
                 }
                 Err(now) => current = now,
@@ -86,11 +114,12 @@ impl ClientEntry {
 #[derive(Debug)]
 pub struct ConnSlot {
     entry: Arc<ClientEntry>,
+    kind: SlotKind,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.entry.active.fetch_sub(1, Ordering::AcqRel);
+        self.entry.counter(self.kind).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -161,6 +190,12 @@ mod tests {
         assert!(entry.try_acquire(2).is_none());
         drop(a);
         assert!(entry.try_acquire(2).is_some());
+        // DNS connections are counted apart.
+        let _held: Vec<_> = (0..2).filter_map(|_| entry.try_acquire(2)).collect();
+        let dns = entry.try_acquire_kind(SlotKind::Dns, 1).unwrap();
+        assert!(entry.try_acquire_kind(SlotKind::Dns, 1).is_none());
+        drop(dns);
+        assert!(entry.try_acquire_kind(SlotKind::Dns, 1).is_some());
         assert!(table.remove(ip));
         assert!(table.get(ip).is_none());
         table.set_default(Some(ClientEntry::new(

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::audit::{Kind, Source};
-use crate::clients::ClientEntry;
+use crate::clients::{ClientEntry, SlotKind};
 use crate::policy::{normalise_name, Decision, Host, Policy, SpecialNets};
 use crate::shared::{event_for, Shared, Subject};
 
@@ -300,7 +300,8 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
         shared.record_unknown_client(Kind::Dns, peer);
         return;
     };
-    let Some(_slot) = client.try_acquire(shared.limits.max_dns_tcp_per_client) else {
+    let max = shared.limits.max_dns_tcp_per_client;
+    let Some(_slot) = client.try_acquire_kind(SlotKind::Dns, max) else {
         return;
     };
     let idle = shared.limits.header_timeout;
