@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::{Kind, Source, Verdict};
 use crate::clients::ClientEntry;
+use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
 use crate::tls::{first_flight, FirstFlight};
@@ -30,6 +31,8 @@ pub(crate) struct TunnelGate {
     pub decision: Decision,
     /// Whether the client must speak TLS (CONNECT to port 443).
     pub tls_required: bool,
+    /// The connecting process, when known (transparent connections).
+    pub origin: Option<Origin>,
 }
 
 impl TunnelGate {
@@ -45,6 +48,10 @@ impl TunnelGate {
         let mut subject = Subject::new(self.kind);
         subject.host = Some(&self.host);
         subject.port = Some(self.port);
+        if let Some(origin) = &self.origin {
+            subject.pid = origin.pid;
+            subject.comm = origin.comm.as_deref();
+        }
         let wait = if self.tls_required {
             limits.client_hello_timeout
         } else {

@@ -46,6 +46,7 @@ use crate::body::{Counted, EndEvent};
 use crate::clients::{ClientEntry, ConnSlot};
 use crate::framing::{Recorder, Tail};
 use crate::gate::TunnelGate;
+use crate::origdst::Origin;
 use crate::policy::name::split_authority;
 use crate::policy::{classify_host, Decision, Host, HttpView};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
@@ -126,6 +127,8 @@ struct Conn {
     client: Arc<ClientEntry>,
     mode: Mode,
     tail: Tail,
+    /// The connecting process, when the original-destination lookup knew it.
+    origin: Option<Origin>,
     upstream: Mutex<Option<Upstream>>,
     _slot: ConnSlot,
 }
@@ -145,6 +148,7 @@ pub(crate) async fn serve(
     client: Arc<ClientEntry>,
     slot: ConnSlot,
     mode: Mode,
+    origin: Option<Origin>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shared.limits.clone();
@@ -154,6 +158,7 @@ pub(crate) async fn serve(
         client: Arc::clone(&client),
         mode,
         tail: tail.clone(),
+        origin,
         upstream: Mutex::new(None),
         _slot: slot,
     });
@@ -331,6 +336,10 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     let mut subject = Subject::new(Kind::Http);
     subject.method = Some(&method);
     subject.path = Some(&path);
+    if let Some(origin) = &conn.origin {
+        subject.pid = origin.pid;
+        subject.comm = origin.comm.as_deref();
+    }
     if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.tail.take_conflict() {
         // RFC 9112 section 6.1: reject rather than guess; see crate::framing.
         let decision = Decision::deny("both Content-Length and Transfer-Encoding");
@@ -544,6 +553,7 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
             addrs,
             decision,
             tls_required: port == 443,
+            origin: None,
         };
         gate.run(&conn.shared, &conn.client, stream, parts.read_buf.to_vec())
             .await;

@@ -13,27 +13,59 @@ use std::sync::RwLock;
 
 use tokio::net::TcpStream;
 
+/// Where a redirected connection was going, and which process opened it when known
+/// (the eBPF layer records it at connect time; it goes into the audit events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The destination the client asked for.
+    pub destination: SocketAddr,
+    /// Process id (host pid namespace) that called connect().
+    pub pid: Option<u32>,
+    /// Its command name.
+    pub comm: Option<String>,
+}
+
+impl From<SocketAddr> for Origin {
+    fn from(destination: SocketAddr) -> Self {
+        Origin {
+            destination,
+            pid: None,
+            comm: None,
+        }
+    }
+}
+
 /// Looks up the original destination of an accepted, redirected connection.
 pub trait OriginalDestination: Send + Sync {
     /// The destination the client asked for, or `None` when unknown (the connection is
     /// then denied).
     fn lookup(&self, stream: &TcpStream) -> Option<SocketAddr>;
+
+    /// The destination with the connecting process, when the implementation knows it.
+    fn lookup_origin(&self, stream: &TcpStream) -> Option<Origin> {
+        self.lookup(stream).map(Origin::from)
+    }
 }
 
 /// A table keyed by the client's source address and port.
 #[derive(Debug, Default)]
 pub struct FixedTable {
-    map: RwLock<HashMap<SocketAddr, SocketAddr>>,
+    map: RwLock<HashMap<SocketAddr, Origin>>,
     any: RwLock<Option<SocketAddr>>,
 }
 
 impl FixedTable {
     /// Records that the connection from `client` was headed for `original`.
     pub fn insert(&self, client: SocketAddr, original: SocketAddr) {
+        self.insert_origin(client, original.into());
+    }
+
+    /// Records the original destination and the process of the connection from `client`.
+    pub fn insert_origin(&self, client: SocketAddr, origin: Origin) {
         self.map
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(client, original);
+            .insert(client, origin);
     }
 
     /// Answers `original` for every connection not in the table.
@@ -44,6 +76,10 @@ impl FixedTable {
 
 impl OriginalDestination for FixedTable {
     fn lookup(&self, stream: &TcpStream) -> Option<SocketAddr> {
+        self.lookup_origin(stream).map(|origin| origin.destination)
+    }
+
+    fn lookup_origin(&self, stream: &TcpStream) -> Option<Origin> {
         let peer = stream.peer_addr().ok()?;
         if let Some(found) = self
             .map
@@ -51,8 +87,11 @@ impl OriginalDestination for FixedTable {
             .unwrap_or_else(|e| e.into_inner())
             .get(&peer)
         {
-            return Some(*found);
+            return Some(found.clone());
         }
-        *self.any.read().unwrap_or_else(|e| e.into_inner())
+        self.any
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(Origin::from)
     }
 }

@@ -281,19 +281,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
             tracing::info_span!("conn", %peer, runner = client.runner.as_deref(), listener = ?kind);
         let task = async move {
             match kind {
-                Listener::Http => http::serve(shared, stream, client, slot, Mode::Explicit).await,
+                Listener::Http => {
+                    http::serve(shared, stream, client, slot, Mode::Explicit, None).await
+                }
                 Listener::Plain => {
-                    let original = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
-                    match original {
-                        Some(original) => {
-                            http::serve(
-                                shared,
-                                stream,
-                                client,
-                                slot,
-                                Mode::Transparent { original },
-                            )
-                            .await
+                    let origin = shared
+                        .origdst
+                        .as_ref()
+                        .and_then(|o| o.lookup_origin(&stream));
+                    match origin {
+                        Some(origin) => {
+                            let mode = Mode::Transparent {
+                                original: origin.destination,
+                            };
+                            http::serve(shared, stream, client, slot, mode, Some(origin)).await
                         }
                         None => shared.record(
                             Some(&client),
@@ -303,8 +304,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
                     }
                 }
                 Listener::Tls => {
-                    let original = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
-                    crate::transparent::serve_tls(shared, stream, client, slot, original).await
+                    let origin = shared
+                        .origdst
+                        .as_ref()
+                        .and_then(|o| o.lookup_origin(&stream));
+                    crate::transparent::serve_tls(shared, stream, client, slot, origin).await
                 }
             }
         };

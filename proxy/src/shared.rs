@@ -39,6 +39,8 @@ pub(crate) struct Subject<'a> {
     pub port: Option<u16>,
     pub method: Option<&'a str>,
     pub path: Option<&'a str>,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
 }
 
 impl<'a> Subject<'a> {
@@ -50,6 +52,8 @@ impl<'a> Subject<'a> {
             port: None,
             method: None,
             path: None,
+            pid: None,
+            comm: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub(crate) fn event_for(
     event.port = subject.port;
     event.method = subject.method.map(str::to_owned);
     event.path = subject.path.map(str::to_owned);
+    event.pid = subject.pid;
+    event.comm = subject.comm.map(str::to_owned);
     event.reason.clone_from(&decision.reason);
     event.rule.clone_from(&decision.rule);
     event

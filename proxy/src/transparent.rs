@@ -9,7 +9,6 @@
 //! attacker's address"); only then is the original address dialled and the buffered hello
 //! replayed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -17,6 +16,7 @@ use tokio::net::TcpStream;
 use crate::audit::Kind;
 use crate::clients::{ClientEntry, ConnSlot};
 use crate::gate::TunnelGate;
+use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{Shared, Subject};
 use crate::tls::read_client_hello;
@@ -27,10 +27,10 @@ pub(crate) async fn serve_tls(
     mut stream: TcpStream,
     client: Arc<ClientEntry>,
     _slot: ConnSlot,
-    original: Option<SocketAddr>,
+    origin: Option<Origin>,
 ) {
     let mut subject = Subject::new(Kind::Tls);
-    let Some(original) = original else {
+    let Some(origin) = origin else {
         shared.record(
             Some(&client),
             &subject,
@@ -38,6 +38,9 @@ pub(crate) async fn serve_tls(
         );
         return;
     };
+    let original = origin.destination;
+    subject.pid = origin.pid;
+    subject.comm = origin.comm.as_deref();
     let wanted = original.ip().to_canonical();
     subject.ip = Some(wanted);
     subject.port = Some(original.port());
@@ -102,6 +105,7 @@ pub(crate) async fn serve_tls(
         addrs: vec![wanted],
         decision,
         tls_required: true,
+        origin: Some(origin.clone()),
     };
     gate.run(&shared, &client, stream, bytes).await;
 }

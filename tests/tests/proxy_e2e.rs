@@ -13,7 +13,7 @@ use std::time::Duration;
 use egress_proxy::audit::{AuditEvent, Kind, MemorySink, Source, Verdict};
 use egress_proxy::config::{EgressConfig, PolicyFile};
 use egress_proxy::limits::Limits;
-use egress_proxy::origdst::FixedTable;
+use egress_proxy::origdst::{FixedTable, Origin};
 use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -163,8 +163,12 @@ impl World {
         let table = self.origdst.clone();
         let hello = egress_proxy::tls::synthetic_client_hello(names, record);
         self.runner(async move {
-            let mut stream =
-                transparent(TLS, table, SocketAddr::new(IpAddr::V4(original), 443)).await;
+            let mut stream = transparent_as(
+                TLS,
+                table,
+                attacker(SocketAddr::new(IpAddr::V4(original), 443)),
+            )
+            .await;
             stream.set_nodelay(true).unwrap();
             for chunk in hello.chunks(segment) {
                 stream.write_all(chunk).await.unwrap();
@@ -275,11 +279,25 @@ async fn transparent(
     table: Arc<FixedTable>,
     original: SocketAddr,
 ) -> TcpStream {
+    transparent_as(listener, table, original.into()).await
+}
+
+/// The origin of a connection opened by the test's "attacker" process.
+fn attacker(destination: SocketAddr) -> Origin {
+    Origin {
+        destination,
+        pid: Some(31337),
+        comm: Some("exfil".into()),
+    }
+}
+
+/// Like [`transparent`], with the connecting process recorded as the eBPF layer would.
+async fn transparent_as(listener: SocketAddr, table: Arc<FixedTable>, origin: Origin) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))
         .unwrap();
-    table.insert(socket.local_addr().unwrap(), original);
+    table.insert_origin(socket.local_addr().unwrap(), origin);
     socket.connect(listener).await.unwrap()
 }
 
@@ -389,7 +407,12 @@ fn allowed_https_through_the_transparent_tls_listener() {
     let ca = w.bed.ca_der().to_vec();
     let table = w.origdst.clone();
     let body = w.runner(async move {
-        let stream = transparent(TLS, table, SocketAddr::new(IpAddr::V4(WEB_IP), 443)).await;
+        let origin = Origin {
+            destination: SocketAddr::new(IpAddr::V4(WEB_IP), 443),
+            pid: Some(4242),
+            comm: Some("curl".into()),
+        };
+        let stream = transparent_as(TLS, table, origin).await;
         https_get(stream, ca, "allowed.test").await.unwrap()
     });
     assert!(body.contains(&format!("hello from {WEB_IP}")), "{body}");
@@ -401,6 +424,8 @@ fn allowed_https_through_the_transparent_tls_listener() {
         (e.host.as_deref(), e.ip, e.port),
         (Some("allowed.test"), Some(IpAddr::V4(WEB_IP)), Some(443))
     );
+    // The connecting process, as the original-destination lookup reported it.
+    assert_eq!((e.pid, e.comm.as_deref()), (Some(4242), Some("curl")));
 }
 
 #[test]
@@ -536,6 +561,7 @@ fn sni_of_an_allowed_name_toward_another_address_is_denied() {
         Some("destination address is not an address of the name")
     );
     assert_eq!(e.ip, Some(IpAddr::V4(TRAP_IPS[0])));
+    assert_eq!((e.pid, e.comm.as_deref()), (Some(31337), Some("exfil")));
     w.assert_nothing_reached("SNI toward attacker");
 }
 
