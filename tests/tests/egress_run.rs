@@ -72,13 +72,23 @@ steps:
         "DENIED-sni",
         "DENIED-literal",
     ] {
-        assert!(stdout.contains(mark), "{mark} missing\n{}", describe(&output));
+        assert!(
+            stdout.contains(mark),
+            "{mark} missing\n{}",
+            describe(&output)
+        );
     }
     let paths: Vec<String> = bed.web_hits().into_iter().map(|h| h.path).collect();
     for path in ["/explicit", "/transparent", "/plain"] {
-        assert!(paths.iter().any(|p| p == path), "{path} did not reach the server: {paths:?}");
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} did not reach the server: {paths:?}"
+        );
     }
-    assert!(!paths.iter().any(|p| p.starts_with("/leak")), "a denied request arrived: {paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.starts_with("/leak")),
+        "a denied request arrived: {paths:?}"
+    );
     assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
     assert!(
         !bed.dns_hits().iter().any(|h| h.name.contains("evil")),
@@ -86,15 +96,24 @@ steps:
         bed.dns_hits()
     );
     // Each denial is in the audit log.
-    assert!(!denials_where(&events, "host", json!("evil.test")).is_empty(), "{events:#?}");
-    assert!(!denials_where(&events, "ip", json!(trap.to_string())).is_empty(), "{events:#?}");
+    assert!(
+        !denials_where(&events, "host", json!("evil.test")).is_empty(),
+        "{events:#?}"
+    );
+    assert!(
+        !denials_where(&events, "ip", json!(trap.to_string())).is_empty(),
+        "{events:#?}"
+    );
     let allowed = events
         .iter()
         .filter(|e| e["verdict"] == "allow" && e["host"] == "allowed.test")
         .count();
     assert!(allowed >= 2, "allowed requests not recorded: {events:#?}");
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(events.iter().all(|e| e["job"] == json!(id)), "events of another job: {events:#?}");
+    assert!(
+        events.iter().all(|e| e["job"] == json!(id)),
+        "events of another job: {events:#?}"
+    );
     assert!(world.leftovers(&[id]).is_empty());
 }
 
@@ -235,7 +254,10 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
         "dns-tcp-other-server",
     ];
     for attack in attacks {
-        assert!(stdout.contains(&format!("BLOCKED {attack}\n")), "{attack} not run\n{stdout}");
+        assert!(
+            stdout.contains(&format!("BLOCKED {attack}\n")),
+            "{attack} not run\n{stdout}"
+        );
     }
     assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
     assert!(
@@ -247,28 +269,44 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
     let trap_json = json!(trap.to_string());
     for port in [22, 25, 5432, 8080, 9999] {
         assert!(
-            events.iter().any(|e| e["verdict"] == "deny" && e["ip"] == trap_json && e["port"] == port),
+            events
+                .iter()
+                .any(|e| e["verdict"] == "deny" && e["ip"] == trap_json && e["port"] == port),
             "no deny event for {trap}:{port}: {events:#?}"
         );
     }
     assert!(
-        events.iter().any(|e| e["verdict"] == "deny" && e["ip"] == "2001:db8::5"),
+        events
+            .iter()
+            .any(|e| e["verdict"] == "deny" && e["ip"] == "2001:db8::5"),
         "no deny event for IPv6: {events:#?}"
     );
     assert!(
-        events.iter().any(|e| e["verdict"] == "deny" && e["source"] == "ebpf" && e["port"] == 22 && e["ip"] != trap_json),
+        events.iter().any(|e| e["verdict"] == "deny"
+            && e["source"] == "ebpf"
+            && e["port"] == 22
+            && e["ip"] != trap_json),
         "no deny event for the host side: {events:#?}"
     );
     assert!(
-        events.iter().any(|e| e["verdict"] == "deny" && e["kind"] == "dns" && e["host"].as_str().is_some_and(|h| h.contains("evil"))),
+        events.iter().any(|e| e["verdict"] == "deny"
+            && e["kind"] == "dns"
+            && e["host"].as_str().is_some_and(|h| h.contains("evil"))),
         "no DNS deny event: {events:#?}"
     );
     let icmp = events.iter().any(|e| {
-        e["verdict"] == "deny" && e["source"] == "ebpf" && e["reason"].as_str().is_some_and(|r| r.contains("sock_create"))
+        e["verdict"] == "deny"
+            && e["source"] == "ebpf"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("sock_create"))
     });
     assert!(icmp, "no deny event for the ICMP socket: {events:#?}");
     for e in events.iter().filter(|e| e["source"] == "ebpf") {
-        assert!(e["pid"].is_number() && e["comm"].is_string(), "ebpf event without process: {e}");
+        assert!(
+            e["pid"].is_number() && e["comm"].is_string(),
+            "ebpf event without process: {e}"
+        );
     }
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
     assert!(world.leftovers(&[id]).is_empty());
@@ -355,7 +393,10 @@ steps:
         .map(|h| h.path)
         .filter(|p| p.starts_with("/after"))
         .collect();
-    assert!(after.is_empty(), "traffic got out without the proxy: {after:?}");
+    assert!(
+        after.is_empty(),
+        "traffic got out without the proxy: {after:?}"
+    );
     assert_eq!(bed.trap_hits(), vec![]);
     assert!(world.leftovers(&[id]).is_empty());
 }
@@ -375,8 +416,15 @@ fn every_program_map_and_link_of_a_job_is_freed_after_it() {
         .find(|p| p.to_string_lossy().contains(&id))
         .expect("the job's pin directory");
     let ids = egress_ebpf::pinned_ids(&pins).expect("pinned ids");
-    assert!(!ids.programs.is_empty() && !ids.maps.is_empty() && !ids.links.is_empty(), "{ids:?}");
-    assert_eq!(egress_ebpf::still_loaded(&ids), ids, "all loaded while the job runs");
+    assert!(
+        !ids.programs.is_empty() && !ids.maps.is_empty() && !ids.links.is_empty(),
+        "{ids:?}"
+    );
+    assert_eq!(
+        egress_ebpf::still_loaded(&ids),
+        ids,
+        "all loaded while the job runs"
+    );
     let status = agent.wait().expect("agent");
     assert!(status.success());
     // The kernel frees programs and maps after an RCU grace period: allow it a moment.
