@@ -555,8 +555,13 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
             tls_required: port == 443,
             origin: None,
         };
-        gate.run(&conn.shared, &conn.client, stream, parts.read_buf.to_vec())
-            .await;
+        // Tunnels outlive the HTTP connection task that opened them, so they watch the
+        // proxy's stop signal themselves: a dropped Proxy leaves no tunnel open.
+        let mut stopped = conn.shared.stopped.clone();
+        tokio::select! {
+            () = gate.run(&conn.shared, &conn.client, stream, parts.read_buf.to_vec()) => {}
+            _ = stopped.wait_for(|stop| *stop) => {}
+        }
     });
     Response::new(
         Full::new(Bytes::new())

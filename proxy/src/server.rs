@@ -148,6 +148,7 @@ impl ProxyBuilder {
 
     /// Binds every listener and starts serving.
     pub async fn start(self) -> Result<Proxy, ProxyError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             clients: Arc::new(ClientTable::default()),
             resolver: Resolver::new(self.upstream_dns, self.limits.dns_timeout),
@@ -156,6 +157,7 @@ impl ProxyBuilder {
             special: SpecialNets::with_extra(self.internal),
             origdst: self.origdst,
             pool: crate::http::UpstreamPool::default(),
+            stopped,
         });
         let mut proxy = Proxy {
             shared: Arc::clone(&shared),
@@ -165,6 +167,7 @@ impl ProxyBuilder {
             plain_addrs: Vec::new(),
             dns_addrs: Vec::new(),
             control_path: None,
+            stop,
         };
         for (addrs, listener_kind) in [
             (&self.http, Listener::Http),
@@ -325,6 +328,7 @@ pub struct Proxy {
     plain_addrs: Vec<SocketAddr>,
     dns_addrs: Vec<SocketAddr>,
     control_path: Option<PathBuf>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -402,6 +406,7 @@ impl Drop for Proxy {
         for task in &self.tasks {
             task.abort();
         }
+        let _ = self.stop.send(true);
         if let Some(path) = &self.control_path {
             let _ = std::fs::remove_file(path);
         }

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub special: SpecialNets,
     pub origdst: Option<Arc<dyn OriginalDestination>>,
     pub pool: crate::http::UpstreamPool,
+    /// Becomes true when the owning `Proxy` is dropped.
+    pub stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a decision event is about.

@@ -1272,3 +1272,38 @@ fn forged_dns_answers_teach_the_proxy_nothing() {
         21
     );
 }
+
+#[test]
+fn dropping_the_proxy_closes_open_tunnels() {
+    require_privilege!();
+    let mut w = world();
+    let ca = w.bed.ca_der().to_vec();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    w.bed.runner().spawn(async move {
+        let mut stream = netbed::connect(EXPLICIT).await.unwrap();
+        stream
+            .write_all(b"CONNECT api.allowed.test:443 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
+        let name = rustls::pki_types::ServerName::try_from("api.allowed.test").unwrap();
+        let mut tls = tls_connector(&ca).connect(name, stream).await.unwrap();
+        ready_tx.send(()).unwrap();
+        let _ = go_rx.await;
+        let mut buf = [0u8; 64];
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        done_tx.send(closed).unwrap();
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("tunnel established");
+    drop(w.proxy.take());
+    go_tx.send(()).unwrap();
+    let closed = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(closed, "the tunnel outlived the proxy");
+}
