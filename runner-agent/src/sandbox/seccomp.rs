@@ -143,6 +143,15 @@ fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, 
     )?)
 }
 
+/// `socket(family, SOCK_DGRAM, protocol)`, whatever the type flags.
+fn icmp_rule(family: i32, protocol: i32) -> Result<SeccompRule, SeccompError> {
+    Ok(SeccompRule::new(vec![
+        condition(0, SeccompCmpOp::Eq, family as u64)?,
+        condition(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64)?,
+        condition(2, SeccompCmpOp::Eq, protocol as u64)?,
+    ])?)
+}
+
 /// Builds the filters.
 pub fn build() -> Result<Filters, SeccompError> {
     let arch = target_arch()?;
@@ -176,6 +185,10 @@ pub fn build() -> Result<Filters, SeccompError> {
                 SeccompCmpOp::MaskedEq(sock_type_mask),
                 libc::SOCK_RAW as u64,
             )?])?,
+            // ICMP "ping" sockets (datagram ICMP): ping_group_range keeps them from the
+            // job already; intercepted for the record, like raw sockets.
+            icmp_rule(libc::AF_INET, libc::IPPROTO_ICMP)?,
+            icmp_rule(libc::AF_INET6, libc::IPPROTO_ICMPV6)?,
         ],
     );
     let deny = SeccompFilter::new(rules, SeccompAction::Allow, NOTIFY_STAND_IN, arch)?;
@@ -221,8 +234,12 @@ pub fn describe(nr: i64, args: &[u64; 6]) -> String {
             libc::AF_INET6 => "AF_INET6".to_owned(),
             other => format!("family {other}"),
         };
-        let raw = (args[1] & 0xf) as i32 == libc::SOCK_RAW;
-        return format!("socket({family}{})", if raw { ", SOCK_RAW" } else { "" });
+        let kind = match ((args[1] & 0xf) as i32, args[2] as i32) {
+            (libc::SOCK_RAW, _) => ", SOCK_RAW",
+            (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => ", ICMP",
+            _ => "",
+        };
+        return format!("socket({family}{kind})");
     }
     if nr == libc::SYS_clone || nr == libc::SYS_unshare {
         let flags: Vec<&str> = [
