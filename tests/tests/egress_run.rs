@@ -458,3 +458,66 @@ fn every_program_map_and_link_of_a_job_is_freed_after_it() {
     assert!(freed, "still loaded: {:?}", egress_ebpf::still_loaded(&ids));
     assert!(world.leftovers(&[id]).is_empty());
 }
+
+#[test]
+fn privilege_attacks_are_refused_and_audited() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let trap = TRAP_IPS[0];
+    // Each attack must fail; the last line proves the script ran to the end.
+    let job = world.job(
+        "privilege.yaml",
+        &format!(
+            r#"name: privilege
+steps:
+  - name: escape attempts as root inside
+    run: |
+      set +e
+      unshare -U true && echo LEAK-userns
+      unshare -n sh -c 'ip link' && echo LEAK-netns
+      unshare -m true && echo LEAK-mountns
+      mount -t tmpfs none /mnt && echo LEAK-mount
+      python3 - <<'PY'
+      import ctypes, os
+      libc = ctypes.CDLL(None, use_errno=True)
+      for name, nr in (("bpf", 321), ("perf_event_open", 298), ("finit_module", 313), ("kexec_load", 246)):
+          if libc.syscall(nr, 0, 0, 0, 0, 0) != -1:
+              print("LEAK-" + name)
+      PY
+      # A connection to the trap is redirected to the proxy (which refuses it): the
+      # connect succeeds, but the trap must see nothing.
+      python3 -c "import socket; s = socket.create_connection(('{trap}', 5432), timeout=2); s.sendall(b'x'); s.recv(10)" 2>/dev/null
+      echo ATTEMPTS-DONE
+"#
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    settle();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(stdout.contains("ATTEMPTS-DONE"), "{}", describe(&output));
+    assert!(!stdout.contains("LEAK"), "{}", describe(&output));
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+    for call in [
+        "unshare(CLONE_NEWUSER)",
+        "unshare(CLONE_NEWNET)",
+        "unshare(CLONE_NEWNS)",
+        "mount()",
+        "bpf()",
+        "perf_event_open()",
+        "finit_module()",
+        "kexec_load()",
+    ] {
+        let found = events.iter().any(|e| {
+            e["verdict"] == "deny"
+                && e["comm"].is_string()
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with(&format!("seccomp: {call} refused")))
+        });
+        assert!(found, "no deny event for {call}: {events:#?}");
+    }
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    assert!(world.leftovers(&[id]).is_empty());
+}
