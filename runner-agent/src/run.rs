@@ -291,6 +291,7 @@ pub async fn run(request: RunRequest) -> i32 {
     let (outcomes, interruption) =
         run_steps(&mut sandbox, &job, &resolved, &job_id, deadline).await;
     let runner = sandbox.runner().to_owned();
+    let counters = sandbox.fence_counters();
     egress.stop_proxy().await;
     let destroyed = sandbox.destroy().await;
     egress.finish().await;
@@ -308,7 +309,7 @@ pub async fn run(request: RunRequest) -> i32 {
         &outcomes,
         interruption.as_deref(),
         started.elapsed(),
-        &audit_log.summary(),
+        &(audit_log.summary() + &fence_summary(counters.as_ref())),
     );
     if let Err(err) = destroyed {
         eprintln!("error: {err}");
@@ -504,6 +505,32 @@ fn print_summary(
     }
     text.push_str(egress_summary);
     print!("{text}");
+}
+
+/// The fence's counters, one line: what the kernel redirected, let through and refused.
+fn fence_summary(counters: Option<&egress_ebpf::Counters>) -> String {
+    match counters {
+        None => String::new(),
+        Some(c) => {
+            let mut line = format!(
+                "Fence: {} redirected to the proxy (TLS {}, HTTP {}, DNS {}), {} direct to it, {} refused",
+                c.redirected_tls + c.redirected_http + c.redirected_dns,
+                c.redirected_tls,
+                c.redirected_http,
+                c.redirected_dns,
+                c.allowed_proxy,
+                c.denied_total()
+            );
+            if c.events_lost > 0 {
+                line.push_str(&format!(
+                    " ({} denials not itemised: event buffer full)",
+                    c.events_lost
+                ));
+            }
+            line.push('\n');
+            line
+        }
+    }
 }
 
 #[cfg(test)]

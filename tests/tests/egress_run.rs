@@ -242,6 +242,12 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert!(!stdout.contains("LEAK"), "{}", describe(&output));
+    // The summary carries the fence's own counters: it refused some of these itself.
+    let fence_line = stdout
+        .lines()
+        .find(|l| l.starts_with("Fence: "))
+        .unwrap_or_else(|| panic!("no fence counters in the summary\n{stdout}"));
+    assert!(!fence_line.ends_with(" 0 refused"), "{fence_line}");
     let attacks = [
         "tcp-literal-22",
         "tcp-literal-25",

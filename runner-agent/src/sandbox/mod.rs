@@ -408,6 +408,11 @@ impl Sandbox {
         Ok(fence.denials()?)
     }
 
+    /// The fence's per-runner counters so far.
+    pub fn fence_counters(&self) -> Option<egress_ebpf::Counters> {
+        self.fence.as_ref().and_then(|fence| fence.counters().ok())
+    }
+
     /// The runner's slot.
     pub fn slot(&self) -> u32 {
         self.record.slot
