@@ -305,7 +305,13 @@ impl Fence {
             path: cgroup_v2_dir.to_owned(),
             source,
         })?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| FenceError::Object(Box::new(e)))?;
+        // The programs use no CO-RE relocations (they read only context fields and their
+        // own maps), so the kernel's BTF is not needed: parsing /sys/kernel/btf/vmlinux
+        // (several MiB) on every attach would be most of a runner's start-up time.
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(None)
+            .load(OBJECT)
+            .map_err(|e| FenceError::Object(Box::new(e)))?;
         {
             let map = ebpf
                 .map_mut("fence_config")
