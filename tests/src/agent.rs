@@ -37,12 +37,7 @@ pub fn agent_binary() -> PathBuf {
 }
 
 fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run ip");
-    assert!(status.success(), "ip {args:?} failed");
+    crate::netbed::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A temporary host for the agent.

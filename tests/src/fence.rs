@@ -84,21 +84,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
-/// Runs `ip` with `args` and fails with its stderr.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
+/// Runs `ip` with `args` and fails with its stderr (shared with the network bed).
+pub use crate::netbed::ip;
 
 /// A named network namespace (`ip netns add`), deleted on drop.
 #[derive(Debug)]
