@@ -196,6 +196,13 @@ pub async fn run(request: RunRequest) -> i32 {
         );
     }
 
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "error: runner-agent run needs root: it creates namespaces, cgroups and eBPF programs for the runner"
+        );
+        return EXIT_SETUP;
+    }
+
     let job_id = new_job_id();
     let audit_path = request.audit_log.clone().unwrap_or_else(|| {
         host.state_dir
