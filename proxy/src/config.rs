@@ -43,9 +43,10 @@ pub enum RuleTarget {
     Cidr(IpNet),
 }
 
-/// One entry of `allow:`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawRule")]
+/// One entry of `allow:`. Deserialized through [`RawRule`] from inside the mapping's
+/// visitor (not `#[serde(try_from)]`), so that a rule's error is reported at that rule's
+/// line rather than at the start of the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleConfig {
     /// What the rule applies to.
     pub target: RuleTarget,
@@ -91,6 +92,30 @@ impl Serialize for RuleConfig {
             paths: self.paths.clone(),
         }
         .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for RuleVisitor {
+            type Value = RuleConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a rule: a mapping with `host` or `cidr`")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RuleConfig, A::Error> {
+                let raw = RawRule::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                RuleConfig::try_from(raw).map_err(serde::de::Error::custom)
+            }
+        }
+
+        d.deserialize_map(RuleVisitor)
     }
 }
 
@@ -232,6 +257,16 @@ mod tests {
         let json = serde_json::to_string(&cfg).unwrap();
         let back: EgressConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn a_bad_rule_is_located_at_itself_not_at_the_list() {
+        let err = parse(
+            "allow:\n  - host: a.example.com\n  - host: b.example.com\n  - cidr: 10.0.0.1/8\n",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("p.yaml:4:"), "{err}");
+        assert!(err.contains("allow[2]"), "{err}");
     }
 
     #[test]

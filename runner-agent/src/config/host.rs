@@ -495,7 +495,7 @@ environments:
             ("runner:\n  limits: { memory: 1MiB }\n", "host.yaml:2:21: runner.limits.memory: `1MiB` is too small; the minimum is 16MiB"),
             ("environments:\n  CI: {}\n", "host.yaml:2:3: environments: `CI` is not a valid environment name; use 1 to 63 characters of a-z, 0-9, `_` and `-`, starting with a letter or digit"),
             ("environments:\n  ci: {}\n  ci: {}\n", "host.yaml:2:3: environments: `ci` appears twice in this mapping; each key may appear once"),
-            ("environments:\n  ci:\n    egress:\n      allow:\n        - host: a.com\n          ports: [0]\n", "host.yaml:5:9: environments.ci.egress.allow: port 0 is not a port"),
+            ("environments:\n  ci:\n    egress:\n      allow:\n        - host: a.com\n          ports: [0]\n", "host.yaml:5:11: environments.ci.egress.allow[0]: port 0 is not a port"),
             ("state_dir: /x\nlogging: {}\n", "host.yaml:2:1: unknown field `logging`"),
             ("- a\n", "host.yaml:1:1: invalid type: sequence"),
             ],
