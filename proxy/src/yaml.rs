@@ -90,11 +90,28 @@ pub fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<T, YamlError> {
 
 /// serde_yaml appends " at line L column C" to its messages; the location is reported in
 /// front instead, so it is removed from the text.
+/// Syntax errors carry it in the middle too ("... at line 4 column 1, while scanning ..."):
+/// every " at line L column C" is removed.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) if message[index..].contains(" column ") => message[..index].to_owned(),
-        _ => message.to_owned(),
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(index) = rest.find(" at line ") {
+        out.push_str(&rest[..index]);
+        let after = &rest[index + " at line ".len()..];
+        let digits = |t: &str| t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line_len = digits(after);
+        let tail = &after[line_len..];
+        match tail.strip_prefix(" column ") {
+            Some(col) if line_len > 0 && digits(col) > 0 => rest = &col[digits(col)..],
+            _ => {
+                // Not a location after all: keep the text and go on after it.
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -117,6 +134,21 @@ mod tests {
         assert!(err.starts_with("f.yaml:3:1: "), "{err}");
         assert!(err.contains("unknown field `extra`"), "{err}");
         assert!(!err.contains(" at line "), "{err}");
+    }
+
+    #[test]
+    fn locations_inside_messages_are_removed_too() {
+        assert_eq!(
+            strip_location(
+                "found end of stream at line 4 column 1, while scanning a quoted scalar"
+            ),
+            "found end of stream, while scanning a quoted scalar"
+        );
+        assert_eq!(
+            strip_location("unknown field `x` at line 3 column 1"),
+            "unknown field `x`"
+        );
+        assert_eq!(strip_location("said at line one"), "said at line one");
     }
 
     #[test]
