@@ -327,10 +327,10 @@ mod phases {
 
     use anyhow::{bail, Context, Result};
     use runner_agent::cgroup::CgroupLayout;
-    use runner_agent::network::{self, RunnerAddresses};
+    use runner_agent::network;
     use runner_agent::sandbox::protocol::{FromInit, SandboxSpec, ToInit};
     use runner_agent::sandbox::{self, init, SandboxConfig, MASKED_PATHS, WORKSPACE};
-    use runner_agent::state::{RunDir, RunnerRecord, ID_BASE, ID_COUNT};
+    use runner_agent::state::{RunDir, RunnerRecord, ID_COUNT};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixStream;
 
@@ -469,23 +469,11 @@ mod phases {
         let lease = lease.context("no free slot")?;
         let slot = lease.slot;
         let layout = CgroupLayout::detect(&config.cgroup_root)?;
-        let runner = format!("r-{slot}");
-        let cgroup_name = format!("{runner}-{job_id}");
-        let mut record = RunnerRecord {
-            runner: runner.clone(),
-            slot,
-            job_id: job_id.to_owned(),
-            agent_pid: std::process::id(),
-            cgroup_dirs: layout.runner_dirs(&cgroup_name),
-            host_if: format!("ra{slot}"),
-            addresses: RunnerAddresses::for_slot(config.runner_pool, slot)?,
-            scratch_dir: run_dir.scratch_dir(slot),
-            id_base: ID_BASE + slot * ID_COUNT,
-            netns_inode: None,
-            // The replay does not attach the eBPF fence; its cost shows as the gap between
-            // the replay's total and the real median.
-            pin_dir: None,
-        };
+        let (mut record, cgroup_name) =
+            sandbox::new_record(config, &run_dir, &layout, slot, job_id)?;
+        // The replay does not attach the eBPF fence; its cost shows as the gap between the
+        // replay's total and the real median.
+        record.pin_dir = None;
         run_dir.write_record(&record)?;
         clock.lap();
 

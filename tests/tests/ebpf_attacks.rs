@@ -39,6 +39,13 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(300));
 }
 
+/// After in-flight packets had their chance, the internet-side recorder saw nothing.
+fn assert_nothing_arrived(f: &Fenced) {
+    settle();
+    let seen = f.world.recorder.seen();
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
 #[test]
 fn control_unfenced_runner_reaches_the_internet() {
     require_privilege!();
@@ -128,12 +135,7 @@ fn ip_literals_on_other_ports_and_the_host_side_address_are_denied() {
             "{age:?}"
         );
     }
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
     assert!(
         f.world.proxy.arrivals().is_empty(),
         "{:?}",
@@ -204,12 +206,7 @@ fn ipv6_is_denied_at_every_hook_and_mapped_addresses_count_as_ipv4() {
         .unwrap_or_else(|| panic!("no denial for the mapped UDP send: {denials:#?}"));
     assert!(matches!(mapped_udp.hook, Hook::Sendmsg4 | Hook::Sendmsg6));
     find_denial(&denials, Hook::Connect6, v4(TARGET), Some(22), pid);
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
 }
 
 #[test]
@@ -254,12 +251,7 @@ fn udp_other_than_dns_is_denied_for_sendto_sendmmsg_and_connect() {
     find_denial(&denials, Hook::Sendmsg4, v4(OTHER_DNS), Some(5353), pid);
     let side = find_denial(&denials, Hook::Sendmsg4, v4(PROXY_ADDR), Some(9999), pid);
     assert_eq!(side.reason, Reason::ProxyPort);
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
 }
 
 #[test]
@@ -397,12 +389,7 @@ fn raw_icmp_and_packet_sockets_get_nowhere() {
     );
     let o = &report.expect("probe").outcomes[0];
     assert_eq!((o.ok, o.errno), (false, EPERM), "{o:?}");
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
 }
 
 #[test]
@@ -446,12 +433,7 @@ fn new_namespaces_and_bpf_from_inside_do_not_undo_the_fence() {
         .expect("pins")
         .count();
     assert_eq!(links, 11 + 5, "links and maps pinned");
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
 }
 
 #[test]
@@ -553,12 +535,7 @@ fn fail_closed_when_the_proxy_dies_mid_job() {
     for o in &report.outcomes {
         assert_eq!((o.ok, o.errno), (false, libc::ECONNREFUSED), "{o:?}");
     }
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
 }
 
 #[test]
@@ -590,10 +567,5 @@ fn a_job_in_a_child_cgroup_is_fenced_all_the_same() {
     find_denial(&denials, Hook::Connect4, v4(TARGET), Some(22), pid);
     find_denial(&denials, Hook::Sendmsg4, v4(TARGET), Some(9999), pid);
     drop(child);
-    settle();
-    assert!(
-        f.world.recorder.seen().is_empty(),
-        "{:?}",
-        f.world.recorder.seen()
-    );
+    assert_nothing_arrived(&f);
 }

@@ -149,6 +149,35 @@ pub struct Sandbox {
     fence: Option<egress_ebpf::Fence>,
 }
 
+/// What a runner in slot `slot` running `job_id` will create, and its cgroup name: the
+/// record to write before creating any of it.
+pub fn new_record(
+    config: &SandboxConfig,
+    run_dir: &RunDir,
+    layout: &CgroupLayout,
+    slot: u32,
+    job_id: &str,
+) -> Result<(RunnerRecord, String), SandboxError> {
+    let runner = format!("r-{slot}");
+    // Cgroup names carry the job id: several agents (with separate run_dirs) may run on
+    // one host, and their slot numbers overlap.
+    let cgroup_name = format!("{runner}-{job_id}");
+    let record = RunnerRecord {
+        runner,
+        slot,
+        job_id: job_id.to_owned(),
+        agent_pid: std::process::id(),
+        cgroup_dirs: layout.runner_dirs(&cgroup_name),
+        host_if: format!("ra{slot}"),
+        addresses: RunnerAddresses::for_slot(config.runner_pool, slot)?,
+        scratch_dir: run_dir.scratch_dir(slot),
+        id_base: ID_BASE + slot * ID_COUNT,
+        netns_inode: None,
+        pin_dir: Some(config.bpf_pin_root.join(&cgroup_name)),
+    };
+    Ok((record, cgroup_name))
+}
+
 /// Leases the first free slot of `run_dir`, reaping a dead agent's runner found in it.
 async fn lease_slot(run_dir: &RunDir, max: u32) -> Result<Option<SlotLease>, SandboxError> {
     for slot in 0..max {
@@ -195,23 +224,8 @@ impl Sandbox {
         };
         let slot = lease.slot;
         let layout = CgroupLayout::detect(&config.cgroup_root)?;
-        let runner = format!("r-{slot}");
-        // Cgroup names carry the job id: several agents (with separate run_dirs) may run
-        // on one host, and their slot numbers overlap.
-        let cgroup_name = format!("{runner}-{job_id}");
-        let record = RunnerRecord {
-            runner: runner.clone(),
-            slot,
-            job_id: job_id.to_owned(),
-            agent_pid: std::process::id(),
-            cgroup_dirs: layout.runner_dirs(&cgroup_name),
-            host_if: format!("ra{slot}"),
-            addresses: RunnerAddresses::for_slot(config.runner_pool, slot)?,
-            scratch_dir: run_dir.scratch_dir(slot),
-            id_base: ID_BASE + slot * ID_COUNT,
-            netns_inode: None,
-            pin_dir: Some(config.bpf_pin_root.join(&cgroup_name)),
-        };
+        let (record, cgroup_name) = new_record(config, &run_dir, &layout, slot, job_id)?;
+        let runner = record.runner.clone();
         run_dir.write_record(&record)?;
         let mut sandbox = Sandbox {
             record,
