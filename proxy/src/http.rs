@@ -224,6 +224,35 @@ pub(crate) async fn serve(
     }
 }
 
+/// Decides `host:port` (with the request line when it is visible) and resolves the
+/// addresses to dial; returns the allowing decision (it names the rule) with them. A
+/// denial, by the policy or by the address checks, is recorded and returned as the
+/// response to send.
+async fn admit<'a>(
+    shared: &Shared,
+    client: &ClientEntry,
+    subject: &mut Subject<'a>,
+    host: &'a Host,
+    port: u16,
+    http: Option<HttpView<'_>>,
+) -> Result<(Decision, Vec<IpAddr>), Response<ProxyBody>> {
+    subject.host = Some(host);
+    subject.port = Some(port);
+    let decision = client.policy.check(host, port, http);
+    if !decision.allowed {
+        shared.record(Some(client), subject, &decision);
+        return Err(denied(&decision));
+    }
+    match shared.addresses_for(&client.policy, host, port).await {
+        Ok(addrs) => Ok((decision, addrs)),
+        Err((denial, ip)) => {
+            subject.ip = ip;
+            shared.record(Some(client), subject, &denial);
+            Err(denied(&denial))
+        }
+    }
+}
+
 fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(message + "\n"))
@@ -394,28 +423,15 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             return denied(&decision);
         }
     };
-    subject.host = Some(&host);
-    subject.port = Some(port);
-    let decision = client.policy.check(
-        &host,
-        port,
-        Some(HttpView {
-            method: &method,
-            path: &path,
-        }),
-    );
-    if !decision.allowed {
-        shared.record(Some(&client), &subject, &decision);
-        return denied(&decision);
-    }
-    let addrs = match shared.addresses_for(&client.policy, &host, port).await {
-        Ok(addrs) => addrs,
-        Err((decision, ip)) => {
-            subject.ip = ip;
-            shared.record(Some(&client), &subject, &decision);
-            return denied(&decision);
-        }
+    let view = HttpView {
+        method: &method,
+        path: &path,
     };
+    let (decision, addrs) =
+        match admit(&shared, &client, &mut subject, &host, port, Some(view)).await {
+            Ok(admitted) => admitted,
+            Err(response) => return response,
+        };
     let addrs = match conn.mode {
         Mode::Explicit => addrs,
         Mode::Transparent { original } => {
@@ -552,20 +568,9 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
             return denied(&decision);
         }
     };
-    subject.host = Some(&host);
-    subject.port = Some(port);
-    let decision = client.policy.check(&host, port, None);
-    if !decision.allowed {
-        shared.record(Some(&client), &subject, &decision);
-        return denied(&decision);
-    }
-    let addrs = match shared.addresses_for(&client.policy, &host, port).await {
-        Ok(addrs) => addrs,
-        Err((decision, ip)) => {
-            subject.ip = ip;
-            shared.record(Some(&client), &subject, &decision);
-            return denied(&decision);
-        }
+    let (decision, addrs) = match admit(&shared, &client, &mut subject, &host, port, None).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
