@@ -216,6 +216,7 @@ mod ours {
             cgroup_root: PathBuf::from(CGROUP_ROOT),
             init_program: PathBuf::from(env!("CARGO_BIN_EXE_runner-agent")),
             files: Vec::new(),
+            secret_files: Vec::new(),
             bpf_pin_root: PathBuf::from(runner_agent::sandbox::BPF_PIN_ROOT),
         }
     }

@@ -4,10 +4,16 @@
 //! The binary (`main.rs`) only parses arguments; everything else lives here so that it can
 //! be tested on its own.
 
+pub mod approval;
 pub mod cgroup;
 pub mod config;
+pub mod credentials;
 pub mod egress;
+pub mod files;
+pub mod interception;
 pub mod network;
+pub mod output;
+pub mod record;
 pub mod run;
 pub mod sandbox;
 pub mod state;

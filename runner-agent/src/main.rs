@@ -43,6 +43,18 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         workflow: Option<String>,
     },
+    /// Approve a job that waits for approval, or list the waiting jobs.
+    Approve {
+        /// The job id (`j-…`, printed by the waiting `runner-agent run`). Without it, the
+        /// waiting jobs are listed.
+        job: Option<String>,
+        /// Refuse the job instead of approving it.
+        #[arg(long)]
+        reject: bool,
+        /// Host configuration (default: built-in); its state_dir holds the approvals.
+        #[arg(long, value_name = "HOST.yaml")]
+        config: Option<PathBuf>,
+    },
     /// Validate the host config (and a job file) and print the effective policy.
     Check {
         /// Host configuration (default: built-in).
@@ -112,5 +124,14 @@ fn main() -> ExitCode {
             exit(runtime.block_on(run::run(request)))
         }
         Command::Check { config, job } => exit(run::check(config.as_deref(), job.as_deref())),
+        Command::Approve {
+            job,
+            reject,
+            config,
+        } => exit(runner_agent::approval::command(
+            config.as_deref(),
+            job.as_deref(),
+            reject,
+        )),
     }
 }

@@ -11,16 +11,33 @@
 //!
 //! Output: step output goes to stdout as it comes, each step between a `==> [i/n] name`
 //! header and a `<== [i/n] name: result` trailer; the agent's own messages go to stderr.
+//! Secret values (and their encoded forms) are masked in everything printed and logged.
+//!
+//! Order of admission, each a gate the job must pass before the next: the job file and
+//! host config are valid; the claims match the environment's `match`; where the
+//! environment says `approval: required`, an operator approves this job id
+//! (`crate::approval`); only then are the environment's secrets read from the store
+//! (`crate::credentials`) and the sandbox, the fence and the proxy created. Every job that
+//! got an id leaves a record under `state_dir/jobs/JOB-ID/` (`crate::record`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
+use zeroize::Zeroizing;
+
+use crate::approval::{self, Approvals};
 use crate::cgroup::{CgroupLimits, CGROUP_ROOT};
 use crate::config::{
     format_duration, Approval, Claims, ConfigError, HostConfig, JobFile, ResolvedJob,
 };
+use crate::credentials::{self, Released};
+use crate::interception::Interception;
+use crate::mask::Masker;
+use crate::output::MaskedWriter;
+use crate::record::{self, ApprovalRecord, JobRecord};
+use crate::secrets::SecretStore;
 use crate::egress::audit_log::AuditLog;
 use crate::egress::proxy_process::upstream_dns;
 use crate::egress::{EgressSettings, RunnerEgress};
@@ -174,26 +191,13 @@ pub async fn run(request: RunRequest) -> i32 {
 
     // Policy checks that need the job's claims: refuse before creating anything.
     if let Some(rule) = &resolved.environment.match_ {
-        if let Err(field) = rule.matches(&request.claims) {
+        if let Some(field) = rule.mismatch(&request.claims) {
             eprintln!(
                 "error: the job's claims do not match environment `{}`: {field}",
                 resolved.environment_name
             );
             return EXIT_SETUP;
         }
-    }
-    if resolved.environment.approval == Approval::Required {
-        eprintln!(
-            "error: environment `{}` requires approval, which this version cannot grant yet; refusing the job",
-            resolved.environment_name
-        );
-        return EXIT_SETUP;
-    }
-    if !resolved.environment.secrets.is_empty() {
-        eprintln!(
-            "warning: environment `{}` names secrets; this version does not deliver secrets",
-            resolved.environment_name
-        );
     }
 
     if !nix::unistd::geteuid().is_root() {
@@ -202,220 +206,479 @@ pub async fn run(request: RunRequest) -> i32 {
         );
         return EXIT_SETUP;
     }
+    // The agent holds secrets in memory from here on: no core dump may write them to
+    // disk, and no process of the same uid may read them through /proc (prctl(2),
+    // PR_SET_DUMPABLE).
+    let _ = nix::sys::prctl::set_dumpable(false);
 
     let job_id = new_job_id();
-    let audit_path = request.audit_log.clone().unwrap_or_else(|| {
-        host.state_dir
-            .join("jobs")
-            .join(&job_id)
-            .join("audit.jsonl")
-    });
-    let audit_log = match AuditLog::create(&audit_path) {
-        Ok(log) => Arc::new(log),
-        Err(err) => {
-            eprintln!("error: audit log {}: {err}", audit_path.display());
-            return EXIT_SETUP;
-        }
+    let audit_path = request
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| record::job_dir(&host.state_dir, &job_id).join("audit.jsonl"));
+    let mut record = JobRecord {
+        job: job_id.clone(),
+        name: job.name.clone(),
+        job_file: request.job.clone(),
+        environment: resolved.environment_name.clone(),
+        claims: request.claims.clone(),
+        approval: ApprovalRecord::not_required(),
+        secrets: Vec::new(),
+        runner: None,
+        audit_log: audit_path.clone(),
+        started_at: record::now(),
+        ended_at: None,
+        status: "running".to_owned(),
+        detail: None,
+        exit_code: None,
     };
 
-    let run_dir = match RunDir::open(&host.run_dir) {
-        Ok(dir) => dir,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return EXIT_SETUP;
+    // Approval comes before anything of the environment is touched: no secret is read
+    // and no sandbox or proxy exists while the job waits.
+    if resolved.environment.approval == Approval::Required {
+        match await_approval(&host, request.config.as_deref(), &job, &resolved, &request.claims, &job_id).await {
+            Ok(approved) => record.approval = approved,
+            Err((approval, why)) => {
+                eprintln!("error: {why}");
+                record.approval = approval;
+                finish_record(&mut record, &host, "refused", Some(why), EXIT_SETUP);
+                return EXIT_SETUP;
+            }
         }
-    };
-    match sandbox::reap_leftovers(&run_dir).await {
-        Ok(reaped) if !reaped.is_empty() => {
-            eprintln!("runner-agent: reaped leftovers of {}", reaped.join(", "))
-        }
-        Ok(_) => {}
-        Err(err) => eprintln!("warning: reaping leftovers: {err}"),
     }
 
-    let init_program = match std::env::current_exe() {
-        Ok(path) => path,
-        Err(err) => {
-            eprintln!("error: cannot find the runner-agent binary: {err}");
-            return EXIT_SETUP;
-        }
-    };
-    let sandbox_config = SandboxConfig {
-        run_dir: host.run_dir.clone(),
-        runner_pool: host.network.runner_pool,
-        max_concurrent: host.runner.max_concurrent,
-        limits: CgroupLimits {
-            memory: Some(resolved.limits.memory),
-            pids: Some(resolved.limits.pids),
-            cpus: Some(resolved.limits.cpus),
-        },
-        disk_bytes: resolved.limits.disk,
-        extra_masks: vec![host.state_dir.clone(), host.run_dir.clone()],
-        cgroup_root: PathBuf::from(CGROUP_ROOT),
-        init_program: init_program.clone(),
-        files: Vec::new(),
-        bpf_pin_root: PathBuf::from(BPF_PIN_ROOT),
-    };
-
-    let span = tracing::info_span!("job", job = %job_id, name = %job.name);
-    let _enter = span.enter();
-    let started = Instant::now();
-    let mut sandbox = match Sandbox::create(&sandbox_config, &job_id).await {
-        Ok(sandbox) => sandbox,
-        Err(err) => {
-            eprintln!("error: cannot set up the sandbox: {err}");
-            return EXIT_SETUP;
-        }
-    };
-    eprintln!(
-        "runner-agent: job {} ({job_id}) on runner {} in environment `{}`",
-        job.name,
-        sandbox.runner(),
-        resolved.environment_name
-    );
-    let settings = EgressSettings {
-        program: &init_program,
-        egress: &resolved.environment.egress,
-        upstream_dns: upstream_dns(host.network.upstream_dns.as_deref()),
-        internal: vec![ipnet::IpNet::V4(host.network.runner_pool)],
-    };
-    let mut egress =
-        match RunnerEgress::start(&mut sandbox, &job_id, settings, audit_log.clone()).await {
-            Ok(egress) => egress,
+    let released = if resolved.environment.secrets.is_empty() {
+        Released::none()
+    } else {
+        let store = match SecretStore::open(&host.state_dir) {
+            Ok(store) => store,
             Err(err) => {
-                eprintln!("error: cannot set up egress: {err}");
-                if let Err(err) = sandbox.destroy().await {
-                    eprintln!("error: {err}");
-                }
+                let why = format!("cannot open the secret store: {err}");
+                eprintln!("error: {why}");
+                finish_record(&mut record, &host, "setup failed", Some(why), EXIT_SETUP);
                 return EXIT_SETUP;
             }
         };
-    if !sandbox.idmapped() {
-        eprintln!("warning: the host root could not be idmapped; host files appear owned by nobody inside");
-    }
-
-    let deadline = started + resolved.job_timeout;
-    let (outcomes, interruption) =
-        run_steps(&mut sandbox, &job, &resolved, &job_id, deadline).await;
-    let runner = sandbox.runner().to_owned();
-    let counters = sandbox.fence_counters();
-    egress.stop_proxy().await;
-    let destroyed = sandbox.destroy().await;
-    egress.finish().await;
-
-    let mut code =
-        if interruption.is_some() || outcomes.iter().any(|o| o.failed() && !o.continue_on_error) {
-            EXIT_FAILED
-        } else {
-            EXIT_OK
-        };
-    print_summary(
-        &job,
-        &job_id,
-        &runner,
-        &outcomes,
-        interruption.as_deref(),
-        started.elapsed(),
-        &(audit_log.summary() + &fence_summary(counters.as_ref())),
-    );
-    if let Err(err) = destroyed {
+        match credentials::release(&store, &resolved.environment_name, &resolved.environment) {
+            Ok(released) => released,
+            Err(err) => {
+                let why = err.to_string();
+                eprintln!("error: {why}");
+                finish_record(&mut record, &host, "setup failed", Some(why), EXIT_SETUP);
+                return EXIT_SETUP;
+            }
+        }
+    };
+    record.secrets = released.record.clone();
+    if let Err(err) = record.write(&host.state_dir) {
         eprintln!("error: {err}");
-        code = EXIT_FAILED;
+        return EXIT_SETUP;
     }
+
+    let audit_log = match AuditLog::create(&audit_path, released.masker.clone()) {
+        Ok(log) => Arc::new(log),
+        Err(err) => {
+            let why = format!("audit log {}: {err}", audit_path.display());
+            eprintln!("error: {why}");
+            finish_record(&mut record, &host, "setup failed", Some(why), EXIT_SETUP);
+            return EXIT_SETUP;
+        }
+    };
+
+    let admitted = Admitted {
+        job: &job,
+        host: &host,
+        resolved: &resolved,
+        job_id: &job_id,
+    };
+    let (code, detail) = admitted.run(released, audit_log, &mut record).await;
+    let status = match code {
+        EXIT_OK => "succeeded",
+        EXIT_SETUP => "setup failed",
+        _ => "failed",
+    };
+    finish_record(&mut record, &host, status, detail, code);
     code
 }
 
-/// Runs the steps in order until one fails (without `continue-on-error`), the job's
-/// deadline passes, or the agent is told to stop. Returns each step's outcome and, if the
-/// job was cut short, why.
-async fn run_steps(
-    sandbox: &mut Sandbox,
+/// Writes the record's outcome, reporting (not failing on) a write error.
+fn finish_record(
+    record: &mut JobRecord,
+    host: &HostConfig,
+    status: &str,
+    detail: Option<String>,
+    code: i32,
+) {
+    if let Err(err) = record.finish(&host.state_dir, status, detail, code) {
+        eprintln!("error: {err}");
+    }
+}
+
+/// Files an approval request for the job and waits for the operator's answer, the
+/// environment's `approval_timeout`, or a signal to the agent. Returns the approval, or
+/// what the record should say and why the job is refused.
+async fn await_approval(
+    host: &HostConfig,
+    config_path: Option<&Path>,
     job: &JobFile,
     resolved: &ResolvedJob,
+    claims: &Claims,
     job_id: &str,
-    deadline: Instant,
-) -> (Vec<StepOutcome>, Option<String>) {
-    let total = job.steps.len();
-    let mut outcomes = Vec::with_capacity(total);
-    let mut stop: Option<String> = None;
-    let mut failed = false;
-    let mut stdout = tokio::io::stdout();
-    for (index, step) in job.steps.iter().enumerate() {
-        let label = format!("[{}/{}] {}", index + 1, total, step.name);
-        if failed || stop.is_some() {
+) -> Result<ApprovalRecord, (ApprovalRecord, String)> {
+    let approvals = Approvals::new(&host.state_dir);
+    let timeout = resolved.environment.approval_timeout;
+    let request = approval::new_request(
+        job_id,
+        &job.name,
+        &resolved.environment_name,
+        claims,
+        timeout,
+    );
+    if let Err(err) = approvals.request(&request) {
+        return Err((
+            ApprovalRecord::timed_out(),
+            format!("cannot ask for approval: {err}"),
+        ));
+    }
+    let config_flag = config_path
+        .map(|p| format!(" --config {}", p.display()))
+        .unwrap_or_default();
+    eprintln!(
+        "runner-agent: job {} ({job_id}) waits for approval to use environment `{}` (up to {}); approve it with:\n  runner-agent approve {job_id}{config_flag}",
+        job.name,
+        resolved.environment_name,
+        format_duration(timeout)
+    );
+    let outcome = tokio::select! {
+        outcome = approvals.wait(job_id, timeout) => outcome,
+        _ = shutdown_signal() => {
+            approvals.withdraw(job_id);
+            return Err((
+                ApprovalRecord::timed_out(),
+                "cancelled by a signal to the agent while waiting for approval".to_owned(),
+            ));
+        }
+    };
+    match outcome {
+        Ok(approval::Outcome::Approved(answer)) => {
+            eprintln!("runner-agent: job {job_id} approved by {}", answer.by);
+            Ok(ApprovalRecord::answered("approved", &answer))
+        }
+        Ok(approval::Outcome::Rejected(answer)) => Err((
+            ApprovalRecord::answered("rejected", &answer),
+            format!("job {job_id} was rejected by {}; refusing it", answer.by),
+        )),
+        Ok(approval::Outcome::TimedOut) => Err((
+            ApprovalRecord::timed_out(),
+            format!(
+                "job {job_id} was not approved within {}; refusing it",
+                format_duration(timeout)
+            ),
+        )),
+        Err(err) => Err((
+            ApprovalRecord::timed_out(),
+            format!("waiting for approval: {err}"),
+        )),
+    }
+}
+
+/// A job that passed every check and was given its environment.
+struct Admitted<'a> {
+    job: &'a JobFile,
+    host: &'a HostConfig,
+    resolved: &'a ResolvedJob,
+    job_id: &'a str,
+}
+
+impl Admitted<'_> {
+    /// Runs the job: sandbox, egress, steps, destroy. Returns the exit code and, when the
+    /// job did not succeed, why (for the job record).
+    async fn run(
+        &self,
+        released: Released,
+        audit_log: Arc<AuditLog>,
+        record: &mut JobRecord,
+    ) -> (i32, Option<String>) {
+        let Admitted {
+            job,
+            host,
+            resolved,
+            job_id,
+        } = *self;
+        let setup_failed = |why: String| {
+            eprintln!("error: {why}");
+            (EXIT_SETUP, Some(why))
+        };
+        let run_dir = match RunDir::open(&host.run_dir) {
+            Ok(dir) => dir,
+            Err(err) => return setup_failed(err.to_string()),
+        };
+        match sandbox::reap_leftovers(&run_dir).await {
+            Ok(reaped) if !reaped.is_empty() => {
+                eprintln!("runner-agent: reaped leftovers of {}", reaped.join(", "))
+            }
+            Ok(_) => {}
+            Err(err) => eprintln!("warning: reaping leftovers: {err}"),
+        }
+        let init_program = match std::env::current_exe() {
+            Ok(path) => path,
+            Err(err) => return setup_failed(format!("cannot find the runner-agent binary: {err}")),
+        };
+
+        // The job's own CA, when the proxy must see inside TLS (credentials it adds, or
+        // method and path rules). Its certificate is trusted inside this sandbox only;
+        // its key goes to the proxy process and nowhere else.
+        let interception = match Interception::prepare(job_id, &resolved.environment.egress, &released.proxy) {
+            Ok(interception) => interception,
+            Err(err) => return setup_failed(format!("cannot set up TLS interception: {err}")),
+        };
+        let mut files = Vec::new();
+        if let Some(interception) = &interception {
+            files.extend(interception.sandbox_files());
+        }
+        let sandbox_config = SandboxConfig {
+            run_dir: host.run_dir.clone(),
+            runner_pool: host.network.runner_pool,
+            max_concurrent: host.runner.max_concurrent,
+            limits: CgroupLimits {
+                memory: Some(resolved.limits.memory),
+                pids: Some(resolved.limits.pids),
+                cpus: Some(resolved.limits.cpus),
+            },
+            disk_bytes: resolved.limits.disk,
+            extra_masks: vec![host.state_dir.clone(), host.run_dir.clone()],
+            cgroup_root: PathBuf::from(CGROUP_ROOT),
+            init_program: init_program.clone(),
+            files,
+            secret_files: released.files,
+            bpf_pin_root: PathBuf::from(BPF_PIN_ROOT),
+        };
+
+        let span = tracing::info_span!("job", job = %job_id, name = %job.name);
+        let _enter = span.enter();
+        let started = Instant::now();
+        let created = Sandbox::create(&sandbox_config, job_id).await;
+        // The file secrets are in the sandbox now (or nowhere): zero this copy.
+        drop(sandbox_config);
+        let mut sandbox = match created {
+            Ok(sandbox) => sandbox,
+            Err(err) => return setup_failed(format!("cannot set up the sandbox: {err}")),
+        };
+        record.runner = Some(sandbox.runner().to_owned());
+        if let Err(err) = record.write(&host.state_dir) {
+            eprintln!("warning: {err}");
+        }
+        eprintln!(
+            "runner-agent: job {} ({job_id}) on runner {} in environment `{}`",
+            job.name,
+            sandbox.runner(),
+            resolved.environment_name
+        );
+        let settings = EgressSettings {
+            program: &init_program,
+            egress: &resolved.environment.egress,
+            upstream_dns: upstream_dns(host.network.upstream_dns.as_deref()),
+            internal: vec![ipnet::IpNet::V4(host.network.runner_pool)],
+            interception: interception.as_ref().map(|i| i.proxy_config(&released.proxy)),
+        };
+        let mut egress =
+            match RunnerEgress::start(&mut sandbox, job_id, settings, audit_log.clone()).await {
+                Ok(egress) => egress,
+                Err(err) => {
+                    if let Err(err) = sandbox.destroy().await {
+                        eprintln!("error: {err}");
+                    }
+                    return setup_failed(format!("cannot set up egress: {err}"));
+                }
+            };
+        drop(released.proxy);
+        if !sandbox.idmapped() {
+            eprintln!("warning: the host root could not be idmapped; host files appear owned by nobody inside");
+        }
+
+        let deadline = started + resolved.job_timeout;
+        let steps = StepContext {
+            job,
+            resolved,
+            job_id,
+            secret_env: &released.env,
+            ca_env: interception.is_some(),
+            masker: &released.masker,
+        };
+        let (outcomes, interruption) = steps.run(&mut sandbox, deadline).await;
+        let runner = sandbox.runner().to_owned();
+        let counters = sandbox.fence_counters();
+        egress.stop_proxy().await;
+        let destroyed = sandbox.destroy().await;
+        egress.finish().await;
+
+        let failed_step = outcomes.iter().find(|o| o.failed() && !o.continue_on_error);
+        let mut detail = interruption
+            .clone()
+            .or_else(|| failed_step.map(|o| format!("step `{}` failed", o.name)));
+        let mut code = if detail.is_some() { EXIT_FAILED } else { EXIT_OK };
+        let summary = summary(
+            job,
+            job_id,
+            &runner,
+            &outcomes,
+            interruption.as_deref(),
+            started.elapsed(),
+            &(audit_log.summary() + &fence_summary(counters.as_ref())),
+        );
+        print!("{}", released.masker.mask_str(&summary));
+        if let Err(err) = destroyed {
+            eprintln!("error: {err}");
+            detail = Some(err.to_string());
+            code = EXIT_FAILED;
+        }
+        (code, detail)
+    }
+}
+
+/// What every step of one job shares.
+struct StepContext<'a> {
+    job: &'a JobFile,
+    resolved: &'a ResolvedJob,
+    job_id: &'a str,
+    /// `deliver: env` secrets.
+    secret_env: &'a [(String, Zeroizing<String>)],
+    /// Whether the job has a CA of its own (TLS interception), which its tools must trust.
+    ca_env: bool,
+    /// Masks secret values in what is printed.
+    masker: &'a Masker,
+}
+
+impl StepContext<'_> {
+/// Runs the steps in order until one fails (without `continue-on-error`), the job's
+    /// deadline passes, or the agent is told to stop. Returns each step's outcome and, if the
+    /// job was cut short, why.
+    async fn run(&self, sandbox: &mut Sandbox, deadline: Instant) -> (Vec<StepOutcome>, Option<String>) {
+        let job = self.job;
+        let resolved = self.resolved;
+        let total = job.steps.len();
+        let mut outcomes = Vec::with_capacity(total);
+        let mut stop: Option<String> = None;
+        let mut failed = false;
+        // Everything printed while steps run goes through the masker: step output, and the
+        // headers and trailers (a step's name could be built from a secret too).
+        let mut stdout = MaskedWriter::new(tokio::io::stdout(), self.masker);
+        for (index, step) in job.steps.iter().enumerate() {
+            let label = format!("[{}/{}] {}", index + 1, total, step.name);
+            if failed || stop.is_some() {
+                outcomes.push(StepOutcome {
+                    name: step.name.clone(),
+                    result: StepResult::Skipped,
+                    elapsed: Duration::ZERO,
+                    continue_on_error: step.continue_on_error,
+                });
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let step_timeout = step.timeout.map(|t| t.min(left));
+            let request = StepRequest {
+                script: step.run.clone(),
+                env: self.step_env(step, sandbox),
+                cwd: step_cwd(step.working_directory.as_deref()),
+                timeout_ms: step_timeout
+                    .map(|t| t.as_millis().max(1) as u64)
+                    .unwrap_or(0),
+            };
+            let _ = stdout.write_all(format!("==> {label}\n").as_bytes()).await;
+            let _ = stdout.settle().await;
+            let began = Instant::now();
+            let result = tokio::select! {
+                result = sandbox.run_step(request, &mut stdout) => Some(result),
+                _ = tokio::time::sleep(left) => None,
+                _ = shutdown_signal() => {
+                    stop = Some("cancelled by a signal to the agent".to_owned());
+                    None
+                }
+            };
+            let elapsed = began.elapsed();
+            // The step's output has ended: release what the masker held back.
+            let _ = stdout.settle().await;
+            let end = match result {
+                Some(Ok(end)) => end,
+                Some(Err(err)) => {
+                    stop = Some(format!("the sandbox failed during the step: {err}"));
+                    StepEnd::Signaled { signal: 9 }
+                }
+                None => {
+                    if stop.is_none() {
+                        stop = Some(format!(
+                            "job timed out after {}",
+                            format_duration(resolved.job_timeout)
+                        ));
+                    }
+                    StepEnd::TimedOut
+                }
+            };
+            let description = describe(end, step_timeout);
+            let note = if !end.success() && step.continue_on_error {
+                " (continue-on-error)"
+            } else {
+                ""
+            };
+            let _ = stdout
+                .write_all(
+                    format!(
+                        "<== {label}: {description}{note} ({:.1}s)\n",
+                        elapsed.as_secs_f64()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let _ = stdout.settle().await;
+            if !end.success() && !step.continue_on_error {
+                failed = true;
+            }
             outcomes.push(StepOutcome {
                 name: step.name.clone(),
-                result: StepResult::Skipped,
-                elapsed: Duration::ZERO,
+                result: StepResult::Ended(end),
+                elapsed,
                 continue_on_error: step.continue_on_error,
             });
-            continue;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let step_timeout = step.timeout.map(|t| t.min(left));
-        let request = StepRequest {
-            script: step.run.clone(),
-            env: step_env(job, step, resolved, sandbox, job_id),
-            cwd: step_cwd(step.working_directory.as_deref()),
-            timeout_ms: step_timeout
-                .map(|t| t.as_millis().max(1) as u64)
-                .unwrap_or(0),
-        };
-        let _ = stdout.write_all(format!("==> {label}\n").as_bytes()).await;
-        let _ = stdout.flush().await;
-        let began = Instant::now();
-        let result = tokio::select! {
-            result = sandbox.run_step(request, &mut stdout) => Some(result),
-            _ = tokio::time::sleep(left) => None,
-            _ = shutdown_signal() => {
-                stop = Some("cancelled by a signal to the agent".to_owned());
-                None
-            }
-        };
-        let elapsed = began.elapsed();
-        let end = match result {
-            Some(Ok(end)) => end,
-            Some(Err(err)) => {
-                stop = Some(format!("the sandbox failed during the step: {err}"));
-                StepEnd::Signaled { signal: 9 }
-            }
-            None => {
-                if stop.is_none() {
-                    stop = Some(format!(
-                        "job timed out after {}",
-                        format_duration(resolved.job_timeout)
-                    ));
-                }
-                StepEnd::TimedOut
-            }
-        };
-        let description = describe(end, step_timeout);
-        let note = if !end.success() && step.continue_on_error {
-            " (continue-on-error)"
-        } else {
-            ""
-        };
-        let _ = stdout
-            .write_all(
-                format!(
-                    "<== {label}: {description}{note} ({:.1}s)\n",
-                    elapsed.as_secs_f64()
-                )
-                .as_bytes(),
-            )
-            .await;
-        let _ = stdout.flush().await;
-        if !end.success() && !step.continue_on_error {
-            failed = true;
-        }
-        outcomes.push(StepOutcome {
-            name: step.name.clone(),
-            result: StepResult::Ended(end),
-            elapsed,
-            continue_on_error: step.continue_on_error,
-        });
+        (outcomes, stop)
     }
-    (outcomes, stop)
+
+    /// The complete environment of a step: a fixed base (nothing of the agent's own
+    /// environment leaks in), then the job's `env`, then the step's, then the
+    /// environment's `deliver: env` secrets.
+    fn step_env(&self, step: &crate::config::Step, sandbox: &Sandbox) -> Vec<(String, String)> {
+        let (job, resolved, job_id) = (self.job, self.resolved, self.job_id);
+        let mut env: std::collections::BTreeMap<String, String> = [
+            ("PATH", STEP_PATH),
+            ("HOME", "/root"),
+            ("USER", "root"),
+            ("LOGNAME", "root"),
+            ("SHELL", "/bin/bash"),
+            ("LANG", "C.UTF-8"),
+            ("CI", "true"),
+            ("RUNNER_WORKSPACE", WORKSPACE),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.insert("RUNNER_NAME".into(), sandbox.runner().to_owned());
+        env.insert("RUNNER_JOB_ID".into(), job_id.to_owned());
+        env.insert(
+            "RUNNER_ENVIRONMENT".into(),
+            resolved.environment_name.clone(),
+        );
+        env.extend(crate::egress::proxy_env(sandbox.addresses().host));
+        if self.ca_env {
+            env.extend(crate::interception::trust_env());
+        }
+        // The job's own `env` cannot override a secret: the environment decides its value.
+        env.extend(job.env.clone());
+        env.extend(step.env.clone());
+        for (name, value) in self.secret_env {
+            env.insert(name.clone(), value.to_string());
+        }
+        env.into_iter().collect()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -434,40 +697,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// The complete environment of a step: a fixed base (nothing of the agent's own
-/// environment leaks in), then the job's `env`, then the step's.
-fn step_env(
-    job: &JobFile,
-    step: &crate::config::Step,
-    resolved: &ResolvedJob,
-    sandbox: &Sandbox,
-    job_id: &str,
-) -> Vec<(String, String)> {
-    let mut env: std::collections::BTreeMap<String, String> = [
-        ("PATH", STEP_PATH),
-        ("HOME", "/root"),
-        ("USER", "root"),
-        ("LOGNAME", "root"),
-        ("SHELL", "/bin/bash"),
-        ("LANG", "C.UTF-8"),
-        ("CI", "true"),
-        ("RUNNER_WORKSPACE", WORKSPACE),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    env.insert("RUNNER_NAME".into(), sandbox.runner().to_owned());
-    env.insert("RUNNER_JOB_ID".into(), job_id.to_owned());
-    env.insert(
-        "RUNNER_ENVIRONMENT".into(),
-        resolved.environment_name.clone(),
-    );
-    env.extend(crate::egress::proxy_env(sandbox.addresses().host));
-    env.extend(job.env.clone());
-    env.extend(step.env.clone());
-    env.into_iter().collect()
-}
-
 /// `working-directory` relative to the workspace, or absolute.
 fn step_cwd(working_directory: Option<&str>) -> PathBuf {
     match working_directory {
@@ -477,7 +706,8 @@ fn step_cwd(working_directory: Option<&str>) -> PathBuf {
     }
 }
 
-fn print_summary(
+/// The end-of-job summary (the caller masks and prints it).
+fn summary(
     job: &JobFile,
     job_id: &str,
     runner: &str,
@@ -485,7 +715,7 @@ fn print_summary(
     interruption: Option<&str>,
     elapsed: Duration,
     egress_summary: &str,
-) {
+) -> String {
     let succeeded =
         interruption.is_none() && !outcomes.iter().any(|o| o.failed() && !o.continue_on_error);
     let mut text = format!(
@@ -511,7 +741,7 @@ fn print_summary(
         ));
     }
     text.push_str(egress_summary);
-    print!("{text}");
+    text
 }
 
 /// The fence's counters, one line: what the kernel redirected, let through and refused.

@@ -54,6 +54,8 @@ pub struct World {
     pub run_dir: PathBuf,
     /// Whether the namespace was made for this world (and is removed with it).
     owns_netns: bool,
+    /// Environment variables every agent command of this world gets.
+    agent_env: Vec<(String, String)>,
 }
 
 static WORLDS: AtomicU32 = AtomicU32::new(0);
@@ -111,6 +113,7 @@ impl World {
             state_dir,
             run_dir,
             owns_netns,
+            agent_env: Vec::new(),
         };
         if !owns_netns {
             return world;
@@ -132,6 +135,12 @@ impl World {
         world
     }
 
+    /// Gives every agent command of this world the variable `key` (e.g. `SSL_CERT_FILE`).
+    pub fn with_agent_env(mut self, key: &str, value: &str) -> World {
+        self.agent_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Writes a job file into the world and returns its path.
     pub fn job(&self, name: &str, yaml: &str) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -144,6 +153,7 @@ impl World {
         let netns = fs::File::open(format!("/run/netns/{}", self.netns)).expect("open netns");
         let mut cmd = Command::new(agent_binary());
         cmd.args(args).env("CI", "true");
+        cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         // SAFETY: the closure only calls setns(2) on a descriptor opened before fork,
         // which is async-signal-safe; it allocates nothing.
         unsafe {

@@ -143,11 +143,13 @@ scalar_deserialize!(Pattern);
 
 /// What a job says about itself. Later these come from a verified source (a GitHub OIDC
 /// token or webhook); on the CLI they are the operator's `--repository` etc.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Claims {
     /// `owner/name`.
     pub repository: Option<String>,
     /// Full ref, e.g. `refs/tags/v1.2`.
+    #[serde(rename = "ref")]
     pub git_ref: Option<String>,
     /// Workflow file path, e.g. `.github/workflows/release.yaml`.
     pub workflow: Option<String>,
@@ -192,6 +194,33 @@ impl ClaimMatch {
             }
         }
         Ok(())
+    }
+
+    /// Why `claims` do not match, for the operator: the first failing field, the claim
+    /// (or that it is missing, with the flag that gives it) and the patterns it failed.
+    /// `None` when they match.
+    pub fn mismatch(&self, claims: &Claims) -> Option<String> {
+        let failed = self.matches(claims).err()?;
+        let (key, patterns, claim) = self
+            .fields(claims)
+            .into_iter()
+            .find(|(key, _, _)| *key == failed)?;
+        let list: Vec<String> = patterns
+            .iter()
+            .flatten()
+            .map(|p| format!("`{p}`"))
+            .collect();
+        let list = list.join(", ");
+        let flag = match key {
+            "repositories" => "--repository",
+            "refs" => "--ref",
+            "workflows" => "--workflow",
+            _ => "--event",
+        };
+        Some(match claim {
+            None => format!("{key}: the job gave no {flag} claim; the environment requires one of {list}"),
+            Some(value) => format!("{key}: `{value}` matches none of {list}"),
+        })
     }
 
     /// One line per given field, `key: p1, p2`, for `runner-agent check`.
@@ -407,6 +436,8 @@ mod tests {
         let mut missing = claims("acme/app", "refs/tags/v1", wf, "push");
         missing.git_ref = None;
         assert_eq!(m.matches(&missing), Err("refs".to_owned()));
+        let why = m.mismatch(&missing).unwrap();
+        assert!(why.starts_with("refs: the job gave no --ref claim"), "{why}");
         // Fields left out do not constrain.
         let only_repo = ClaimMatch {
             repositories: release_match().repositories,

@@ -3,7 +3,10 @@
 //! what it runs on (`image`, `limits`).
 //!
 //! Rules checked here, at the environment's node:
-//! - `approval` is `required` or `none` (default `none`);
+//! - `approval` is `required` or `none` (default `none`); `approval_timeout` (a duration,
+//!   default [`DEFAULT_APPROVAL_TIMEOUT`]) is how long a job waits for an operator's
+//!   approval before it is refused, and is only accepted with `approval: required` (on its
+//!   own it would have no effect, which is more likely a mistake than an intent);
 //! - `egress` defaults to `mode: enforce` with an empty allow list: an environment that
 //!   says nothing about egress gets none (fail closed);
 //! - secret names are `[A-Z_][A-Z0-9_]*`; `deliver` is `env`, `file` or `proxy`;
@@ -23,6 +26,10 @@ use super::claims::ClaimMatch;
 use super::de::{checked_map, unique_map};
 use super::limits::Limits;
 use super::names::{ImageName, SecretName};
+use super::units::Timeout;
+
+/// How long a job waits for approval when `approval_timeout` is not given.
+pub const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Whether an operator must approve each job before it gets this environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -202,6 +209,8 @@ pub struct Environment {
     pub match_: Option<ClaimMatch>,
     /// Whether each job needs an operator's approval.
     pub approval: Approval,
+    /// How long a job waits for that approval before it is refused.
+    pub approval_timeout: std::time::Duration,
     /// The egress policy of its runners.
     pub egress: EgressConfig,
     /// Secrets by name.
@@ -218,6 +227,7 @@ impl Environment {
         Environment {
             match_: None,
             approval: Approval::NotRequired,
+            approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
             egress: EgressConfig {
                 mode: Mode::Enforce,
                 allow: Vec::new(),
@@ -236,6 +246,7 @@ struct RawEnvironment {
     match_: Option<ClaimMatch>,
     #[serde(default)]
     approval: Approval,
+    approval_timeout: Option<Timeout>,
     #[serde(default)]
     egress: EgressConfig,
     #[serde(default, deserialize_with = "secrets_map")]
@@ -267,6 +278,12 @@ impl TryFrom<RawEnvironment> for Environment {
     type Error = String;
 
     fn try_from(raw: RawEnvironment) -> Result<Self, String> {
+        if raw.approval_timeout.is_some() && raw.approval != Approval::Required {
+            return Err(
+                "`approval_timeout` applies only with `approval: required`; remove it or require approval"
+                    .to_owned(),
+            );
+        }
         if raw.egress.mode == Mode::Enforce {
             for (name, spec) in &raw.secrets {
                 let Delivery::Proxy { hosts, .. } = &spec.deliver else {
@@ -288,6 +305,9 @@ impl TryFrom<RawEnvironment> for Environment {
         Ok(Environment {
             match_: raw.match_,
             approval: raw.approval,
+            approval_timeout: raw
+                .approval_timeout
+                .map_or(DEFAULT_APPROVAL_TIMEOUT, |t| t.0),
             egress: raw.egress,
             secrets: raw.secrets,
             image: raw.image.map(String::from),
@@ -300,7 +320,7 @@ impl<'de> Deserialize<'de> for Environment {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_map::<D, RawEnvironment, Environment>(
             d,
-            "an environment mapping (match, approval, egress, secrets, image, limits)",
+            "an environment mapping (match, approval, approval_timeout, egress, secrets, image, limits)",
         )
     }
 }
@@ -327,6 +347,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(env.approval, Approval::Required);
+        assert_eq!(env.approval_timeout, DEFAULT_APPROVAL_TIMEOUT);
         assert_eq!(env.image.as_deref(), Some("host"));
         assert_eq!(env.limits.unwrap().memory, Some(1 << 30));
         assert_eq!(env.secrets["DEV"].deliver, Delivery::Env);
@@ -383,8 +404,16 @@ mod tests {
             ("limits: { pids: 1 }\n", "e.yaml:1:17: limits.pids: `1` is out of range; give a number of processes from 16 to 4194304"),
             ("egress: { mode: open }\n", "e.yaml:1:17: egress.mode: unknown variant `open`, expected `enforce` or `audit`"),
             ("colour: red\n", "e.yaml:1:1: unknown field `colour`"),
+            ("approval_timeout: 5m\n", "e.yaml:1:1: `approval_timeout` applies only with `approval: required`"),
+            ("approval: required\napproval_timeout: soon\n", "e.yaml:2:19: approval_timeout: `soon` is not a duration"),
             ],
         );
+    }
+
+    #[test]
+    fn approval_timeout_is_read() {
+        let env = parse("approval: required\napproval_timeout: 90s\n").unwrap();
+        assert_eq!(env.approval_timeout, std::time::Duration::from_secs(90));
     }
 
     #[test]

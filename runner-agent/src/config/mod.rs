@@ -42,7 +42,9 @@ mod testing;
 mod units;
 
 pub use claims::{ClaimMatch, Claims, Pattern};
-pub use environment::{Approval, Delivery, Environment, SecretSpec, DEFAULT_FORMAT};
+pub use environment::{
+    Approval, Delivery, Environment, SecretSpec, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_FORMAT,
+};
 pub use error::ConfigError;
 pub use host::{
     default_runner_pool, HostConfig, NetworkConfig, RunnerConfig, ADDRESSES_PER_RUNNER,

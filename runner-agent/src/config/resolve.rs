@@ -144,8 +144,11 @@ pub fn render_effective(config: &HostConfig, resolved: Option<&ResolvedJob>) -> 
 fn render_environment(out: &mut String, name: &str, env: &Environment) {
     let _ = writeln!(out, "environment {name}:");
     let approval = match env.approval {
-        Approval::Required => "required",
-        Approval::NotRequired => "none",
+        Approval::Required => format!(
+            "required (a job waits up to {} for `runner-agent approve`)",
+            format_duration(env.approval_timeout)
+        ),
+        Approval::NotRequired => "none".to_owned(),
     };
     let _ = writeln!(out, "  approval: {approval}");
     match &env.match_ {

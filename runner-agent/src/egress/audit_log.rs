@@ -5,6 +5,9 @@
 //! One writer for both sources: each event is serialised once and written with a single
 //! `write` under a lock, so lines from concurrent connections never interleave. The file
 //! is created with mode 0600 (it names what the job tried to reach).
+//!
+//! Secret values the job was given are masked in every line and in the summary (a job
+//! can put a value into a URL, a DNS label or a host name; the log must not keep it).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,6 +16,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use egress_proxy::audit::{AuditEvent, Verdict};
+
+use crate::mask::Masker;
 
 /// Counts of one destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,12 +31,14 @@ pub struct Tally {
 /// The audit log of one job.
 pub struct AuditLog {
     file: Mutex<File>,
+    masker: Masker,
     tally: Mutex<BTreeMap<String, Tally>>,
 }
 
 impl AuditLog {
-    /// Creates (or appends to) the log at `path`, making its directory if needed.
-    pub fn create(path: &Path) -> std::io::Result<AuditLog> {
+    /// Creates (or appends to) the log at `path`, making its directory if needed; what
+    /// is written is masked with `masker`.
+    pub fn create(path: &Path, masker: Masker) -> std::io::Result<AuditLog> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
@@ -43,13 +50,14 @@ impl AuditLog {
             .open(path)?;
         Ok(AuditLog {
             file: Mutex::new(file),
+            masker,
             tally: Mutex::new(BTreeMap::new()),
         })
     }
 
     /// Writes one event and counts it under its destination.
     pub fn record(&self, event: &AuditEvent) {
-        let mut line = event.to_json();
+        let mut line = self.masker.mask_str(&event.to_json());
         line.push('\n');
         if let Err(err) = self
             .file
@@ -59,7 +67,7 @@ impl AuditLog {
         {
             tracing::error!(error = %err, "cannot write the audit log");
         }
-        let key = destination(event);
+        let key = self.masker.mask_str(&destination(event));
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         let entry = tally.entry(key).or_default();
         match event.verdict {
@@ -139,10 +147,25 @@ mod tests {
     use egress_proxy::audit::{Kind, Source};
 
     #[test]
+    fn secrets_are_masked_in_lines_and_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::create(&path, Masker::new([b"tok3n-s3cret".as_slice()])).unwrap();
+        let mut event = AuditEvent::new(Source::Dns, Kind::Dns, Verdict::Deny);
+        event.host = Some("tok3n-s3cret.evil.example".into());
+        event.path = Some("/?t=tok3n-s3cret".into());
+        log.record(&event);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("tok3n-s3cret"), "{text}");
+        assert!(text.contains("***.evil.example"), "{text}");
+        assert!(!log.summary().contains("tok3n-s3cret"));
+    }
+
+    #[test]
     fn events_are_written_as_lines_and_tallied() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/audit.jsonl");
-        let log = AuditLog::create(&path).unwrap();
+        let log = AuditLog::create(&path, Masker::new(std::iter::empty::<&[u8]>())).unwrap();
         let mut allowed = AuditEvent::new(Source::Proxy, Kind::Connect, Verdict::Allow);
         allowed.host = Some("example.com".into());
         allowed.port = Some(443);

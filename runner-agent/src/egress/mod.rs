@@ -150,6 +150,8 @@ pub struct EgressSettings<'a> {
     pub upstream_dns: Vec<std::net::SocketAddr>,
     /// Ranges the proxy must treat as internal (the runner pool).
     pub internal: Vec<ipnet::IpNet>,
+    /// TLS interception and credentials for the proxy, when the job needs them.
+    pub interception: Option<proxy_child::InterceptConfig>,
 }
 
 impl RunnerEgress {
@@ -205,6 +207,7 @@ impl RunnerEgress {
             egress: proxy_process::egress_value(settings.egress),
             upstream_dns: settings.upstream_dns,
             internal: settings.internal,
+            intercept: settings.interception,
         };
         let orig_dst = sandbox.orig_dst_fd()?;
         let proxy = match proxy_process::ProxyProcess::start(

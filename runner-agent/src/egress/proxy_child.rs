@@ -7,6 +7,11 @@
 //! capabilities"). Only then does it start its runtime, bind its listeners (ports above
 //! 1024, on the host side of the runner's veth) and serve.
 //!
+//! When the job needs TLS interception, the configuration also carries the job CA's key
+//! and the credentials to inject (see `crate::interception`); they live only in this
+//! process's memory, which is made non-dumpable (no core file, no /proc/PID/mem for other
+//! processes of uid nobody), and die with it.
+//!
 //! Audit events go to stdout, one JSON line each, after a first line `ready` that tells
 //! the agent every listener is bound. When stdin closes (the agent is done, or dead), the
 //! process exits: a proxy never outlives its agent.
@@ -17,8 +22,10 @@ use std::sync::Arc;
 
 use egress_proxy::audit::{AuditEvent, AuditSink};
 use egress_proxy::config::EgressConfig;
+use egress_proxy::intercept::{Credential, Interception, JobCa};
 use egress_proxy::policy::Policy;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::{DNS_PORT, EXPLICIT_PROXY_PORT, TRANSPARENT_HTTP_PORT, TRANSPARENT_TLS_PORT};
 
@@ -33,6 +40,44 @@ pub const ORIG_DST_FD: i32 = 3;
 
 /// The unprivileged identity the proxy runs as.
 pub const PROXY_UID: u32 = 65534;
+
+/// One credential the proxy adds to requests.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptCredential {
+    /// The secret's name.
+    pub name: String,
+    /// Exact host names.
+    pub hosts: Vec<String>,
+    /// The header.
+    pub header: String,
+    /// The complete header value; zeroed on drop.
+    pub value: Zeroizing<String>,
+}
+
+/// TLS interception for the runner: the job CA, the credentials, the upstream roots.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptConfig {
+    /// The job CA's certificate (PEM).
+    pub ca_cert_pem: String,
+    /// Its key (PEM); zeroed on drop.
+    pub ca_key_pem: Zeroizing<String>,
+    /// Credentials to inject.
+    pub credentials: Vec<InterceptCredential>,
+    /// Roots trusted for the proxy's own TLS connections upstream (PEM bundle).
+    pub upstream_roots_pem: String,
+}
+
+impl std::fmt::Debug for InterceptConfig {
+    /// Names only: never the key or a value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.credentials.iter().map(|c| c.name.as_str()).collect();
+        f.debug_struct("InterceptConfig")
+            .field("credentials", &names)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What the proxy child serves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +97,9 @@ pub struct ProxyChildConfig {
     pub upstream_dns: Vec<SocketAddr>,
     /// Ranges treated as internal besides the built-in ones (the runner pool).
     pub internal: Vec<ipnet::IpNet>,
+    /// TLS interception and credential injection, when the job needs them.
+    #[serde(default)]
+    pub intercept: Option<InterceptConfig>,
 }
 
 /// Writes each event as a JSON line to stdout.
@@ -98,12 +146,21 @@ fn fail(message: String) -> ! {
 
 /// Entry point of `runner-agent __egress-proxy`. Never returns.
 pub fn main() -> ! {
-    let mut line = String::new();
+    // Before any secret arrives: no core dump, no reading of this process's memory by
+    // other processes of its uid (prctl(2), PR_SET_DUMPABLE).
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        fail(format!("make the process non-dumpable: {err}"));
+    }
+    let mut line = Zeroizing::new(String::new());
     if let Err(err) = std::io::stdin().lock().read_line(&mut line) {
         fail(format!("read configuration: {err}"));
     }
-    let config: ProxyChildConfig =
+    let mut config: ProxyChildConfig =
         serde_json::from_str(&line).unwrap_or_else(|e| fail(format!("bad configuration: {e}")));
+    drop(line);
+    let interception = config.intercept.take().map(|intercept| {
+        build_interception(intercept).unwrap_or_else(|e| fail(format!("interception: {e}")))
+    });
     let egress: EgressConfig = serde_json::from_value(config.egress.clone())
         .unwrap_or_else(|e| fail(format!("bad egress policy: {e}")));
     let policy = Policy::new(&egress).unwrap_or_else(|e| fail(format!("egress policy: {e}")));
@@ -119,8 +176,26 @@ pub fn main() -> ! {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(format!("runtime: {e}")));
-    runtime.block_on(serve(config, Arc::new(policy), orig_dst));
+    runtime.block_on(serve(config, Arc::new(policy), interception, orig_dst));
     std::process::exit(0)
+}
+
+/// The proxy's interception from the agent's configuration.
+fn build_interception(config: InterceptConfig) -> Result<Arc<Interception>, String> {
+    let ca = JobCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem).map_err(|e| e.to_string())?;
+    let credentials = config
+        .credentials
+        .iter()
+        .map(|c| Credential {
+            name: c.name.clone(),
+            hosts: c.hosts.clone(),
+            header: c.header.clone(),
+            value: c.value.clone(),
+        })
+        .collect();
+    Interception::new(ca, credentials, config.upstream_roots_pem.as_bytes())
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Becomes `nobody`: no supplementary groups, then gid, then uid (in that order, since
@@ -144,6 +219,7 @@ fn drop_privileges() -> nix::Result<()> {
 async fn serve(
     config: ProxyChildConfig,
     policy: Arc<Policy>,
+    interception: Option<Arc<Interception>>,
     orig_dst: egress_ebpf::OriginalDestinations,
 ) {
     let at = |port| SocketAddr::new(IpAddr::V4(config.listen), port);
@@ -162,7 +238,13 @@ async fn serve(
         Ok(proxy) => proxy,
         Err(err) => fail(format!("start: {err}")),
     };
-    proxy.set_client(config.client, &config.runner, &config.job, policy);
+    proxy.set_client_intercepting(
+        config.client,
+        &config.runner,
+        &config.job,
+        policy,
+        interception,
+    );
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{READY_LINE}");

@@ -66,8 +66,10 @@ impl ProxyProcess {
             .stdout
             .take()
             .ok_or_else(|| ProxyProcessError::NotReady("no stdout".into()))?;
-        let mut line =
-            serde_json::to_vec(config).map_err(|e| ProxyProcessError::NotReady(e.to_string()))?;
+        // Zeroed once sent: it may carry the job CA's key and credentials.
+        let mut line = zeroize::Zeroizing::new(
+            serde_json::to_vec(config).map_err(|e| ProxyProcessError::NotReady(e.to_string()))?,
+        );
         line.push(b'\n');
         stdin
             .write_all(&line)

@@ -10,8 +10,8 @@
 //!    pid namespaces, waits while the agent moves the veth in, forks, and then only waits
 //!    for its child so that the agent can follow one process;
 //! 2. the *inner* init, pid 1 of the new pid namespace: builds the root filesystem, then
-//!    drops into the runner's user namespace, closes every other fd, sets no_new_privs,
-//!    installs the seccomp filter, and serves `RunStep` requests.
+//!    drops into the runner's user namespace, closes every other fd, disables core dumps,
+//!    sets no_new_privs, installs the seccomp filter, and serves `RunStep` requests.
 //!
 //! Ordering is the security argument: every namespace is created while init is still
 //! root in the *host's* user namespace, so they all belong to it; the user namespace the
@@ -29,6 +29,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::sys::resource::{setrlimit, Resource};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -90,7 +91,9 @@ impl Control {
 
     /// The next message, or `None` when the agent closed the socket.
     fn recv(&mut self) -> io::Result<Option<ToInit>> {
-        let mut line = String::new();
+        // The line may carry secrets (`deliver: file` values in the spec, `deliver: env`
+        // values in a step's environment): it is zeroed once parsed.
+        let mut line = zeroize::Zeroizing::new(String::new());
         if self.reader.read_line(&mut line)? == 0 {
             return Ok(None);
         }
@@ -159,13 +162,15 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
     }
     match sys::fork().stage("fork pid 1")? {
         Forked::Child => {
-            let code = match inner(control, &spec) {
+            let code = match inner(control, spec) {
                 Ok(code) => code,
                 Err(failure) => control.fail(failure),
             };
             std::process::exit(code)
         }
         Forked::Parent(child) => {
+            // The secret files are pid 1's to write; this copy is zeroed now.
+            drop(spec);
             // Only pid 1 talks to the agent from now on; the outer init keeps nothing
             // open that could hold the control socket or the output pipe. (The `Control`
             // objects are never used or dropped again: this process only exits.)
@@ -184,7 +189,7 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
 }
 
 /// Pid 1 inside: build the root, drop privileges, serve steps.
-fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> {
+fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailure> {
     // Nothing mounted from here on may propagate back to the host.
     nix::mount::mount(
         None::<&str>,
@@ -196,7 +201,9 @@ fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> 
     .stage("make mounts private")?;
     nix::unistd::sethostname(&spec.runner).stage("set hostname")?;
     let userns = make_user_namespace(spec.id_base, spec.id_count).stage("create user namespace")?;
-    let built = rootfs::build(spec, userns.as_fd()).stage("build root filesystem")?;
+    let built = rootfs::build(&spec, userns.as_fd()).stage("build root filesystem")?;
+    // The secret files are written; their values are zeroed (SecretFile's Drop).
+    drop(std::mem::take(&mut spec.secret_files));
     rootfs::pivot_into(&built.root).stage("pivot_root")?;
 
     // Become root of the runner's user namespace: the id mapping makes that the
@@ -215,6 +222,13 @@ fn inner(control: &mut Control, spec: &SandboxSpec) -> Result<i32, InitFailure> 
     let keep = control_fd.max(writer_fd) + 1;
     sys::close_from(keep).stage("close inherited fds")?;
 
+    // No core dumps: with a pipe in core_pattern the kernel hands a crashing job
+    // process's memory (its environment's secrets included) to a helper on the host,
+    // which writes it to the host's disk. RLIMIT_CORE 1 stops both kinds of dump: a
+    // file dump needs at least a page, and a pipe dump is refused at exactly 1 (core(5),
+    // fs/coredump.c). The hard limit cannot be raised again without CAP_SYS_RESOURCE in
+    // the host's user namespace, which the job never has.
+    setrlimit(Resource::RLIMIT_CORE, 1, 1).stage("limit core dumps")?;
     nix::sys::prctl::set_no_new_privs().stage("no_new_privs")?;
     let filters = seccomp::build().stage("build seccomp filter")?;
     let listener = seccomp::install(&filters).stage("install seccomp filter")?;

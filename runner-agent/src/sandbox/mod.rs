@@ -40,6 +40,10 @@ use protocol::{FromInit, SandboxSpec, StepEnd, StepRequest, ToInit};
 /// Where the job's files live inside the sandbox.
 pub const WORKSPACE: &str = "/workspace";
 
+/// Where `deliver: file` secrets appear inside the sandbox, one file per secret named
+/// after it, on a read-only tmpfs of their own.
+pub const SECRETS_DIR: &str = "/run/secrets";
+
 /// How long destruction waits for the processes of a runner to die.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -125,6 +129,8 @@ pub struct SandboxConfig {
     pub init_program: PathBuf,
     /// Files to write inside the sandbox (path, content), e.g. /etc/resolv.conf.
     pub files: Vec<(PathBuf, String)>,
+    /// Secrets delivered as files under [`SECRETS_DIR`].
+    pub secret_files: Vec<protocol::SecretFile>,
     /// Where eBPF fences are pinned (one directory per runner below it, on bpffs).
     pub bpf_pin_root: PathBuf,
 }
@@ -328,6 +334,7 @@ impl Sandbox {
             masked_paths: masked,
             files,
             workspace: PathBuf::from(WORKSPACE),
+            secret_files: config.secret_files.clone(),
         };
 
         let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
@@ -442,7 +449,10 @@ impl Sandbox {
             .control
             .as_mut()
             .ok_or_else(|| SandboxError::Init("control channel closed".into()))?;
-        let mut line = serde_json::to_vec(msg).map_err(|e| SandboxError::Init(e.to_string()))?;
+        // Zeroed after sending: the spec and step requests may carry secrets.
+        let mut line = zeroize::Zeroizing::new(
+            serde_json::to_vec(msg).map_err(|e| SandboxError::Init(e.to_string()))?,
+        );
         line.push(b'\n');
         writer
             .write_all(&line)

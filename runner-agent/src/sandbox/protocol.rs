@@ -23,7 +23,31 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Everything init needs to build the sandbox. It carries no secret.
+/// A secret delivered as a file (`deliver: file`): `SECRETS_DIR/name` inside the sandbox.
+/// The content is zeroed when the value is dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    /// The secret's name, also the file name.
+    pub name: String,
+    /// The value.
+    pub content: Vec<u8>,
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.content);
+    }
+}
+
+impl std::fmt::Debug for SecretFile {
+    /// Never prints the value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({}, {} bytes)", self.name, self.content.len())
+    }
+}
+
+/// Everything init needs to build the sandbox. Its only secrets are the `deliver: file`
+/// values in `secret_files`, which init writes to a tmpfs of their own and then zeroes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
     /// The runner's name, also its hostname.
@@ -45,10 +69,13 @@ pub struct SandboxSpec {
     pub files: Vec<(PathBuf, String)>,
     /// The job's workspace directory inside, created empty.
     pub workspace: PathBuf,
+    /// Secrets delivered as files, on a read-only tmpfs at `SECRETS_DIR`.
+    #[serde(default)]
+    pub secret_files: Vec<SecretFile>,
 }
 
 /// One step to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRequest {
     /// The script, given to `bash -e`.
     pub script: String,
@@ -58,6 +85,19 @@ pub struct StepRequest {
     pub cwd: PathBuf,
     /// Milliseconds before the step's process group is killed; 0 for none.
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for StepRequest {
+    /// The environment's names only: its values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("StepRequest")
+            .field("script", &self.script)
+            .field("env", &names)
+            .field("cwd", &self.cwd)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// Agent → init.

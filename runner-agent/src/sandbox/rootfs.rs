@@ -20,7 +20,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -28,6 +28,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{chown, Gid, Uid};
 
 use super::protocol::SandboxSpec;
+use super::SECRETS_DIR;
 use crate::sys;
 
 /// A failing step of the root filesystem set-up.
@@ -164,6 +165,9 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
         Some(&options),
     )?;
     mount_pseudo_filesystems(&scratch.merged, ids, spec.scratch_bytes)?;
+    if !spec.secret_files.is_empty() {
+        mount_secrets(&scratch.merged, spec, ids)?;
+    }
     Ok(BuiltRoot {
         root: scratch.merged,
         idmapped,
@@ -260,6 +264,18 @@ fn prepare_upper(spec: &SandboxSpec, upper: &Path, ids: IdMap) -> Result<(), Roo
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io_err(&path))?;
         chown(&path, Some(Uid::from_raw(root)), Some(Gid::from_raw(root)))
             .map_err(nix_io(&path))?;
+    }
+    if !spec.secret_files.is_empty() {
+        // The mount point of the secrets tmpfs (/run is masked, so this is the only
+        // entry of the job's /run).
+        let secrets = Path::new(SECRETS_DIR);
+        ensure_parents(upper, secrets, ids)?;
+        let dir = under(upper, secrets);
+        fs::DirBuilder::new()
+            .mode(0o500)
+            .create(&dir)
+            .map_err(io_err(&dir))?;
+        chown(&dir, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(&dir))?;
     }
     ensure_parents(upper, &spec.workspace, ids)?;
     let workspace = under(upper, &spec.workspace);
@@ -462,6 +478,51 @@ fn mount_pseudo_filesystems(
         std::os::unix::fs::symlink(target, &path).map_err(io_err(&path))?;
     }
     Ok(())
+}
+
+/// Secrets delivered as files: a tmpfs of their own at [`SECRETS_DIR`], owned by the job's
+/// root (mapped), each file 0400, then remounted read-only. The mount belongs to the
+/// sandbox's mount namespace, which is owned by the host's user namespace, so the job can
+/// neither unmount nor remount it, and it dies with the sandbox: the values never touch a
+/// disk and never reach the host's filesystem.
+fn mount_secrets(root: &Path, spec: &SandboxSpec, ids: IdMap) -> Result<(), RootfsError> {
+    let dir = under(root, Path::new(SECRETS_DIR));
+    let owner = ids.host(0);
+    let bytes: usize = spec.secret_files.iter().map(|f| f.content.len()).sum();
+    // Room for the values plus one page per file; tmpfs rounds up to pages anyway.
+    let size = bytes + (spec.secret_files.len() + 1) * 4096;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    do_mount(
+        "secrets tmpfs",
+        Some(Path::new("tmpfs")),
+        &dir,
+        Some("tmpfs"),
+        flags,
+        Some(&format!(
+            "mode=0500,uid={owner},gid={owner},size={size},nr_inodes={}",
+            spec.secret_files.len() + 16
+        )),
+    )?;
+    for secret in &spec.secret_files {
+        let path = dir.join(&secret.name);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        io::Write::write_all(&mut file, &secret.content).map_err(io_err(&path))?;
+        chown(&path, Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)))
+            .map_err(nix_io(&path))?;
+    }
+    do_mount(
+        "secrets read-only",
+        None,
+        &dir,
+        None,
+        flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
 }
 
 /// Bind-mounts `source` on `target`, read-only and without suid/dev/exec when asked.

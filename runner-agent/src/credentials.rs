@@ -1,0 +1,165 @@
+//! Releasing an environment's secrets to one job (DESIGN.md 7).
+//!
+//! Called only after the job was admitted: its claims matched the environment and, where
+//! `approval: required`, an operator approved it. Every secret the environment declares is
+//! read from the store and split by delivery:
+//! - `env`: an environment variable of every step (the value must be text without NUL);
+//! - `file`: a file under `/run/secrets` on a tmpfs of its own inside the sandbox;
+//! - `proxy`: the complete header value (`format` with `{secret}` replaced) handed to the
+//!   runner's proxy process, which adds it to requests for the bound hosts; the sandbox
+//!   never sees it.
+//!
+//! A declared secret that is not in the store stops the job before anything is created:
+//! running with a credential silently missing would fail later in a less clear way.
+//!
+//! Every value, and the formatted header values, go into one [`Masker`] that the agent
+//! applies to step output and audit events. Values are held in zeroizing buffers from the
+//! moment they are decrypted; what is handed on (the sandbox spec, a step's environment,
+//! the proxy's configuration) is zeroed by its own holder after use.
+
+use zeroize::Zeroizing;
+
+use crate::config::{Delivery, Environment};
+use crate::mask::Masker;
+use crate::record::ReleasedSecret;
+use crate::sandbox::protocol::SecretFile;
+use crate::secrets::{SecretError, SecretStore};
+
+/// A credential the proxy adds to requests.
+pub struct ProxyCredential {
+    /// The secret's name (for audit events; never the value).
+    pub name: String,
+    /// Exact host names it is added for.
+    pub hosts: Vec<String>,
+    /// The header.
+    pub header: String,
+    /// The complete header value.
+    pub value: Zeroizing<String>,
+}
+
+/// What a job receives of its environment's secrets.
+pub struct Released {
+    /// `deliver: env` secrets, as (name, value).
+    pub env: Vec<(String, Zeroizing<String>)>,
+    /// `deliver: file` secrets.
+    pub files: Vec<SecretFile>,
+    /// `deliver: proxy` secrets.
+    pub proxy: Vec<ProxyCredential>,
+    /// What the job record says was released.
+    pub record: Vec<ReleasedSecret>,
+    /// Masks every value (and its encoded forms) in output and logs.
+    pub masker: Masker,
+}
+
+impl Released {
+    /// Nothing released (an environment without secrets).
+    pub fn none() -> Released {
+        Released {
+            env: Vec::new(),
+            files: Vec::new(),
+            proxy: Vec::new(),
+            record: Vec::new(),
+            masker: Masker::new(std::iter::empty::<&[u8]>()),
+        }
+    }
+}
+
+/// A secret could not be released.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The store could not give the value.
+    #[error("secret `{name}` of environment `{environment}`: {source}")]
+    Store {
+        /// The environment.
+        environment: String,
+        /// The secret.
+        name: String,
+        /// Why.
+        source: SecretError,
+    },
+    /// The value cannot be delivered the way the environment asks.
+    #[error("secret `{name}` of environment `{environment}` cannot be delivered as `{deliver}`: {reason}")]
+    Unfit {
+        /// The environment.
+        environment: String,
+        /// The secret.
+        name: String,
+        /// The delivery.
+        deliver: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Reads and splits the secrets `environment` declares (see the module doc).
+pub fn release(
+    store: &SecretStore,
+    environment_name: &str,
+    environment: &Environment,
+) -> Result<Released, ReleaseError> {
+    let mut released = Released::none();
+    let mut mask_values: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    for (name, spec) in &environment.secrets {
+        let secret = store
+            .get(environment_name, name)
+            .map_err(|source| ReleaseError::Store {
+                environment: environment_name.to_owned(),
+                name: name.clone(),
+                source,
+            })?;
+        let unfit = |reason| ReleaseError::Unfit {
+            environment: environment_name.to_owned(),
+            name: name.clone(),
+            deliver: spec.delivery_name(),
+            reason,
+        };
+        let value = secret.value();
+        mask_values.push(Zeroizing::new(value.to_vec()));
+        let mut hosts = Vec::new();
+        match &spec.deliver {
+            Delivery::Env => {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| unfit("an environment variable must be text (UTF-8)"))?;
+                if text.contains('\0') {
+                    return Err(unfit("an environment variable cannot contain NUL"));
+                }
+                released
+                    .env
+                    .push((name.clone(), Zeroizing::new(text.to_owned())));
+            }
+            Delivery::File => released.files.push(SecretFile {
+                name: name.clone(),
+                content: value.to_vec(),
+            }),
+            Delivery::Proxy {
+                hosts: bound,
+                header,
+                format,
+            } => {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| unfit("a header value must be text (UTF-8)"))?;
+                // RFC 9110 §5.5: no CR, LF or NUL in a field value (header injection).
+                if text.contains(['\r', '\n', '\0']) {
+                    return Err(unfit("a header value cannot contain CR, LF or NUL"));
+                }
+                let formatted = Zeroizing::new(format.replace("{secret}", text));
+                mask_values.push(Zeroizing::new(formatted.as_bytes().to_vec()));
+                hosts = bound.clone();
+                released.proxy.push(ProxyCredential {
+                    name: name.clone(),
+                    hosts: bound.clone(),
+                    header: header.clone(),
+                    value: formatted,
+                });
+            }
+        }
+        released.record.push(ReleasedSecret {
+            name: name.clone(),
+            deliver: spec.delivery_name().to_owned(),
+            fingerprint: secret.fingerprint.clone(),
+            hosts,
+        });
+    }
+    released.masker = Masker::new(mask_values.iter().map(|v| v.as_slice()));
+    Ok(released)
+}

@@ -1,0 +1,556 @@
+//! Environments and scoped credentials, end to end (DESIGN.md 7, THREATS.md
+//! "Credentials"): real sandboxes, as root, against the tests' own internet.
+//!
+//! Every secret value is random per test run. The jobs look for values they must not have
+//! with a needle they assemble at run time from two halves, so the value itself never
+//! appears in a job file, a command line or an environment the job could search by
+//! accident; the scanner looks in every process's environment, command line and memory
+//! and in the writable places of the filesystem.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use runner_agent_tests::agent::{describe, wait_until, World};
+use runner_agent_tests::netbed::{NetBed, DNS_IP};
+use runner_agent_tests::require_privilege;
+
+/// A fresh random value with a readable tag.
+fn random_value(tag: &str) -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .expect("urandom");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{tag}-{hex}")
+}
+
+/// `runner-agent secrets set ENV NAME`, the value on stdin.
+fn set_secret(world: &World, env: &str, name: &str, value: &str) {
+    let config = world.config.to_string_lossy().into_owned();
+    let mut child = world
+        .command(&["secrets", "set", env, name, "--config", &config])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn secrets set");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(value.as_bytes())
+        .expect("write value");
+    let output = child.wait_with_output().expect("secrets set");
+    assert!(output.status.success(), "{}", describe(&output));
+}
+
+/// A step that scans the sandbox for the value `P1` + `P2` (given in the step's env) and
+/// prints `CLEAN` or `FOUND [...]`. It skips only its own process.
+fn scan_step(name: &str, value: &str) -> String {
+    let (p1, p2) = value.split_at(value.len() / 2);
+    format!(
+        r#"  - name: {name}
+    env: {{ P1: "{p1}", P2: "{p2}" }}
+    run: |
+      python3 - <<'PY'
+      import os
+      needle = (os.environ["P1"] + os.environ["P2"]).encode()
+      me = os.getpid()
+      hits = []
+      for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+          if int(pid) == me:
+              continue
+          for part in ("environ", "cmdline"):
+              try:
+                  if needle in open(f"/proc/{{pid}}/{{part}}", "rb").read():
+                      hits.append(f"{{pid}}/{{part}}")
+              except OSError:
+                  pass
+          try:
+              maps = open(f"/proc/{{pid}}/maps").read().splitlines()
+              mem = open(f"/proc/{{pid}}/mem", "rb", 0)
+          except OSError:
+              continue
+          for line in maps:
+              span, perms = line.split()[:2]
+              lo, hi = (int(x, 16) for x in span.split("-"))
+              if "r" not in perms or hi - lo > (256 << 20):
+                  continue
+              try:
+                  mem.seek(lo)
+                  if needle in mem.read(hi - lo):
+                      hits.append(f"{{pid}}/mem " + line)
+              except (OSError, ValueError, OverflowError):
+                  pass
+      for root in ["/run", "/tmp", "/var/tmp", "/dev/shm", "/etc", "/root", "/home",
+                   "/workspace", "/var/cache", "/var/log", "/usr/local", "/opt"]:
+          for top, dirs, files in os.walk(root):
+              for f in files:
+                  path = os.path.join(top, f)
+                  try:
+                      if os.path.islink(path) or not os.path.isfile(path):
+                          continue
+                      if os.path.getsize(path) > (16 << 20):
+                          continue
+                      if needle in open(path, "rb").read():
+                          hits.append(path)
+                  except OSError:
+                      pass
+      print("FOUND", hits) if hits else print("CLEAN")
+      PY
+"#
+    )
+}
+
+/// Host config of these tests: the test DNS upstream, a `ci` environment with an env and
+/// a file secret, a `release` environment gated by claims and approval with a proxy
+/// secret bound to api.allowed.test, and a `gated` environment whose approval times out
+/// quickly.
+fn host_config() -> String {
+    format!(
+        r#"network:
+  upstream_dns: [{DNS_IP}]
+environments:
+  ci:
+    egress:
+      mode: enforce
+      allow:
+        - host: allowed.test
+        - host: "*.allowed.test"
+        - host: tenant.test
+    secrets:
+      CI_TOKEN: {{ deliver: env }}
+      CI_KEY: {{ deliver: file }}
+  release:
+    match:
+      repositories: [acme/app]
+      refs: ["refs/tags/v*"]
+      events: [push]
+    approval: required
+    approval_timeout: 2m
+    egress:
+      mode: enforce
+      allow:
+        - host: allowed.test
+        - host: "*.allowed.test"
+        - host: tenant.test
+    secrets:
+      RELEASE_TOKEN:
+        deliver: proxy
+        hosts: [api.allowed.test]
+        header: Authorization
+        format: "Bearer {{secret}}"
+  gated:
+    approval: required
+    approval_timeout: 2s
+    secrets:
+      GATED_TOKEN: {{ deliver: env }}
+"#
+    )
+}
+
+/// The bed's CA as PEM, for the agent's `SSL_CERT_FILE` (the proxy verifies upstream
+/// servers against it).
+fn write_bed_ca(bed: &NetBed, dir: &Path) -> String {
+    let path = dir.join("bed-ca.pem");
+    std::fs::write(&path, bed.ca_pem()).expect("write CA");
+    path.to_string_lossy().into_owned()
+}
+
+struct Secrets {
+    ci_token: String,
+    ci_key: String,
+    release_token: String,
+    gated_token: String,
+}
+
+fn world_with_secrets(bed: &NetBed) -> (World, Secrets) {
+    let world = World::in_netns(bed.host_ns(), "", &host_config());
+    let ca = write_bed_ca(bed, world.dir.path());
+    let world = world.with_agent_env("SSL_CERT_FILE", &ca);
+    let secrets = Secrets {
+        ci_token: random_value("citoken"),
+        ci_key: random_value("cikey"),
+        release_token: random_value("reltoken"),
+        gated_token: random_value("gated"),
+    };
+    set_secret(&world, "ci", "CI_TOKEN", &secrets.ci_token);
+    set_secret(&world, "ci", "CI_KEY", &secrets.ci_key);
+    set_secret(&world, "release", "RELEASE_TOKEN", &secrets.release_token);
+    set_secret(&world, "gated", "GATED_TOKEN", &secrets.gated_token);
+    (world, secrets)
+}
+
+fn sha256_hex(text: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every file below `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() {
+            if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Runs `job` in `world` with `claims`, approving it once it waits when `approve` is set.
+fn run_with_claims(world: &World, job: &Path, claims: &[&str], approve: bool) -> Output {
+    let (job_text, config) = (
+        job.to_string_lossy().into_owned(),
+        world.config.to_string_lossy().into_owned(),
+    );
+    let mut args = vec!["run", job_text.as_str(), "--config", config.as_str()];
+    args.extend_from_slice(claims);
+    let child = world
+        .command(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    if approve {
+        let mut waiting = None;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let out = world
+                    .command(&["approve", "--config", &config])
+                    .output()
+                    .expect("approve list");
+                waiting = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .find(|w| w.starts_with("j-"))
+                    .map(str::to_owned);
+                waiting.is_some()
+            }),
+            "the job never asked for approval"
+        );
+        let id = waiting.expect("job id");
+        let out = world
+            .command(&["approve", &id, "--config", &config])
+            .output()
+            .expect("approve");
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    child.wait_with_output().expect("run")
+}
+
+#[test]
+fn a_ci_job_gets_its_own_secrets_masked_and_nothing_of_release() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let (world, secrets) = world_with_secrets(&bed);
+    let job = world.job(
+        "ci.yaml",
+        &format!(
+            r#"name: ci-scope
+environment: ci
+steps:
+  - name: env and file delivery
+    run: |
+      printf %s "$CI_TOKEN" | sha256sum | cut -c1-64 | sed 's/^/ENV-SHA=/'
+      sha256sum /run/secrets/CI_KEY | cut -c1-64 | sed 's/^/FILE-SHA=/'
+      stat -c 'FILE-MODE=%a %U' /run/secrets/CI_KEY
+      if echo x > /run/secrets/CI_KEY 2>/dev/null; then echo FILE-WRITABLE; fi
+      echo "PRINTED=$CI_TOKEN"
+      printf %s "$CI_TOKEN" | base64 | sed 's/^/B64=/'
+  - name: no core dump can carry the environment out
+    run: |
+      python3 -c 'import resource; print("CORE-LIMIT", resource.getrlimit(resource.RLIMIT_CORE))'
+      python3 -c 'import resource; resource.setrlimit(resource.RLIMIT_CORE, (-1, -1)); print("CORE-RAISED")' || true
+  - name: release credential through the proxy
+    run: |
+      curl -sS -k -o /dev/null -H 'X-Probe: ci' https://api.allowed.test/ci-probe && echo PROBE-DONE
+{}"#,
+            scan_step("scan for release", &secrets.release_token)
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        stdout.contains(&format!("ENV-SHA={}", sha256_hex(&secrets.ci_token))),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        stdout.contains(&format!("FILE-SHA={}", sha256_hex(&secrets.ci_key))),
+        "{}",
+        describe(&output)
+    );
+    assert!(stdout.contains("FILE-MODE=400 root"), "{}", describe(&output));
+    assert!(!stdout.contains("FILE-WRITABLE"), "{}", describe(&output));
+    assert!(stdout.contains("CORE-LIMIT (1, 1)"), "{}", describe(&output));
+    assert!(!stdout.contains("CORE-RAISED"), "{}", describe(&output));
+    // Masked: the value and its base64 form never reach the output.
+    assert!(stdout.contains("PRINTED=***"), "{}", describe(&output));
+    assert!(stdout.contains("B64=***"), "{}", describe(&output));
+    for value in [&secrets.ci_token, &secrets.ci_key, &secrets.release_token] {
+        assert!(!stdout.contains(value.as_str()), "{}", describe(&output));
+    }
+    // Release's secret is nowhere in the ci sandbox, and the proxy added nothing.
+    assert!(stdout.contains("PROBE-DONE"), "{}", describe(&output));
+    assert!(stdout.contains("CLEAN"), "{}", describe(&output));
+    let hits = bed.web_hits();
+    let probe = hits
+        .iter()
+        .find(|h| h.path == "/ci-probe")
+        .expect("the probe reached the server");
+    assert!(
+        !probe.headers.iter().any(|(name, _)| name == "authorization"),
+        "{probe:?}"
+    );
+    for event in &events {
+        assert!(!event.to_string().contains(&secrets.release_token));
+        assert!(!event.to_string().contains(&secrets.ci_token));
+    }
+    assert_no_plaintext(&world, &secrets);
+}
+
+/// No file the agent keeps (state_dir: store, records, logs; run_dir: live state and
+/// scratch) contains a value, raw or base64.
+fn assert_no_plaintext(world: &World, secrets: &Secrets) {
+    use base64::Engine;
+    for value in [
+        &secrets.ci_token,
+        &secrets.ci_key,
+        &secrets.release_token,
+        &secrets.gated_token,
+    ] {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+        for needle in [value.as_str(), b64.trim_end_matches('=')] {
+            for dir in [&world.state_dir, &world.run_dir] {
+                let found = files_containing(dir, needle.as_bytes());
+                assert!(found.is_empty(), "{needle} found in {found:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_proxy_credential_reaches_only_its_host_and_never_the_sandbox() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let (world, secrets) = world_with_secrets(&bed);
+    let job = world.job(
+        "release.yaml",
+        &format!(
+            r#"name: release-proxy
+environment: release
+steps:
+  - name: bound host, through CONNECT, own header overwritten
+    run: curl -fsS -o /dev/null -H 'Authorization: Bearer job-own-value' https://api.allowed.test/bound-connect && echo OK-CONNECT
+  - name: bound host, ignoring the proxy (transparent TLS)
+    run: curl -fsS -o /dev/null --noproxy '*' -H 'authorization: job-own-2' https://api.allowed.test/bound-transparent && echo OK-TRANSPARENT
+  - name: bound host over plain HTTP
+    run: curl -fsS -o /dev/null http://api.allowed.test/bound-plain && echo OK-PLAIN
+  - name: not bound, resembling and same-address hosts
+    run: |
+      curl -sS -o /dev/null -k -H 'Authorization: Bearer job-own-3' https://allowed.test/unbound-parent || true
+      curl -sS -o /dev/null -k https://deep.api.allowed.test/unbound-child || true
+      curl -sS -o /dev/null -k https://tenant.test/unbound-tenant || true
+      curl -sS -o /dev/null -k --noproxy '*' --connect-to tenant.test:443:api.allowed.test:443 https://tenant.test/unbound-fronted || true
+      echo OK-UNBOUND
+{}"#,
+            scan_step("scan for the proxy credential", &secrets.release_token)
+        ),
+    );
+    let claims = [
+        "--repository",
+        "acme/app",
+        "--ref",
+        "refs/tags/v1.2.0",
+        "--event",
+        "push",
+    ];
+    let output = run_with_claims(&world, &job, &claims, true);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    for mark in ["OK-CONNECT", "OK-TRANSPARENT", "OK-PLAIN", "OK-UNBOUND", "CLEAN"] {
+        assert!(stdout.contains(mark), "{mark}\n{}", describe(&output));
+    }
+    let expected = format!("Bearer {}", secrets.release_token);
+    let hits = bed.web_hits();
+    let auth_of = |path: &str| -> Vec<String> {
+        hits.iter()
+            .filter(|h| h.path == path)
+            .flat_map(|h| {
+                h.headers
+                    .iter()
+                    .filter(|(name, _)| name == "authorization")
+                    .map(|(_, value)| value.clone())
+            })
+            .collect()
+    };
+    for path in ["/bound-connect", "/bound-transparent", "/bound-plain"] {
+        assert_eq!(auth_of(path), vec![expected.clone()], "{path}: {hits:?}");
+    }
+    assert_eq!(
+        auth_of("/unbound-parent"),
+        vec!["Bearer job-own-3".to_owned()]
+    );
+    for path in ["/unbound-child", "/unbound-tenant", "/unbound-fronted"] {
+        assert!(auth_of(path).is_empty(), "{path}: {hits:?}");
+    }
+    // The record names what was released, by fingerprint, with the approval.
+    let records = files_containing(&world.state_dir.join("jobs"), b"RELEASE_TOKEN");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&records[0]).expect("record")).expect("json");
+    assert_eq!(record["environment"], "release");
+    assert_eq!(record["claims"]["repository"], "acme/app");
+    assert_eq!(record["approval"]["outcome"], "approved");
+    assert_eq!(record["secrets"][0]["name"], "RELEASE_TOKEN");
+    assert!(record["secrets"][0]["fingerprint"]
+        .as_str()
+        .is_some_and(|f| !f.is_empty()));
+    assert_eq!(record["status"], "succeeded");
+    assert_no_plaintext(&world, &secrets);
+}
+
+#[test]
+fn unapproved_and_mismatched_jobs_get_nothing() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let (world, secrets) = world_with_secrets(&bed);
+    let marker = random_value("ran");
+    let gated = world.job(
+        "gated.yaml",
+        &format!("name: gated\nenvironment: gated\nsteps:\n  - run: echo {marker}\n"),
+    );
+    // Nobody approves: refused after the timeout, nothing ran, nothing was created.
+    let started = std::time::Instant::now();
+    let output = run_with_claims(&world, &gated, &[], false);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not approved within 2s"), "{}", describe(&output));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(&marker));
+    assert!(world.runner_records().is_empty());
+    let record = files_containing(&world.state_dir.join("jobs"), b"\"gated\"");
+    assert_eq!(record.len(), 1, "{record:?}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record[0]).expect("record")).expect("json");
+    assert_eq!(record["approval"]["outcome"], "timed out");
+    assert_eq!(record["status"], "refused");
+    assert_eq!(record["secrets"], serde_json::json!([]));
+
+    // Claims that do not match: refused at once with the failing field.
+    let release = world.job(
+        "release.yaml",
+        &format!("name: rel\nenvironment: release\nsteps:\n  - run: echo {marker}\n"),
+    );
+    for (claims, field) in [
+        (
+            vec!["--repository", "acme/app", "--ref", "refs/heads/main", "--event", "push"],
+            "refs: `refs/heads/main` matches none of `refs/tags/v*`",
+        ),
+        (
+            vec!["--repository", "evil/app", "--ref", "refs/tags/v1", "--event", "push"],
+            "repositories: `evil/app`",
+        ),
+        (
+            vec!["--repository", "acme/app", "--ref", "refs/tags/v1/x", "--event", "push"],
+            "refs: `refs/tags/v1/x`",
+        ),
+        (
+            vec!["--repository", "acme/app", "--ref", "refs/tags/v1"],
+            "events: the job gave no --event claim",
+        ),
+    ] {
+        let output = run_with_claims(&world, &release, &claims, false);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("do not match environment `release`: {field}")),
+            "{field}: {}",
+            describe(&output)
+        );
+        assert!(!String::from_utf8_lossy(&output.stdout).contains(&marker));
+    }
+    let none_waiting = world
+        .command(&["approve", "--config", &world.config.to_string_lossy()])
+        .output()
+        .expect("approve list");
+    assert!(String::from_utf8_lossy(&none_waiting.stdout).contains("no job is waiting"));
+    assert_no_plaintext(&world, &secrets);
+}
+
+#[test]
+fn approval_cli_refuses_what_is_not_waiting() {
+    require_privilege!();
+    let world = World::new("", &host_config());
+    let config = world.config.to_string_lossy().into_owned();
+    for (args, code, message) in [
+        (vec!["approve", "nonsense"], 64, "is not a job id"),
+        (
+            vec!["approve", "j-01JD3M0Q8V5X6W7Y8Z9A0B1C2D"],
+            1,
+            "no job j-01JD3M0Q8V5X6W7Y8Z9A0B1C2D is waiting",
+        ),
+        (vec!["approve", "--reject"], 64, "--reject needs the id"),
+    ] {
+        let mut full = args.clone();
+        full.extend_from_slice(&["--config", &config]);
+        let output = world.command(&full).output().expect("approve");
+        assert_eq!(output.status.code(), Some(code), "{}", describe(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(message),
+            "{}",
+            describe(&output)
+        );
+    }
+}
+
+#[test]
+fn a_job_whose_secret_is_not_set_does_not_start() {
+    require_privilege!();
+    let world = World::new("", &host_config());
+    let job = world.job(
+        "ci.yaml",
+        "name: unset\nenvironment: ci\nsteps:\n  - run: echo SHOULD-NOT-RUN\n",
+    );
+    let output = world.run(&job);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CI_KEY") && stderr.contains("environment `ci`"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("SHOULD-NOT-RUN"));
+    assert!(world.runner_records().is_empty());
+}
