@@ -7,8 +7,10 @@
 pub mod cgroup;
 pub mod config;
 pub mod egress;
+pub mod mask;
 pub mod network;
 pub mod run;
 pub mod sandbox;
+pub mod secrets;
 pub mod state;
 pub mod sys;

@@ -51,6 +51,8 @@ enum Command {
         /// A job file to validate against it.
         job: Option<PathBuf>,
     },
+    /// Set, list and remove secret values (read from stdin or a file, never argv).
+    Secrets(runner_agent::secrets::cli::SecretsArgs),
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -112,5 +114,6 @@ fn main() -> ExitCode {
             exit(runtime.block_on(run::run(request)))
         }
         Command::Check { config, job } => exit(run::check(config.as_deref(), job.as_deref())),
+        Command::Secrets(args) => exit(runner_agent::secrets::cli::main(args)),
     }
 }
