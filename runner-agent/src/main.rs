@@ -63,6 +63,8 @@ enum Command {
         /// A job file to validate against it.
         job: Option<PathBuf>,
     },
+    /// Set, list and remove secret values (read from stdin or a file, never argv).
+    Secrets(runner_agent::secrets::cli::SecretsArgs),
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -133,5 +135,6 @@ fn main() -> ExitCode {
             job.as_deref(),
             reject,
         )),
+        Command::Secrets(args) => exit(runner_agent::secrets::cli::main(args)),
     }
 }

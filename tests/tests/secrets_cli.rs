@@ -1,0 +1,525 @@
+//! `runner-agent secrets` end to end: the real binary on a store of its own.
+//!
+//! Each test writes a host config into a fresh temporary directory whose `state_dir`
+//! lies inside it, and runs `runner-agent secrets --config` on it. They check what an
+//! operator sees (output, errors, exit codes), that values never reach the disk or the
+//! output in any recognisable form, and that failures lose nothing: after every
+//! refused or failed command the store's files are byte for byte what they were.
+//!
+//! The command requires root, so these tests do too.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use runner_agent_tests::agent::agent_binary;
+use runner_agent_tests::require_privilege;
+
+/// A host config and its store in a temporary directory.
+struct Store {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+impl Store {
+    fn new() -> Store {
+        let dir = tempfile::Builder::new()
+            .prefix("ra-secrets-")
+            .tempdir()
+            .unwrap();
+        let state = dir.path().join("state");
+        let config = dir.path().join("host.yaml");
+        fs::write(
+            &config,
+            format!(
+                "state_dir: {}\nrun_dir: {}\nenvironments:\n  ci:\n    secrets:\n      \
+                 DEV_TOKEN: {{ deliver: env }}\n      KEY: {{ deliver: file }}\n  release:\n    \
+                 egress: {{ mode: enforce, allow: [ {{ host: registry.example.com }} ] }}\n    \
+                 secrets:\n      PROD_TOKEN: {{ deliver: proxy, hosts: [registry.example.com], \
+                 header: Authorization, format: \"Bearer {{secret}}\" }}\n",
+                state.display(),
+                dir.path().join("run").display()
+            ),
+        )
+        .unwrap();
+        Store { dir, config, state }
+    }
+
+    /// Runs `runner-agent secrets ARGS --config HOST.yaml` with `stdin`.
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        run_secrets(&self.config, args, stdin, None)
+    }
+
+    /// `secrets set ENV NAME` with `value` on stdin; returns the printed fingerprint.
+    fn set(&self, env: &str, name: &str, value: &[u8]) -> String {
+        let out = self.run(&["set", env, name], value);
+        assert_ok(&out);
+        fingerprint_in(&stdout(&out), &format!("set {env}/{name} (fingerprint "))
+    }
+
+    fn value_file(&self, env: &str, name: &str) -> PathBuf {
+        self.state
+            .join(format!("secrets/values/{env}/{name}.secret"))
+    }
+
+    fn key_file(&self, env: &str) -> PathBuf {
+        self.state.join(format!("secrets/keys/{env}.key"))
+    }
+
+    /// Every file under state_dir with its content.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.insert(path.clone(), fs::read(&path).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.state, &mut out);
+        out
+    }
+}
+
+fn run_secrets(config: &Path, args: &[&str], stdin: &[u8], uid: Option<u32>) -> Output {
+    let mut command = Command::new(agent_binary());
+    command
+        .arg("secrets")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let mut child = command.spawn().expect("runner-agent starts");
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        // A refused command may exit before reading: a broken pipe is fine then.
+        let _ = input.write_all(stdin);
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+fn assert_exit(out: &Output, code: i32, says: &[&str]) {
+    assert_eq!(out.status.code(), Some(code), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    for fragment in says {
+        assert!(err.contains(fragment), "expected {fragment:?} in: {err}");
+    }
+}
+
+/// The `hmac-sha256:…` fingerprint following `after` in `text`.
+fn fingerprint_in(text: &str, after: &str) -> String {
+    let start = text
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} in {text}"))
+        + after.len();
+    let fingerprint: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == ':')
+        .collect();
+    assert!(fingerprint.starts_with("hmac-sha256:"), "{text}");
+    assert_eq!(fingerprint.len(), "hmac-sha256:".len() + 16, "{text}");
+    fingerprint
+}
+
+/// The `list` line of `env` `name`, split into columns.
+fn list_row(listing: &str, env: &str, name: &str) -> Vec<String> {
+    listing
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|cols| cols.len() >= 3 && cols[0] == env && cols[1] == name)
+        .unwrap_or_else(|| panic!("no row {env} {name} in:\n{listing}"))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn set_from_stdin_and_file_list_and_remove() {
+    require_privilege!();
+    let store = Store::new();
+    let token = store.set("ci", "DEV_TOKEN", b"dev-token-value\n");
+    // One trailing newline is not part of the value: the same value without it has the
+    // same fingerprint (another name, same environment, same key).
+    assert_eq!(store.set("ci", "OTHER", b"dev-token-value"), token);
+
+    let file = store.dir.path().join("key.pem");
+    fs::write(&file, b"-----BEGIN KEY-----\nabc\n-----END KEY-----\r\n").unwrap();
+    let out = store.run(
+        &["set", "ci", "KEY", "--from-file", file.to_str().unwrap()],
+        b"",
+    );
+    assert_ok(&out);
+    let key = fingerprint_in(&stdout(&out), "set ci/KEY (fingerprint ");
+    assert_ne!(key, token);
+
+    let out = store.run(&["list"], b"");
+    assert_ok(&out);
+    let listing = stdout(&out);
+    assert_eq!(
+        list_row(&listing, "ci", "DEV_TOKEN"),
+        ["ci", "DEV_TOKEN", "env", &token]
+    );
+    assert_eq!(list_row(&listing, "ci", "KEY"), ["ci", "KEY", "file", &key]);
+    assert_eq!(
+        list_row(&listing, "release", "PROD_TOKEN"),
+        ["release", "PROD_TOKEN", "proxy", "not", "set"]
+    );
+    // Set but not declared in the config: listed with a note, delivery unknown.
+    let other = list_row(&listing, "ci", "OTHER");
+    assert_eq!(other[..4], ["ci", "OTHER", "-", &token]);
+    assert!(listing.contains("not declared"), "{listing}");
+    for value in ["dev-token-value", "BEGIN KEY"] {
+        assert!(!listing.contains(value), "{listing}");
+        assert!(!stderr(&out).contains(value));
+    }
+
+    let out = store.run(&["list", "release"], b"");
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("DEV_TOKEN"), "{}", stdout(&out));
+
+    let out = store.run(&["rm", "ci", "DEV_TOKEN"], b"");
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "removed ci/DEV_TOKEN\n");
+    assert!(!store.value_file("ci", "DEV_TOKEN").exists());
+    let listing = stdout(&store.run(&["list", "ci"], b""));
+    assert_eq!(
+        list_row(&listing, "ci", "DEV_TOKEN"),
+        ["ci", "DEV_TOKEN", "env", "not", "set"]
+    );
+    assert_eq!(list_row(&listing, "ci", "KEY")[3], key);
+}
+
+#[test]
+fn set_replaces_the_value() {
+    require_privilege!();
+    let store = Store::new();
+    let first = store.set("ci", "DEV_TOKEN", b"first-value");
+    let second = store.set("ci", "DEV_TOKEN", b"second-value");
+    assert_ne!(first, second);
+    let listing = stdout(&store.run(&["list", "ci"], b""));
+    assert_eq!(list_row(&listing, "ci", "DEV_TOKEN")[3], second);
+    // The same value again gives the same fingerprint: it is keyed, not random.
+    assert_eq!(store.set("ci", "DEV_TOKEN", b"first-value"), first);
+}
+
+#[test]
+fn no_form_of_the_value_reaches_the_disk() {
+    require_privilege!();
+    let store = Store::new();
+    let value = b"Plaintext Canary/4711+x?";
+    store.set("ci", "DEV_TOKEN", value);
+    store.set("ci", "DEV_TOKEN", value);
+    store.set("release", "PROD_TOKEN", value);
+    // The raw value, its base64 (both alphabets, every alignment), percent-encoded and
+    // JSON forms: none appears in any file.
+    let forms = runner_agent::mask::forms(value);
+    assert!(forms.len() > 5);
+    let files = store.snapshot();
+    assert_eq!(files.len(), 4, "{:?}", files.keys());
+    for (path, bytes) in &files {
+        for form in &forms {
+            assert!(
+                !contains(bytes, form),
+                "{} contains {:?}",
+                path.display(),
+                form
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_environment_is_refused_and_changes_nothing() {
+    require_privilege!();
+    let store = Store::new();
+    store.set("ci", "DEV_TOKEN", b"value");
+    let before = store.snapshot();
+    let config = store.config.display().to_string();
+    let defined = "(defined: ci, release)";
+    for args in [
+        &["set", "staging", "DEV_TOKEN"][..],
+        &["rm", "staging", "DEV_TOKEN"],
+        &["list", "staging"],
+    ] {
+        let out = store.run(args, b"value\n");
+        assert_exit(
+            &out,
+            64,
+            &["environment `staging` is not defined in", &config, defined],
+        );
+    }
+    assert_eq!(store.snapshot(), before);
+    assert!(!store.state.join("secrets/values/staging").exists());
+}
+
+#[test]
+fn secrets_of_environments_missing_from_the_config() {
+    require_privilege!();
+    let store = Store::new();
+    // A name the environment does not declare: stored, with a warning.
+    let out = store.run(&["set", "release", "EXTRA"], b"extra-value");
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("warning: environment release in")
+            && stderr(&out).contains("does not declare EXTRA"),
+        "{}",
+        stderr(&out)
+    );
+    let extra = fingerprint_in(&stdout(&out), "(fingerprint ");
+    // The environment then disappears from the config: its values are still listed
+    // (and can be removed), marked as such; nothing is lost.
+    let text = fs::read_to_string(&store.config).unwrap();
+    let release_at = text.find("  release:").unwrap();
+    fs::write(&store.config, &text[..release_at]).unwrap();
+    let out = store.run(&["list"], b"");
+    assert_ok(&out);
+    let row = list_row(&stdout(&out), "release", "EXTRA");
+    assert_eq!(row[..4], ["release", "EXTRA", "-", &extra]);
+    assert!(
+        stdout(&out).contains("(environment not in"),
+        "{}",
+        stdout(&out)
+    );
+    // Setting a value for it is refused (jobs could never receive it).
+    let before = store.snapshot();
+    let out = store.run(&["set", "release", "EXTRA"], b"new");
+    assert_exit(
+        &out,
+        64,
+        &["environment `release` is not defined", "(defined: ci)"],
+    );
+    assert_eq!(store.snapshot(), before);
+    assert_ok(&store.run(&["rm", "release", "EXTRA"], b""));
+    assert!(!store.value_file("release", "EXTRA").exists());
+}
+
+#[test]
+fn bad_names_and_values_are_refused_and_change_nothing() {
+    require_privilege!();
+    let store = Store::new();
+    store.set("ci", "DEV_TOKEN", b"value");
+    let before = store.snapshot();
+    let cases: [(&[&str], &[u8], &str); 6] = [
+        (
+            &["set", "ci", "dev_token"],
+            b"v",
+            "`dev_token` is not a valid secret name",
+        ),
+        (&["set", "ci", "../KEY"], b"v", "is not a valid secret name"),
+        (
+            &["set", "ci", "KEY"],
+            b"",
+            "the value read from stdin is empty",
+        ),
+        (
+            &["set", "ci", "KEY"],
+            b"\r\n",
+            "the value read from stdin is empty",
+        ),
+        (&["rm", "ci", "KEY"], b"", "secret ci/KEY is not set"),
+        (
+            &["set", "ci", "KEY", "argv-secret-value"],
+            b"v",
+            "never taken from the command line",
+        ),
+    ];
+    for (args, stdin, says) in cases {
+        let out = store.run(args, stdin);
+        assert_exit(&out, 64, &[says]);
+        // A value given on the command line is not echoed back.
+        assert!(
+            !stderr(&out).contains("argv-secret-value"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let empty_file = store.dir.path().join("empty");
+    fs::write(&empty_file, b"\n").unwrap();
+    let out = store.run(
+        &[
+            "set",
+            "ci",
+            "KEY",
+            "--from-file",
+            empty_file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_exit(&out, 64, &["the value read from", "empty"]);
+    let missing = store.dir.path().join("missing");
+    let out = store.run(
+        &["set", "ci", "KEY", "--from-file", missing.to_str().unwrap()],
+        b"",
+    );
+    assert_exit(&out, 1, &["cannot read", "missing"]);
+    assert_eq!(store.snapshot(), before);
+}
+
+#[test]
+fn a_corrupted_value_file_is_reported_and_nothing_else_is_lost() {
+    require_privilege!();
+    let store = Store::new();
+    store.set("ci", "DEV_TOKEN", b"dev-value");
+    let key = store.set("ci", "KEY", b"key-value");
+    let prod = store.set("release", "PROD_TOKEN", b"prod-value");
+    let path = store.value_file("ci", "DEV_TOKEN");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let before = store.snapshot();
+
+    let out = store.run(&["list"], b"");
+    assert_exit(
+        &out,
+        1,
+        &[&path.display().to_string(), "is corrupted", "truncated"],
+    );
+    let listing = stdout(&out);
+    assert_eq!(list_row(&listing, "ci", "DEV_TOKEN")[3], "unreadable");
+    assert_eq!(list_row(&listing, "ci", "KEY")[3], key);
+    assert_eq!(list_row(&listing, "release", "PROD_TOKEN")[3], prod);
+    assert_eq!(store.snapshot(), before, "list changed the store");
+
+    // Bad magic is named as such.
+    fs::write(&path, b"not a secret file at all, but long enough").unwrap();
+    let out = store.run(&["list", "ci"], b"");
+    assert_exit(&out, 1, &["bad magic"]);
+    // Setting the value again repairs it; the other values are untouched.
+    store.set("ci", "DEV_TOKEN", b"dev-value");
+    assert_ok(&store.run(&["list"], b""));
+    assert_eq!(
+        fs::read(store.value_file("release", "PROD_TOKEN")).unwrap(),
+        before[&store.value_file("release", "PROD_TOKEN")]
+    );
+}
+
+#[test]
+fn a_wrong_key_fails_authentication_and_loses_nothing() {
+    require_privilege!();
+    let store = Store::new();
+    let dev = store.set("ci", "DEV_TOKEN", b"dev-value");
+    let prod = store.set("release", "PROD_TOKEN", b"prod-value");
+    let ci_key = fs::read(store.key_file("ci")).unwrap();
+    // Swap in the release environment's key.
+    fs::copy(store.key_file("release"), store.key_file("ci")).unwrap();
+    let before = store.snapshot();
+
+    let out = store.run(&["list"], b"");
+    assert_exit(
+        &out,
+        1,
+        &[
+            "the value of ci/DEV_TOKEN",
+            "cannot be decrypted with the key of environment ci",
+            "wrong key or the file was altered",
+            &store.key_file("ci").display().to_string(),
+        ],
+    );
+    assert_eq!(list_row(&stdout(&out), "ci", "DEV_TOKEN")[3], "unreadable");
+    assert_eq!(list_row(&stdout(&out), "release", "PROD_TOKEN")[3], prod);
+    assert_eq!(store.snapshot(), before);
+
+    // Restoring the right key brings everything back, fingerprints included.
+    fs::write(store.key_file("ci"), &ci_key).unwrap();
+    let out = store.run(&["list"], b"");
+    assert_ok(&out);
+    assert_eq!(list_row(&stdout(&out), "ci", "DEV_TOKEN")[3], dev);
+    assert_eq!(list_row(&stdout(&out), "release", "PROD_TOKEN")[3], prod);
+}
+
+#[test]
+fn a_value_file_moved_to_another_name_does_not_decrypt() {
+    require_privilege!();
+    let store = Store::new();
+    store.set("ci", "DEV_TOKEN", b"dev-value");
+    store.set("ci", "KEY", b"key-value");
+    fs::copy(
+        store.value_file("ci", "DEV_TOKEN"),
+        store.value_file("ci", "KEY"),
+    )
+    .unwrap();
+    let out = store.run(&["list", "ci"], b"");
+    assert_exit(
+        &out,
+        1,
+        &["the value of ci/KEY", "wrong key or the file was altered"],
+    );
+}
+
+#[test]
+fn the_store_is_private() {
+    require_privilege!();
+    use std::os::unix::fs::MetadataExt;
+    let store = Store::new();
+    store.set("ci", "DEV_TOKEN", b"v");
+    let secrets = store.state.join("secrets");
+    for dir in [
+        secrets.clone(),
+        secrets.join("keys"),
+        secrets.join("values"),
+        secrets.join("values/ci"),
+    ] {
+        let meta = fs::metadata(&dir).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{}", dir.display());
+        assert_eq!(meta.uid(), 0, "{}", dir.display());
+    }
+    for file in store.snapshot().keys() {
+        let meta = fs::metadata(file).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600, "{}", file.display());
+        assert_eq!(meta.uid(), 0, "{}", file.display());
+    }
+    // A store opened up to others is refused, not used.
+    fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = store.run(&["list"], b"");
+    assert_exit(&out, 1, &["has mode 0755", "chmod 700"]);
+}
+
+#[test]
+fn only_root_may_use_it() {
+    require_privilege!();
+    let store = Store::new();
+    let out = run_secrets(&store.config, &["list"], b"", Some(65534));
+    assert_exit(&out, 1, &["needs root"]);
+    assert!(!store.state.exists());
+}
