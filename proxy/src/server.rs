@@ -23,6 +23,8 @@
 //!
 //! Every TCP connection is matched to a client by source address first; unknown clients
 //! are refused with an audit event, and each client's open connections are capped.
+//! A client registered with [`Proxy::set_client_intercepting`] also gets TLS termination
+//! and credential injection (`crate::intercept`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -46,6 +46,7 @@ pub use ca::{JobCa, CA_LIFETIME};
 pub(crate) use serve::{connect_upstream, terminate, Terminated};
 
 use crate::clients::ClientEntry;
+use crate::config::{EgressConfig, RuleTarget};
 use crate::policy::{classify_host, Decision, Host};
 
 /// A secret the proxy adds to requests toward its hosts.
@@ -419,6 +420,26 @@ fn upstream_config(pem: &[u8]) -> Result<rustls::ClientConfig, InterceptError> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The host patterns a job CA should be constrained to for `egress` and `credentials`:
+/// every host of a rule that restricts `methods` or `paths`, and every host a credential
+/// is bound to, each once. Pass the result to [`JobCa::mint`].
+pub fn hosts_to_terminate(egress: &EgressConfig, credentials: &[Credential]) -> Vec<String> {
+    let restricted = egress.allow.iter().filter_map(|rule| match &rule.target {
+        RuleTarget::Host(host) if rule.methods.is_some() || rule.paths.is_some() => {
+            Some(host.clone())
+        }
+        _ => None,
+    });
+    let bound = credentials.iter().flat_map(|c| c.hosts.iter().cloned());
+    let mut hosts: Vec<String> = Vec::new();
+    for host in restricted.chain(bound) {
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts
 }
 
 /// How a tunnel (CONNECT or transparent TLS) to `host:port` is carried: returns the

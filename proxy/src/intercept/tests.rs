@@ -343,3 +343,31 @@ fn server_configs_are_cached_per_host_and_speak_http1_only() {
     assert_eq!(a.alpn_protocols, vec![b"http/1.1".to_vec()]);
     assert!(i.server_config("evil.test").is_err());
 }
+
+#[test]
+fn the_ca_is_constrained_to_restricted_rule_hosts_and_bound_hosts() {
+    let egress = EgressConfig {
+        mode: Mode::Enforce,
+        allow: vec![
+            rule("open.example.com", None),
+            rule("*.api.example.com", Some(&["GET"])),
+            rule("registry.example.com", Some(&["GET"])),
+        ],
+    };
+    let credentials = vec![
+        credential("A", &["registry.example.com"], "Authorization", "x"),
+        credential("B", &["upload.example.net"], "X-Token", "y"),
+    ];
+    let hosts = hosts_to_terminate(&egress, &credentials);
+    assert_eq!(
+        hosts,
+        [
+            "*.api.example.com",
+            "registry.example.com",
+            "upload.example.net"
+        ]
+    );
+    let ca = JobCa::mint("j", &hosts).unwrap();
+    assert!(ca.permits("v1.api.example.com") && ca.permits("upload.example.net"));
+    assert!(!ca.permits("open.example.com"));
+}
