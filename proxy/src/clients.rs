@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::audit::{AuditEvent, Kind, Source, Verdict};
+use crate::intercept::Interception;
 use crate::policy::Policy;
 
 /// One registered client.
@@ -29,6 +30,9 @@ pub struct ClientEntry {
     pub job: Option<String>,
     /// The policy its traffic is judged by.
     pub policy: Arc<Policy>,
+    /// TLS termination and credential injection for this client (`crate::intercept`);
+    /// `None`: tunnels are never terminated and nothing is injected.
+    pub interception: Option<Arc<Interception>>,
     /// Open proxy connections (all TCP listeners but DNS).
     active: AtomicUsize,
     /// Open DNS-over-TCP connections, counted apart so that busy proxy traffic never
@@ -54,9 +58,16 @@ impl ClientEntry {
             runner,
             job,
             policy,
+            interception: None,
             active: AtomicUsize::new(0),
             dns_active: AtomicUsize::new(0),
         }
+    }
+
+    /// The same entry with `interception` (builder style).
+    pub fn with_interception(mut self, interception: Option<Arc<Interception>>) -> Self {
+        self.interception = interception;
+        self
     }
 
     fn counter(&self, kind: SlotKind) -> &AtomicUsize {

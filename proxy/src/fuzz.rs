@@ -121,7 +121,7 @@ pub fn http_head(data: &[u8]) {
     }
     let original: SocketAddr = ([198, 51, 100, 10], 80).into();
     for mode in [Mode::Explicit, Mode::Transparent { original }] {
-        if let Ok((host, port)) = http_target(mode, &uri, &map) {
+        if let Ok((host, port)) = http_target(&mode, &uri, &map) {
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
             let _ = policy().check(&host, port, Some(HttpView { method, path }));
         }

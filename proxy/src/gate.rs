@@ -6,8 +6,14 @@
 //! Why the order matters: dialling only after the SNI check means a domain-fronting
 //! attempt (CONNECT allowed.example, SNI evil.example) never opens a connection to the
 //! shared server at all (THREATS.md "name versus address").
+//!
+//! A tunnel planned for termination (`crate::intercept::plan`) takes the same SNI check
+//! and then, instead of dialling, is handed to `crate::intercept::terminate`; such a
+//! tunnel must start with a TLS ClientHello naming the host, whatever its port, because
+//! its requests must be visible.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
@@ -15,6 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::{Kind, Source, Verdict};
 use crate::clients::ClientEntry;
+use crate::intercept::{Interception, Terminated};
 use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
@@ -33,13 +40,15 @@ pub(crate) struct TunnelGate {
     pub tls_required: bool,
     /// The connecting process, when known (transparent connections).
     pub origin: Option<Origin>,
+    /// Terminate TLS with this interception instead of splicing.
+    pub intercept: Option<Arc<Interception>>,
 }
 
 impl TunnelGate {
     pub async fn run(
         self,
-        shared: &Shared,
-        client: &ClientEntry,
+        shared: &Arc<Shared>,
+        client: &Arc<ClientEntry>,
         mut stream: TcpStream,
         initial: Vec<u8>,
     ) {
@@ -52,7 +61,7 @@ impl TunnelGate {
             subject.pid = origin.pid;
             subject.comm = origin.comm.as_deref();
         }
-        let wait = if self.tls_required {
+        let wait = if self.tls_required || self.intercept.is_some() {
             limits.client_hello_timeout
         } else {
             limits.client_first_wait
@@ -82,7 +91,23 @@ impl TunnelGate {
             (Ok(FirstFlight::Tls { bytes, info }), Host::Name(name)) => {
                 let sni = info.sni.as_deref().map(classify_host);
                 match sni {
-                    Some(Ok(Host::Name(sni))) if sni == *name => bytes,
+                    Some(Ok(Host::Name(sni))) if sni == *name => {
+                        if let Some(interception) = self.intercept {
+                            let target = Terminated {
+                                host: self.host.clone(),
+                                port: self.port,
+                                addrs: self.addrs,
+                                interception,
+                            };
+                            let (kind, origin) = (self.kind, self.origin);
+                            crate::intercept::terminate(
+                                shared, client, kind, stream, bytes, target, origin,
+                            )
+                            .await;
+                            return;
+                        }
+                        bytes
+                    }
                     Some(_) => {
                         let shown: String =
                             info.sni.unwrap_or_default().chars().take(255).collect();
@@ -95,6 +120,14 @@ impl TunnelGate {
                 }
             }
             (Ok(FirstFlight::Tls { bytes, .. }), Host::Ip(_)) => bytes,
+            (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
+                if self.intercept.is_some() =>
+            {
+                return deny(
+                    &subject,
+                    "no TLS ClientHello on a tunnel whose requests must be visible".to_owned(),
+                );
+            }
             (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
                 if self.tls_required =>
             {

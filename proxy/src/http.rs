@@ -20,7 +20,15 @@
 //!   destination's, and that address must be one the proxy itself resolved for the name;
 //! - CONNECT: the authority is decided, the tunnel is opened only after the client's
 //!   ClientHello shows an SNI equal to the CONNECT host (port 443 requires TLS; other
-//!   ports check the SNI when the client speaks TLS; see `crate::gate`).
+//!   ports check the SNI when the client speaks TLS; see `crate::gate`);
+//! - terminated TLS (`crate::intercept`): the connection was decided for one host and
+//!   port; each request's Host (or absolute URI authority) must name exactly them, the
+//!   policy sees method and path, and the upstream is a TLS connection to an address
+//!   checked when the connection was decided (no new resolution).
+//!
+//! The same [`forward`] serves all three request paths (explicit, transparent,
+//! terminated), so the checks, the credential injection of `crate::intercept` and the
+//! audit events cannot drift apart between them.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,6 +46,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
@@ -46,6 +55,7 @@ use crate::body::{Counted, EndEvent};
 use crate::clients::{ClientEntry, ConnSlot};
 use crate::framing::{Recorder, Tail};
 use crate::gate::TunnelGate;
+use crate::intercept::Terminated;
 use crate::origdst::Origin;
 use crate::policy::name::split_authority;
 use crate::policy::{classify_host, Decision, Host, HttpView};
@@ -54,7 +64,7 @@ use crate::shared::{add_reason, event_for, millis, Shared, Subject};
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Mode {
     /// Explicit forward proxy.
     Explicit,
@@ -63,12 +73,25 @@ pub(crate) enum Mode {
         /// The destination the client asked for.
         original: SocketAddr,
     },
+    /// Requests inside TLS the proxy terminated.
+    Terminated(Arc<Terminated>),
+}
+
+impl Mode {
+    /// Whether upstream connections are TLS.
+    fn tls(&self) -> bool {
+        matches!(self, Mode::Terminated(_))
+    }
 }
 
 struct Upstream {
-    key: (String, u16, IpAddr),
+    key: UpstreamKey,
     sender: SendRequest<ProxyBody>,
 }
+
+/// (name, port, address, TLS): a pooled connection is reused only for the same four, so
+/// a plain connection is never reused for a request meant for TLS (or the reverse).
+type UpstreamKey = (String, u16, IpAddr, bool);
 
 /// Idle upstream connections, kept per client so that a connection opened for one runner
 /// is never reused for another, and per (name, port, address) so that a reused connection
@@ -78,23 +101,17 @@ pub(crate) struct UpstreamPool {
     idle: std::sync::Mutex<HashMap<PoolKey, Vec<SendRequest<ProxyBody>>>>,
 }
 
-/// (client id, name, port, address).
-type PoolKey = (u64, String, u16, IpAddr);
+/// (client id, upstream key).
+type PoolKey = (u64, UpstreamKey);
 
 /// Idle connections kept per key, and keys kept in all.
 const POOL_PER_KEY: usize = 16;
 const POOL_KEYS: usize = 4096;
 
 impl UpstreamPool {
-    fn take(
-        &self,
-        client: u64,
-        host: &str,
-        port: u16,
-        ip: IpAddr,
-    ) -> Option<SendRequest<ProxyBody>> {
+    fn take(&self, client: u64, key: &UpstreamKey) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (client, host.to_owned(), port, ip);
+        let key = (client, key.clone());
         let senders = idle.get_mut(&key)?;
         while let Some(sender) = senders.pop() {
             if sender.is_ready() {
@@ -109,12 +126,11 @@ impl UpstreamPool {
         if upstream.sender.is_closed() {
             return;
         }
-        let (host, port, ip) = upstream.key;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= POOL_KEYS {
             idle.clear(); // bounded memory; the cost is a few new connections
         }
-        let senders = idle.entry((client, host, port, ip)).or_default();
+        let senders = idle.entry((client, upstream.key)).or_default();
         if senders.len() < POOL_PER_KEY {
             senders.push(upstream.sender);
         }
@@ -130,7 +146,9 @@ struct Conn {
     /// The connecting process, when the original-destination lookup knew it.
     origin: Option<Origin>,
     upstream: Mutex<Option<Upstream>>,
-    _slot: ConnSlot,
+    /// The client's connection slot; `None` when an enclosing connection holds it
+    /// (terminated TLS inside a tunnel).
+    _slot: Option<ConnSlot>,
 }
 
 impl Drop for Conn {
@@ -142,21 +160,22 @@ impl Drop for Conn {
 }
 
 /// Serves one accepted connection until it closes or a limit is hit.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     client: Arc<ClientEntry>,
-    slot: ConnSlot,
+    slot: Option<ConnSlot>,
     mode: Mode,
     origin: Option<Origin>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = shared.limits.clone();
     let tail = Tail::new(limits.max_header_bytes.max(8192) * 2);
     let conn = Arc::new(Conn {
         shared: Arc::clone(&shared),
         client: Arc::clone(&client),
-        mode,
+        mode: mode.clone(),
         tail: tail.clone(),
         origin,
         upstream: Mutex::new(None),
@@ -186,15 +205,24 @@ pub(crate) async fn serve(
     let no_request = requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
     // Where the connection was headed, for events about the connection as a whole.
     let mut subject = Subject::new(Kind::Http);
-    if let Mode::Transparent { original } = mode {
-        subject.ip = Some(original.ip().to_canonical());
-        subject.port = Some(original.port());
+    match &mode {
+        Mode::Explicit => {}
+        Mode::Transparent { original } => {
+            subject.ip = Some(original.ip().to_canonical());
+            subject.port = Some(original.port());
+        }
+        Mode::Terminated(target) => {
+            subject.host = Some(&target.host);
+            subject.port = Some(target.port);
+        }
     }
     if let Some(origin) = &origin {
         subject.pid = origin.pid;
         subject.comm = origin.comm.as_deref();
     }
-    let transparent = matches!(mode, Mode::Transparent { .. });
+    // A transparent or terminated connection is an attempt to reach one destination even
+    // when no request came; an explicit proxy connection names none until it sends one.
+    let transparent = !matches!(mode, Mode::Explicit);
     match outcome {
         Ok(Ok(())) if transparent && no_request => shared.record(
             Some(&client),
@@ -224,24 +252,27 @@ pub(crate) async fn serve(
     }
 }
 
-/// Decides `host:port` (with the request line when it is visible) and resolves the
-/// addresses to dial; returns the allowing decision (it names the rule) with them. A
-/// denial, by the policy or by the address checks, is recorded and returned as the
-/// response to send.
+/// Takes the policy's `decision` on `host:port` and resolves the addresses to dial;
+/// returns the allowing decision (it names the rule) with them. A denial, by the policy
+/// or by the address checks, is recorded and returned as the response to send.
+/// `checked`: addresses already checked for this host and port (terminated TLS), used
+/// instead of resolving again.
 async fn admit<'a>(
     shared: &Shared,
     client: &ClientEntry,
     subject: &mut Subject<'a>,
-    host: &'a Host,
-    port: u16,
-    http: Option<HttpView<'_>>,
+    (host, port): (&'a Host, u16),
+    decision: Decision,
+    checked: Option<&[IpAddr]>,
 ) -> Result<(Decision, Vec<IpAddr>), Response<ProxyBody>> {
     subject.host = Some(host);
     subject.port = Some(port);
-    let decision = client.policy.check(host, port, http);
     if !decision.allowed {
         shared.record(Some(client), subject, &decision);
         return Err(denied(&decision));
+    }
+    if let Some(checked) = checked {
+        return Ok((decision, checked.to_vec()));
     }
     match shared.addresses_for(&client.policy, host, port).await {
         Ok(addrs) => Ok((decision, addrs)),
@@ -281,8 +312,11 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
     if req.method() == Method::CONNECT {
         return match conn.mode {
             Mode::Explicit => connect(conn, req).await,
-            Mode::Transparent { .. } => {
-                let decision = Decision::deny("CONNECT on the transparent listener");
+            Mode::Transparent { .. } | Mode::Terminated(_) => {
+                let decision = Decision::deny(match conn.mode {
+                    Mode::Terminated(_) => "CONNECT inside terminated TLS",
+                    _ => "CONNECT on the transparent listener",
+                });
                 conn.shared
                     .record(Some(&conn.client), &Subject::new(Kind::Http), &decision);
                 denied(&decision)
@@ -294,7 +328,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
 
 /// The target of a plain request: host, port, and the original address if transparent.
 pub(crate) fn http_target(
-    mode: Mode,
+    mode: &Mode,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<(Host, u16), String> {
@@ -341,23 +375,42 @@ pub(crate) fn http_target(
             Ok((host, port))
         }
         Mode::Transparent { original } => {
-            let (host, port) = match (uri.authority(), from_header) {
-                (Some(authority), Some(from_header)) => {
-                    let from_uri = parse(authority.as_str())?;
-                    if from_uri != from_header {
-                        return Err("Host header differs from the request target".to_owned());
-                    }
-                    from_header
-                }
-                (None, Some(from_header)) => from_header,
-                (Some(authority), None) => parse(authority.as_str())?,
-                (None, None) => return Err("no Host header".to_owned()),
-            };
+            let (host, port) = origin_form_target(uri, from_header, parse)?;
             if port.is_some_and(|p| p != original.port()) {
                 return Err("Host port differs from the original destination".to_owned());
             }
             Ok((host, original.port()))
         }
+        Mode::Terminated(target) => {
+            let (host, port) = origin_form_target(uri, from_header, parse)?;
+            // Domain fronting: the TLS server name was decided, the request must not
+            // name another host (or port) behind it.
+            if host != target.host || port.is_some_and(|p| p != target.port) {
+                return Err("Host differs from the TLS server name".to_owned());
+            }
+            Ok((host, target.port))
+        }
+    }
+}
+
+/// The target of a request to a known destination: the Host header, or the request
+/// target's authority; both, when present, must agree.
+fn origin_form_target(
+    uri: &Uri,
+    from_header: Option<(Host, Option<u16>)>,
+    parse: impl Fn(&str) -> Result<(Host, Option<u16>), String>,
+) -> Result<(Host, Option<u16>), String> {
+    match (uri.authority(), from_header) {
+        (Some(authority), Some(from_header)) => {
+            let from_uri = parse(authority.as_str())?;
+            if from_uri != from_header {
+                return Err("Host header differs from the request target".to_owned());
+            }
+            Ok(from_header)
+        }
+        (None, Some(from_header)) => Ok(from_header),
+        (Some(authority), None) => parse(authority.as_str()),
+        (None, None) => Err("no Host header".to_owned()),
     }
 }
 
@@ -415,7 +468,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let (host, port) = match http_target(conn.mode, req.uri(), req.headers()) {
+    let (host, port) = match http_target(&conn.mode, req.uri(), req.headers()) {
         Ok(target) => target,
         Err(reason) => {
             let decision = Decision::deny(reason);
@@ -427,13 +480,25 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
         method: &method,
         path: &path,
     };
-    let (decision, addrs) =
-        match admit(&shared, &client, &mut subject, &host, port, Some(view)).await {
-            Ok(admitted) => admitted,
-            Err(response) => return response,
-        };
+    let checked = match &conn.mode {
+        Mode::Terminated(target) => Some(target.addrs.as_slice()),
+        _ => None,
+    };
+    let decision = client.policy.check(&host, port, Some(view));
+    let admitted = admit(
+        &shared,
+        &client,
+        &mut subject,
+        (&host, port),
+        decision,
+        checked,
+    );
+    let (decision, addrs) = match admitted.await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
     let addrs = match conn.mode {
-        Mode::Explicit => addrs,
+        Mode::Explicit | Mode::Terminated(_) => addrs,
         Mode::Transparent { original } => {
             let wanted = original.ip().to_canonical();
             if !addrs.contains(&wanted) {
@@ -448,18 +513,33 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     let host_text = host.to_string();
     let (sender, ip) = match upstream(&conn, &host_text, port, &addrs).await {
         Ok(found) => found,
-        Err(err) => {
+        Err(UpstreamError::Unreachable(err)) => {
             let mut event = event_for(Some(&client), Source::Proxy, &subject, &decision);
             add_reason(&mut event.reason, format!("upstream unreachable: {err}"));
             event.duration_ms = Some(millis(start.elapsed()));
             shared.audit.record(event);
             return text(StatusCode::BAD_GATEWAY, format!("egress-proxy: {err}"));
         }
+        Err(UpstreamError::Tls(ip, err)) => {
+            // Fail closed: an upstream that cannot prove it is `host` gets nothing, and
+            // the client connection ends with this answer.
+            subject.ip = Some(ip);
+            let decision = Decision::deny(format!("upstream TLS failed: {err}"));
+            shared.record(Some(&client), &subject, &decision);
+            let mut response = text(
+                StatusCode::BAD_GATEWAY,
+                format!("egress-proxy: denied: upstream TLS failed: {err}"),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
     };
     subject.ip = Some(ip);
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
-    let end = EndEvent {
+    let mut end = EndEvent {
         event: event_for(Some(&client), Source::Proxy, &subject, &decision),
         up: Arc::clone(&up),
         down: Arc::clone(&down),
@@ -468,10 +548,19 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(interception) = &client.interception {
+        // After the hop-by-hop strip, so a `Connection: authorization` trick cannot
+        // remove the injected header again. The event names the credential, never its
+        // value.
+        for name in interception.inject(&host, &mut parts.headers) {
+            add_reason(&mut end.event.reason, format!("credential {name} added"));
+        }
+    }
+    let default_port = if conn.mode.tls() { 443 } else { 80 };
     let authority = match (&host, port) {
-        (Host::Ip(IpAddr::V6(v6)), 80) => format!("[{v6}]"),
+        (Host::Ip(IpAddr::V6(v6)), p) if p == default_port => format!("[{v6}]"),
         (Host::Ip(IpAddr::V6(v6)), p) => format!("[{v6}]:{p}"),
-        (h, 80) => h.to_string(),
+        (h, p) if p == default_port => h.to_string(),
         (h, p) => format!("{h}:{p}"),
     };
     if let Ok(value) = HeaderValue::from_str(&authority) {
@@ -489,7 +578,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let previous = conn.upstream.lock().await.replace(Upstream {
-                key: (host_text, port, ip),
+                key: (host_text, port, ip, conn.mode.tls()),
                 sender,
             });
             if let Some(previous) = previous {
@@ -509,17 +598,27 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     }
 }
 
+/// Why no upstream connection could be had.
+enum UpstreamError {
+    /// No address answered, or HTTP could not start.
+    Unreachable(String),
+    /// The TLS handshake with this address failed (terminated TLS only).
+    Tls(IpAddr, String),
+}
+
 /// An upstream connection for (host, port) on one of `addrs`: the connection's cached one
-/// when it matches and is usable, else a new one.
+/// when it matches and is usable, else a new one (TLS in terminated mode).
 async fn upstream(
     conn: &Conn,
     host: &str,
     port: u16,
     addrs: &[IpAddr],
-) -> Result<(SendRequest<ProxyBody>, IpAddr), String> {
+) -> Result<(SendRequest<ProxyBody>, IpAddr), UpstreamError> {
+    let tls = conn.mode.tls();
     if let Some(cached) = conn.upstream.lock().await.take() {
-        let (h, p, ip) = &cached.key;
-        if h == host && *p == port && addrs.contains(ip) && !cached.sender.is_closed() {
+        let (h, p, ip, t) = &cached.key;
+        if h == host && *p == port && *t == tls && addrs.contains(ip) && !cached.sender.is_closed()
+        {
             let ip = *ip;
             let mut sender = cached.sender;
             if sender.ready().await.is_ok() {
@@ -530,11 +629,35 @@ async fn upstream(
         }
     }
     for ip in addrs {
-        if let Some(sender) = conn.shared.pool.take(conn.client.id, host, port, *ip) {
+        let key = (host.to_owned(), port, *ip, tls);
+        if let Some(sender) = conn.shared.pool.take(conn.client.id, &key) {
             return Ok((sender, *ip));
         }
     }
-    let (stream, ip) = conn.shared.dial(addrs, port).await?;
+    let (stream, ip) = conn
+        .shared
+        .dial(addrs, port)
+        .await
+        .map_err(UpstreamError::Unreachable)?;
+    let sender = match &conn.mode {
+        Mode::Terminated(target) => {
+            let timeout = conn.shared.limits.connect_timeout;
+            let stream =
+                crate::intercept::connect_upstream(&target.interception, host, stream, timeout)
+                    .await
+                    .map_err(|err| UpstreamError::Tls(ip, err))?;
+            http1_client(stream).await
+        }
+        _ => http1_client(stream).await,
+    };
+    Ok((sender.map_err(UpstreamError::Unreachable)?, ip))
+}
+
+/// Starts HTTP/1.1 on an upstream connection; the connection task runs until it closes.
+async fn http1_client<S>(stream: S) -> Result<SendRequest<ProxyBody>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -543,7 +666,7 @@ async fn upstream(
             tracing::debug!(error = %err, "upstream connection ended");
         }
     });
-    Ok((sender, ip))
+    Ok(sender)
 }
 
 async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyBody> {
@@ -568,11 +691,46 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
             return denied(&decision);
         }
     };
-    let (decision, addrs) = match admit(&shared, &client, &mut subject, &host, port, None).await {
+    // With an interception, some tunnels are terminated instead of spliced, and their
+    // decision waits for each request (crate::intercept::plan).
+    let (decision, intercept) = crate::intercept::plan(&client, &host, port);
+    let (decision, addrs) = match admit(
+        &shared,
+        &client,
+        &mut subject,
+        (&host, port),
+        decision,
+        None,
+    )
+    .await
+    {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let gate = TunnelGate {
+        kind: Kind::Connect,
+        host,
+        port,
+        addrs,
+        decision,
+        tls_required: port == 443,
+        origin: None,
+        intercept,
+    };
+    spawn_tunnel(conn, hyper::upgrade::on(&mut req), gate);
+    Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+/// Runs an allowed CONNECT tunnel once the client's connection is handed over.
+///
+/// A plain function, not part of `connect`'s future: the tunnel may terminate TLS and
+/// serve HTTP again (`crate::intercept`), which leads back to `connect`, and the
+/// compiler can only prove such a cycle `Send` when the spawn sits outside it.
+fn spawn_tunnel(conn: Arc<Conn>, on_upgrade: hyper::upgrade::OnUpgrade, gate: TunnelGate) {
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -586,15 +744,6 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
             return;
         };
         let stream = parts.io.into_inner().inner;
-        let gate = TunnelGate {
-            kind: Kind::Connect,
-            host,
-            port,
-            addrs,
-            decision,
-            tls_required: port == 443,
-            origin: None,
-        };
         // Tunnels outlive the HTTP connection task that opened them, so they watch the
         // proxy's stop signal themselves: a dropped Proxy leaves no tunnel open.
         let mut stopped = conn.shared.stopped.clone();
@@ -603,9 +752,4 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
             _ = stopped.wait_for(|stop| *stop) => {}
         }
     });
-    Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed(),
-    )
 }

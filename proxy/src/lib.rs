@@ -15,6 +15,7 @@ mod framing;
 pub mod fuzz;
 mod gate;
 mod http;
+pub mod intercept;
 pub mod limits;
 pub mod origdst;
 pub mod policy;

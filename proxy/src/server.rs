@@ -23,6 +23,8 @@
 //!
 //! Every TCP connection is matched to a client by source address first; unknown clients
 //! are refused with an audit event, and each client's open connections are capped.
+//! A client registered with [`Proxy::set_client_intercepting`] also gets TLS termination
+//! and credential injection (`crate::intercept`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -35,6 +37,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::audit::{AuditSink, Kind, NullSink};
 use crate::clients::{ClientEntry, ClientTable};
 use crate::http::{self, Mode};
+use crate::intercept::Interception;
 use crate::limits::Limits;
 use crate::origdst::OriginalDestination;
 use crate::policy::{Decision, Policy, SpecialNets};
@@ -285,7 +288,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
         let task = async move {
             match kind {
                 Listener::Http => {
-                    http::serve(shared, stream, client, slot, Mode::Explicit, None).await
+                    http::serve(shared, stream, client, Some(slot), Mode::Explicit, None).await
                 }
                 Listener::Plain => {
                     let origin = shared
@@ -297,7 +300,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
                             let mode = Mode::Transparent {
                                 original: origin.destination,
                             };
-                            http::serve(shared, stream, client, slot, mode, Some(origin)).await
+                            http::serve(shared, stream, client, Some(slot), mode, Some(origin))
+                                .await
                         }
                         None => shared.record(
                             Some(&client),
@@ -353,6 +357,23 @@ impl Proxy {
         self.shared.clients.set(
             ip,
             ClientEntry::new(Some(runner.to_owned()), Some(job.to_owned()), policy),
+        );
+    }
+
+    /// Registers (or replaces) the client at `ip`, terminating TLS and injecting
+    /// credentials as `interception` says (`None`: the same as [`Proxy::set_client`]).
+    pub fn set_client_intercepting(
+        &self,
+        ip: IpAddr,
+        runner: &str,
+        job: &str,
+        policy: Arc<Policy>,
+        interception: Option<Arc<Interception>>,
+    ) {
+        self.shared.clients.set(
+            ip,
+            ClientEntry::new(Some(runner.to_owned()), Some(job.to_owned()), policy)
+                .with_interception(interception),
         );
     }
 

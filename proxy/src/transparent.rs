@@ -7,7 +7,8 @@
 //! name itself and requires the original address to be one of those addresses and to pass
 //! the internal-address check (this is what stops "SNI of an allowed name toward an
 //! attacker's address"); only then is the original address dialled and the buffered hello
-//! replayed.
+//! replayed. A client with an interception may have the connection terminated instead
+//! (`crate::intercept::plan`), after the same address checks.
 
 use std::sync::Arc;
 
@@ -75,7 +76,7 @@ pub(crate) async fn serve_tls(
         }
     };
     subject.host = Some(&host);
-    let decision = client.policy.check(&host, original.port(), None);
+    let (decision, intercept) = crate::intercept::plan(&client, &host, original.port());
     if !decision.allowed {
         shared.record(Some(&client), &subject, &decision);
         return;
@@ -106,6 +107,7 @@ pub(crate) async fn serve_tls(
         decision,
         tls_required: true,
         origin: Some(origin.clone()),
+        intercept,
     };
     gate.run(&shared, &client, stream, bytes).await;
 }

@@ -14,8 +14,8 @@
 //! ```
 //!
 //! - 198.51.100.10 and .11 are web servers: HTTP on 80 and 8080, HTTPS on 443 and 8443
-//!   with a certificate minted per bed ([`NetBed::ca_der`]); every request is recorded
-//!   with its Host, SNI, method and path.
+//!   with a certificate minted per bed ([`NetBed::ca_der`], [`NetBed::ca_pem`]); every
+//!   request is recorded with its Host, SNI, method, path and headers.
 //! - 198.51.100.53 is a DNS server (UDP and TCP) answering from a name table that tests
 //!   may change ([`NetBed::set_name`]) and recording every query.
 //! - 203.0.113.0/24 is routed locally in the internet namespace; trap listeners on
@@ -44,6 +44,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use egress_proxy::audit::{AuditEvent, MemorySink};
+use egress_proxy::origdst::FixedTable;
+use egress_proxy::server::{Proxy, ProxyBuilder};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record, RecordType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -79,6 +82,12 @@ pub const TRAP_IPS: [Ipv4Addr; 2] = [
 ];
 /// Ports with trap listeners (TCP and UDP) on every trap address.
 pub const TRAP_PORTS: [u16; 10] = [22, 25, 53, 80, 443, 853, 3128, 5432, 8080, 8443];
+/// Where tests run the proxy's explicit listener (the host end of the runner link).
+pub const PROXY_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 3128);
+/// Where tests run the proxy's transparent TLS listener.
+pub const PROXY_TLS: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 3129);
+/// Where tests run the proxy's transparent HTTP listener.
+pub const PROXY_PLAIN: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 3130);
 /// Web server HTTP ports.
 pub const HTTP_PORTS: [u16; 2] = [80, 8080];
 /// Web server HTTPS ports.
@@ -308,6 +317,19 @@ pub struct WebHit {
     pub path: String,
     /// Host header.
     pub host: Option<String>,
+    /// Every header as received, in order: (name in lower case, value).
+    pub headers: Vec<(String, String)>,
+}
+
+impl WebHit {
+    /// The values of header `name` (any case), in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// A query the DNS server saw.
@@ -340,6 +362,7 @@ pub struct NetBed {
     internet_rt: NsRuntime,
     records: Arc<Records>,
     ca_der: Vec<u8>,
+    ca_pem: String,
     runner: Netns,
     internet: Netns,
     host: Netns,
@@ -408,6 +431,7 @@ impl NetBed {
                 .collect::<Vec<_>>(),
         )?;
         let ca_der = cert.cert.der().to_vec();
+        let ca_pem = cert.cert.pem();
         let key_der = cert.key_pair.serialize_der();
         let internet_rt = NsRuntime::start(&i)?;
         let host_rt = NsRuntime::start(&h)?;
@@ -421,6 +445,7 @@ impl NetBed {
             internet_rt,
             records,
             ca_der,
+            ca_pem,
             runner,
             internet,
             host,
@@ -460,6 +485,11 @@ impl NetBed {
     /// DER of the web servers' self-signed certificate (trust it in TLS clients).
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der
+    }
+
+    /// The same certificate, PEM (a roots bundle for the proxy's upstream TLS).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// Makes the DNS server answer `name` with `ips` (empty: NXDOMAIN).
@@ -665,6 +695,16 @@ async fn web_serve<S: AsyncRead + AsyncWrite + Unpin>(
             method: request.method.unwrap_or("").to_owned(),
             path: request.path.unwrap_or("").to_owned(),
             host: header("host"),
+            headers: request
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
         });
         buf.drain(..head_end);
         while buf.len() < length {
@@ -758,6 +798,101 @@ async fn dns_tcp(listener: TcpListener, records: Arc<Records>) {
             }
         });
     }
+}
+
+/// Reads one HTTP response (head plus Content-Length body); `None` if the connection
+/// closed first.
+pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u16, String)> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        read_more(stream, &mut buf).await?;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(&buf[..head_end]).ok()?;
+    let status = response.code?;
+    let length: usize = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        read_more(stream, &mut buf).await?;
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+    Some((status, body))
+}
+
+/// Appends what the next read brings; `None` at the end of the stream, on an error, or
+/// after five seconds without a byte.
+async fn read_more(stream: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+        _ => None,
+    }
+}
+
+/// A proxy started in the bed's host namespace, with what tests observe it through.
+pub struct BedProxy {
+    /// The proxy (drop it before the bed).
+    pub proxy: Proxy,
+    /// Every audit event it wrote.
+    pub audit: Arc<MemorySink>,
+    /// Original destinations of connections to its transparent listeners.
+    pub origdst: Arc<FixedTable>,
+}
+
+/// Starts `builder` in the host namespace with the three proxy listeners at
+/// [`PROXY_HTTP`], [`PROXY_TLS`] and [`PROXY_PLAIN`], the bed's DNS server upstream, an
+/// audit sink and a fixed original-destination table; the runner link and the host's own
+/// addresses count as internal.
+pub fn start_proxy(bed: &NetBed, builder: ProxyBuilder) -> BedProxy {
+    let audit = Arc::new(MemorySink::default());
+    let origdst = Arc::new(FixedTable::default());
+    let builder = builder
+        .http_listen(PROXY_HTTP)
+        .tls_listen(PROXY_TLS)
+        .plain_http_listen(PROXY_PLAIN)
+        .upstream_dns(vec![bed.dns_addr()])
+        .audit(audit.clone())
+        .internal_ranges([
+            RUNNER_NET.parse().expect("valid"),
+            "2001:db8:2::/64".parse().expect("valid"),
+            "198.51.100.1/32".parse().expect("valid"),
+            "2001:db8:100::1/128".parse().expect("valid"),
+        ])
+        .original_destination(origdst.clone());
+    let proxy = bed.host().run(builder.start()).expect("starting the proxy");
+    BedProxy {
+        proxy,
+        audit,
+        origdst,
+    }
+}
+
+/// Waits up to two seconds for an event in `sink` matching `pred` (events of tunnels and
+/// requests are written when they end, asynchronously); panics naming `what` and listing
+/// every event otherwise.
+pub fn wait_for_event(
+    sink: &MemorySink,
+    what: &str,
+    pred: impl Fn(&AuditEvent) -> bool,
+) -> AuditEvent {
+    for _ in 0..200 {
+        if let Some(e) = sink.events().into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no audit event for {what}; events: {:#?}", sink.events());
 }
 
 /// Connects to `addr` and returns the stream (a helper for attack code in a runtime).

@@ -19,7 +19,8 @@ use egress_proxy::server::Proxy;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use runner_agent_tests::netbed::{
-    self, NetBed, RUNNER_HOST_IP, RUNNER_IP, TRAP6_IP, TRAP_IPS, WEB2_IP, WEB6_IP, WEB_IP,
+    self, read_response, NetBed, RUNNER_HOST_IP, RUNNER_IP, TRAP6_IP, TRAP_IPS, WEB2_IP, WEB6_IP,
+    WEB_IP,
 };
 use runner_agent_tests::require_privilege;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,9 +39,9 @@ egress:
       paths: ["/ok/**"]
 "#;
 
-const EXPLICIT: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 3128);
-const TLS: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 3129);
-const PLAIN: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 3130);
+const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
+const TLS: SocketAddr = netbed::PROXY_TLS;
+const PLAIN: SocketAddr = netbed::PROXY_PLAIN;
 const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 53);
 
 struct World {
@@ -65,24 +66,12 @@ fn egress(text: &str) -> EgressConfig {
 
 fn world_with(limits: Limits) -> World {
     let bed = NetBed::new().expect("building the test bed");
-    let audit = Arc::new(MemorySink::default());
-    let origdst = Arc::new(FixedTable::default());
-    let builder = Proxy::builder()
-        .http_listen(EXPLICIT)
-        .tls_listen(TLS)
-        .plain_http_listen(PLAIN)
-        .dns_listen(DNS)
-        .upstream_dns(vec![bed.dns_addr()])
-        .audit(audit.clone())
-        .limits(limits)
-        .internal_ranges([
-            netbed::RUNNER_NET.parse().unwrap(),
-            "2001:db8:2::/64".parse().unwrap(),
-            "198.51.100.1/32".parse().unwrap(),
-            "2001:db8:100::1/128".parse().unwrap(),
-        ])
-        .original_destination(origdst.clone());
-    let proxy = bed.host().run(builder.start()).expect("starting the proxy");
+    let builder = Proxy::builder().dns_listen(DNS).limits(limits);
+    let netbed::BedProxy {
+        proxy,
+        audit,
+        origdst,
+    } = netbed::start_proxy(&bed, builder);
     proxy.set_client(
         IpAddr::V4(RUNNER_IP),
         "r-1",
@@ -109,13 +98,7 @@ impl World {
     /// Waits up to two seconds for an event matching `pred` (events of tunnels are
     /// written when the tunnel closes, asynchronously).
     fn wait_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        for _ in 0..200 {
-            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no audit event for {what}; events: {:#?}", self.events());
+        netbed::wait_for_event(&self.audit, what, pred)
     }
 
     /// Waits up to two seconds for at least `n` events matching `pred`; returns how many.
@@ -197,47 +180,6 @@ impl World {
         F::Output: Send + 'static,
     {
         self.bed.runner().run(fut)
-    }
-}
-
-/// Reads one HTTP response (head plus Content-Length body); `None` if the connection
-/// closed first.
-async fn read_response(stream: &mut (impl AsyncReadExt + Unpin)) -> Option<(u16, String)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut response = httparse::Response::new(&mut headers);
-            response.parse(&buf[..end + 4]).ok()?;
-            let status = response.code?;
-            let length: usize = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-                    .await
-                    .ok()?
-                    .ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
-            return Some((status, body));
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

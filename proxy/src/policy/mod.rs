@@ -18,7 +18,10 @@
 //!   Public Suffix List decides, and single-label suffixes (`*.internal`) are refused too;
 //! - an address, in any spelling, is decided only by `cidr` rules;
 //! - a rule with `methods` or `paths` only allows what it can see: opaque tunnels (CONNECT,
-//!   transparent TLS) to such a host are denied, because the proxy does not terminate TLS;
+//!   transparent TLS) to such a host are denied. A client with an interception
+//!   (`crate::intercept`) gets such tunnels terminated instead: [`Policy::check_deferred`]
+//!   lets the connection open and every request inside is then checked with its method
+//!   and path;
 //! - in `audit` mode every decision is `allow`, carrying the reason it would have been
 //!   denied.
 
@@ -303,16 +306,11 @@ impl Policy {
             .copied()
     }
 
-    fn judge(
-        &self,
-        ids: impl Iterator<Item = u32>,
-        port: u16,
-        http: Option<HttpView<'_>>,
-    ) -> Decision {
+    fn judge(&self, ids: impl Iterator<Item = u32>, port: u16, sight: Sight<'_>) -> Decision {
         let mut best = Miss::Host;
         for id in ids {
             let rule = &self.rules[id as usize];
-            let miss = rule_miss(rule, port, http);
+            let miss = rule_miss(rule, port, sight);
             match miss {
                 None => return self.finish(Decision::allow(rule)),
                 Some(miss) => best = best.max(miss),
@@ -324,10 +322,25 @@ impl Policy {
     /// Decides traffic to `host:port`; `http` is the request when it is visible (plain
     /// HTTP), `None` for opaque tunnels.
     pub fn check(&self, host: &Host, port: u16, http: Option<HttpView<'_>>) -> Decision {
+        let sight = match http {
+            Some(view) => Sight::Request(view),
+            None => Sight::Opaque,
+        };
+        self.check_sight(host, port, sight)
+    }
+
+    /// Decides whether a connection to `host:port` whose requests will each be checked
+    /// (terminated TLS) may open: a rule matching the host and port allows it whatever
+    /// its `methods` and `paths`, which the per-request [`Policy::check`] then enforces.
+    pub fn check_deferred(&self, host: &Host, port: u16) -> Decision {
+        self.check_sight(host, port, Sight::Deferred)
+    }
+
+    fn check_sight(&self, host: &Host, port: u16, sight: Sight<'_>) -> Decision {
         match host {
-            Host::Name(name) => self.judge(self.host_candidates(name), port, http),
+            Host::Name(name) => self.judge(self.host_candidates(name), port, sight),
             Host::Ip(ip) => {
-                let decision = self.judge(self.cidr_candidates(*ip), port, None);
+                let decision = self.judge(self.cidr_candidates(*ip), port, Sight::Opaque);
                 if decision.rule.is_none()
                     && decision.reason.as_deref() == Some(Miss::Host.reason())
                 {
@@ -349,7 +362,7 @@ impl Policy {
                 reason: None,
             };
         }
-        let decision = self.judge(self.cidr_candidates(ip), port, None);
+        let decision = self.judge(self.cidr_candidates(ip), port, Sight::Opaque);
         if decision.rule.is_some() {
             decision
         } else {
@@ -380,15 +393,26 @@ fn cidr_key(net: &IpNet) -> u16 {
     }
 }
 
-fn rule_miss(rule: &Rule, port: u16, http: Option<HttpView<'_>>) -> Option<Miss> {
+/// What a check can see of the traffic.
+#[derive(Debug, Clone, Copy)]
+enum Sight<'a> {
+    /// An opaque tunnel: rules restricting methods or paths cannot allow it.
+    Opaque,
+    /// A request (plain HTTP, or inside terminated TLS).
+    Request(HttpView<'a>),
+    /// A connection whose requests will each be checked: method and path wait.
+    Deferred,
+}
+
+fn rule_miss(rule: &Rule, port: u16, sight: Sight<'_>) -> Option<Miss> {
     if !rule.ports.contains(&port) {
         return Some(Miss::Port);
     }
     let restricted = rule.methods.is_some() || rule.paths.is_some();
-    match http {
-        None if restricted => Some(Miss::Opaque),
-        None => None,
-        Some(view) => {
+    match sight {
+        Sight::Opaque if restricted => Some(Miss::Opaque),
+        Sight::Opaque | Sight::Deferred => None,
+        Sight::Request(view) => {
             if let Some(methods) = &rule.methods {
                 if !methods.iter().any(|m| m == view.method) {
                     return Some(Miss::Method);

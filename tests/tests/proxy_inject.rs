@@ -1,0 +1,553 @@
+//! End-to-end tests of TLS termination and credential injection (DESIGN.md 6 and 7) in
+//! the network test bed.
+//!
+//! The proxy runs in the bed's host namespace with a policy and an `Interception`: a job
+//! CA, one credential bound to `allowed.test`, and the bed's certificate as the only
+//! upstream root. Clients run in the runner namespace and trust the job CA (and, for
+//! hosts that stay spliced, the bed's certificate), as a sandbox's trust store would.
+//! The bed's web servers record every request with its headers, so each test asserts
+//! what really arrived, and the audit sink records what the proxy decided.
+//!
+//! Both tunnel entry points are covered: CONNECT through the explicit proxy, and the
+//! transparent TLS listener (the harness records the original destination in a fixed
+//! table, as the eBPF layer does for redirected connections); plain HTTP through the
+//! explicit and the transparent HTTP listeners.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress_proxy::audit::{AuditEvent, Kind, Verdict};
+use egress_proxy::config::PolicyFile;
+use egress_proxy::intercept::{Credential, Interception, JobCa};
+use egress_proxy::origdst::Origin;
+use egress_proxy::policy::Policy;
+use egress_proxy::server::Proxy;
+use runner_agent_tests::netbed::{self, read_response, NetBed, RUNNER_IP, WEB_IP};
+use runner_agent_tests::require_privilege;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use zeroize::Zeroizing;
+
+const POLICY: &str = r#"
+upstream_dns: [198.51.100.53]
+egress:
+  mode: enforce
+  allow:
+    - host: allowed.test
+      ports: [80, 443]
+    - host: "*.allowed.test"
+    - host: second.test
+      ports: [443]
+      methods: [GET]
+      paths: ["/ok/**"]
+    - host: xallowed.test
+    - host: allowed.test.evil.test
+    - host: allowed-test.test
+"#;
+
+/// The credential's complete header value; it must reach the server and nothing else.
+const VALUE: &str = "Bearer inject-7f3a9c1e55d04b2a";
+const TOKEN: &str = "REGISTRY_TOKEN";
+
+const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
+const TLS: SocketAddr = netbed::PROXY_TLS;
+const PLAIN: SocketAddr = netbed::PROXY_PLAIN;
+
+/// The bed and the proxy; the proxy is dropped first, while the bed's runtimes run.
+struct World {
+    served: Option<netbed::BedProxy>,
+    /// The job CA's certificate (what the sandbox trusts).
+    job_ca: Vec<u8>,
+    bed: NetBed,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        drop(self.served.take());
+    }
+}
+
+/// The bed, and the proxy serving the runner with an interception whose upstream roots
+/// are `upstream_roots` (`None`: the bed's certificate).
+fn world_with_roots(upstream_roots: Option<String>) -> World {
+    let bed = NetBed::new().expect("building the test bed");
+    for name in [
+        "xallowed.test",
+        "allowed.test.evil.test",
+        "allowed-test.test",
+    ] {
+        bed.set_name(name, vec![IpAddr::V4(WEB_IP)]);
+    }
+    let file: PolicyFile =
+        egress_proxy::yaml::parse_str(std::path::Path::new("policy.yaml"), POLICY).unwrap();
+    let policy = Arc::new(Policy::new(&file.egress).unwrap());
+    let ca = JobCa::mint("j-inject", &["allowed.test".into(), "second.test".into()]).unwrap();
+    let job_ca = ca.cert_der().to_vec();
+    let credential = Credential {
+        name: TOKEN.into(),
+        hosts: vec!["allowed.test".into()],
+        header: "Authorization".into(),
+        value: Zeroizing::new(VALUE.into()),
+    };
+    let roots = upstream_roots.unwrap_or_else(|| bed.ca_pem().to_owned());
+    let interception = Interception::new(ca, vec![credential], roots.as_bytes()).unwrap();
+    let served = netbed::start_proxy(&bed, Proxy::builder());
+    served.proxy.set_client_intercepting(
+        IpAddr::V4(RUNNER_IP),
+        "r-1",
+        "j-inject",
+        policy,
+        Some(Arc::new(interception)),
+    );
+    World {
+        served: Some(served),
+        job_ca,
+        bed,
+    }
+}
+
+fn world() -> World {
+    world_with_roots(None)
+}
+
+/// Which roots the runner's TLS client trusts.
+#[derive(Clone, Copy)]
+enum Trust {
+    /// The job CA and the bed's certificate (a sandbox's store: system roots + job CA).
+    Both,
+    /// Only the bed's certificate: the client refuses the proxy's leaves.
+    BedOnly,
+}
+
+impl World {
+    fn served(&self) -> &netbed::BedProxy {
+        self.served
+            .as_ref()
+            .expect("the proxy runs until the world is dropped")
+    }
+
+    fn events(&self) -> Vec<AuditEvent> {
+        self.served().audit.events()
+    }
+
+    fn wait_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
+        netbed::wait_for_event(&self.served().audit, what, pred)
+    }
+
+    /// No request reached the bed's web servers (after a moment for stragglers).
+    fn assert_no_request_arrived(&self) {
+        std::thread::sleep(Duration::from_millis(100));
+        let hits = self.bed.web_hits();
+        assert!(hits.is_empty(), "{hits:?}");
+    }
+
+    /// The credential's value appears in no audit event, in any field.
+    fn assert_value_never_logged(&self) {
+        for event in self.events() {
+            let line = event.to_json();
+            assert!(!line.contains("inject-7f3a9c1e55d04b2a"), "{line}");
+        }
+    }
+
+    fn roots(&self, trust: Trust) -> Vec<Vec<u8>> {
+        match trust {
+            Trust::Both => vec![self.job_ca.clone(), self.bed.ca_der().to_vec()],
+            Trust::BedOnly => vec![self.bed.ca_der().to_vec()],
+        }
+    }
+
+    /// From the runner: CONNECT `name:443`, TLS to `name`, then `requests` in order on
+    /// that connection; the status of each response (`None`: the connection ended).
+    fn https_via_connect(
+        &self,
+        name: &'static str,
+        trust: Trust,
+        requests: Vec<String>,
+    ) -> std::io::Result<Vec<Option<(u16, String)>>> {
+        let roots = self.roots(trust);
+        self.bed.runner().run(async move {
+            let mut stream = netbed::connect(EXPLICIT).await?;
+            let connect = format!("CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n\r\n");
+            stream.write_all(connect.as_bytes()).await?;
+            let status = read_response(&mut stream).await.map(|r| r.0);
+            assert_eq!(status, Some(200), "CONNECT {name}");
+            exchange_tls(stream, roots, name, requests).await
+        })
+    }
+
+    /// From the runner: a redirected connection to `WEB_IP:443` on the transparent TLS
+    /// listener, TLS to `name`, then `requests`.
+    fn https_transparent(
+        &self,
+        name: &'static str,
+        requests: Vec<String>,
+    ) -> std::io::Result<Vec<Option<(u16, String)>>> {
+        let roots = self.roots(Trust::Both);
+        let table = self.served().origdst.clone();
+        self.bed.runner().run(async move {
+            let origin = Origin {
+                destination: SocketAddr::new(IpAddr::V4(WEB_IP), 443),
+                pid: Some(4242),
+                comm: Some("curl".into()),
+            };
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))?;
+            table.insert_origin(socket.local_addr()?, origin);
+            let stream = socket.connect(TLS).await?;
+            exchange_tls(stream, roots, name, requests).await
+        })
+    }
+
+    /// From the runner: `request` written on a plain connection to `to` (the explicit
+    /// proxy, or the transparent HTTP listener as if headed for `WEB_IP:80`).
+    fn http(&self, to: SocketAddr, request: String) -> Option<(u16, String)> {
+        let table = self.served().origdst.clone();
+        self.bed.runner().run(async move {
+            let socket = TcpSocket::new_v4().ok()?;
+            socket
+                .bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))
+                .ok()?;
+            if to == PLAIN {
+                let original = SocketAddr::new(IpAddr::V4(WEB_IP), 80);
+                table.insert(socket.local_addr().ok()?, original);
+            }
+            let mut stream = socket.connect(to).await.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            read_response(&mut stream).await
+        })
+    }
+}
+
+/// `GET path` for `host` with extra header lines (each ending in CRLF).
+fn get(host: &str, path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+async fn exchange_tls(
+    stream: TcpStream,
+    roots: Vec<Vec<u8>>,
+    name: &'static str,
+    requests: Vec<String>,
+) -> std::io::Result<Vec<Option<(u16, String)>>> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.into()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    // As curl does: offer h2 first; the proxy must settle on HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, stream)
+        .await?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    assert!(
+        alpn.is_none() || alpn.as_deref() == Some(b"http/1.1"),
+        "{alpn:?}"
+    );
+    let mut out = Vec::new();
+    for request in requests {
+        tls.write_all(request.as_bytes()).await?;
+        out.push(read_response(&mut tls).await);
+    }
+    Ok(out)
+}
+
+fn hello() -> Option<(u16, String)> {
+    Some((200, format!("hello from {WEB_IP}\n")))
+}
+
+/// The event of the one allowed request to `path`.
+fn request_event(w: &World, path: &str) -> AuditEvent {
+    w.wait_event(path, |e| {
+        e.kind == Kind::Http && e.verdict == Verdict::Allow && e.path.as_deref() == Some(path)
+    })
+}
+
+// ------------------------------------------------------------------ injection
+
+#[test]
+fn connect_to_a_bound_host_carries_the_credential_instead_of_the_jobs_header() {
+    require_privilege!();
+    let w = world();
+    let own = "Authorization: Bearer job-own\r\nauthorization: Basic am9iOm93bg==\r\n";
+    let got = w
+        .https_via_connect(
+            "allowed.test",
+            Trust::Both,
+            vec![get("allowed.test", "/v2/", own)],
+        )
+        .expect("TLS with the job CA");
+    assert_eq!(got, vec![hello()]);
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    let hit = &hits[0];
+    assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+    // The proxy's own TLS to the server: SNI and Host name the host, on port 443.
+    assert_eq!(hit.sni.as_deref(), Some("allowed.test"));
+    assert_eq!(hit.host.as_deref(), Some("allowed.test"));
+    assert_eq!(hit.local, SocketAddr::new(IpAddr::V4(WEB_IP), 443));
+    let e = request_event(&w, "/v2/");
+    assert_eq!(
+        (e.host.as_deref(), e.ip, e.port, e.method.as_deref()),
+        (
+            Some("allowed.test"),
+            Some(IpAddr::V4(WEB_IP)),
+            Some(443),
+            Some("GET")
+        )
+    );
+    assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
+    assert_eq!(e.rule.as_deref(), Some("allow[0] allowed.test"));
+    assert!(e.bytes_down.unwrap() > 0, "{e:?}");
+    w.assert_value_never_logged();
+}
+
+#[test]
+fn transparent_tls_to_a_bound_host_is_terminated_and_carries_the_credential() {
+    require_privilege!();
+    let w = world();
+    let got = w
+        .https_transparent(
+            "allowed.test",
+            vec![
+                get("allowed.test", "/one", "Authorization: Bearer job-own\r\n"),
+                get("allowed.test", "/two", ""),
+            ],
+        )
+        .expect("TLS with the job CA");
+    assert_eq!(got, vec![hello(), hello()]);
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    for hit in &hits {
+        assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+        assert_eq!(hit.sni.as_deref(), Some("allowed.test"));
+    }
+    let e = request_event(&w, "/two");
+    assert_eq!((e.pid, e.comm.as_deref()), (Some(4242), Some("curl")));
+    assert_eq!(e.ip, Some(IpAddr::V4(WEB_IP)));
+    assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
+    w.assert_value_never_logged();
+}
+
+#[test]
+fn plain_http_to_a_bound_host_carries_the_credential_too() {
+    require_privilege!();
+    let w = world();
+    let explicit = "GET http://allowed.test/plain HTTP/1.1\r\nHost: allowed.test\r\nAUTHORIZATION: Bearer job-own\r\n\r\n";
+    assert_eq!(w.http(EXPLICIT, explicit.into()), hello());
+    let transparent = get("allowed.test", "/redirected", "Authorization: x\r\n");
+    assert_eq!(w.http(PLAIN, transparent), hello());
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    for hit in &hits {
+        assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+        assert_eq!(hit.sni, None);
+    }
+    for path in ["/plain", "/redirected"] {
+        let e = request_event(&w, path);
+        assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
+        assert_eq!(e.port, Some(80));
+    }
+    w.assert_value_never_logged();
+}
+
+#[test]
+fn hosts_the_credential_is_not_bound_to_get_nothing() {
+    require_privilege!();
+    let w = world();
+    // An allowed subdomain: spliced, not terminated (the client sees the server's own
+    // certificate, which only the bed's root vouches for), and the job's header arrives
+    // as the job sent it.
+    let got = w
+        .https_via_connect(
+            "api.allowed.test",
+            Trust::BedOnly,
+            vec![get(
+                "api.allowed.test",
+                "/sub",
+                "Authorization: Bearer job-own\r\n",
+            )],
+        )
+        .expect("spliced TLS to the real server");
+    assert_eq!(got, vec![hello()]);
+    // Names that resemble the bound one, over plain HTTP (where injection applies too).
+    for name in [
+        "xallowed.test",
+        "allowed.test.evil.test",
+        "allowed-test.test",
+    ] {
+        let request = format!("GET http://{name}/look HTTP/1.1\r\nHost: {name}\r\n\r\n");
+        assert_eq!(w.http(EXPLICIT, request), hello(), "{name}");
+    }
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), 4, "{hits:?}");
+    assert_eq!(
+        hits[0].header_values("authorization"),
+        vec!["Bearer job-own"]
+    );
+    assert_eq!(hits[0].sni.as_deref(), Some("api.allowed.test"));
+    for hit in &hits[1..] {
+        assert!(hit.header_values("authorization").is_empty(), "{hit:?}");
+    }
+    let tunnel = w.wait_event("spliced tunnel", |e| {
+        e.kind == Kind::Connect && e.verdict == Verdict::Allow
+    });
+    assert_eq!(tunnel.host.as_deref(), Some("api.allowed.test"));
+    for event in w.events() {
+        let reason = event.reason.unwrap_or_default();
+        assert!(!reason.contains("credential"), "{reason}");
+    }
+    w.assert_value_never_logged();
+}
+
+// ------------------------------------------------------------------ per-request checks
+
+#[test]
+fn a_host_header_differing_from_the_tls_name_is_denied_inside_terminated_tls() {
+    require_privilege!();
+    let w = world();
+    let got = w
+        .https_via_connect(
+            "allowed.test",
+            Trust::Both,
+            vec![
+                get("api.allowed.test", "/fronted", ""),
+                get("allowed.test:8443", "/other-port", ""),
+            ],
+        )
+        .expect("TLS with the job CA");
+    assert_eq!(got.len(), 2);
+    for response in &got {
+        let (status, body) = response.as_ref().expect("a response");
+        assert_eq!(*status, 403, "{body}");
+        assert!(
+            body.contains("Host differs from the TLS server name"),
+            "{body}"
+        );
+    }
+    let e = w.wait_event("fronting denial", |e| {
+        e.verdict == Verdict::Deny && e.path.as_deref() == Some("/fronted")
+    });
+    assert_eq!(e.kind, Kind::Http);
+    assert_eq!(
+        e.reason.as_deref(),
+        Some("Host differs from the TLS server name")
+    );
+    w.assert_no_request_arrived();
+}
+
+#[test]
+fn methods_and_paths_on_https_are_decided_per_request() {
+    require_privilege!();
+    let w = world();
+    let post = "POST /ok/write HTTP/1.1\r\nHost: second.test\r\nContent-Length: 4\r\n\r\nbody";
+    let got = w
+        .https_via_connect(
+            "second.test",
+            Trust::Both,
+            vec![
+                get("second.test", "/ok/read", ""),
+                post.to_owned(),
+                get("second.test", "/elsewhere", ""),
+                get("second.test", "/ok/again", ""),
+            ],
+        )
+        .expect("TLS with the job CA");
+    let statuses: Vec<_> = got.iter().map(|r| r.as_ref().map(|r| r.0)).collect();
+    assert_eq!(statuses, vec![Some(200), Some(403), Some(403), Some(200)]);
+    let hits = w.bed.web_hits();
+    let paths: Vec<_> = hits.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(paths, vec!["/ok/read", "/ok/again"]);
+    assert_eq!(hits[0].sni.as_deref(), Some("second.test"));
+    // Not bound: nothing injected.
+    assert!(hits[0].header_values("authorization").is_empty());
+    for (path, reason) in [
+        ("/ok/write", "method not allowed"),
+        ("/elsewhere", "path not allowed"),
+    ] {
+        let e = w.wait_event(path, |e| {
+            e.verdict == Verdict::Deny && e.path.as_deref() == Some(path)
+        });
+        assert_eq!(e.reason.as_deref(), Some(reason), "{e:?}");
+        assert_eq!(
+            (e.kind, e.host.as_deref()),
+            (Kind::Http, Some("second.test"))
+        );
+    }
+    let e = request_event(&w, "/ok/read");
+    assert_eq!(e.rule.as_deref(), Some("allow[2] second.test"));
+    assert_eq!(e.reason, None);
+}
+
+// ------------------------------------------------------------------ fail closed
+
+#[test]
+fn a_client_refusing_the_proxys_certificate_ends_with_a_deny_event() {
+    require_privilege!();
+    let w = world();
+    let got = w.https_via_connect(
+        "allowed.test",
+        Trust::BedOnly,
+        vec![get("allowed.test", "/never", "")],
+    );
+    let err = got.expect_err("the client must refuse a leaf it has no root for");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let e = w.wait_event("handshake failure", |e| e.verdict == Verdict::Deny);
+    assert_eq!(
+        (e.kind, e.host.as_deref(), e.port),
+        (Kind::Connect, Some("allowed.test"), Some(443))
+    );
+    let reason = e.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("TLS handshake with the client failed"),
+        "{reason}"
+    );
+    w.assert_no_request_arrived();
+}
+
+#[test]
+fn an_upstream_certificate_not_trusted_fails_closed_with_a_deny_event() {
+    require_privilege!();
+    // The proxy trusts only an unrelated CA upstream, so the bed's server cannot prove
+    // its name.
+    let unrelated = JobCa::mint("other", &[]).unwrap().cert_pem().to_owned();
+    let w = world_with_roots(Some(unrelated));
+    let got = w
+        .https_via_connect(
+            "allowed.test",
+            Trust::Both,
+            vec![
+                get("allowed.test", "/first", ""),
+                get("allowed.test", "/second", ""),
+            ],
+        )
+        .expect("TLS with the job CA");
+    let (status, body) = got[0].clone().expect("a response");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream TLS failed"), "{body}");
+    assert_eq!(got[1], None, "the connection must close after the failure");
+    let e = w.wait_event("upstream TLS failure", |e| {
+        e.verdict == Verdict::Deny && e.path.as_deref() == Some("/first")
+    });
+    assert_eq!(
+        (e.kind, e.host.as_deref(), e.ip),
+        (Kind::Http, Some("allowed.test"), Some(IpAddr::V4(WEB_IP)))
+    );
+    assert!(
+        e.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("upstream TLS failed"),
+        "{e:?}"
+    );
+    // No request, and so no credential, reached the server.
+    w.assert_no_request_arrived();
+    w.assert_value_never_logged();
+}
