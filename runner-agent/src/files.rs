@@ -1,15 +1,18 @@
 //! Private files of the agent under `state_dir`: directories only root can enter, files
 //! only root can read, written so that a crash never leaves half a file.
 //!
-//! Every write goes to a temporary file in the same directory, is flushed to disk, and is
-//! then renamed over the target (rename(2) replaces atomically within one filesystem), so
-//! a reader sees either the old content or the new one, never a mix, and a failed write
-//! leaves the old content in place.
+//! A write goes to a fresh temporary file in the same directory (`O_CREAT|O_EXCL`,
+//! `O_NOFOLLOW`, mode 0600), is fsync'ed, then renamed over the final name, and the
+//! directory is fsync'ed (rename(2) is atomic within one file system; the directory fsync
+//! makes the rename itself durable, see fsync(2)). A reader sees either the old content or
+//! the new one, never a mix; on error the old content stays and the temporary file is
+//! removed. Temporary names start with `.` and end in `.tmp-` plus random hex, so
+//! listings can tell them from real entries.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Mode of private directories.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
@@ -30,36 +33,62 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A temporary name in the directory of `final_path`, unique to this write.
+fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
+}
+
+/// Writes what `fill` writes to a new private temporary file next to `final_path`, and
+/// syncs it. Returns the temporary file's path.
+pub(crate) fn write_temp(
+    final_path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<PathBuf> {
+    let temp = temp_path(final_path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temp)?;
+    let written = fill(&mut file).and_then(|()| file.sync_all());
+    if let Err(err) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(err);
+    }
+    Ok(temp)
+}
+
+/// fsync(2) on the directory holding `path`, so a rename or unlink in it is durable.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Atomically replaces `final_path` with what `fill` writes (module docs). On error the
+/// previous file is unchanged and no temporary file is left.
+pub fn write_atomically(
+    final_path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let temp = write_temp(final_path, fill)?;
+    if let Err(err) = fs::rename(&temp, final_path) {
+        let _ = fs::remove_file(&temp);
+        return Err(err);
+    }
+    sync_parent(final_path)
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600 (see the module doc). The parent
 /// directory must exist.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(PRIVATE_FILE_MODE)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename itself is durable once the directory is synced.
-        fs::File::open(parent)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    write_atomically(path, |file| file.write_all(bytes))
 }
 
 #[cfg(test)]
@@ -92,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("x");
         write_private(&file, b"old").unwrap();
-        // A directory where the file should be renamed to makes the rename fail.
+        // A non-empty directory where the file should be renamed to makes the rename fail.
         let blocked = dir.path().join("d");
         fs::create_dir(&blocked).unwrap();
         fs::write(blocked.join("inside"), b"").unwrap();

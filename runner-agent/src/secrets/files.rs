@@ -7,12 +7,8 @@
 //!   (a symlink where a file belongs) is refused, never "fixed" silently, because a
 //!   store someone else could write to cannot be trusted and one others can read has
 //!   already leaked.
-//! - A write goes to a fresh temporary file in the same directory (`O_CREAT|O_EXCL`,
-//!   mode 0600), is fsync'ed, then renamed over the final name, and the directory is
-//!   fsync'ed (rename(2) is atomic within one file system; the directory fsync makes the
-//!   rename itself durable, see fsync(2)). A crash or an error therefore leaves either
-//!   the old file or the new one, never a half-written one; on error the temporary file
-//!   is removed.
+//! - A write is atomic (see `crate::files`): a crash or an error leaves either the old
+//!   file or the new one, never a half-written one, and no temporary file.
 //! - Files that must never be replaced once they exist (environment keys) are published
 //!   with link(2), which fails with EEXIST instead of replacing: two concurrent first
 //!   writes cannot leave values encrypted under a key that was overwritten.
@@ -20,19 +16,19 @@
 //! Temporary names start with `.` and never end in the store's suffixes, so listings
 //! ignore leftovers of a crash.
 
-use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
+use std::fs::{self, DirBuilder, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zeroize::Zeroizing;
 
 use super::error::SecretError;
 
+pub(super) use crate::files::write_atomically;
+use crate::files::{sync_parent, write_temp};
 /// Mode of every store directory.
-pub(super) const DIR_MODE: u32 = 0o700;
-/// Mode of every store file.
-pub(super) const FILE_MODE: u32 = 0o600;
+pub(super) const DIR_MODE: u32 = crate::files::PRIVATE_DIR_MODE;
 
 const EXPECTED_DIR: &str = "a directory of mode 0700 owned by the user running runner-agent";
 const EXPECTED_FILE: &str = "a regular file of mode 0600 owned by the user running runner-agent";
@@ -158,58 +154,6 @@ pub(super) fn read_bounded(
     }
     buffer.truncate(filled);
     Ok(buffer)
-}
-
-/// A temporary name in the directory of `final_path`, unique to this write.
-fn temp_path(final_path: &Path) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
-}
-
-/// Writes what `fill` writes to a new private temporary file next to `final_path`, and
-/// syncs it.
-fn write_temp(
-    final_path: &Path,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<PathBuf> {
-    let temp = temp_path(final_path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&temp)?;
-    let written = fill(&mut file).and_then(|()| file.sync_all());
-    if let Err(err) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(err);
-    }
-    Ok(temp)
-}
-
-/// fsync(2) on the directory holding `path`, so a rename or unlink in it is durable.
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-/// Atomically replaces `final_path` with what `fill` writes (module docs). On error the
-/// previous file is unchanged and no temporary file is left.
-pub(super) fn write_atomically(
-    final_path: &Path,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
-    let temp = write_temp(final_path, fill)?;
-    if let Err(err) = fs::rename(&temp, final_path) {
-        let _ = fs::remove_file(&temp);
-        return Err(err);
-    }
-    sync_parent(final_path)
 }
 
 /// Publishes `bytes` at `final_path` only if nothing is there yet. Returns false (and
