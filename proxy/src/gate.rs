@@ -91,23 +91,7 @@ impl TunnelGate {
             (Ok(FirstFlight::Tls { bytes, info }), Host::Name(name)) => {
                 let sni = info.sni.as_deref().map(classify_host);
                 match sni {
-                    Some(Ok(Host::Name(sni))) if sni == *name => {
-                        if let Some(interception) = self.intercept {
-                            let target = Terminated {
-                                host: self.host.clone(),
-                                port: self.port,
-                                addrs: self.addrs,
-                                interception,
-                            };
-                            let (kind, origin) = (self.kind, self.origin);
-                            crate::intercept::terminate(
-                                shared, client, kind, stream, bytes, target, origin,
-                            )
-                            .await;
-                            return;
-                        }
-                        bytes
-                    }
+                    Some(Ok(Host::Name(sni))) if sni == *name => bytes,
                     Some(_) => {
                         let shown: String =
                             info.sni.unwrap_or_default().chars().take(255).collect();
@@ -139,6 +123,19 @@ impl TunnelGate {
             (Ok(FirstFlight::Other { bytes }), _) => bytes,
             (Ok(FirstFlight::Silent), _) => Vec::new(),
         };
+        if let Some(interception) = self.intercept {
+            // Only a ClientHello whose SNI names the host gets here (the arms above; `plan`
+            // never terminates a tunnel to an address).
+            let target = Terminated {
+                host: self.host.clone(),
+                port: self.port,
+                addrs: self.addrs,
+                interception,
+            };
+            let (kind, origin) = (self.kind, self.origin);
+            crate::intercept::terminate(shared, client, kind, stream, replay, target, origin).await;
+            return;
+        }
         let (mut server, ip) = match shared.dial(&self.addrs, self.port).await {
             Ok(found) => found,
             Err(err) => {

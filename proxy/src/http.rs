@@ -201,7 +201,11 @@ pub(crate) async fn serve<S>(
     let served = builder
         .serve_connection(TokioIo::new(Recorder::new(stream, tail)), service)
         .with_upgrades();
-    let outcome = tokio::time::timeout(limits.total_timeout, served).await;
+    let outcome = tokio::time::timeout(limits.total_timeout, served)
+        .await
+        // Closing our side after the client left first can fail (a TLS close_notify to a
+        // closed socket): the connection ended normally all the same.
+        .map(|served| served.or_else(|err| if err.is_shutdown() { Ok(()) } else { Err(err) }));
     let no_request = requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
     // Where the connection was headed, for events about the connection as a whole.
     let mut subject = Subject::new(Kind::Http);

@@ -13,7 +13,7 @@
 //! table, as the eBPF layer does for redirected connections); plain HTTP through the
 //! explicit and the transparent HTTP listeners.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use egress_proxy::intercept::{Credential, Interception, JobCa};
 use egress_proxy::origdst::Origin;
 use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
-use runner_agent_tests::netbed::{self, read_response, NetBed, RUNNER_IP, WEB_IP};
+use runner_agent_tests::netbed::{self, read_response, NetBed, RUNNER_IP, WEB2_IP, WEB_IP};
 use runner_agent_tests::require_privilege;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -176,10 +176,11 @@ impl World {
         })
     }
 
-    /// From the runner: a redirected connection to `WEB_IP:443` on the transparent TLS
-    /// listener, TLS to `name`, then `requests`.
+    /// From the runner: a connection to the transparent TLS listener redirected from
+    /// `server:443`, TLS to `name`, then `requests`.
     fn https_transparent(
         &self,
+        server: Ipv4Addr,
         name: &'static str,
         requests: Vec<String>,
     ) -> std::io::Result<Vec<Option<(u16, String)>>> {
@@ -187,7 +188,7 @@ impl World {
         let table = self.served().origdst.clone();
         self.bed.runner().run(async move {
             let origin = Origin {
-                destination: SocketAddr::new(IpAddr::V4(WEB_IP), 443),
+                destination: SocketAddr::new(IpAddr::V4(server), 443),
                 pid: Some(4242),
                 comm: Some("curl".into()),
             };
@@ -256,6 +257,8 @@ async fn exchange_tls(
         tls.write_all(request.as_bytes()).await?;
         out.push(read_response(&mut tls).await);
     }
+    // close_notify, then FIN, as a well-behaved client ends.
+    let _ = tls.shutdown().await;
     Ok(out)
 }
 
@@ -315,6 +318,7 @@ fn transparent_tls_to_a_bound_host_is_terminated_and_carries_the_credential() {
     let w = world();
     let got = w
         .https_transparent(
+            WEB_IP,
             "allowed.test",
             vec![
                 get("allowed.test", "/one", "Authorization: Bearer job-own\r\n"),
@@ -446,44 +450,71 @@ fn a_host_header_differing_from_the_tls_name_is_denied_inside_terminated_tls() {
 #[test]
 fn methods_and_paths_on_https_are_decided_per_request() {
     require_privilege!();
-    let w = world();
-    let post = "POST /ok/write HTTP/1.1\r\nHost: second.test\r\nContent-Length: 4\r\n\r\nbody";
-    let got = w
-        .https_via_connect(
-            "second.test",
-            Trust::Both,
-            vec![
-                get("second.test", "/ok/read", ""),
-                post.to_owned(),
-                get("second.test", "/elsewhere", ""),
-                get("second.test", "/ok/again", ""),
-            ],
-        )
+    for transparent in [false, true] {
+        let w = world();
+        let post = "POST /ok/write HTTP/1.1\r\nHost: second.test\r\nContent-Length: 4\r\n\r\nbody";
+        let requests = vec![
+            get("second.test", "/ok/read", ""),
+            post.to_owned(),
+            get("second.test", "/elsewhere", ""),
+            get("second.test", "/ok/again", ""),
+        ];
+        let got = if transparent {
+            w.https_transparent(WEB2_IP, "second.test", requests)
+        } else {
+            w.https_via_connect("second.test", Trust::Both, requests)
+        }
         .expect("TLS with the job CA");
-    let statuses: Vec<_> = got.iter().map(|r| r.as_ref().map(|r| r.0)).collect();
-    assert_eq!(statuses, vec![Some(200), Some(403), Some(403), Some(200)]);
-    let hits = w.bed.web_hits();
-    let paths: Vec<_> = hits.iter().map(|h| h.path.as_str()).collect();
-    assert_eq!(paths, vec!["/ok/read", "/ok/again"]);
-    assert_eq!(hits[0].sni.as_deref(), Some("second.test"));
-    // Not bound: nothing injected.
-    assert!(hits[0].header_values("authorization").is_empty());
-    for (path, reason) in [
-        ("/ok/write", "method not allowed"),
-        ("/elsewhere", "path not allowed"),
-    ] {
-        let e = w.wait_event(path, |e| {
-            e.verdict == Verdict::Deny && e.path.as_deref() == Some(path)
-        });
-        assert_eq!(e.reason.as_deref(), Some(reason), "{e:?}");
+        let statuses: Vec<_> = got.iter().map(|r| r.as_ref().map(|r| r.0)).collect();
         assert_eq!(
-            (e.kind, e.host.as_deref()),
-            (Kind::Http, Some("second.test"))
+            statuses,
+            vec![Some(200), Some(403), Some(403), Some(200)],
+            "transparent: {transparent}"
         );
+        let hits = w.bed.web_hits();
+        let paths: Vec<_> = hits.iter().map(|h| h.path.as_str()).collect();
+        assert_eq!(paths, vec!["/ok/read", "/ok/again"]);
+        assert_eq!(hits[0].sni.as_deref(), Some("second.test"));
+        assert_eq!(hits[0].local, SocketAddr::new(IpAddr::V4(WEB2_IP), 443));
+        // Not bound: nothing injected.
+        assert!(hits[0].header_values("authorization").is_empty());
+        for (path, reason) in [
+            ("/ok/write", "method not allowed"),
+            ("/elsewhere", "path not allowed"),
+        ] {
+            let e = w.wait_event(path, |e| {
+                e.verdict == Verdict::Deny && e.path.as_deref() == Some(path)
+            });
+            assert_eq!(e.reason.as_deref(), Some(reason), "{e:?}");
+            assert_eq!(
+                (e.kind, e.host.as_deref()),
+                (Kind::Http, Some("second.test"))
+            );
+        }
+        let e = request_event(&w, "/ok/read");
+        assert_eq!(e.rule.as_deref(), Some("allow[2] second.test"));
+        assert_eq!(e.reason, None);
     }
-    let e = request_event(&w, "/ok/read");
-    assert_eq!(e.rule.as_deref(), Some("allow[2] second.test"));
-    assert_eq!(e.reason, None);
+}
+
+#[test]
+fn a_terminated_connection_without_a_request_is_recorded() {
+    require_privilege!();
+    let w = world();
+    let got = w
+        .https_via_connect("allowed.test", Trust::Both, Vec::new())
+        .expect("TLS with the job CA");
+    assert!(got.is_empty());
+    let e = w.wait_event("empty connection", |e| e.verdict == Verdict::Deny);
+    assert_eq!(
+        (e.kind, e.host.as_deref(), e.port),
+        (Kind::Http, Some("allowed.test"), Some(443))
+    );
+    assert_eq!(
+        e.reason.as_deref(),
+        Some("connection closed before a request")
+    );
+    w.assert_no_request_arrived();
 }
 
 // ------------------------------------------------------------------ fail closed

@@ -14,7 +14,7 @@
 //!   path, and each request goes to the upstream over a new TLS connection (rustls,
 //!   SNI = the host, verified against the roots given to [`Interception::new`], ALPN
 //!   `http/1.1`) to exactly the address already checked. Everything else keeps the
-//!   splice path, untouched ([`plan`]).
+//!   splice path, untouched (`plan`).
 //! - **injection**: on every request to a bound host, plain HTTP included, every instance
 //!   of the credential's header that the job sent is removed and the credential's value
 //!   set. Binding a credential to a host therefore means it is sent on plain HTTP to that

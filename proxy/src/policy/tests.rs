@@ -235,3 +235,26 @@ fn lookup_cost_does_not_grow_with_rules() {
             .allowed
     );
 }
+
+#[test]
+fn deferred_checks_open_restricted_rules_and_nothing_more() {
+    let p = sample();
+    let github = Host::Name("github.com".into());
+    // Opaque: the methods/paths rule cannot allow a tunnel it cannot see into.
+    assert!(!p.check(&github, 443, None).allowed);
+    // Deferred: the connection may open; each request is then checked.
+    let deferred = p.check_deferred(&github, 443);
+    assert!(deferred.allowed, "{deferred:?}");
+    assert_eq!(deferred.rule.as_deref(), Some("allow[2] github.com"));
+    // Port and host still decide.
+    assert!(!p.check_deferred(&github, 8443).allowed);
+    assert!(
+        !p.check_deferred(&Host::Name("evil.test".into()), 443)
+            .allowed
+    );
+    let addr = Host::Ip("198.51.100.7".parse().unwrap());
+    assert_eq!(
+        p.check_deferred(&addr, 5432).allowed,
+        p.check(&addr, 5432, None).allowed
+    );
+}
