@@ -578,6 +578,7 @@ mod phases {
             masked_paths: masked,
             files,
             workspace: PathBuf::from(WORKSPACE),
+            secret_files: Vec::new(),
         };
         let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()?;
         let (output_read, output_write) = std::io::pipe()?;

@@ -156,12 +156,14 @@ impl Approvals {
 
     fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ApprovalError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ApprovalError::Corrupt {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| ApprovalError::Corrupt {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(io_at(path)(err)),
         }
@@ -440,7 +442,12 @@ mod tests {
     fn job_ids_are_recognised() {
         assert!(is_job_id(JOB));
         assert!(is_job_id(&crate::run::new_job_id()));
-        for bad in ["", "j-", "j-../../etc/passwd", "x-01JD3M0Q8V5X6W7Y8Z9A0B1C2D"] {
+        for bad in [
+            "",
+            "j-",
+            "j-../../etc/passwd",
+            "x-01JD3M0Q8V5X6W7Y8Z9A0B1C2D",
+        ] {
             assert!(!is_job_id(bad), "{bad}");
         }
     }
@@ -513,13 +520,23 @@ mod tests {
             approvals.answer(JOB, true),
             Err(ApprovalError::Gone(_))
         ));
-        assert!(!state.path().join("approvals").join(format!("{JOB}.pending")).exists());
+        assert!(!state
+            .path()
+            .join("approvals")
+            .join(format!("{JOB}.pending"))
+            .exists());
         std::fs::write(
-            state.path().join("approvals").join(format!("{JOB}.pending")),
+            state
+                .path()
+                .join("approvals")
+                .join(format!("{JOB}.pending")),
             b"{not json",
         )
         .unwrap();
         let err = approvals.answer(JOB, true).unwrap_err().to_string();
-        assert!(err.contains(".pending: not a readable approval file"), "{err}");
+        assert!(
+            err.contains(".pending: not a readable approval file"),
+            "{err}"
+        );
     }
 }

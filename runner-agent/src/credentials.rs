@@ -74,8 +74,8 @@ pub enum ReleaseError {
         environment: String,
         /// The secret.
         name: String,
-        /// Why.
-        source: SecretError,
+        /// Why (boxed: the store's errors are large and this one is rare).
+        source: Box<SecretError>,
     },
     /// The value cannot be delivered the way the environment asks.
     #[error("secret `{name}` of environment `{environment}` cannot be delivered as `{deliver}`: {reason}")]
@@ -105,7 +105,7 @@ pub fn release(
             .map_err(|source| ReleaseError::Store {
                 environment: environment_name.to_owned(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let unfit = |reason| ReleaseError::Unfit {
             environment: environment_name.to_owned(),

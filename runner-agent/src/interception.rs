@@ -189,7 +189,9 @@ mod tests {
         let files = interception.sandbox_files();
         let ca = interception.ca.cert_pem();
         assert!(files.iter().all(|(_, content)| content.ends_with(ca)));
-        assert!(files.iter().all(|(_, content)| !content.contains("PRIVATE KEY")));
+        assert!(files
+            .iter()
+            .all(|(_, content)| !content.contains("PRIVATE KEY")));
         let config = interception.proxy_config(&creds);
         assert!(config.ca_key_pem.contains("PRIVATE KEY"));
         assert_eq!(config.credentials[0].hosts, vec!["r.example.com"]);

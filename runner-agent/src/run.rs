@@ -33,16 +33,16 @@ use crate::config::{
     format_duration, Approval, Claims, ConfigError, HostConfig, JobFile, ResolvedJob,
 };
 use crate::credentials::{self, Released};
+use crate::egress::audit_log::AuditLog;
+use crate::egress::proxy_process::upstream_dns;
+use crate::egress::{EgressSettings, RunnerEgress};
 use crate::interception::Interception;
 use crate::mask::Masker;
 use crate::output::MaskedWriter;
 use crate::record::{self, ApprovalRecord, JobRecord};
-use crate::secrets::SecretStore;
-use crate::egress::audit_log::AuditLog;
-use crate::egress::proxy_process::upstream_dns;
-use crate::egress::{EgressSettings, RunnerEgress};
 use crate::sandbox::protocol::{StepEnd, StepRequest};
 use crate::sandbox::{self, Sandbox, SandboxConfig, BPF_PIN_ROOT, WORKSPACE};
+use crate::secrets::SecretStore;
 use crate::state::RunDir;
 use std::sync::Arc;
 
@@ -236,7 +236,16 @@ pub async fn run(request: RunRequest) -> i32 {
     // Approval comes before anything of the environment is touched: no secret is read
     // and no sandbox or proxy exists while the job waits.
     if resolved.environment.approval == Approval::Required {
-        match await_approval(&host, request.config.as_deref(), &job, &resolved, &request.claims, &job_id).await {
+        match await_approval(
+            &host,
+            request.config.as_deref(),
+            &job,
+            &resolved,
+            &request.claims,
+            &job_id,
+        )
+        .await
+        {
             Ok(approved) => record.approval = approved,
             Err((approval, why)) => {
                 eprintln!("error: {why}");
@@ -428,10 +437,11 @@ impl Admitted<'_> {
         // The job's own CA, when the proxy must see inside TLS (credentials it adds, or
         // method and path rules). Its certificate is trusted inside this sandbox only;
         // its key goes to the proxy process and nowhere else.
-        let interception = match Interception::prepare(job_id, &resolved.environment.egress, &released.proxy) {
-            Ok(interception) => interception,
-            Err(err) => return setup_failed(format!("cannot set up TLS interception: {err}")),
-        };
+        let interception =
+            match Interception::prepare(job_id, &resolved.environment.egress, &released.proxy) {
+                Ok(interception) => interception,
+                Err(err) => return setup_failed(format!("cannot set up TLS interception: {err}")),
+            };
         let mut files = Vec::new();
         if let Some(interception) = &interception {
             files.extend(interception.sandbox_files());
@@ -479,7 +489,9 @@ impl Admitted<'_> {
             egress: &resolved.environment.egress,
             upstream_dns: upstream_dns(host.network.upstream_dns.as_deref()),
             internal: vec![ipnet::IpNet::V4(host.network.runner_pool)],
-            interception: interception.as_ref().map(|i| i.proxy_config(&released.proxy)),
+            interception: interception
+                .as_ref()
+                .map(|i| i.proxy_config(&released.proxy)),
         };
         let mut egress =
             match RunnerEgress::start(&mut sandbox, job_id, settings, audit_log.clone()).await {
@@ -516,7 +528,11 @@ impl Admitted<'_> {
         let mut detail = interruption
             .clone()
             .or_else(|| failed_step.map(|o| format!("step `{}` failed", o.name)));
-        let mut code = if detail.is_some() { EXIT_FAILED } else { EXIT_OK };
+        let mut code = if detail.is_some() {
+            EXIT_FAILED
+        } else {
+            EXIT_OK
+        };
         let summary = summary(
             job,
             job_id,
@@ -550,10 +566,14 @@ struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
-/// Runs the steps in order until one fails (without `continue-on-error`), the job's
+    /// Runs the steps in order until one fails (without `continue-on-error`), the job's
     /// deadline passes, or the agent is told to stop. Returns each step's outcome and, if the
     /// job was cut short, why.
-    async fn run(&self, sandbox: &mut Sandbox, deadline: Instant) -> (Vec<StepOutcome>, Option<String>) {
+    async fn run(
+        &self,
+        sandbox: &mut Sandbox,
+        deadline: Instant,
+    ) -> (Vec<StepOutcome>, Option<String>) {
         let job = self.job;
         let resolved = self.resolved;
         let total = job.steps.len();

@@ -47,11 +47,11 @@ fn set_secret(world: &World, env: &str, name: &str, value: &str) {
 }
 
 /// A step that scans the sandbox for the value `P1` + `P2` (given in the step's env) and
-/// prints `CLEAN` or `FOUND [...]`. It skips only its own process.
-fn scan_step(name: &str, value: &str) -> String {
+/// prints `LABEL: CLEAN` or `LABEL: FOUND [...]`. It skips only its own process.
+fn scan_step(label: &str, value: &str) -> String {
     let (p1, p2) = value.split_at(value.len() / 2);
     format!(
-        r#"  - name: {name}
+        r#"  - name: scan for {label}
     env: {{ P1: "{p1}", P2: "{p2}" }}
     run: |
       python3 - <<'PY'
@@ -98,7 +98,7 @@ fn scan_step(name: &str, value: &str) -> String {
                           hits.append(path)
                   except OSError:
                       pass
-      print("FOUND", hits) if hits else print("CLEAN")
+      print("{label}:", "FOUND", hits) if hits else print("{label}: CLEAN")
       PY
 "#
     )
@@ -235,7 +235,7 @@ fn run_with_claims(world: &World, job: &Path, claims: &[&str], approve: bool) ->
     );
     let mut args = vec!["run", job_text.as_str(), "--config", config.as_str()];
     args.extend_from_slice(claims);
-    let child = world
+    let mut child = world
         .command(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -244,21 +244,25 @@ fn run_with_claims(world: &World, job: &Path, claims: &[&str], approve: bool) ->
         .expect("spawn run");
     if approve {
         let mut waiting = None;
-        assert!(
-            wait_until(Duration::from_secs(30), || {
-                let out = world
-                    .command(&["approve", "--config", &config])
-                    .output()
-                    .expect("approve list");
-                waiting = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .find(|w| w.starts_with("j-"))
-                    .map(str::to_owned);
-                waiting.is_some()
-            }),
-            "the job never asked for approval"
-        );
-        let id = waiting.expect("job id");
+        let asked = wait_until(Duration::from_secs(30), || {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            let out = world
+                .command(&["approve", "--config", &config])
+                .output()
+                .expect("approve list");
+            waiting = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find(|w| w.starts_with("j-"))
+                .map(str::to_owned);
+            waiting.is_some()
+        });
+        let Some(id) = waiting.filter(|_| asked) else {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("run");
+            panic!("the job never asked for approval\n{}", describe(&output));
+        };
         let out = world
             .command(&["approve", &id, "--config", &config])
             .output()
@@ -294,8 +298,9 @@ steps:
   - name: release credential through the proxy
     run: |
       curl -sS -k -o /dev/null -H 'X-Probe: ci' https://api.allowed.test/ci-probe && echo PROBE-DONE
-{}"#,
-            scan_step("scan for release", &secrets.release_token)
+{}{}"#,
+            scan_step("release", &secrets.release_token),
+            scan_step("own", &secrets.ci_token)
         ),
     );
     let (output, events) = world.run_audited(&job);
@@ -311,9 +316,17 @@ steps:
         "{}",
         describe(&output)
     );
-    assert!(stdout.contains("FILE-MODE=400 root"), "{}", describe(&output));
+    assert!(
+        stdout.contains("FILE-MODE=400 root"),
+        "{}",
+        describe(&output)
+    );
     assert!(!stdout.contains("FILE-WRITABLE"), "{}", describe(&output));
-    assert!(stdout.contains("CORE-LIMIT (1, 1)"), "{}", describe(&output));
+    assert!(
+        stdout.contains("CORE-LIMIT (1, 1)"),
+        "{}",
+        describe(&output)
+    );
     assert!(!stdout.contains("CORE-RAISED"), "{}", describe(&output));
     // Masked: the value and its base64 form never reach the output.
     assert!(stdout.contains("PRINTED=***"), "{}", describe(&output));
@@ -323,14 +336,20 @@ steps:
     }
     // Release's secret is nowhere in the ci sandbox, and the proxy added nothing.
     assert!(stdout.contains("PROBE-DONE"), "{}", describe(&output));
-    assert!(stdout.contains("CLEAN"), "{}", describe(&output));
+    assert!(stdout.contains("release: CLEAN"), "{}", describe(&output));
+    // The scanner finds what is there: its own environment secret, in the environment.
+    assert!(stdout.contains("own: FOUND"), "{}", describe(&output));
+    assert!(stdout.contains("/environ"), "{}", describe(&output));
     let hits = bed.web_hits();
     let probe = hits
         .iter()
         .find(|h| h.path == "/ci-probe")
         .expect("the probe reached the server");
     assert!(
-        !probe.headers.iter().any(|(name, _)| name == "authorization"),
+        !probe
+            .headers
+            .iter()
+            .any(|(name, _)| name == "authorization"),
         "{probe:?}"
     );
     for event in &events {
@@ -372,11 +391,14 @@ fn a_proxy_credential_reaches_only_its_host_and_never_the_sandbox() {
 environment: release
 steps:
   - name: bound host, through CONNECT, own header overwritten
-    run: curl -fsS -o /dev/null -H 'Authorization: Bearer job-own-value' https://api.allowed.test/bound-connect && echo OK-CONNECT
+    run: |
+      curl -fsS -o /dev/null -H 'Authorization: Bearer job-own-value' https://api.allowed.test/bound-connect && echo OK-CONNECT
   - name: bound host, ignoring the proxy (transparent TLS)
-    run: curl -fsS -o /dev/null --noproxy '*' -H 'authorization: job-own-2' https://api.allowed.test/bound-transparent && echo OK-TRANSPARENT
+    run: |
+      curl -fsS -o /dev/null --noproxy '*' -H 'authorization: job-own-2' https://api.allowed.test/bound-transparent && echo OK-TRANSPARENT
   - name: bound host over plain HTTP
-    run: curl -fsS -o /dev/null http://api.allowed.test/bound-plain && echo OK-PLAIN
+    run: |
+      curl -fsS -o /dev/null http://api.allowed.test/bound-plain && echo OK-PLAIN
   - name: not bound, resembling and same-address hosts
     run: |
       curl -sS -o /dev/null -k -H 'Authorization: Bearer job-own-3' https://allowed.test/unbound-parent || true
@@ -385,7 +407,7 @@ steps:
       curl -sS -o /dev/null -k --noproxy '*' --connect-to tenant.test:443:api.allowed.test:443 https://tenant.test/unbound-fronted || true
       echo OK-UNBOUND
 {}"#,
-            scan_step("scan for the proxy credential", &secrets.release_token)
+            scan_step("credential", &secrets.release_token)
         ),
     );
     let claims = [
@@ -399,7 +421,13 @@ steps:
     let output = run_with_claims(&world, &job, &claims, true);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    for mark in ["OK-CONNECT", "OK-TRANSPARENT", "OK-PLAIN", "OK-UNBOUND", "CLEAN"] {
+    for mark in [
+        "OK-CONNECT",
+        "OK-TRANSPARENT",
+        "OK-PLAIN",
+        "OK-UNBOUND",
+        "CLEAN",
+    ] {
         assert!(stdout.contains(mark), "{mark}\n{}", describe(&output));
     }
     let expected = format!("Bearer {}", secrets.release_token);
@@ -426,7 +454,10 @@ steps:
         assert!(auth_of(path).is_empty(), "{path}: {hits:?}");
     }
     // The record names what was released, by fingerprint, with the approval.
-    let records = files_containing(&world.state_dir.join("jobs"), b"RELEASE_TOKEN");
+    let records: Vec<String> = files_containing(&world.state_dir.join("jobs"), b"RELEASE_TOKEN")
+        .into_iter()
+        .filter(|path| path.ends_with("/record.json"))
+        .collect();
     assert_eq!(records.len(), 1, "{records:?}");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&records[0]).expect("record")).expect("json");
@@ -457,10 +488,17 @@ fn unapproved_and_mismatched_jobs_get_nothing() {
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     assert!(started.elapsed() >= Duration::from_secs(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not approved within 2s"), "{}", describe(&output));
+    assert!(
+        stderr.contains("not approved within 2s"),
+        "{}",
+        describe(&output)
+    );
     assert!(!String::from_utf8_lossy(&output.stdout).contains(&marker));
     assert!(world.runner_records().is_empty());
-    let record = files_containing(&world.state_dir.join("jobs"), b"\"gated\"");
+    let record: Vec<String> = files_containing(&world.state_dir.join("jobs"), b"\"gated\"")
+        .into_iter()
+        .filter(|path| path.ends_with("/record.json"))
+        .collect();
     assert_eq!(record.len(), 1, "{record:?}");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record[0]).expect("record")).expect("json");
@@ -475,15 +513,36 @@ fn unapproved_and_mismatched_jobs_get_nothing() {
     );
     for (claims, field) in [
         (
-            vec!["--repository", "acme/app", "--ref", "refs/heads/main", "--event", "push"],
+            vec![
+                "--repository",
+                "acme/app",
+                "--ref",
+                "refs/heads/main",
+                "--event",
+                "push",
+            ],
             "refs: `refs/heads/main` matches none of `refs/tags/v*`",
         ),
         (
-            vec!["--repository", "evil/app", "--ref", "refs/tags/v1", "--event", "push"],
+            vec![
+                "--repository",
+                "evil/app",
+                "--ref",
+                "refs/tags/v1",
+                "--event",
+                "push",
+            ],
             "repositories: `evil/app`",
         ),
         (
-            vec!["--repository", "acme/app", "--ref", "refs/tags/v1/x", "--event", "push"],
+            vec![
+                "--repository",
+                "acme/app",
+                "--ref",
+                "refs/tags/v1/x",
+                "--event",
+                "push",
+            ],
             "refs: `refs/tags/v1/x`",
         ),
         (

@@ -218,7 +218,9 @@ impl ClaimMatch {
             _ => "--event",
         };
         Some(match claim {
-            None => format!("{key}: the job gave no {flag} claim; the environment requires one of {list}"),
+            None => format!(
+                "{key}: the job gave no {flag} claim; the environment requires one of {list}"
+            ),
             Some(value) => format!("{key}: `{value}` matches none of {list}"),
         })
     }
@@ -437,7 +439,10 @@ mod tests {
         missing.git_ref = None;
         assert_eq!(m.matches(&missing), Err("refs".to_owned()));
         let why = m.mismatch(&missing).unwrap();
-        assert!(why.starts_with("refs: the job gave no --ref claim"), "{why}");
+        assert!(
+            why.starts_with("refs: the job gave no --ref claim"),
+            "{why}"
+        );
         // Fields left out do not constrain.
         let only_repo = ClaimMatch {
             repositories: release_match().repositories,

@@ -512,8 +512,12 @@ fn mount_secrets(root: &Path, spec: &SandboxSpec, ids: IdMap) -> Result<(), Root
             .open(&path)
             .map_err(io_err(&path))?;
         io::Write::write_all(&mut file, &secret.content).map_err(io_err(&path))?;
-        chown(&path, Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)))
-            .map_err(nix_io(&path))?;
+        chown(
+            &path,
+            Some(Uid::from_raw(owner)),
+            Some(Gid::from_raw(owner)),
+        )
+        .map_err(nix_io(&path))?;
     }
     do_mount(
         "secrets read-only",
