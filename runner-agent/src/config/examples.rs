@@ -68,6 +68,25 @@ fn example_host_config_validates() {
 }
 
 #[test]
+fn the_deploy_example_needs_release_claims_and_approval() {
+    let host = HostConfig::load(&examples().join("host.yaml")).unwrap();
+    let path = examples().join("deploy.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let job = JobFile::parse(&path, &text).unwrap();
+    let resolved = host.resolve(&job, &path, &text).unwrap();
+    assert_eq!(resolved.environment_name, "release");
+    assert_eq!(resolved.environment.approval, super::Approval::Required);
+    let rule = resolved.environment.match_.as_ref().unwrap();
+    let claims = super::Claims {
+        repository: Some("acme/app".into()),
+        git_ref: Some("refs/tags/v1.4.0".into()),
+        workflow: Some(".github/workflows/release.yaml".into()),
+        event: Some("push".into()),
+    };
+    assert_eq!(rule.mismatch(&claims), None);
+}
+
+#[test]
 fn every_bad_example_fails_where_the_table_says() {
     let dir = examples().join("bad");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
