@@ -442,6 +442,8 @@ impl Admitted<'_> {
                 Ok(interception) => interception,
                 Err(err) => return setup_failed(format!("cannot set up TLS interception: {err}")),
             };
+        let secret_file_names: Vec<String> =
+            released.files.iter().map(|f| f.name.clone()).collect();
         let mut files = Vec::new();
         if let Some(interception) = &interception {
             files.extend(interception.sandbox_files());
@@ -514,6 +516,7 @@ impl Admitted<'_> {
             resolved,
             job_id,
             secret_env: &released.env,
+            secret_files: &secret_file_names,
             ca_env: interception.is_some(),
             masker: &released.masker,
         };
@@ -559,6 +562,8 @@ struct StepContext<'a> {
     job_id: &'a str,
     /// `deliver: env` secrets.
     secret_env: &'a [(String, Zeroizing<String>)],
+    /// Names of the `deliver: file` secrets.
+    secret_files: &'a [String],
     /// Whether the job has a CA of its own (TLS interception), which its tools must trust.
     ca_env: bool,
     /// Masks secret values in what is printed.
@@ -664,8 +669,8 @@ impl StepContext<'_> {
     }
 
     /// The complete environment of a step: a fixed base (nothing of the agent's own
-    /// environment leaks in), then the job's `env`, then the step's, then the
-    /// environment's `deliver: env` secrets.
+    /// environment leaks in), then the job's `env`, then the step's, then `NAME_FILE`
+    /// (the path) for each `deliver: file` secret and the `deliver: env` secrets.
     fn step_env(&self, step: &crate::config::Step, sandbox: &Sandbox) -> Vec<(String, String)> {
         let (job, resolved, job_id) = (self.job, self.resolved, self.job_id);
         let mut env: std::collections::BTreeMap<String, String> = [
@@ -694,6 +699,12 @@ impl StepContext<'_> {
         // The job's own `env` cannot override a secret: the environment decides its value.
         env.extend(job.env.clone());
         env.extend(step.env.clone());
+        for name in self.secret_files {
+            env.insert(
+                format!("{name}_FILE"),
+                format!("{}/{name}", crate::sandbox::SECRETS_DIR),
+            );
+        }
         for (name, value) in self.secret_env {
             env.insert(name.clone(), value.to_string());
         }
