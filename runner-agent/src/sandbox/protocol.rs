@@ -87,6 +87,15 @@ pub struct StepRequest {
     pub timeout_ms: u64,
 }
 
+impl Drop for StepRequest {
+    /// The environment may hold `deliver: env` secrets: zeroed, not just freed.
+    fn drop(&mut self) {
+        for (_, value) in &mut self.env {
+            zeroize::Zeroize::zeroize(value);
+        }
+    }
+}
+
 impl std::fmt::Debug for StepRequest {
     /// The environment's names only: its values may be secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
