@@ -50,12 +50,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::audit::{Kind, Source};
+use crate::audit::{Kind, Source, Verdict};
 use crate::body::{Counted, EndEvent};
 use crate::clients::{ClientEntry, ConnSlot};
 use crate::framing::{Recorder, Tail};
 use crate::gate::TunnelGate;
-use crate::intercept::Terminated;
+use crate::intercept::{scrub, Terminated};
 use crate::origdst::Origin;
 use crate::policy::name::split_authority;
 use crate::policy::{classify_host, Decision, Host, HttpView};
@@ -552,12 +552,19 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // What the response is scrubbed of: set when a credential went into the request.
+    let mut scrubber = None;
     if let Some(interception) = &client.interception {
         // After the hop-by-hop strip, so a `Connection: authorization` trick cannot
         // remove the injected header again. The event names the credential, never its
         // value.
-        for name in interception.inject(&host, &mut parts.headers) {
+        let added = interception.inject(&host, &mut parts.headers);
+        for name in &added {
             add_reason(&mut end.event.reason, format!("credential {name} added"));
+        }
+        if !added.is_empty() {
+            scrubber = interception.scrubber(&host);
+            scrub::request_scrubbable(&mut parts.headers);
         }
     }
     let default_port = if conn.mode.tls() { 443 } else { 80 };
@@ -580,7 +587,42 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     match sender.send_request(outgoing).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
+            // Responses to HEAD, 204 and 304 have no body (RFC 9110 sections 9.3.2, 15.3.5,
+            // 15.4.5): their coding does not matter, their headers are scrubbed below.
+            let bodiless = method == "HEAD"
+                || matches!(
+                    parts.status,
+                    StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+                );
+            let unreadable = match &scrubber {
+                Some(_) if !bodiless => scrub::unreadable_coding(&parts.headers),
+                _ => None,
+            };
+            if let Some(reason) = unreadable {
+                // Fail closed: a body that cannot be scrubbed is not passed. The upstream
+                // connection is dropped with its unread body, never reused.
+                let mut end = end;
+                end.event.verdict = Verdict::Deny;
+                end.event.rule = None;
+                add_reason(&mut end.event.reason, reason.clone());
+                drop(end);
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("egress-proxy: denied: {reason}"),
+                );
+            }
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(scrubber) = &scrubber {
+                for name in scrubber.headers(&mut parts.headers) {
+                    add_reason(
+                        &mut end.event.reason,
+                        format!("credential {name} scrubbed from the response headers"),
+                    );
+                }
+                // hyper passes an unusual reason phrase on to the client (hyper::ext):
+                // it is upstream text too, and the canonical one says as much.
+                parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+            }
             let previous = conn.upstream.lock().await.replace(Upstream {
                 key: (host_text, port, ip, conn.mode.tls()),
                 sender,
@@ -588,7 +630,8 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             if let Some(previous) = previous {
                 conn.shared.pool.put(conn.client.id, previous);
             }
-            Response::from_parts(parts, Counted::new(body, down, Some(end)).boxed())
+            let body = Counted::new(body, down, Some(end)).scrubbed(scrubber.map(|s| s.body()));
+            Response::from_parts(parts, body.boxed())
         }
         Err(err) => {
             let mut end = end;

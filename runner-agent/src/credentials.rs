@@ -7,7 +7,8 @@
 //! - `file`: a file under `/run/secrets` on a tmpfs of its own inside the sandbox;
 //! - `proxy`: the complete header value (`format` with `{secret}` replaced) handed to the
 //!   runner's proxy process, which adds it to requests for the bound hosts; the sandbox
-//!   never sees it.
+//!   never sees it. The raw secret goes along too, only so that the proxy can scrub both
+//!   forms out of the responses of those hosts (`egress_proxy::intercept`).
 //!
 //! A declared secret that is not in the store stops the job before anything is created:
 //! running with a credential silently missing would fail later in a less clear way.
@@ -35,6 +36,8 @@ pub struct ProxyCredential {
     pub header: String,
     /// The complete header value.
     pub value: Zeroizing<String>,
+    /// The raw secret `value` was formatted from (what the proxy scrubs besides it).
+    pub secret: Zeroizing<String>,
 }
 
 /// What a job receives of its environment's secrets.
@@ -150,6 +153,7 @@ pub fn release(
                     hosts: bound.clone(),
                     header: header.clone(),
                     value: formatted,
+                    secret: Zeroizing::new(text.to_owned()),
                 });
             }
         }

@@ -132,6 +132,7 @@ impl Interception {
                     hosts: c.hosts.clone(),
                     header: c.header.clone(),
                     value: Zeroizing::new(c.value.to_string()),
+                    secret: Zeroizing::new(c.secret.to_string()),
                 })
                 .collect(),
             upstream_roots_pem: self.upstream_roots.clone(),
@@ -158,6 +159,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             header: "Authorization".into(),
             value: Zeroizing::new("Bearer x".into()),
+            secret: Zeroizing::new("x".into()),
         }
     }
 
@@ -195,5 +197,9 @@ mod tests {
         let config = interception.proxy_config(&creds);
         assert!(config.ca_key_pem.contains("PRIVATE KEY"));
         assert_eq!(config.credentials[0].hosts, vec!["r.example.com"]);
+        assert_eq!(config.credentials[0].value.as_str(), "Bearer x");
+        assert_eq!(config.credentials[0].secret.as_str(), "x");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("Bearer"), "{debug}");
     }
 }

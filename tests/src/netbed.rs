@@ -15,7 +15,9 @@
 //!
 //! - 198.51.100.10 and .11 are web servers: HTTP on 80 and 8080, HTTPS on 443 and 8443
 //!   with a certificate minted per bed ([`NetBed::ca_der`], [`NetBed::ca_pem`]); every
-//!   request is recorded with its Host, SNI, method, path and headers.
+//!   request is recorded with its Host, SNI, method, path and headers. They answer
+//!   `hello from ADDR`, except on [`ECHO_PATH`] (the request headers back, as a debugging
+//!   endpoint would: see [`web_answer`]) and [`GZIP_PATH`] (a gzip-encoded answer).
 //! - 198.51.100.53 is a DNS server (UDP and TCP) answering from a name table that tests
 //!   may change ([`NetBed::set_name`]) and recording every query.
 //! - 203.0.113.0/24 is routed locally in the internet namespace; trap listeners on
@@ -92,6 +94,13 @@ pub const PROXY_PLAIN: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 
 pub const HTTP_PORTS: [u16; 2] = [80, 8080];
 /// Web server HTTPS ports.
 pub const HTTPS_PORTS: [u16; 2] = [443, 8443];
+
+/// Web server path that echoes the request's headers, in the body (`name: value` lines)
+/// and as response headers (`x-echo-NAME: value`).
+pub const ECHO_PATH: &str = "/echo";
+/// Web server path that always answers with `Content-Encoding: gzip`, whatever the
+/// request's Accept-Encoding.
+pub const GZIP_PATH: &str = "/gzip";
 
 /// The names the DNS server answers when a bed is created.
 pub fn default_names() -> Vec<(&'static str, Vec<IpAddr>)> {
@@ -688,7 +697,7 @@ async fn web_serve<S: AsyncRead + AsyncWrite + Unpin>(
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        lock(&records.web).push(WebHit {
+        let hit = WebHit {
             local,
             peer,
             sni: sni.clone(),
@@ -705,7 +714,10 @@ async fn web_serve<S: AsyncRead + AsyncWrite + Unpin>(
                     )
                 })
                 .collect(),
-        });
+        };
+        let response = web_answer(&hit);
+        let hit_path = hit.path.split('?').next().unwrap_or("").to_owned();
+        lock(&records.web).push(hit);
         buf.drain(..head_end);
         while buf.len() < length {
             let mut chunk = [0u8; 8192];
@@ -715,15 +727,50 @@ async fn web_serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         buf.drain(..length);
-        let body = format!("hello from {}\n", local.ip());
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
-            body.len()
-        );
-        if stream.write_all(response.as_bytes()).await.is_err() || close {
+        // The echo in several small writes, so that a reader can see its body in pieces.
+        let piece = if hit_path == ECHO_PATH {
+            7
+        } else {
+            response.len().max(1)
+        };
+        for piece in response.chunks(piece) {
+            if stream.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        if stream.flush().await.is_err() || close {
             return;
         }
     }
+}
+
+/// The response (head and body) of the bed's web servers to `hit` (module docs).
+fn web_answer(hit: &WebHit) -> Vec<u8> {
+    let path = hit.path.split('?').next().unwrap_or("");
+    let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n");
+    let body = match path {
+        ECHO_PATH => {
+            let mut body = Vec::new();
+            for (name, value) in &hit.headers {
+                head.push_str(&format!("x-echo-{name}: {value}\r\n"));
+                body.extend_from_slice(format!("{name}: {value}\n").as_bytes());
+            }
+            body
+        }
+        GZIP_PATH => {
+            head.push_str("content-encoding: gzip\r\n");
+            // gzip (RFC 1952) of the empty text: header, an empty final deflate block,
+            // CRC-32 and size 0.
+            vec![
+                0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]
+        }
+        _ => format!("hello from {}\n", hit.local.ip()).into_bytes(),
+    };
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut response = head.into_bytes();
+    response.extend_from_slice(&body);
+    response
 }
 
 fn dns_answer(records: &Records, wire: &[u8], tcp: bool) -> Option<Vec<u8>> {
@@ -803,6 +850,16 @@ async fn dns_tcp(listener: TcpListener, records: Arc<Records>) {
 /// Reads one HTTP response (head plus Content-Length body); `None` if the connection
 /// closed first.
 pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u16, String)> {
+    read_response_with_headers(stream)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// [`read_response`] with the response's headers too: (name in lower case, value), in
+/// order.
+pub async fn read_response_with_headers(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> Option<(u16, Vec<(String, String)>, String)> {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -810,7 +867,7 @@ pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u16
         }
         read_more(stream, &mut buf).await?;
     };
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
     response.parse(&buf[..head_end]).ok()?;
     let status = response.code?;
@@ -820,11 +877,21 @@ pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u16
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
         .unwrap_or(0);
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
     while buf.len() < head_end + length {
         read_more(stream, &mut buf).await?;
     }
     let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
-    Some((status, body))
+    Some((status, headers, body))
 }
 
 /// Appends what the next read brings; `None` at the end of the stream, on an error, or

@@ -8,6 +8,9 @@
 //! The bed's web servers record every request with its headers, so each test asserts
 //! what really arrived, and the audit sink records what the proxy decided.
 //!
+//! Responses from the bound host are scrubbed of the credential: the bed's `/echo` path
+//! sends the request headers back (in headers and body), `/gzip` answers compressed.
+//!
 //! Both tunnel entry points are covered: CONNECT through the explicit proxy, and the
 //! transparent TLS listener (the harness records the original destination in a fixed
 //! table, as the eBPF layer does for redirected connections); plain HTTP through the
@@ -23,7 +26,10 @@ use egress_proxy::intercept::{Credential, Interception, JobCa};
 use egress_proxy::origdst::Origin;
 use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
-use runner_agent_tests::netbed::{self, read_response, NetBed, RUNNER_IP, WEB2_IP, WEB_IP};
+use runner_agent_tests::netbed::{
+    self, read_response, read_response_with_headers, NetBed, ECHO_PATH, GZIP_PATH, RUNNER_IP,
+    WEB2_IP, WEB_IP,
+};
 use runner_agent_tests::require_privilege;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -48,6 +54,8 @@ egress:
 
 /// The credential's complete header value; it must reach the server and nothing else.
 const VALUE: &str = "Bearer inject-7f3a9c1e55d04b2a";
+/// The raw secret `VALUE` was formatted from.
+const SECRET: &str = "inject-7f3a9c1e55d04b2a";
 const TOKEN: &str = "REGISTRY_TOKEN";
 
 const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
@@ -89,6 +97,7 @@ fn world_with_roots(upstream_roots: Option<String>) -> World {
         hosts: vec!["allowed.test".into()],
         header: "Authorization".into(),
         value: Zeroizing::new(VALUE.into()),
+        secret: Zeroizing::new(SECRET.into()),
     };
     let roots = upstream_roots.unwrap_or_else(|| bed.ca_pem().to_owned());
     let interception = Interception::new(ca, vec![credential], roots.as_bytes()).unwrap();
@@ -146,7 +155,7 @@ impl World {
     fn assert_value_never_logged(&self) {
         for event in self.events() {
             let line = event.to_json();
-            assert!(!line.contains("inject-7f3a9c1e55d04b2a"), "{line}");
+            assert!(!line.contains(SECRET), "{line}");
         }
     }
 
@@ -165,6 +174,20 @@ impl World {
         trust: Trust,
         requests: Vec<String>,
     ) -> std::io::Result<Vec<Option<(u16, String)>>> {
+        let replies = self.https_via_connect_with_headers(name, trust, requests)?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map(without_headers))
+            .collect())
+    }
+
+    /// [`World::https_via_connect`], with each response's headers.
+    fn https_via_connect_with_headers(
+        &self,
+        name: &'static str,
+        trust: Trust,
+        requests: Vec<String>,
+    ) -> std::io::Result<Vec<Option<Reply>>> {
         let roots = self.roots(trust);
         self.bed.runner().run(async move {
             let mut stream = netbed::connect(EXPLICIT).await?;
@@ -196,13 +219,22 @@ impl World {
             socket.bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))?;
             table.insert_origin(socket.local_addr()?, origin);
             let stream = socket.connect(TLS).await?;
-            exchange_tls(stream, roots, name, requests).await
+            let replies = exchange_tls(stream, roots, name, requests).await?;
+            Ok(replies
+                .into_iter()
+                .map(|r| r.map(without_headers))
+                .collect())
         })
     }
 
     /// From the runner: `request` written on a plain connection to `to` (the explicit
     /// proxy, or the transparent HTTP listener as if headed for `WEB_IP:80`).
     fn http(&self, to: SocketAddr, request: String) -> Option<(u16, String)> {
+        self.http_with_headers(to, request).map(without_headers)
+    }
+
+    /// [`World::http`], with the response's headers.
+    fn http_with_headers(&self, to: SocketAddr, request: String) -> Option<Reply> {
         let table = self.served().origdst.clone();
         self.bed.runner().run(async move {
             let socket = TcpSocket::new_v4().ok()?;
@@ -215,7 +247,7 @@ impl World {
             }
             let mut stream = socket.connect(to).await.ok()?;
             stream.write_all(request.as_bytes()).await.ok()?;
-            read_response(&mut stream).await
+            read_response_with_headers(&mut stream).await
         })
     }
 }
@@ -225,12 +257,19 @@ fn get(host: &str, path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
 }
 
+/// A response: status, headers (lower-case name, value), body.
+type Reply = (u16, Vec<(String, String)>, String);
+
+fn without_headers((status, _, body): Reply) -> (u16, String) {
+    (status, body)
+}
+
 async fn exchange_tls(
     stream: TcpStream,
     roots: Vec<Vec<u8>>,
     name: &'static str,
     requests: Vec<String>,
-) -> std::io::Result<Vec<Option<(u16, String)>>> {
+) -> std::io::Result<Vec<Option<Reply>>> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.into()).unwrap();
@@ -255,7 +294,7 @@ async fn exchange_tls(
     let mut out = Vec::new();
     for request in requests {
         tls.write_all(request.as_bytes()).await?;
-        out.push(read_response(&mut tls).await);
+        out.push(read_response_with_headers(&mut tls).await);
     }
     // close_notify, then FIN, as a well-behaved client ends.
     let _ = tls.shutdown().await;
@@ -409,6 +448,207 @@ fn hosts_the_credential_is_not_bound_to_get_nothing() {
         assert!(!reason.contains("credential"), "{reason}");
     }
     w.assert_value_never_logged();
+}
+
+// ------------------------------------------------------------------ scrubbing
+
+/// The values of header `name` in `reply`.
+fn reply_header<'a>(reply: &'a Reply, name: &str) -> Vec<&'a str> {
+    reply
+        .1
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn stars(text: &str) -> String {
+    "*".repeat(text.len())
+}
+
+/// A request for the echo path that also carries the raw secret (as if the server had it
+/// from elsewhere and returned it) and asks for compressed answers.
+fn echo_request(host: &str) -> String {
+    get(
+        host,
+        ECHO_PATH,
+        &format!("X-Probe: {SECRET}\r\nAccept-Encoding: gzip, br\r\n"),
+    )
+}
+
+/// [`echo_request`] in the absolute form of the explicit proxy.
+fn explicit_echo_request(host: &str) -> String {
+    echo_request(host).replacen(
+        &format!("GET {ECHO_PATH}"),
+        &format!("GET http://{host}{ECHO_PATH}"),
+        1,
+    )
+}
+
+/// The echo came back with the header value and the raw secret replaced by as many `*`,
+/// in the response headers and in the body, and the rest of the echo intact.
+fn assert_echo_scrubbed(reply: &Reply) {
+    let (status, _, body) = reply;
+    assert_eq!(*status, 200, "{reply:?}");
+    assert_eq!(
+        reply_header(reply, "x-echo-authorization"),
+        vec![stars(VALUE)]
+    );
+    assert_eq!(reply_header(reply, "x-echo-x-probe"), vec![stars(SECRET)]);
+    assert!(
+        body.contains(&format!("authorization: {}\n", stars(VALUE))),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("x-probe: {}\n", stars(SECRET))),
+        "{body}"
+    );
+    // The proxy asked the server for an identity-coded answer.
+    assert_eq!(
+        reply_header(reply, "x-echo-accept-encoding"),
+        vec!["identity"]
+    );
+    assert!(body.contains("accept-encoding: identity\n"), "{body}");
+    assert!(!format!("{reply:?}").contains(SECRET), "{reply:?}");
+}
+
+/// The server received the real credential on every echo request.
+fn assert_server_got_the_value(w: &World, expected_echoes: usize) {
+    let hits = w.bed.web_hits();
+    let echoes: Vec<_> = hits.iter().filter(|h| h.path == ECHO_PATH).collect();
+    assert_eq!(echoes.len(), expected_echoes, "{hits:?}");
+    for hit in echoes {
+        assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+        assert_eq!(hit.header_values("accept-encoding"), vec!["identity"]);
+    }
+}
+
+const SCRUBBED_REASON: &str = "credential REGISTRY_TOKEN added; \
+credential REGISTRY_TOKEN scrubbed from the response headers; \
+credential REGISTRY_TOKEN scrubbed from the response body";
+
+#[test]
+fn an_echo_of_the_credential_from_the_bound_host_reaches_the_client_as_stars() {
+    require_privilege!();
+    let w = world();
+    // Inside terminated TLS, then a second request on the same connection: the echo's
+    // framing (Content-Length) must still be right for it to be read.
+    let got = w
+        .https_via_connect_with_headers(
+            "allowed.test",
+            Trust::Both,
+            vec![
+                echo_request("allowed.test"),
+                get("allowed.test", "/after", ""),
+            ],
+        )
+        .expect("TLS with the job CA");
+    assert_echo_scrubbed(got[0].as_ref().expect("an echo"));
+    assert_eq!(got[1].clone().map(without_headers), hello());
+    // Plain HTTP through the explicit proxy.
+    let reply = w
+        .http_with_headers(EXPLICIT, explicit_echo_request("allowed.test"))
+        .expect("an echo");
+    assert_echo_scrubbed(&reply);
+    assert_server_got_the_value(&w, 2);
+    let events: Vec<AuditEvent> = w
+        .events()
+        .into_iter()
+        .filter(|e| e.path.as_deref() == Some(ECHO_PATH))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e.verdict, Verdict::Allow);
+        assert_eq!(e.reason.as_deref(), Some(SCRUBBED_REASON), "{e:?}");
+    }
+    let after = request_event(&w, "/after");
+    assert_eq!(
+        after.reason.as_deref(),
+        Some("credential REGISTRY_TOKEN added")
+    );
+    w.assert_value_never_logged();
+}
+
+#[test]
+fn a_compressed_answer_from_the_bound_host_is_refused_with_a_deny_event() {
+    require_privilege!();
+    let w = world();
+    let got = w
+        .https_via_connect(
+            "allowed.test",
+            Trust::Both,
+            vec![
+                get("allowed.test", GZIP_PATH, "Accept-Encoding: gzip\r\n"),
+                get("allowed.test", "/after", ""),
+            ],
+        )
+        .expect("TLS with the job CA");
+    let (status, body) = got[0].clone().expect("a response");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("compressed response from a credential host cannot be checked"),
+        "{body}"
+    );
+    // The client's connection goes on; the next request gets a new upstream connection.
+    assert_eq!(got[1], hello());
+    let e = w.wait_event("compressed response denial", |e| {
+        e.verdict == Verdict::Deny && e.path.as_deref() == Some(GZIP_PATH)
+    });
+    assert_eq!(
+        (e.kind, e.host.as_deref(), e.rule.as_deref()),
+        (Kind::Http, Some("allowed.test"), None)
+    );
+    let reason = e.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("credential REGISTRY_TOKEN added; compressed response from a credential host cannot be checked (Content-Encoding: gzip)"),
+        "{reason}"
+    );
+    // The server was asked for identity and answered gzip all the same.
+    let hits = w.bed.web_hits();
+    let gzip: Vec<_> = hits.iter().filter(|h| h.path == GZIP_PATH).collect();
+    assert_eq!(gzip.len(), 1, "{hits:?}");
+    assert_eq!(gzip[0].header_values("accept-encoding"), vec!["identity"]);
+    w.assert_value_never_logged();
+}
+
+#[test]
+fn responses_from_hosts_without_a_credential_pass_unchanged() {
+    require_privilege!();
+    let w = world();
+    // Spliced TLS to an allowed subdomain, and plain HTTP to a resembling name.
+    let spliced = w
+        .https_via_connect_with_headers(
+            "api.allowed.test",
+            Trust::BedOnly,
+            vec![
+                echo_request("api.allowed.test"),
+                get("api.allowed.test", GZIP_PATH, ""),
+            ],
+        )
+        .expect("spliced TLS to the real server");
+    let plain = w
+        .http_with_headers(EXPLICIT, explicit_echo_request("xallowed.test"))
+        .expect("an echo");
+    for reply in [spliced[0].as_ref().expect("an echo"), &plain] {
+        assert_eq!(reply.0, 200);
+        assert_eq!(reply_header(reply, "x-echo-x-probe"), vec![SECRET]);
+        assert_eq!(
+            reply_header(reply, "x-echo-accept-encoding"),
+            vec!["gzip, br"]
+        );
+        assert!(
+            reply.2.contains(&format!("x-probe: {SECRET}\n")),
+            "{reply:?}"
+        );
+        assert!(reply_header(reply, "x-echo-authorization").is_empty());
+    }
+    let gzip = spliced[1].as_ref().expect("a gzip answer");
+    assert_eq!(gzip.0, 200);
+    assert_eq!(reply_header(gzip, "content-encoding"), vec!["gzip"]);
+    for event in w.events() {
+        let reason = event.reason.unwrap_or_default();
+        assert!(!reason.contains("credential"), "{reason}");
+    }
 }
 
 // ------------------------------------------------------------------ per-request checks

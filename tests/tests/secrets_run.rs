@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use runner_agent_tests::agent::{describe, wait_until, World};
-use runner_agent_tests::netbed::{NetBed, DNS_IP};
+use runner_agent_tests::netbed::{NetBed, DNS_IP, ECHO_PATH};
 use runner_agent_tests::require_privilege;
 
 /// A fresh random value with a readable tag.
@@ -406,8 +406,17 @@ steps:
       curl -sS -o /dev/null -k https://tenant.test/unbound-tenant || true
       curl -sS -o /dev/null -k --noproxy '*' --connect-to tenant.test:443:api.allowed.test:443 https://tenant.test/unbound-fronted || true
       echo OK-UNBOUND
-{}"#,
-            scan_step("credential", &secrets.release_token)
+  - name: the bound host echoes the request headers back into the sandbox
+    run: |
+      curl -fsS --compressed -D /workspace/echo-head.txt -o /workspace/echo-body.txt https://api.allowed.test{ECHO_PATH}
+      # No early exit: the scan below runs either way and must find nothing.
+      if grep -qiF 'x-echo-authorization: {stars}' /workspace/echo-head.txt &&
+         grep -qF 'authorization: {stars}' /workspace/echo-body.txt; then
+        echo OK-ECHO-SCRUBBED
+      fi
+{scan}"#,
+            stars = "*".repeat("Bearer ".len() + secrets.release_token.len()),
+            scan = scan_step("credential", &secrets.release_token)
         ),
     );
     let claims = [
@@ -426,6 +435,7 @@ steps:
         "OK-TRANSPARENT",
         "OK-PLAIN",
         "OK-UNBOUND",
+        "OK-ECHO-SCRUBBED",
         "CLEAN",
     ] {
         assert!(stdout.contains(mark), "{mark}\n{}", describe(&output));
@@ -443,7 +453,12 @@ steps:
             })
             .collect()
     };
-    for path in ["/bound-connect", "/bound-transparent", "/bound-plain"] {
+    for path in [
+        "/bound-connect",
+        "/bound-transparent",
+        "/bound-plain",
+        ECHO_PATH,
+    ] {
         assert_eq!(auth_of(path), vec![expected.clone()], "{path}: {hits:?}");
     }
     assert_eq!(

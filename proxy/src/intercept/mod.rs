@@ -19,6 +19,11 @@
 //!   of the credential's header that the job sent is removed and the credential's value
 //!   set. Binding a credential to a host therefore means it is sent on plain HTTP to that
 //!   host too. The value is never logged: audit events say `credential NAME added`.
+//! - **scrubbing** (`scrub`): the response to a request that got a credential has every
+//!   occurrence of the credential's raw secret and complete header value replaced by
+//!   `*`s of the same length, in headers and body, so a server that echoes request
+//!   headers cannot hand the value to the job; responses it cannot read (compressed) are
+//!   refused. Audit events say `credential NAME scrubbed from the response ...`.
 //!
 //! Host matching: a credential's hosts and the request's host are both normalised by the
 //! proxy's one name normaliser (`crate::policy::name`: case, trailing dot, IDNA) and must
@@ -29,6 +34,7 @@
 //! whose certificate does not verify: each closes that connection with a deny event.
 
 mod ca;
+pub(crate) mod scrub;
 mod serve;
 #[cfg(test)]
 mod tests;
@@ -43,6 +49,7 @@ use rustls::pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 pub use ca::{JobCa, CA_LIFETIME};
+pub(crate) use scrub::Scrubber;
 pub(crate) use serve::{connect_upstream, terminate, Terminated};
 
 use crate::clients::ClientEntry;
@@ -59,6 +66,9 @@ pub struct Credential {
     pub header: String,
     /// The complete header value (the configured `format` already applied).
     pub value: Zeroizing<String>,
+    /// The raw secret the value was formatted from: with the value, what responses are
+    /// scrubbed of (`scrub`). Never sent anywhere.
+    pub secret: Zeroizing<String>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -68,6 +78,7 @@ impl std::fmt::Debug for Credential {
             .field("hosts", &self.hosts)
             .field("header", &self.header)
             .field("value", &"<redacted>")
+            .field("secret", &"<redacted>")
             .finish()
     }
 }
@@ -196,6 +207,8 @@ pub struct Interception {
     ca: JobCa,
     /// Normalised host → credentials bound to it.
     bound: HashMap<String, Vec<Injection>>,
+    /// Normalised host → what responses from it are scrubbed of.
+    scrubbers: HashMap<String, Scrubber>,
     /// TLS server configurations per host, leaf included (minted on first use).
     leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
     upstream: Arc<rustls::ClientConfig>,
@@ -229,6 +242,7 @@ impl Interception {
         upstream_roots_pem: &[u8],
     ) -> Result<Interception, InterceptError> {
         let mut bound: HashMap<String, Vec<Injection>> = HashMap::new();
+        let mut patterns: HashMap<String, Vec<Arc<scrub::Pattern>>> = HashMap::new();
         for credential in credentials {
             let header = check_header(&credential)?;
             let value = secret_header_value(&credential.value).ok_or_else(|| {
@@ -241,6 +255,15 @@ impl Interception {
                     credential: credential.name,
                 });
             }
+            let scrubbed: Vec<Arc<scrub::Pattern>> = [&credential.secret, &credential.value]
+                .into_iter()
+                .map(|text| {
+                    Arc::new(scrub::Pattern {
+                        credential: Arc::from(credential.name.as_str()),
+                        bytes: Zeroizing::new(text.as_bytes().to_vec()),
+                    })
+                })
+                .collect();
             for raw in &credential.hosts {
                 let host_error = |reason: String| InterceptError::CredentialHost {
                     credential: credential.name.clone(),
@@ -275,11 +298,20 @@ impl Interception {
                     header: header.clone(),
                     value: value.clone(),
                 });
+                patterns
+                    .entry(name)
+                    .or_default()
+                    .extend(scrubbed.iter().cloned());
             }
         }
+        let scrubbers = patterns
+            .into_iter()
+            .map(|(host, list)| (host, Scrubber::new(list)))
+            .collect();
         Ok(Interception {
             ca,
             bound,
+            scrubbers,
             leaves: Mutex::default(),
             upstream: Arc::new(upstream_config(upstream_roots_pem)?),
         })
@@ -320,6 +352,14 @@ impl Interception {
                 injection.name.as_str()
             })
             .collect()
+    }
+
+    /// What responses from `host` are scrubbed of, when credentials are bound to it.
+    pub(crate) fn scrubber(&self, host: &Host) -> Option<Scrubber> {
+        let Host::Name(name) = host else {
+            return None;
+        };
+        self.scrubbers.get(name).cloned()
     }
 
     /// The TLS server configuration presenting a leaf for `name`, minted on first use.

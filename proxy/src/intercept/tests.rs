@@ -24,6 +24,7 @@ fn credential(name: &str, hosts: &[&str], header: &str, value: &str) -> Credenti
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
         header: header.to_owned(),
         value: Zeroizing::new(value.to_owned()),
+        secret: Zeroizing::new(value.trim_start_matches("Bearer ").to_owned()),
     }
 }
 
@@ -370,4 +371,30 @@ fn the_ca_is_constrained_to_restricted_rule_hosts_and_bound_hosts() {
     let ca = JobCa::mint("j", &hosts).unwrap();
     assert!(ca.permits("v1.api.example.com") && ca.permits("upload.example.net"));
     assert!(!ca.permits("open.example.com"));
+}
+
+#[test]
+fn responses_from_bound_hosts_only_are_scrubbed_of_secret_and_value() {
+    let i = registry();
+    assert!(i.scrubber(&name("api.example.com")).is_none());
+    assert!(i
+        .scrubber(&Host::Ip("198.51.100.10".parse().unwrap()))
+        .is_none());
+    let scrubber = i
+        .scrubber(&name("Registry.Example.COM."))
+        .expect("a bound host");
+    let mut body = scrubber.body();
+    let mut out = body
+        .push(b"{\"auth\": \"Bearer s3cr3t-value-0123456789\", ")
+        .to_vec();
+    out.extend_from_slice(&body.push(b"\"raw\": \"s3cr3t-value-0123456789\"}"));
+    out.extend_from_slice(&body.finish());
+    let expected = format!(
+        "{{\"auth\": \"{}\", \"raw\": \"{}\"}}",
+        "*".repeat(SECRET.len()),
+        "*".repeat("s3cr3t-value-0123456789".len())
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+    let hits: Vec<String> = body.new_hits().iter().map(|n| n.to_string()).collect();
+    assert_eq!(hits, vec!["PROD_REGISTRY_TOKEN"]);
 }

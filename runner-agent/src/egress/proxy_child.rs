@@ -53,6 +53,8 @@ pub struct InterceptCredential {
     pub header: String,
     /// The complete header value; zeroed on drop.
     pub value: Zeroizing<String>,
+    /// The raw secret, for scrubbing responses only; zeroed on drop.
+    pub secret: Zeroizing<String>,
 }
 
 /// TLS interception for the runner: the job CA, the credentials, the upstream roots.
@@ -191,6 +193,7 @@ fn build_interception(config: InterceptConfig) -> Result<Arc<Interception>, Stri
             hosts: c.hosts.clone(),
             header: c.header.clone(),
             value: c.value.clone(),
+            secret: c.secret.clone(),
         })
         .collect();
     Interception::new(ca, credentials, config.upstream_roots_pem.as_bytes())
