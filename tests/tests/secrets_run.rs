@@ -288,6 +288,7 @@ steps:
       printf %s "$CI_TOKEN" | sha256sum | cut -c1-64 | sed 's/^/ENV-SHA=/'
       sha256sum /run/secrets/CI_KEY | cut -c1-64 | sed 's/^/FILE-SHA=/'
       stat -c 'FILE-MODE=%a %U' /run/secrets/CI_KEY
+      echo "FILE-VAR=$CI_KEY_FILE"
       if echo x > /run/secrets/CI_KEY 2>/dev/null; then echo FILE-WRITABLE; fi
       echo "PRINTED=$CI_TOKEN"
       printf %s "$CI_TOKEN" | base64 | sed 's/^/B64=/'
