@@ -17,8 +17,9 @@
 //! destination may be a continent away and needs autotuned windows of many megabytes.
 //! Without the cap the client-side buffers autotune to megabytes too, and that many bytes
 //! in flight through the proxy push the pages being copied at both ends out of the CPU
-//! caches: `proxy-bench --tunnel-only` measured 770-840 CPU ms per GiB for the whole
-//! path before and 510-590 after (direct: 320-355), on the same 2-core machine.
+//! caches: over four alternating `proxy-bench --tunnel-only --runs 5` rounds on a 2-core
+//! machine the whole path used 825-855 CPU ms per GiB before and 490-645 after (direct:
+//! 295-380); figures and the profile behind them are in the README's benchmark section.
 //!
 //! A half-close is propagated with `shutdown(SHUT_WR)` so protocols that signal the end of
 //! a request by closing their sending side keep working. The watchdog closes the tunnel
