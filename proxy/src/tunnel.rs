@@ -9,6 +9,18 @@
 //! an EAGAIN). When a pipe cannot be created the direction falls back to a plain
 //! read/write loop over a 64 KiB buffer.
 //!
+//! The client-facing socket gets fixed send and receive buffers of [`CLIENT_SOCKET_BUFFER`]
+//! (socket(7) SO_SNDBUF/SO_RCVBUF; the kernel doubles the value for its bookkeeping), while
+//! the destination-facing socket keeps the kernel's autotuning. The client is a runner
+//! behind a local veth (or, standalone, a machine on the LAN): its round trip is tens of
+//! microseconds, so 256 KiB is many times its bandwidth-delay product, whereas the
+//! destination may be a continent away and needs autotuned windows of many megabytes.
+//! Without the cap the client-side buffers autotune to megabytes too, and that many bytes
+//! in flight through the proxy push the pages being copied at both ends out of the CPU
+//! caches: over four alternating `proxy-bench --tunnel-only --runs 5` rounds on a 2-core
+//! machine the whole path used 825-855 CPU ms per GiB before and 490-645 after (direct:
+//! 295-380); figures and the profile behind them are in the README's benchmark section.
+//!
 //! A half-close is propagated with `shutdown(SHUT_WR)` so protocols that signal the end of
 //! a request by closing their sending side keep working. The watchdog closes the tunnel
 //! when neither direction moved a byte for `idle`, or when `total` is reached.
@@ -19,7 +31,7 @@ use std::time::{Duration, Instant};
 use std::io;
 
 use nix::fcntl::{fcntl, splice as splice_fd, FcntlArg, OFlag, SpliceFFlags};
-use nix::sys::socket::{shutdown, Shutdown};
+use nix::sys::socket::{setsockopt, shutdown, sockopt, Shutdown};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -36,6 +48,28 @@ pub struct SpliceOutcome {
 }
 
 const BUF: usize = 64 * 1024;
+
+/// SO_SNDBUF and SO_RCVBUF asked for on the client-facing socket (see the module docs).
+pub const CLIENT_SOCKET_BUFFER: usize = 256 * 1024;
+
+/// Caps the client-facing socket's buffers. Best effort: a failure only costs CPU time,
+/// so it is logged and the tunnel goes on.
+fn bound_client_buffers(client: &TcpStream) {
+    for (option, result) in [
+        (
+            "SO_SNDBUF",
+            setsockopt(client, sockopt::SndBuf, &CLIENT_SOCKET_BUFFER),
+        ),
+        (
+            "SO_RCVBUF",
+            setsockopt(client, sockopt::RcvBuf, &CLIENT_SOCKET_BUFFER),
+        ),
+    ] {
+        if let Err(err) = result {
+            tracing::debug!(option, %err, "could not cap the client socket buffer");
+        }
+    }
+}
 
 /// Largest pipe asked for (fcntl(2) F_SETPIPE_SZ; the default is 64 KiB).
 const PIPE: usize = 1 << 20;
@@ -163,6 +197,7 @@ pub async fn splice_with(
     let down = AtomicU64::new(0);
     let last = AtomicU64::new(0);
     let (client, server) = (&*client, &*server);
+    bound_client_buffers(client);
     let both = async {
         let (a, b) = tokio::join!(
             pump(client, server, &up, &last, start, zero_copy),
@@ -197,6 +232,7 @@ pub async fn splice_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::socket::getsockopt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -233,6 +269,91 @@ mod tests {
         assert_eq!(back, b"world!");
         let outcome = task.await.unwrap();
         assert_eq!((outcome.up, outcome.down, outcome.cut), (5, 6, None));
+    }
+
+    /// Distinct bytes (not a repeated pattern) so that a lost, doubled or reordered chunk
+    /// shows up as a mismatch.
+    fn payload(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                // xorshift64 (Marsaglia 2003): cheap and reproducible.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bulk_both_ways_at_once_is_byte_exact() {
+        for zero_copy in [true, false] {
+            bulk_both_ways(zero_copy).await;
+        }
+    }
+
+    /// Several MiB each way at the same time, far more than the capped client buffers and
+    /// the pipes hold, so both directions block and resume many times.
+    async fn bulk_both_ways(zero_copy: bool) {
+        const LEN: usize = 8 << 20;
+        let (client_far, mut client) = pair().await;
+        let (mut server, server_far) = pair().await;
+        let tunnel = tokio::spawn(async move {
+            let (idle, total) = (Duration::from_secs(10), Duration::from_secs(60));
+            splice_with(&mut client, &mut server, idle, total, zero_copy).await
+        });
+        let (up, down) = (payload(LEN, 1), payload(LEN, 2));
+        let side = |stream: TcpStream, send: Vec<u8>| async move {
+            let (mut read, mut write) = stream.into_split();
+            let sender = tokio::spawn(async move {
+                write.write_all(&send).await.unwrap();
+                write.shutdown().await.unwrap();
+            });
+            let mut got = Vec::with_capacity(LEN);
+            read.read_to_end(&mut got).await.unwrap();
+            sender.await.unwrap();
+            got
+        };
+        let (at_server, at_client) =
+            tokio::join!(side(server_far, down.clone()), side(client_far, up.clone()));
+        assert!(
+            at_server == up,
+            "upstream bytes differ (zero_copy {zero_copy})"
+        );
+        assert!(
+            at_client == down,
+            "downstream bytes differ (zero_copy {zero_copy})"
+        );
+        let outcome = tunnel.await.unwrap();
+        assert_eq!(
+            (outcome.up, outcome.down, outcome.cut),
+            (LEN as u64, LEN as u64, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_client_side_buffers_are_capped() {
+        let (_client_far, mut client) = pair().await;
+        let (mut server, _server_far) = pair().await;
+        let server_before = getsockopt(&server, sockopt::SndBuf).unwrap();
+        let (idle, total) = (Duration::from_millis(50), Duration::from_secs(5));
+        let outcome = splice(&mut client, &mut server, idle, total).await;
+        assert_eq!(outcome.cut.as_deref(), Some("idle timeout"));
+        // socket(7): the kernel doubles the value set and getsockopt returns the double.
+        assert_eq!(
+            getsockopt(&client, sockopt::SndBuf).unwrap(),
+            2 * CLIENT_SOCKET_BUFFER
+        );
+        assert_eq!(
+            getsockopt(&client, sockopt::RcvBuf).unwrap(),
+            2 * CLIENT_SOCKET_BUFFER
+        );
+        let server_after = getsockopt(&server, sockopt::SndBuf).unwrap();
+        assert_eq!(
+            server_after, server_before,
+            "the destination side keeps autotuning"
+        );
     }
 
     #[tokio::test]

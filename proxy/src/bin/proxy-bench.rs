@@ -9,7 +9,12 @@
 //! - HTTP requests per second through the forward proxy with wrk, keep-alive and with a
 //!   new connection per request (`Connection: close`), 32 connections;
 //! - latency added by the proxy: wrk p50 and p99 with one connection, minus direct;
-//! - CONNECT tunnel bulk throughput (one tunnel, `--bulk-mib` MiB downstream);
+//! - CONNECT tunnel bulk throughput: one tunnel, `--bulk-mib` MiB downstream, the same
+//!   client code, buffer sizes and socket options for direct and proxied runs; one
+//!   discarded warm-up transfer per target, then the runs interleaved (direct, egress-proxy,
+//!   Squid, direct, ...) so that load from other work on the machine falls on all three
+//!   alike rather than on whichever target happened to run during it; next to MiB/s, the
+//!   CPU time of the whole path per GiB (see [`TunnelRun`]);
 //! - policy lookup time at 10, 1,000 and 100,000 rules.
 //!
 //! The world: everything on the loopback interface of a private network namespace that
@@ -69,6 +74,10 @@ struct Args {
     /// Measure only tunnel throughput (skips the wrk runs and lookups).
     #[arg(long)]
     tunnel_only: bool,
+    /// With `--tunnel-only`: measure only this target (`direct`, `egress-proxy` or
+    /// `squid`), e.g. to profile it alone with `perf record`.
+    #[arg(long, requires = "tunnel_only")]
+    only: Option<String>,
 }
 
 const TARGET: &str = "svc500.bench.test";
@@ -163,13 +172,28 @@ fn main() -> anyhow::Result<()> {
     ];
     let mut results = Vec::new();
     if args.tunnel_only {
-        for (name, via) in proxies {
-            let tput = median((0..args.runs).map(|_| tunnel_throughput(via, bulk, args.bulk_mib)))?;
-            println!("{name}: tunnel {tput:.0} MiB/s");
+        let chosen: Vec<_> = match &args.only {
+            None => proxies.to_vec(),
+            Some(only) => {
+                let one: Vec<_> = proxies.iter().filter(|(n, _)| n == only).copied().collect();
+                if one.is_empty() {
+                    bail!("--only {only}: expected direct, egress-proxy or squid");
+                }
+                one
+            }
+        };
+        let tunnels = tunnel_medians(&chosen, bulk, squid.pid(), &args)?;
+        let direct = (chosen[0].0 == "direct").then_some(tunnels[0]);
+        for ((name, _), tunnel) in chosen.iter().zip(&tunnels) {
+            println!(
+                "{name}: {}",
+                tunnel.describe(direct.filter(|_| *name != "direct"))
+            );
         }
         return Ok(());
     }
-    for (name, via) in proxies {
+    let tunnels = tunnel_medians(&proxies, bulk, squid.pid(), &args)?;
+    for ((name, via), tunnel) in proxies.into_iter().zip(tunnels) {
         let keep = median(
             (0..args.runs).map(|_| wrk(&args, via, origin, false, args.connections).map(|r| r.rps)),
         )?;
@@ -181,8 +205,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         let p50 = median(lat.iter().map(|r| Ok(r.p50_us)))?;
         let p99 = median(lat.iter().map(|r| Ok(r.p99_us)))?;
-        let tput = median((0..args.runs).map(|_| tunnel_throughput(via, bulk, args.bulk_mib)))?;
-        results.push((name, keep, close, p50, p99, tput));
+        results.push((name, keep, close, p50, p99, tunnel));
     }
     squid.stop();
     drop(proxy);
@@ -190,18 +213,32 @@ fn main() -> anyhow::Result<()> {
     let direct = results[0];
     let squid_r = results[2];
     table.push(
-        "| | req/s keep-alive | req/s new conn | p50 µs (added) | p99 µs (added) | tunnel MiB/s |"
+        "| | req/s keep-alive | req/s new conn | p50 µs (added) | p99 µs (added) | tunnel MiB/s | tunnel CPU ms/GiB |"
             .to_owned(),
     );
-    table.push("|---|---|---|---|---|---|".to_owned());
-    for (name, keep, close, p50, p99, tput) in &results {
-        let tunnel = if *name == "direct" {
-            format!("{tput:.0}")
+    table.push("|---|---|---|---|---|---|---|".to_owned());
+    for (name, keep, close, p50, p99, tunnel) in &results {
+        let (tput, cpu) = if *name == "direct" {
+            (
+                format!("{:.0}", tunnel.mib_per_s),
+                format!("{:.0}", tunnel.cpu_ms_per_gib),
+            )
         } else {
-            format!("{tput:.0} ({:.0}% of direct)", 100.0 * tput / direct.5)
+            (
+                format!(
+                    "{:.0} ({:.0}% of direct)",
+                    tunnel.mib_per_s,
+                    100.0 * tunnel.mib_per_s / direct.5.mib_per_s
+                ),
+                format!(
+                    "{:.0} ({:.2}x direct)",
+                    tunnel.cpu_ms_per_gib,
+                    tunnel.cpu_ms_per_gib / direct.5.cpu_ms_per_gib
+                ),
+            )
         };
         table.push(format!(
-            "| {name} | {keep:.0} | {close:.0} | {p50:.0} (+{:.0}) | {p99:.0} (+{:.0}) | {tunnel} |",
+            "| {name} | {keep:.0} | {close:.0} | {p50:.0} (+{:.0}) | {p99:.0} (+{:.0}) | {tput} | {cpu} |",
             p50 - direct.3,
             p99 - direct.4
         ));
@@ -212,7 +249,7 @@ fn main() -> anyhow::Result<()> {
         "egress-proxy / squid: keep-alive {:.2}x, new connections {:.2}x; tunnel {:.0}% of direct",
         ours.1 / squid_r.1,
         ours.2 / squid_r.2,
-        100.0 * ours.5 / direct.5
+        100.0 * ours.5.mib_per_s / direct.5.mib_per_s
     ));
     table.push(String::new());
     table.push(
@@ -379,6 +416,11 @@ impl Squid {
         Ok(squid)
     }
 
+    /// Process id of the running Squid (its CPU time counts in the tunnel measurements).
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -471,8 +513,107 @@ fn wrk(
     })
 }
 
-/// MiB/s of one tunnel carrying the bulk server's stream.
-fn tunnel_throughput(via: Option<SocketAddr>, bulk: SocketAddr, mib: u64) -> anyhow::Result<f64> {
+/// One tunnel transfer: how fast, and how much CPU the whole path used per GiB.
+#[derive(Clone, Copy, Debug)]
+struct TunnelRun {
+    mib_per_s: f64,
+    /// CPU time (user + system, including the softirq work the kernel charges to the
+    /// interrupted task) of this process (client, bulk server and egress-proxy) plus
+    /// Squid's, per GiB moved. Unlike MiB/s it barely moves with other load on the
+    /// machine, and it says what a relay costs: on loopback the sender also pays for the
+    /// receiver's TCP input, so a relay adds one whole TCP hop to the two copies of a
+    /// direct connection.
+    cpu_ms_per_gib: f64,
+}
+
+impl TunnelRun {
+    fn describe(&self, direct: Option<TunnelRun>) -> String {
+        match direct {
+            Some(d) => format!(
+                "tunnel {:.0} MiB/s ({:.0}% of direct), {:.0} CPU ms/GiB ({:.2}x direct)",
+                self.mib_per_s,
+                100.0 * self.mib_per_s / d.mib_per_s,
+                self.cpu_ms_per_gib,
+                self.cpu_ms_per_gib / d.cpu_ms_per_gib
+            ),
+            None => format!(
+                "tunnel {:.0} MiB/s, {:.0} CPU ms/GiB",
+                self.mib_per_s, self.cpu_ms_per_gib
+            ),
+        }
+    }
+}
+
+/// Median tunnel throughput and CPU cost of each target, in the order given: one
+/// discarded warm-up transfer each, then `--runs` rounds that visit every target in turn.
+fn tunnel_medians(
+    targets: &[(&str, Option<SocketAddr>)],
+    bulk: SocketAddr,
+    squid: Option<u32>,
+    args: &Args,
+) -> anyhow::Result<Vec<TunnelRun>> {
+    for (_, via) in targets {
+        tunnel_throughput(*via, bulk, args.bulk_mib.min(256), squid)?;
+    }
+    let mut samples: Vec<Vec<TunnelRun>> = vec![Vec::new(); targets.len()];
+    for _ in 0..args.runs {
+        for ((name, via), samples) in targets.iter().zip(&mut samples) {
+            let run = tunnel_throughput(*via, bulk, args.bulk_mib, squid)
+                .with_context(|| format!("tunnel throughput via {name}"))?;
+            samples.push(run);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|s| {
+            Ok(TunnelRun {
+                mib_per_s: median(s.iter().map(|r| Ok(r.mib_per_s)))?,
+                cpu_ms_per_gib: median(s.iter().map(|r| Ok(r.cpu_ms_per_gib)))?,
+            })
+        })
+        .collect()
+}
+
+/// User + system CPU seconds a process has used so far, from proc(5) `/proc/PID/stat`
+/// fields 14 and 15 (utime, stime), in clock ticks of USER_HZ (100 on Linux).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after_name = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: no `)` after the command name"))?
+        .1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        let value = fields
+            .get(i)
+            .with_context(|| format!("{path}: field {} missing", i + 3))?;
+        Ok(value
+            .parse::<u64>()
+            .with_context(|| format!("{path}: field {} is `{value}`", i + 3))? as f64
+            / 100.0)
+    };
+    // Fields after the name start at field 3 (state): utime is field 14, stime 15.
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// CPU seconds of this process and of Squid together.
+fn path_cpu_seconds(squid: Option<u32>) -> anyhow::Result<f64> {
+    let mut total = cpu_seconds(std::process::id())?;
+    if let Some(pid) = squid {
+        total += cpu_seconds(pid)?;
+    }
+    Ok(total)
+}
+
+/// Throughput and CPU cost of one tunnel carrying the bulk server's stream.
+fn tunnel_throughput(
+    via: Option<SocketAddr>,
+    bulk: SocketAddr,
+    mib: u64,
+    squid: Option<u32>,
+) -> anyhow::Result<TunnelRun> {
     let mut stream = match via {
         None => TcpStream::connect(bulk)?,
         Some(proxy) => {
@@ -496,6 +637,7 @@ fn tunnel_throughput(via: Option<SocketAddr>, bulk: SocketAddr, mib: u64) -> any
             s
         }
     };
+    let cpu_before = path_cpu_seconds(squid)?;
     let start = Instant::now();
     stream.write_all(b"GO\n")?;
     let mut buf = vec![0u8; 1 << 20];
@@ -511,10 +653,15 @@ fn tunnel_throughput(via: Option<SocketAddr>, bulk: SocketAddr, mib: u64) -> any
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = path_cpu_seconds(squid)? - cpu_before;
     if total < mib << 20 {
         bail!("tunnel carried {total} bytes of {}", mib << 20);
     }
-    Ok(total as f64 / (1 << 20) as f64 / secs)
+    let gib = total as f64 / (1u64 << 30) as f64;
+    Ok(TunnelRun {
+        mib_per_s: gib * 1024.0 / secs,
+        cpu_ms_per_gib: 1000.0 * cpu / gib,
+    })
 }
 
 /// Median nanoseconds per policy check over hits and misses, without and with name
