@@ -52,26 +52,102 @@ pub const MASK: &str = "***";
 /// Derived forms shorter than this are not masked (module docs).
 pub const MIN_DERIVED_LEN: usize = 4;
 
-/// A set of patterns to mask, longest first.
+/// The patterns to mask, longest first, indexed by their first two bytes so that one
+/// pass over the input finds every occurrence of every pattern: at each position, a
+/// bit lookup says whether any pattern starts with the next two bytes, and only those
+/// patterns are compared. (A pass per pattern costs as many scans as there are forms
+/// of all secrets; an Aho-Corasick automaton would keep copies of the patterns that are
+/// never zeroed.) Every table holds pattern bytes and is zeroed on drop.
 struct Patterns {
     list: Vec<Zeroizing<Vec<u8>>>,
+    /// Bit `b`: some pattern is the single byte `b`.
+    single: Zeroizing<[u64; 4]>,
+    /// Bit `b`: some pattern of two bytes or more starts with `b`.
+    first: Zeroizing<[u64; 4]>,
+    /// Bit `a << 8 | b`: some pattern of two bytes or more starts with `a b`.
+    pairs: Zeroizing<Vec<u64>>,
+    /// The first two bytes of each pattern of two bytes or more, sorted...
+    prefixes: Zeroizing<Vec<u16>>,
+    /// ...and that pattern's index in `list`.
+    indices: Vec<usize>,
+}
+
+fn bit(set: &[u64], index: usize) -> bool {
+    (set[index / 64] >> (index % 64)) & 1 == 1
+}
+
+fn set_bit(set: &mut [u64], index: usize) {
+    set[index / 64] |= 1 << (index % 64);
+}
+
+fn pair(a: u8, b: u8) -> u16 {
+    (u16::from(a) << 8) | u16::from(b)
 }
 
 impl Patterns {
+    /// Indexes `list` (sorted longest first, no empty pattern).
+    fn new(list: Vec<Zeroizing<Vec<u8>>>) -> Patterns {
+        let mut single = Zeroizing::new([0u64; 4]);
+        let mut first = Zeroizing::new([0u64; 4]);
+        let mut pairs = Zeroizing::new(vec![0u64; (1 << 16) / 64]);
+        let mut indices: Vec<usize> = Vec::with_capacity(list.len());
+        for (index, pattern) in list.iter().enumerate() {
+            match pattern[..] {
+                [only] => set_bit(&mut *single, usize::from(only)),
+                [a, b, ..] => {
+                    set_bit(&mut *first, usize::from(a));
+                    set_bit(&mut pairs, usize::from(pair(a, b)));
+                    indices.push(index);
+                }
+                [] => {}
+            }
+        }
+        indices.sort_by_key(|&i| (pair(list[i][0], list[i][1]), i));
+        let mut prefixes = Zeroizing::new(Vec::with_capacity(indices.len()));
+        prefixes.extend(indices.iter().map(|&i| pair(list[i][0], list[i][1])));
+        Patterns {
+            list,
+            single,
+            first,
+            pairs,
+            prefixes,
+            indices,
+        }
+    }
+
     fn longest(&self) -> usize {
         self.list.first().map_or(0, |p| p.len())
     }
 
-    /// Marks in `covered` every byte of `input` inside an occurrence of a pattern.
+    /// The patterns of two bytes or more that start with `key`.
+    fn starting_with(&self, key: u16) -> impl Iterator<Item = &[u8]> {
+        let start = self.prefixes.partition_point(|&p| p < key);
+        self.prefixes[start..]
+            .iter()
+            .take_while(move |&&p| p == key)
+            .zip(&self.indices[start..])
+            .map(|(_, &i)| &self.list[i][..])
+    }
+
+    /// Marks in `covered` every byte of `input` inside an occurrence of a pattern,
+    /// overlapping occurrences included.
     fn cover(&self, input: &[u8], covered: &mut [bool]) {
-        for pattern in &self.list {
-            let finder = memchr::memmem::Finder::new(&pattern[..]);
-            let mut from = 0;
-            // Restart one byte after each hit, so overlapping occurrences are found.
-            while let Some(at) = finder.find(&input[from..]) {
-                let start = from + at;
-                covered[start..start + pattern.len()].fill(true);
-                from = start + 1;
+        for at in 0..input.len() {
+            let a = input[at];
+            if bit(&*self.single, usize::from(a)) {
+                covered[at] = true;
+            }
+            let Some(&b) = input.get(at + 1) else {
+                break;
+            };
+            let key = pair(a, b);
+            if !bit(&self.pairs, usize::from(key)) {
+                continue;
+            }
+            for pattern in self.starting_with(key) {
+                if input[at..].starts_with(pattern) {
+                    covered[at..at + pattern.len()].fill(true);
+                }
             }
         }
     }
@@ -81,11 +157,17 @@ impl Patterns {
     fn hold_from(&self, input: &[u8]) -> usize {
         let earliest = input.len().saturating_sub(self.longest().saturating_sub(1));
         (earliest..input.len())
-            .find(|&at| {
-                let tail = &input[at..];
-                self.list
-                    .iter()
-                    .any(|p| p.len() > tail.len() && p.starts_with(tail))
+            .find(|&at| match input[at..] {
+                [only] => bit(&*self.first, usize::from(only)),
+                [a, b, ..] => {
+                    let tail = &input[at..];
+                    let key = pair(a, b);
+                    bit(&self.pairs, usize::from(key))
+                        && self
+                            .starting_with(key)
+                            .any(|p| p.len() > tail.len() && p.starts_with(tail))
+                }
+                [] => false,
             })
             .unwrap_or(input.len())
     }
@@ -127,7 +209,7 @@ impl Masker {
         list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         list.dedup();
         Masker {
-            patterns: Arc::new(Patterns { list }),
+            patterns: Arc::new(Patterns::new(list)),
         }
     }
 
@@ -490,6 +572,21 @@ mod tests {
                 let chunks = [&bytes[..i], &bytes[i..j], &bytes[j..]];
                 assert_eq!(streamed(&masker, &chunks), whole, "split {i},{j}");
             }
+        }
+    }
+
+    #[test]
+    fn one_and_two_byte_patterns_at_every_split() {
+        let masker = masker(&["q", "zz", "zzz!"]);
+        let input = b"aqzzzz!zq";
+        let whole = masker.mask(input);
+        assert_eq!(whole, b"a***z***");
+        for i in 0..=input.len() {
+            assert_eq!(
+                streamed(&masker, &[&input[..i], &input[i..]]),
+                whole,
+                "split {i}"
+            );
         }
     }
 

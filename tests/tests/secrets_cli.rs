@@ -523,3 +523,83 @@ fn only_root_may_use_it() {
     assert_exit(&out, 1, &["needs root"]);
     assert!(!store.state.exists());
 }
+
+/// Runs `secrets set ci DEV_TOKEN` with a pseudo-terminal as stdin, types `typed` once
+/// the prompt is shown, and returns the exit status, stdout, stderr and everything the
+/// terminal displayed.
+fn set_on_a_terminal(store: &Store, typed: &[u8]) -> (Option<i32>, String, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut master = fs::File::from(pty.master);
+    let mut child = Command::new(agent_binary())
+        .args(["secrets", "set", "ci", "DEV_TOKEN", "--config"])
+        .arg(&store.config)
+        .stdin(Stdio::from(pty.slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runner-agent starts");
+    // Wait for the prompt: it is printed once echo is off.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("input hidden") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stderr.read(&mut byte).unwrap(), 1, "prompt: {seen:?}");
+        seen.push(byte[0]);
+    }
+    master.write_all(typed).unwrap();
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    stderr.read_to_end(&mut seen).unwrap();
+    // What the terminal shows: read the master side without blocking until it is empty.
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut screen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        screen.extend_from_slice(&buf[..n]);
+    }
+    (
+        status.code(),
+        out,
+        String::from_utf8_lossy(&seen).into_owned(),
+        screen,
+    )
+}
+
+#[test]
+fn a_value_typed_on_a_terminal_is_not_echoed() {
+    require_privilege!();
+    let store = Store::new();
+    let (code, out, err, screen) = set_on_a_terminal(&store, b"typed-secret-value\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("value of ci/DEV_TOKEN (input hidden"), "{err}");
+    assert!(!contains(&screen, b"typed-secret"), "echoed: {screen:?}");
+    // The same value through a pipe gives the same fingerprint: the line end was
+    // stripped and nothing else was added.
+    let typed = fingerprint_in(&out, "(fingerprint ");
+    assert_eq!(store.set("ci", "OTHER", b"typed-secret-value"), typed);
+
+    // Ctrl-C cancels without storing anything (and without leaving echo off: the
+    // process restores the terminal rather than dying of SIGINT).
+    let before = store.snapshot();
+    let (code, _, err, _) = set_on_a_terminal(&store, b"half\x03");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cancelled with Ctrl-C; nothing was stored"),
+        "{err}"
+    );
+    assert_eq!(store.snapshot(), before);
+}

@@ -11,7 +11,8 @@
 //!   argv is visible to every user in /proc/PID/cmdline and lands in shell history.
 //!   Exactly one trailing line end (`\n` or `\r\n`) is removed, because `echo`, here
 //!   documents and editors add one that is never part of the secret; anything else,
-//!   other whitespace included, is kept. An empty value is refused.
+//!   other whitespace included, is kept. An empty value is refused. On a terminal the
+//!   value is one line read without echo (`HiddenLine`), as password prompts do.
 //! - ENV must be an environment of the host config (or, for `rm` and `list`, one the
 //!   store still has values for). NAME must be a valid secret name. A NAME the
 //!   environment does not declare under `secrets:` is stored with a warning: an
@@ -117,23 +118,107 @@ pub fn main(args: SecretsArgs) -> i32 {
         );
         return EXIT_FAILED;
     }
-    let stdin = io::stdin();
-    if matches!(
-        args.action,
+    let mut terminal = match &args.action {
         SecretsAction::Set {
+            env,
+            name,
             from_file: None,
-            ..
+            value_on_command_line,
+        } if value_on_command_line.is_empty() && io::stdin().is_terminal() => {
+            match HiddenLine::open(&format!(
+                "value of {env}/{name} (input hidden; Enter ends it, Ctrl-C cancels): "
+            )) {
+                Ok(terminal) => Some(terminal),
+                Err(err) => {
+                    eprintln!("error: cannot turn off echo on the terminal: {err}");
+                    return EXIT_FAILED;
+                }
+            }
         }
-    ) && stdin.is_terminal()
-    {
-        eprintln!("reading the value from stdin; end it with Ctrl-D (the input is echoed)");
-    }
+        _ => None,
+    };
+    let mut stdin = io::stdin().lock();
+    let input: &mut dyn Read = match terminal {
+        Some(ref mut terminal) => terminal,
+        None => &mut stdin,
+    };
     run(
         args,
-        &mut stdin.lock(),
+        input,
         &mut io::stdout().lock(),
         &mut io::stderr().lock(),
     )
+}
+
+/// Stdin when it is a terminal (termios(3)): echo is off until this is dropped (`ECHO`
+/// cleared, `ECHONL` set so Enter still ends the line on screen), input ends at the
+/// first line end, and `ISIG` is cleared so Ctrl-C arrives as a byte (made a line end)
+/// that cancels the read: a signal would kill the process and leave the terminal
+/// without echo.
+struct HiddenLine {
+    /// An unbuffered handle on fd 0: std's `Stdin` keeps an 8 KiB buffer no one zeroes.
+    tty: std::fs::File,
+    saved: nix::sys::termios::Termios,
+    ended: bool,
+}
+
+/// What Ctrl-C sends when `ISIG` is off (ETX).
+const CTRL_C: u8 = 0x03;
+
+impl HiddenLine {
+    fn open(prompt: &str) -> io::Result<HiddenLine> {
+        use nix::sys::termios::{
+            tcgetattr, tcsetattr, LocalFlags, SetArg, SpecialCharacterIndices,
+        };
+        use std::os::fd::AsFd;
+        let tty = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        let saved = tcgetattr(&tty)?;
+        let mut quiet = saved.clone();
+        quiet
+            .local_flags
+            .remove(LocalFlags::ECHO | LocalFlags::ISIG);
+        quiet.local_flags.insert(LocalFlags::ECHONL);
+        // Canonical mode returns a line only at a line end: make Ctrl-C one (VEOL, an
+        // extra end-of-line character) so it cancels at once.
+        quiet.control_chars[SpecialCharacterIndices::VEOL as usize] = CTRL_C;
+        // TCSAFLUSH: anything typed before the prompt (and echoed) is discarded.
+        tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet)?;
+        eprint!("{prompt}");
+        Ok(HiddenLine {
+            tty,
+            saved,
+            ended: false,
+        })
+    }
+}
+
+impl Read for HiddenLine {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ended {
+            return Ok(0);
+        }
+        // In canonical mode one read returns at most one line.
+        let n = self.tty.read(buf)?;
+        if buf[..n].contains(&CTRL_C) {
+            buf[..n].fill(0);
+            self.ended = true;
+            // Not `Interrupted`: readers retry those.
+            return Err(io::Error::other(
+                "cancelled with Ctrl-C; nothing was stored",
+            ));
+        }
+        if n == 0 || buf[..n].contains(&b'\n') {
+            self.ended = true;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for HiddenLine {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(&self.tty, SetArg::TCSANOW, &self.saved);
+    }
 }
 
 /// Runs `runner-agent secrets` on the given streams (no root check). Returns the exit
