@@ -92,16 +92,21 @@ impl ScalarForm for SecretName {
     const EXPECTING: &'static str = "a secret name like DEV_TOKEN";
 
     fn parse(text: &str) -> Result<Self, String> {
-        let first = |b: u8| b.is_ascii_uppercase() || b == b'_';
-        let rest = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_';
-        if identifier(text, first, rest) {
-            Ok(SecretName(text.to_owned()))
-        } else {
-            Err(format!(
-                "`{text}` is not a valid secret name; use upper-case letters, digits and `_`, \
-                 not starting with a digit"
-            ))
-        }
+        check_secret_name(text).map(|()| SecretName(text.to_owned()))
+    }
+}
+
+/// Checks a secret name: `[A-Z_][A-Z0-9_]*` (usable as an environment variable name).
+pub fn check_secret_name(text: &str) -> Result<(), String> {
+    let first = |b: u8| b.is_ascii_uppercase() || b == b'_';
+    let rest = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_';
+    if identifier(text, first, rest) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{text}` is not a valid secret name; use upper-case letters, digits and `_`, \
+             not starting with a digit"
+        ))
     }
 }
 

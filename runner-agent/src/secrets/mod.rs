@@ -54,21 +54,7 @@ pub const MAX_VALUE_LEN: usize = 1 << 20;
 const KEY_SUFFIX: &str = ".key";
 const VALUE_SUFFIX: &str = ".secret";
 
-/// Checks a secret name: `[A-Z_][A-Z0-9_]*`, the rule of the host config's `secrets:`.
-pub fn check_secret_name(name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_uppercase() || b == b'_');
-    if first_ok && bytes.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid secret name; use upper-case letters, digits and `_`, \
-             not starting with a digit"
-        ))
-    }
-}
+pub use crate::config::check_secret_name;
 
 fn valid_env(env: &str) -> Result<(), SecretError> {
     crate::config::check_environment_name(env).map_err(|reason| SecretError::InvalidEnvironment {
