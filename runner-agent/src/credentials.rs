@@ -26,19 +26,9 @@ use crate::record::ReleasedSecret;
 use crate::sandbox::protocol::SecretFile;
 use crate::secrets::{SecretError, SecretStore};
 
-/// A credential the proxy adds to requests.
-pub struct ProxyCredential {
-    /// The secret's name (for audit events; never the value).
-    pub name: String,
-    /// Exact host names it is added for.
-    pub hosts: Vec<String>,
-    /// The header.
-    pub header: String,
-    /// The complete header value.
-    pub value: Zeroizing<String>,
-    /// The raw secret `value` was formatted from (what the proxy scrubs besides it).
-    pub secret: Zeroizing<String>,
-}
+/// A credential the proxy adds to requests (the proxy's own type: it is what the proxy
+/// process receives).
+pub use egress_proxy::intercept::Credential as ProxyCredential;
 
 /// What a job receives of its environment's secrets.
 pub struct Released {

@@ -24,10 +24,9 @@ use std::path::PathBuf;
 
 use egress_proxy::config::{EgressConfig, RuleTarget};
 use egress_proxy::intercept::{InterceptError, JobCa};
-use zeroize::Zeroizing;
 
 use crate::credentials::ProxyCredential;
-use crate::egress::proxy_child::{InterceptConfig, InterceptCredential};
+use crate::egress::proxy_child::InterceptConfig;
 
 /// The system trust bundle on Debian (and where the sandbox's tools look by default).
 pub const BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -125,16 +124,7 @@ impl Interception {
         InterceptConfig {
             ca_cert_pem: self.ca.cert_pem().to_owned(),
             ca_key_pem: self.ca.key_pem(),
-            credentials: credentials
-                .iter()
-                .map(|c| InterceptCredential {
-                    name: c.name.clone(),
-                    hosts: c.hosts.clone(),
-                    header: c.header.clone(),
-                    value: Zeroizing::new(c.value.to_string()),
-                    secret: Zeroizing::new(c.secret.to_string()),
-                })
-                .collect(),
+            credentials: credentials.to_vec(),
             upstream_roots_pem: self.upstream_roots.clone(),
         }
     }
@@ -152,6 +142,7 @@ pub fn trust_env() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
     fn credential(hosts: &[&str]) -> ProxyCredential {
         ProxyCredential {

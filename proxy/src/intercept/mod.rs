@@ -56,7 +56,10 @@ use crate::clients::ClientEntry;
 use crate::config::{EgressConfig, RuleTarget};
 use crate::policy::{classify_host, Decision, Host};
 
-/// A secret the proxy adds to requests toward its hosts.
+/// A secret the proxy adds to requests toward its hosts. It is also the form in which the
+/// agent hands credentials to a runner's proxy process (serialised over a pipe).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credential {
     /// The secret's name (the only thing audit events show).
     pub name: String,

@@ -41,22 +41,6 @@ pub const ORIG_DST_FD: i32 = 3;
 /// The unprivileged identity the proxy runs as.
 pub const PROXY_UID: u32 = 65534;
 
-/// One credential the proxy adds to requests.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InterceptCredential {
-    /// The secret's name.
-    pub name: String,
-    /// Exact host names.
-    pub hosts: Vec<String>,
-    /// The header.
-    pub header: String,
-    /// The complete header value; zeroed on drop.
-    pub value: Zeroizing<String>,
-    /// The raw secret, for scrubbing responses only; zeroed on drop.
-    pub secret: Zeroizing<String>,
-}
-
 /// TLS interception for the runner: the job CA, the credentials, the upstream roots.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +50,7 @@ pub struct InterceptConfig {
     /// Its key (PEM); zeroed on drop.
     pub ca_key_pem: Zeroizing<String>,
     /// Credentials to inject.
-    pub credentials: Vec<InterceptCredential>,
+    pub credentials: Vec<Credential>,
     /// Roots trusted for the proxy's own TLS connections upstream (PEM bundle).
     pub upstream_roots_pem: String,
 }
@@ -185,20 +169,13 @@ pub fn main() -> ! {
 /// The proxy's interception from the agent's configuration.
 fn build_interception(config: InterceptConfig) -> Result<Arc<Interception>, String> {
     let ca = JobCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem).map_err(|e| e.to_string())?;
-    let credentials = config
-        .credentials
-        .iter()
-        .map(|c| Credential {
-            name: c.name.clone(),
-            hosts: c.hosts.clone(),
-            header: c.header.clone(),
-            value: c.value.clone(),
-            secret: c.secret.clone(),
-        })
-        .collect();
-    Interception::new(ca, credentials, config.upstream_roots_pem.as_bytes())
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    Interception::new(
+        ca,
+        config.credentials.clone(),
+        config.upstream_roots_pem.as_bytes(),
+    )
+    .map(Arc::new)
+    .map_err(|e| e.to_string())
 }
 
 /// Becomes `nobody`: no supplementary groups, then gid, then uid (in that order, since
