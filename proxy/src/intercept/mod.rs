@@ -340,7 +340,10 @@ impl Interception {
 
     /// Replaces, in `headers`, every header a credential bound to `host` sets: all
     /// instances the job sent go (header names compare case-insensitively), the
-    /// credential's value is set. Returns the names of the credentials added.
+    /// credential's value is set. The job's own `Authorization` goes too, whatever
+    /// header the credentials use: a request to a credential host carries the operator's
+    /// credentials and no authentication of the job's choosing. Returns the names of the
+    /// credentials added.
     pub fn inject(&self, host: &Host, headers: &mut HeaderMap) -> Vec<&str> {
         let Host::Name(name) = host else {
             return Vec::new();
@@ -348,6 +351,7 @@ impl Interception {
         let Some(list) = self.bound.get(name) else {
             return Vec::new();
         };
+        headers.remove(http::header::AUTHORIZATION);
         list.iter()
             .map(|injection| {
                 // `insert` removes every existing value of the name first.

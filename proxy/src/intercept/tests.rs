@@ -215,6 +215,35 @@ fn the_jobs_own_header_is_replaced_however_often_and_however_spelled() {
 }
 
 #[test]
+fn the_jobs_own_authorization_goes_even_when_the_credential_uses_another_header() {
+    let i = Interception::new(
+        ca_for(&["registry.example.com"]),
+        vec![credential(
+            "KEY",
+            &["registry.example.com"],
+            "X-Api-Key",
+            "k3y-value",
+        )],
+        some_roots().as_bytes(),
+    )
+    .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer job-own"));
+    headers.insert("x-api-key", HeaderValue::from_static("job-key"));
+    assert_eq!(
+        i.inject(&name("registry.example.com"), &mut headers),
+        vec!["KEY"]
+    );
+    assert!(headers.get(AUTHORIZATION).is_none());
+    assert_eq!(headers.get("x-api-key").unwrap(), "k3y-value");
+    // Hosts without a credential keep what the job sent.
+    let mut other = HeaderMap::new();
+    other.insert(AUTHORIZATION, HeaderValue::from_static("Bearer job-own"));
+    assert!(i.inject(&name("other.example.com"), &mut other).is_empty());
+    assert_eq!(other.get(AUTHORIZATION).unwrap(), "Bearer job-own");
+}
+
+#[test]
 fn the_value_shows_nowhere_but_in_the_header() {
     let i = registry();
     assert!(!format!("{i:?}").contains("s3cr3t"));
