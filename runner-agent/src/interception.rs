@@ -22,8 +22,8 @@
 
 use std::path::PathBuf;
 
-use egress_proxy::config::{EgressConfig, RuleTarget};
-use egress_proxy::intercept::{InterceptError, JobCa};
+use egress_proxy::config::EgressConfig;
+use egress_proxy::intercept::{hosts_to_terminate, InterceptError, JobCa};
 
 use crate::credentials::ProxyCredential;
 use crate::egress::proxy_child::InterceptConfig;
@@ -58,25 +58,6 @@ pub struct Interception {
     upstream_roots: String,
 }
 
-/// The names a job's CA must sign for: the hosts credentials are bound to and the host
-/// patterns of rules that look at methods or paths.
-pub fn intercepted_names(egress: &EgressConfig, credentials: &[ProxyCredential]) -> Vec<String> {
-    let mut names: Vec<String> = credentials
-        .iter()
-        .flat_map(|c| c.hosts.iter().cloned())
-        .collect();
-    for rule in &egress.allow {
-        if let RuleTarget::Host(pattern) = &rule.target {
-            if rule.methods.is_some() || rule.paths.is_some() {
-                names.push(pattern.clone());
-            }
-        }
-    }
-    names.sort();
-    names.dedup();
-    names
-}
-
 impl Interception {
     /// Mints the job's CA if the job needs interception (see the module doc).
     pub fn prepare(
@@ -84,7 +65,7 @@ impl Interception {
         egress: &EgressConfig,
         credentials: &[ProxyCredential],
     ) -> Result<Option<Interception>, InterceptionError> {
-        let names = intercepted_names(egress, credentials);
+        let names = hosts_to_terminate(egress, credentials);
         if names.is_empty() {
             return Ok(None);
         }
@@ -161,15 +142,14 @@ mod tests {
     #[test]
     fn only_credentials_and_request_rules_need_interception() {
         let plain = egress("allow: [ { host: a.example.com }, { cidr: 192.0.2.0/24 } ]");
-        assert!(intercepted_names(&plain, &[]).is_empty());
         assert!(Interception::prepare("j-1", &plain, &[]).unwrap().is_none());
         let rules = egress(
-            "allow: [ { host: a.example.com }, { host: \"*.git.example\", methods: [GET] }, { host: b.example.com, paths: [\"/x/*\"] } ]",
+            "allow: [ { host: a.example.com }, { host: b.example.com, paths: [\"/x/*\"] } ]",
         );
-        assert_eq!(
-            intercepted_names(&rules, &[credential(&["r.example.com", "b.example.com"])]),
-            vec!["*.git.example", "b.example.com", "r.example.com"]
-        );
+        let ca = Interception::prepare("j-1", &rules, &[])
+            .unwrap()
+            .expect("a path rule needs interception");
+        assert_eq!(ca.ca.permitted(), ["b.example.com"]);
     }
 
     #[test]
