@@ -248,35 +248,15 @@ pub async fn run(request: RunRequest) -> i32 {
         {
             Ok(approved) => record.approval = approved,
             Err((approval, why)) => {
-                eprintln!("error: {why}");
                 record.approval = approval;
-                finish_record(&mut record, &host, "refused", Some(why), EXIT_SETUP);
-                return EXIT_SETUP;
+                return refuse(&mut record, &host, "refused", why);
             }
         }
     }
 
-    let released = if resolved.environment.secrets.is_empty() {
-        Released::none()
-    } else {
-        let store = match SecretStore::open(&host.state_dir) {
-            Ok(store) => store,
-            Err(err) => {
-                let why = format!("cannot open the secret store: {err}");
-                eprintln!("error: {why}");
-                finish_record(&mut record, &host, "setup failed", Some(why), EXIT_SETUP);
-                return EXIT_SETUP;
-            }
-        };
-        match credentials::release(&store, &resolved.environment_name, &resolved.environment) {
-            Ok(released) => released,
-            Err(err) => {
-                let why = err.to_string();
-                eprintln!("error: {why}");
-                finish_record(&mut record, &host, "setup failed", Some(why), EXIT_SETUP);
-                return EXIT_SETUP;
-            }
-        }
+    let released = match release_secrets(&host, &resolved) {
+        Ok(released) => released,
+        Err(why) => return refuse(&mut record, &host, "setup failed", why),
     };
     record.secrets = released.record.clone();
     if let Err(err) = record.write(&host.state_dir) {
@@ -288,9 +268,7 @@ pub async fn run(request: RunRequest) -> i32 {
         Ok(log) => Arc::new(log),
         Err(err) => {
             let why = format!("audit log {}: {err}", audit_path.display());
-            eprintln!("error: {why}");
-            finish_record(&mut record, &host, "setup failed", Some(why), EXIT_SETUP);
-            return EXIT_SETUP;
+            return refuse(&mut record, &host, "setup failed", why);
         }
     };
 
@@ -308,6 +286,24 @@ pub async fn run(request: RunRequest) -> i32 {
     };
     finish_record(&mut record, &host, status, detail, code);
     code
+}
+
+/// The environment's secrets, read from the store (none when it declares none).
+fn release_secrets(host: &HostConfig, resolved: &ResolvedJob) -> Result<Released, String> {
+    if resolved.environment.secrets.is_empty() {
+        return Ok(Released::none());
+    }
+    let store = SecretStore::open(&host.state_dir)
+        .map_err(|err| format!("cannot open the secret store: {err}"))?;
+    credentials::release(&store, &resolved.environment_name, &resolved.environment)
+        .map_err(|err| err.to_string())
+}
+
+/// Stops a job before anything ran: says why, records the outcome, returns exit 2.
+fn refuse(record: &mut JobRecord, host: &HostConfig, status: &str, why: String) -> i32 {
+    eprintln!("error: {why}");
+    finish_record(record, host, status, Some(why), EXIT_SETUP);
+    EXIT_SETUP
 }
 
 /// Writes the record's outcome, reporting (not failing on) a write error.
