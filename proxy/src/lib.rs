@@ -17,6 +17,7 @@ mod gate;
 mod http;
 pub mod intercept;
 pub mod limits;
+pub mod offload;
 pub mod origdst;
 pub mod policy;
 pub mod resolve;

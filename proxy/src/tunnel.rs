@@ -29,6 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use std::io;
+use std::os::fd::AsRawFd;
+
+use crate::offload::{OffloadedTunnel, TunnelOffload};
 
 use nix::fcntl::{fcntl, splice as splice_fd, FcntlArg, OFlag, SpliceFFlags};
 use nix::sys::socket::{setsockopt, shutdown, sockopt, Shutdown};
@@ -227,6 +230,143 @@ pub async fn splice_with(
         down: down.load(Ordering::Relaxed),
         cut,
     }
+}
+
+/// How often a kernel-relayed tunnel's counters are read for the idle timeout.
+const RELAY_POLL: Duration = Duration::from_millis(250);
+
+/// How long a half-close waits, at most, for bytes the kernel still queues toward the
+/// side being closed.
+const RELAY_DRAIN: Duration = Duration::from_secs(5);
+
+/// Which path a tunnel took, for the log and the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPath {
+    /// Relayed inside the kernel ([`crate::offload`]).
+    Kernel,
+    /// Spliced in user space ([`splice`]).
+    Splice,
+}
+
+/// Relays a checked tunnel: in the kernel when `offload` is given and accepts the pair,
+/// else with [`splice`]. Returns the outcome and the path taken.
+pub async fn relay(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+    total: Duration,
+    offload: Option<&dyn TunnelOffload>,
+) -> (SpliceOutcome, RelayPath) {
+    if let Some(offload) = offload {
+        bound_client_buffers(client);
+        match offload.start(client, server) {
+            Ok(pair) => {
+                let outcome = relay_in_kernel(client, server, idle, total, pair).await;
+                return (outcome, RelayPath::Kernel);
+            }
+            Err(err) => tracing::debug!(%err, "kernel relay refused the tunnel; splicing"),
+        }
+    }
+    (splice(client, server, idle, total).await, RelayPath::Splice)
+}
+
+/// One side's end as seen through tokio readiness: `Ok(true)` once the peer has sent
+/// its FIN (EPOLLRDHUP), `Err` on a socket error. Wake-ups for data (the kernel relays
+/// it, the proxy never reads) are cleared and waited past.
+async fn read_closed(stream: &TcpStream) -> io::Result<()> {
+    loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        if ready.is_read_closed() {
+            return Ok(());
+        }
+        if ready.is_error() {
+            return Err(stream
+                .take_error()?
+                .unwrap_or_else(|| io::Error::other("socket error")));
+        }
+        // Clear the readiness so the next await sleeps until the next edge.
+        let _ = stream.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+}
+
+/// Waits until the kernel has handed every byte relayed toward `to` to its TCP send
+/// path, then half-closes `to`. `dir` picks the direction: 0 toward the server, 1
+/// toward the client.
+async fn drain_and_shutdown(
+    pair: &dyn OffloadedTunnel,
+    client: &TcpStream,
+    server: &TcpStream,
+    dir: usize,
+) -> io::Result<()> {
+    let deadline = Instant::now() + RELAY_DRAIN;
+    loop {
+        let relayed = pair.relayed();
+        let delivered = pair.delivered(client, server).map_err(io::Error::other)?;
+        let (want, got) = if dir == 0 {
+            (relayed.0, delivered.0)
+        } else {
+            (relayed.1, delivered.1)
+        };
+        if got >= want {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "{} relayed bytes still queued after {RELAY_DRAIN:?}",
+                want - got
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let to = if dir == 0 { server } else { client };
+    let _ = shutdown(to.as_raw_fd(), Shutdown::Write);
+    Ok(())
+}
+
+async fn relay_in_kernel(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Duration,
+    total: Duration,
+    pair: Box<dyn OffloadedTunnel>,
+) -> SpliceOutcome {
+    let start = Instant::now();
+    let pair = &*pair;
+    let ends = async {
+        let up = async {
+            read_closed(client).await?;
+            drain_and_shutdown(pair, client, server, 0).await
+        };
+        let down = async {
+            read_closed(server).await?;
+            drain_and_shutdown(pair, client, server, 1).await
+        };
+        let (a, b) = tokio::join!(up, down);
+        a.and(b)
+    };
+    let watchdog = async {
+        let mut seen = pair.relayed();
+        let mut last_move = Instant::now();
+        loop {
+            tokio::time::sleep(RELAY_POLL.min(idle)).await;
+            let now = pair.relayed();
+            if now != seen {
+                seen = now;
+                last_move = Instant::now();
+            } else if last_move.elapsed() >= idle {
+                return "idle timeout";
+            }
+        }
+    };
+    let cut = tokio::select! {
+        result = ends => result.err().map(|e| e.to_string()),
+        reason = watchdog => Some(reason.to_owned()),
+        () = tokio::time::sleep(total.saturating_sub(start.elapsed())) => Some("total timeout".to_owned()),
+    };
+    let (up, down) = pair.relayed();
+    SpliceOutcome { up, down, cut }
 }
 
 #[cfg(test)]
