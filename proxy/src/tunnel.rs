@@ -258,7 +258,6 @@ pub async fn relay(
     offload: Option<&dyn TunnelOffload>,
 ) -> (SpliceOutcome, RelayPath) {
     if let Some(offload) = offload {
-        bound_client_buffers(client);
         match offload.start(client, server) {
             Ok(pair) => {
                 let outcome = relay_in_kernel(client, server, idle, total, pair).await;

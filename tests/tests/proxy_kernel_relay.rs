@@ -173,3 +173,43 @@ async fn idle_tunnels_are_cut() {
     // Still counted after the cut; the sockets were taken out of the relay.
     let _ = (client_far.as_fd(), server_far.as_fd());
 }
+
+/// Measurement, not an assertion: how many bytes a destination can push into a tunnel
+/// whose client does not read, kernel relay against splice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn backlog_toward_a_client_that_does_not_read() {
+    let program = RelayProgram::load().expect("load the relay");
+    for kernel in [true, false] {
+        let (_client_far, mut client) = pair().await;
+        let (mut server, mut server_far) = pair().await;
+        let maps = program.maps().clone();
+        let task = tokio::spawn(async move {
+            let offload = kernel.then_some(&maps as &dyn TunnelOffload);
+            relay(
+                &mut client,
+                &mut server,
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                offload,
+            )
+            .await
+        });
+        let chunk = vec![0u8; 1 << 20];
+        let mut pushed = 0usize;
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < until && pushed < (2usize << 30) {
+            match tokio::time::timeout(Duration::from_millis(200), server_far.write_all(&chunk))
+                .await
+            {
+                Ok(Ok(())) => pushed += chunk.len(),
+                _ => break,
+            }
+        }
+        println!(
+            "kernel relay {kernel}: destination pushed {} MiB toward a client that does not read",
+            pushed >> 20
+        );
+        task.abort();
+    }
+}
