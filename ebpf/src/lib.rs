@@ -71,11 +71,9 @@ pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod origdst;
-pub mod relay;
 mod sys;
 
 pub use config::{ConfigError, FenceConfig, OtherTcp};
 pub use events::{Counters, Denial, DenialStream, EventError, Hook, Reason};
 pub use loader::{pinned_ids, reap, still_loaded, Fence, FenceError, ObjectIds};
 pub use origdst::{OrigDstError, OriginalDestination, OriginalDestinations};
-pub use relay::{RelayError, RelayMaps, RelayProgram, RelayedPair};

@@ -26,7 +26,7 @@ use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
 use crate::tls::{first_flight, FirstFlight};
-use crate::tunnel::relay;
+use crate::tunnel::splice;
 
 /// An allowed tunnel waiting for the client's first flight: checks the SNI against the
 /// decided name, then dials, replays and splices, and records the outcome.
@@ -149,15 +149,13 @@ impl TunnelGate {
         subject.ip = Some(ip);
         let _ = stream.set_nodelay(true);
         let outcome = if server.write_all(&replay).await.is_ok() {
-            let (mut outcome, path) = relay(
+            let mut outcome = splice(
                 &mut stream,
                 &mut server,
                 limits.idle_timeout,
                 limits.total_timeout,
-                shared.offload.as_deref(),
             )
             .await;
-            tracing::debug!(?path, "tunnel relayed");
             outcome.up += replay.len() as u64;
             outcome
         } else {

@@ -17,7 +17,6 @@ mod gate;
 mod http;
 pub mod intercept;
 pub mod limits;
-pub mod offload;
 pub mod origdst;
 pub mod policy;
 pub mod resolve;

@@ -85,7 +85,6 @@ pub struct ProxyBuilder {
     limits: Limits,
     internal: Vec<IpNet>,
     origdst: Option<Arc<dyn OriginalDestination>>,
-    offload: Option<Arc<dyn crate::offload::TunnelOffload>>,
 }
 
 impl ProxyBuilder {
@@ -150,13 +149,6 @@ impl ProxyBuilder {
         self
     }
 
-    /// Relays checked tunnels inside the kernel ([`crate::offload`]); without it they
-    /// are spliced in user space.
-    pub fn tunnel_offload(mut self, offload: Arc<dyn crate::offload::TunnelOffload>) -> Self {
-        self.offload = Some(offload);
-        self
-    }
-
     /// Binds every listener and starts serving.
     pub async fn start(self) -> Result<Proxy, ProxyError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -167,7 +159,6 @@ impl ProxyBuilder {
             limits: self.limits,
             special: SpecialNets::with_extra(self.internal),
             origdst: self.origdst,
-            offload: self.offload,
             pool: crate::http::UpstreamPool::default(),
             stopped,
         });
@@ -358,7 +349,6 @@ impl Proxy {
             limits: Limits::default(),
             internal: Vec::new(),
             origdst: None,
-            offload: None,
         }
     }
 

@@ -27,8 +27,6 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub special: SpecialNets,
     pub origdst: Option<Arc<dyn OriginalDestination>>,
-    /// Relays checked tunnels inside the kernel when set.
-    pub offload: Option<Arc<dyn crate::offload::TunnelOffload>>,
     pub pool: crate::http::UpstreamPool,
     /// Becomes true when the owning `Proxy` is dropped.
     pub stopped: tokio::sync::watch::Receiver<bool>,

@@ -17,16 +17,6 @@
 //!   CPU time of the whole path per GiB (see [`TunnelRun`]);
 //! - policy lookup time at 10, 1,000 and 100,000 rules.
 //!
-//! Tunnel relay: by default (`--relay kernel`) egress-proxy relays checked tunnels in the
-//! kernel with the eBPF sockmap relay (`egress_ebpf::relay`; the bench runs as root, so it
-//! loads the program itself), and with `--tunnel-only` a second egress-proxy that splices
-//! in user space runs as the target `egress-proxy-splice`, interleaved with the others.
-//! `--relay splice` measures the splice path only. The bench prints which path carried
-//! the tunnels. Because the kernel relay sends part of the bytes from a kernel work queue
-//! (kworker threads, not charged to this process), each tunnel run also reports the CPU
-//! time of the whole machine per GiB (`/proc/stat`), which is only meaningful on an
-//! otherwise idle machine.
-//!
 //! The world: everything on the loopback interface of a private network namespace that
 //! the program re-executes itself in (`unshare --net`; needs root), so no packet can
 //! leave the machine and the host's port space is untouched: an
@@ -43,7 +33,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +41,6 @@ use bytes::Bytes;
 use clap::Parser;
 use egress_proxy::audit::JsonLinesSink;
 use egress_proxy::config::{EgressConfig, RuleConfig, RuleTarget};
-use egress_proxy::offload::TunnelOffload;
 use egress_proxy::policy::{classify_host, Policy};
 use egress_proxy::server::Proxy;
 use hickory_proto::op::{Message, MessageType};
@@ -90,29 +78,6 @@ struct Args {
     /// `squid`), e.g. to profile it alone with `perf record`.
     #[arg(long, requires = "tunnel_only")]
     only: Option<String>,
-    /// How egress-proxy relays tunnels: `kernel` (eBPF sockmap, falls back to splice when
-    /// the program cannot be loaded) or `splice`.
-    #[arg(long, default_value = "kernel", value_parser = ["kernel", "splice"])]
-    relay: String,
-}
-
-/// The kernel relay, counting the tunnels it accepted (so the bench can say which path
-/// carried them).
-struct CountingOffload {
-    maps: egress_ebpf::RelayMaps,
-    started: AtomicU64,
-}
-
-impl TunnelOffload for CountingOffload {
-    fn start(
-        &self,
-        client: &tokio::net::TcpStream,
-        server: &tokio::net::TcpStream,
-    ) -> Result<Box<dyn egress_proxy::offload::OffloadedTunnel>, String> {
-        let pair = self.maps.start(client, server)?;
-        self.started.fetch_add(1, Ordering::Relaxed);
-        Ok(pair)
-    }
 }
 
 const TARGET: &str = "svc500.bench.test";
@@ -183,44 +148,19 @@ fn main() -> anyhow::Result<()> {
         .thread_name("egress-proxy")
         .enable_all()
         .build()?;
-    // Kept alive for the whole run: dropping it detaches the relay program.
-    let relay_program = match args.relay.as_str() {
-        "kernel" => match egress_ebpf::RelayProgram::load() {
-            Ok(program) => Some(program),
-            Err(err) => {
-                println!("kernel relay unavailable ({err}); egress-proxy splices");
-                None
-            }
-        },
-        _ => None,
-    };
-    let offload = relay_program.as_ref().map(|program| {
-        Arc::new(CountingOffload {
-            maps: program.maps().clone(),
-            started: AtomicU64::new(0),
-        })
-    });
-    let policy = Arc::new(bench_policy(args.rules, &[origin.port(), bulk.port()])?);
-    let start_proxy = |name: &str, offload: Option<Arc<CountingOffload>>| {
-        let audit = std::fs::File::create(dir.path().join(format!("{name}.jsonl")))?;
-        let mut builder = Proxy::builder()
+    let audit = std::fs::File::create(dir.path().join("audit.jsonl"))?;
+    let proxy = proxy_rt.block_on(
+        Proxy::builder()
             .http_listen((Ipv4Addr::LOCALHOST, 0).into())
             .upstream_dns(vec![dns])
-            .audit(Arc::new(JsonLinesSink::new(audit)));
-        if let Some(offload) = offload {
-            builder = builder.tunnel_offload(offload);
-        }
-        let proxy = proxy_rt.block_on(builder.start())?;
-        proxy.set_default_policy(Some(Arc::clone(&policy)));
-        anyhow::Ok(proxy)
-    };
-    let proxy = start_proxy("audit", offload.clone())?;
+            .audit(Arc::new(JsonLinesSink::new(audit)))
+            .start(),
+    )?;
+    proxy.set_default_policy(Some(Arc::new(bench_policy(
+        args.rules,
+        &[origin.port(), bulk.port()],
+    )?)));
     let egress = proxy.http_addrs()[0];
-    // With the kernel relay, a second egress-proxy splicing in user space, for comparison.
-    let splicing = match (&offload, args.tunnel_only) {
-        (Some(_), true) => Some(start_proxy("audit-splice", None)?),
-        _ => None,
-    };
     let mut squid = Squid::start(dir.path(), args.rules)?;
     let squid_addr = squid.addr;
 
@@ -232,16 +172,12 @@ fn main() -> anyhow::Result<()> {
     ];
     let mut results = Vec::new();
     if args.tunnel_only {
-        let mut all = proxies.to_vec();
-        if let Some(splicing) = &splicing {
-            all.insert(2, ("egress-proxy-splice", Some(splicing.http_addrs()[0])));
-        }
         let chosen: Vec<_> = match &args.only {
-            None => all,
+            None => proxies.to_vec(),
             Some(only) => {
-                let one: Vec<_> = all.iter().filter(|(n, _)| n == only).copied().collect();
+                let one: Vec<_> = proxies.iter().filter(|(n, _)| n == only).copied().collect();
                 if one.is_empty() {
-                    bail!("--only {only}: expected direct, egress-proxy, egress-proxy-splice (with the kernel relay) or squid");
+                    bail!("--only {only}: expected direct, egress-proxy or squid");
                 }
                 one
             }
@@ -254,7 +190,6 @@ fn main() -> anyhow::Result<()> {
                 tunnel.describe(direct.filter(|_| *name != "direct"))
             );
         }
-        describe_relay(offload.as_deref());
         return Ok(());
     }
     let tunnels = tunnel_medians(&proxies, bulk, squid.pid(), &args)?;
@@ -274,7 +209,6 @@ fn main() -> anyhow::Result<()> {
     }
     squid.stop();
     drop(proxy);
-    describe_relay(offload.as_deref());
 
     let direct = results[0];
     let squid_r = results[2];
@@ -590,40 +524,23 @@ struct TunnelRun {
     /// receiver's TCP input, so a relay adds one whole TCP hop to the two copies of a
     /// direct connection.
     cpu_ms_per_gib: f64,
-    /// Busy time of all CPUs (`/proc/stat`: user, nice, system, irq, softirq) per GiB:
-    /// includes kernel threads such as the sockmap relay's work queue, and also whatever
-    /// else runs on the machine.
-    machine_cpu_ms_per_gib: f64,
 }
 
 impl TunnelRun {
     fn describe(&self, direct: Option<TunnelRun>) -> String {
         match direct {
             Some(d) => format!(
-                "tunnel {:.0} MiB/s ({:.0}% of direct), {:.0} CPU ms/GiB ({:.2}x direct), machine {:.0} CPU ms/GiB ({:.2}x direct)",
+                "tunnel {:.0} MiB/s ({:.0}% of direct), {:.0} CPU ms/GiB ({:.2}x direct)",
                 self.mib_per_s,
                 100.0 * self.mib_per_s / d.mib_per_s,
                 self.cpu_ms_per_gib,
-                self.cpu_ms_per_gib / d.cpu_ms_per_gib,
-                self.machine_cpu_ms_per_gib,
-                self.machine_cpu_ms_per_gib / d.machine_cpu_ms_per_gib
+                self.cpu_ms_per_gib / d.cpu_ms_per_gib
             ),
             None => format!(
-                "tunnel {:.0} MiB/s, {:.0} CPU ms/GiB, machine {:.0} CPU ms/GiB",
-                self.mib_per_s, self.cpu_ms_per_gib, self.machine_cpu_ms_per_gib
+                "tunnel {:.0} MiB/s, {:.0} CPU ms/GiB",
+                self.mib_per_s, self.cpu_ms_per_gib
             ),
         }
-    }
-}
-
-/// Says which path egress-proxy's tunnels took.
-fn describe_relay(offload: Option<&CountingOffload>) {
-    match offload {
-        Some(offload) => println!(
-            "egress-proxy relay: kernel (eBPF sockmap), {} tunnels relayed in the kernel",
-            offload.started.load(Ordering::Relaxed)
-        ),
-        None => println!("egress-proxy relay: splice (user space)"),
     }
 }
 
@@ -652,7 +569,6 @@ fn tunnel_medians(
             Ok(TunnelRun {
                 mib_per_s: median(s.iter().map(|r| Ok(r.mib_per_s)))?,
                 cpu_ms_per_gib: median(s.iter().map(|r| Ok(r.cpu_ms_per_gib)))?,
-                machine_cpu_ms_per_gib: median(s.iter().map(|r| Ok(r.machine_cpu_ms_per_gib)))?,
             })
         })
         .collect()
@@ -680,30 +596,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     };
     // Fields after the name start at field 3 (state): utime is field 14, stime 15.
     Ok(tick(11)? + tick(12)?)
-}
-
-/// Busy seconds of all CPUs so far, from proc(5) `/proc/stat` (first line: user, nice,
-/// system, idle, iowait, irq, softirq, ... in USER_HZ ticks); idle, iowait and steal
-/// are not busy time of this machine.
-fn machine_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat.lines().next().context("/proc/stat is empty")?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| {
-            v.parse::<u64>()
-                .with_context(|| format!("/proc/stat: `{v}`"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    if ticks.len() < 7 {
-        bail!(
-            "/proc/stat: cpu line has {} fields, expected 7 or more",
-            ticks.len()
-        );
-    }
-    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
-    Ok(busy as f64 / 100.0)
 }
 
 /// CPU seconds of this process and of Squid together.
@@ -746,7 +638,6 @@ fn tunnel_throughput(
         }
     };
     let cpu_before = path_cpu_seconds(squid)?;
-    let machine_before = machine_cpu_seconds()?;
     let start = Instant::now();
     stream.write_all(b"GO\n")?;
     let mut buf = vec![0u8; 1 << 20];
@@ -763,7 +654,6 @@ fn tunnel_throughput(
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = path_cpu_seconds(squid)? - cpu_before;
-    let machine = machine_cpu_seconds()? - machine_before;
     if total < mib << 20 {
         bail!("tunnel carried {total} bytes of {}", mib << 20);
     }
@@ -771,7 +661,6 @@ fn tunnel_throughput(
     Ok(TunnelRun {
         mib_per_s: gib * 1024.0 / secs,
         cpu_ms_per_gib: 1000.0 * cpu / gib,
-        machine_cpu_ms_per_gib: 1000.0 * machine / gib,
     })
 }
 
