@@ -58,8 +58,8 @@ pub enum SecretsAction {
         env: String,
         /// The secret's name, as under `secrets:` in the host config.
         name: String,
-        /// Read the value from this file instead of stdin.
-        #[arg(long, value_name = "PATH")]
+        /// Read the value from this file instead of stdin (`--file` works too).
+        #[arg(long, value_name = "PATH", visible_alias = "file")]
         from_file: Option<PathBuf>,
         /// Catches a value given on the command line, to refuse it without echoing it
         /// (clap's own error would print it).
@@ -521,6 +521,25 @@ mod tests {
         let big = vec![b'x'; MAX_VALUE_LEN + 10];
         assert_eq!(read_value(&mut &big[..]).unwrap().len(), MAX_VALUE_LEN + 3);
         assert_eq!(read_value(&mut &b"abc"[..]).unwrap().as_slice(), b"abc");
+    }
+
+    #[test]
+    fn the_file_flag_has_a_short_spelling() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: SecretsArgs,
+        }
+        for flag in ["--from-file", "--file"] {
+            let cli =
+                <Cli as clap::Parser>::try_parse_from(["x", "set", "ci", "T", flag, "/v"]).unwrap();
+            match cli.args.action {
+                SecretsAction::Set { from_file, .. } => {
+                    assert_eq!(from_file, Some(PathBuf::from("/v")), "{flag}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
