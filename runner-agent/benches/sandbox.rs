@@ -322,16 +322,15 @@ mod phases {
     //! still end in the same `verify_gone` check, so nothing is skipped.
 
     use std::os::fd::OwnedFd;
-    use std::path::PathBuf;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     use anyhow::{bail, Context, Result};
     use runner_agent::cgroup::CgroupLayout;
     use runner_agent::network;
-    use runner_agent::sandbox::protocol::{FromInit, SandboxSpec, ToInit};
-    use runner_agent::sandbox::{self, init, SandboxConfig, MASKED_PATHS, WORKSPACE};
-    use runner_agent::state::{RunDir, RunnerRecord, ID_COUNT};
+    use runner_agent::sandbox::protocol::{FromInit, ToInit};
+    use runner_agent::sandbox::{self, init, SandboxConfig};
+    use runner_agent::state::{RunDir, RunnerRecord};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixStream;
 
@@ -545,41 +544,8 @@ mod phases {
         let cgroup = layout.create(cgroup_name, &config.limits)?;
         clock.lap();
 
-        // 3. Spawn init, with the spec built as Sandbox::start builds it.
-        let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
-        masked.extend(config.extra_masks.iter().cloned());
-        masked.sort();
-        masked.dedup();
-        let mut files = vec![
-            (
-                PathBuf::from("/etc/hostname"),
-                format!("{}\n", record.runner),
-            ),
-            (
-                PathBuf::from("/etc/hosts"),
-                format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-                    record.addresses.runner, record.runner
-                ),
-            ),
-            (
-                PathBuf::from("/etc/resolv.conf"),
-                format!("nameserver {}\n", record.addresses.host),
-            ),
-        ];
-        files.extend(config.files.iter().cloned());
-        let spec = SandboxSpec {
-            runner: record.runner.clone(),
-            id_base: record.id_base,
-            id_count: ID_COUNT,
-            cgroup_procs: cgroup.procs_files(),
-            scratch_dir: record.scratch_dir.clone(),
-            scratch_bytes: config.disk_bytes,
-            masked_paths: masked,
-            files,
-            workspace: PathBuf::from(WORKSPACE),
-            secret_files: Vec::new(),
-        };
+        // 3. Spawn init, with the spec Sandbox::start sends.
+        let spec = sandbox::init_spec(record, config, &cgroup);
         let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()?;
         let (output_read, output_write) = std::io::pipe()?;
         let output_write_2 = output_write.try_clone()?;

@@ -155,6 +155,51 @@ pub struct Sandbox {
     fence: Option<egress_ebpf::Fence>,
 }
 
+/// What init is told to build for `record` (see [`protocol::SandboxSpec`]): the masks,
+/// the generated files (hostname, hosts, resolv.conf pointing at the DNS filter, then
+/// `config.files`), the workspace and the file secrets.
+pub fn init_spec(
+    record: &RunnerRecord,
+    config: &SandboxConfig,
+    cgroup: &RunnerCgroup,
+) -> SandboxSpec {
+    let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
+    masked.extend(config.extra_masks.iter().cloned());
+    masked.sort();
+    masked.dedup();
+    let mut files = vec![
+        (
+            PathBuf::from("/etc/hostname"),
+            format!("{}\n", record.runner),
+        ),
+        (
+            PathBuf::from("/etc/hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                record.addresses.runner, record.runner
+            ),
+        ),
+        // The DNS filter listens on the host side of the runner's veth.
+        (
+            PathBuf::from("/etc/resolv.conf"),
+            format!("nameserver {}\n", record.addresses.host),
+        ),
+    ];
+    files.extend(config.files.iter().cloned());
+    SandboxSpec {
+        runner: record.runner.clone(),
+        id_base: record.id_base,
+        id_count: ID_COUNT,
+        cgroup_procs: cgroup.procs_files(),
+        scratch_dir: record.scratch_dir.clone(),
+        scratch_bytes: config.disk_bytes,
+        masked_paths: masked,
+        files,
+        workspace: PathBuf::from(WORKSPACE),
+        secret_files: config.secret_files.clone(),
+    }
+}
+
 /// What a runner in slot `slot` running `job_id` will create, and its cgroup name: the
 /// record to write before creating any of it.
 pub fn new_record(
@@ -301,41 +346,7 @@ impl Sandbox {
         config: &SandboxConfig,
         cgroup: &RunnerCgroup,
     ) -> Result<u32, SandboxError> {
-        let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
-        masked.extend(config.extra_masks.iter().cloned());
-        masked.sort();
-        masked.dedup();
-        let mut files = vec![
-            (
-                PathBuf::from("/etc/hostname"),
-                format!("{}\n", self.record.runner),
-            ),
-            (
-                PathBuf::from("/etc/hosts"),
-                format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-                    self.record.addresses.runner, self.record.runner
-                ),
-            ),
-        ];
-        // The DNS filter listens on the host side of the runner's veth.
-        files.push((
-            PathBuf::from("/etc/resolv.conf"),
-            format!("nameserver {}\n", self.record.addresses.host),
-        ));
-        files.extend(config.files.iter().cloned());
-        let spec = SandboxSpec {
-            runner: self.record.runner.clone(),
-            id_base: self.record.id_base,
-            id_count: ID_COUNT,
-            cgroup_procs: cgroup.procs_files(),
-            scratch_dir: self.record.scratch_dir.clone(),
-            scratch_bytes: config.disk_bytes,
-            masked_paths: masked,
-            files,
-            workspace: PathBuf::from(WORKSPACE),
-            secret_files: config.secret_files.clone(),
-        };
+        let spec = init_spec(&self.record, config, cgroup);
 
         let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| SandboxError::Init(format!("socketpair: {e}")))?;
