@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Claims;
 use crate::files::{create_private_dir, write_private};
+use crate::record::rfc3339;
 
 /// How often a waiting job looks for its answer.
 const POLL: Duration = Duration::from_millis(200);
@@ -134,12 +135,6 @@ pub fn is_job_id(id: &str) -> bool {
         && id[2..]
             .bytes()
             .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
-}
-
-fn rfc3339(at: std::time::SystemTime) -> String {
-    time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 impl Approvals {
@@ -273,7 +268,7 @@ impl Approvals {
         let approval = Approval {
             job: job.to_owned(),
             by: operator(),
-            at: rfc3339(std::time::SystemTime::now()),
+            at: crate::record::now(),
         };
         let path = self.file(job, if approve { "approved" } else { "rejected" });
         let bytes = serde_json::to_vec_pretty(&approval).map_err(|e| ApprovalError::Corrupt {

@@ -118,11 +118,16 @@ pub struct RecordError {
     source: std::io::Error,
 }
 
-/// Now, as RFC 3339 (UTC).
-pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
+/// `at` as RFC 3339 (UTC), the form of every time in records and approvals.
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Now, as RFC 3339 (UTC).
+pub fn now() -> String {
+    rfc3339(std::time::SystemTime::now())
 }
 
 /// The directory of a job's record and default audit log.

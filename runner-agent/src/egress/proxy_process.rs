@@ -67,10 +67,8 @@ impl ProxyProcess {
             .take()
             .ok_or_else(|| ProxyProcessError::NotReady("no stdout".into()))?;
         // Zeroed once sent: it may carry the job CA's key and credentials.
-        let mut line = zeroize::Zeroizing::new(
-            serde_json::to_vec(config).map_err(|e| ProxyProcessError::NotReady(e.to_string()))?,
-        );
-        line.push(b'\n');
+        let line = crate::sandbox::protocol::json_line(config)
+            .map_err(|e| ProxyProcessError::NotReady(e.to_string()))?;
         stdin
             .write_all(&line)
             .await

@@ -460,11 +460,7 @@ impl Sandbox {
             .control
             .as_mut()
             .ok_or_else(|| SandboxError::Init("control channel closed".into()))?;
-        // Zeroed after sending: the spec and step requests may carry secrets.
-        let mut line = zeroize::Zeroizing::new(
-            serde_json::to_vec(msg).map_err(|e| SandboxError::Init(e.to_string()))?,
-        );
-        line.push(b'\n');
+        let line = protocol::json_line(msg).map_err(|e| SandboxError::Init(e.to_string()))?;
         writer
             .write_all(&line)
             .await

@@ -23,6 +23,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// `msg` as one JSON line in a buffer that is zeroed when dropped: the messages to init
+/// and to the proxy process may carry secrets (file and env values, the job CA's key,
+/// credentials).
+pub fn json_line<T: Serialize>(msg: &T) -> serde_json::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut line = zeroize::Zeroizing::new(serde_json::to_vec(msg)?);
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// A secret delivered as a file (`deliver: file`): `SECRETS_DIR/name` inside the sandbox.
 /// The content is zeroed when the value is dropped.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
