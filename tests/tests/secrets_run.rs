@@ -8,6 +8,7 @@
 //! and in the writable places of the filesystem.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -639,4 +640,53 @@ fn a_job_whose_secret_is_not_set_does_not_start() {
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("SHOULD-NOT-RUN"));
     assert!(world.runner_records().is_empty());
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat (the field after the parenthesised comm).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn the_proxy_holding_credentials_cannot_be_read_by_its_own_uid() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job("wait.yaml", "name: wait\nsteps:\n  - run: sleep 5\n");
+    let mut agent = world.spawn(&job);
+    let agent_pid = agent.id();
+    let mut proxy = None;
+    wait_until(Duration::from_secs(20), || {
+        proxy = runner_agent_tests::agent::processes_with("__egress-proxy")
+            .into_iter()
+            .find(|pid| parent_of(*pid) == Some(agent_pid));
+        proxy.is_some()
+    });
+    let Some(proxy) = proxy else {
+        let _ = agent.kill();
+        panic!("no proxy process of the agent appeared");
+    };
+    let status = std::fs::read_to_string(format!("/proc/{proxy}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
+    // Another process of uid nobody tries to read the proxy's memory and environment.
+    for part in ["mem", "environ"] {
+        let attempt = std::process::Command::new("head")
+            .args(["-c", "1", &format!("/proc/{proxy}/{part}")])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run head as nobody");
+        assert!(
+            !attempt.status.success(),
+            "{part} readable by uid nobody: {}",
+            describe(&attempt)
+        );
+    }
+    let output = agent.wait_with_output().expect("agent");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
 }
