@@ -311,15 +311,8 @@ mod phases {
     //! stale. The bench prints its total next to the real lifecycle's so that a mismatch
     //! shows.
     //!
-    //! [`Teardown::WhatIf`] is not what the sandbox does: it measures two cheaper ways of
-    //! doing the same teardown, so that their saving is a measured figure rather than a
-    //! guess. Kill: `cgroup.kill`, then re-read `cgroup.events` every 50 µs instead of
-    //! sleeping 2 ms between checks. Veth: no RTM_DELLINK; once the runner's last process
-    //! has exited its network namespace is released, and the kernel's namespace cleanup
-    //! deletes the veth pair with it (veth peers are deleted together); the host side is
-    //! polled every millisecond until it is gone (with a delete after 2 s as a fallback,
-    //! counted). Both
-    //! still end in the same `verify_gone` check, so nothing is skipped.
+    //! The mirror does not attach the eBPF fence (whose loading overlaps the init's
+    //! start in `Sandbox::create`), so its total is below the real lifecycle's.
 
     use std::os::fd::OwnedFd;
     use std::process::Stdio;
@@ -351,54 +344,6 @@ mod phases {
 
     /// Durations of one lifecycle, indexed like [`NAMES`].
     pub type Timings = [Duration; NAMES.len()];
-
-    /// How the teardown phases are done.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Teardown {
-        /// As `sandbox::teardown` does it.
-        AsSandbox,
-        /// The cheaper variants described in the module header.
-        WhatIf,
-    }
-
-    /// How long the what-if teardown waits for the kernel to delete the veth.
-    const VETH_GONE_DEADLINE: Duration = Duration::from_secs(2);
-    /// How often it looks (tokio's timer resolution is 1 ms).
-    const VETH_POLL: Duration = Duration::from_millis(1);
-
-    /// What-if kill: `cgroup.kill` once, then a tight watch of `cgroup.events`.
-    fn kill_and_watch(v2_dir: &std::path::Path) -> Result<()> {
-        std::fs::write(v2_dir.join("cgroup.kill"), "1").context("write cgroup.kill")?;
-        let events = v2_dir.join("cgroup.events");
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&events).context("read cgroup.events")?;
-            if text.lines().any(|l| l.trim() == "populated 0") {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!("{} still populated after 10 s", v2_dir.display());
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-
-    /// What-if veth removal: wait for the namespace cleanup to delete it. Returns whether
-    /// the fallback delete was needed.
-    async fn await_veth_gone(host_if: &str) -> Result<bool> {
-        let started = Instant::now();
-        while network::exists(host_if).await? {
-            if started.elapsed() > VETH_GONE_DEADLINE {
-                network::remove(host_if).await?;
-                return Ok(true);
-            }
-            // Not a tight loop: every netlink socket opened and closed queues RCU
-            // callbacks, and the namespace cleanup waits for those (rcu_barrier), so
-            // polling hard would delay the very thing it waits for.
-            tokio::time::sleep(VETH_POLL).await;
-        }
-        Ok(false)
-    }
 
     struct Clock {
         last: Instant,
@@ -450,11 +395,7 @@ mod phases {
     /// One lifecycle, phase by phase. Whatever happens, the runner is torn down before
     /// this returns (an error after the record was written still leaves the record for
     /// the caller's reaper).
-    pub async fn lifecycle(
-        config: &SandboxConfig,
-        job_id: &str,
-        teardown: Teardown,
-    ) -> Result<(Timings, bool)> {
+    pub async fn lifecycle(config: &SandboxConfig, job_id: &str) -> Result<Timings> {
         let mut clock = Clock::new();
 
         // 1. Slot and record, as Sandbox::create.
@@ -482,7 +423,7 @@ mod phases {
         let (mut clock, child) = match started {
             Ok(ok) => ok,
             Err(err) => {
-                let _ = sandbox::teardown(&run_dir, &record).await;
+                let _ = sandbox::teardown(&run_dir, &record, sandbox::NetnsCheck::ByCgroup).await;
                 return Err(err);
             }
         };
@@ -492,23 +433,9 @@ mod phases {
         let cgroup = runner_agent::cgroup::RunnerCgroup::from_dirs(&record.cgroup_dirs)
             .context("no cgroup in the record")?;
         let killer = cgroup.clone();
-        match teardown {
-            Teardown::AsSandbox => {
-                tokio::task::spawn_blocking(move || killer.kill_all(Duration::from_secs(10)))
-                    .await??
-            }
-            Teardown::WhatIf => {
-                tokio::task::spawn_blocking(move || kill_and_watch(&killer.v2_dir)).await??
-            }
-        }
+        tokio::task::spawn_blocking(move || killer.kill_all(Duration::from_secs(10))).await??;
         clock.lap();
-        let fell_back = match teardown {
-            Teardown::AsSandbox => {
-                network::remove(&record.host_if).await?;
-                false
-            }
-            Teardown::WhatIf => await_veth_gone(&record.host_if).await?,
-        };
+        network::remove(&record.host_if).await?;
         clock.lap();
         tokio::task::spawn_blocking(move || cgroup.remove()).await??;
         match std::fs::remove_dir(&record.scratch_dir) {
@@ -517,7 +444,7 @@ mod phases {
             Err(e) => return Err(e).context("remove scratch dir"),
         }
         clock.lap();
-        let left = sandbox::verify_gone(&record).await;
+        let left = sandbox::verify_gone(&record, sandbox::NetnsCheck::ByCgroup);
         if !left.is_empty() {
             bail!("left behind: {}", left.join("; "));
         }
@@ -526,7 +453,7 @@ mod phases {
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         clock.lap();
         drop(lease);
-        Ok((clock.timings, fell_back))
+        Ok(clock.timings)
     }
 
     /// Phases 2 to 7: cgroup, init, namespaces, veth, root, step. Returns the clock and
@@ -1170,10 +1097,8 @@ enum Task {
     Bwrap,
     /// crun.
     Crun,
-    /// The phase-by-phase mirror, as the sandbox tears down.
+    /// The phase-by-phase mirror.
     Mirror,
-    /// The mirror with the what-if teardown.
-    WhatIf,
     /// The init binary alone.
     InitExec,
     /// Moving a process into a runner's cgroups.
@@ -1191,8 +1116,6 @@ struct Samples {
     bwrap: Vec<Duration>,
     crun: Vec<Duration>,
     mirror: Vec<phases::Timings>,
-    what_if: Vec<phases::Timings>,
-    what_if_fallbacks: usize,
     init_exec: Vec<Duration>,
     join_v2: Vec<Duration>,
     join_v1: Vec<Duration>,
@@ -1226,22 +1149,9 @@ impl Bench {
                     s.crun.push(c.run_once(id)?);
                 }
             }
-            Task::Mirror | Task::WhatIf => {
-                let teardown = if task == Task::Mirror {
-                    phases::Teardown::AsSandbox
-                } else {
-                    phases::Teardown::WhatIf
-                };
-                let (timings, fell_back) =
-                    self.runtime
-                        .block_on(phases::lifecycle(&self.config, id, teardown))?;
-                if task == Task::Mirror {
-                    s.mirror.push(timings);
-                } else {
-                    s.what_if.push(timings);
-                    s.what_if_fallbacks += usize::from(fell_back);
-                }
-            }
+            Task::Mirror => s
+                .mirror
+                .push(self.runtime.block_on(phases::lifecycle(&self.config, id))?),
             Task::InitExec => s.init_exec.push(
                 self.runtime
                     .block_on(phases::init_exec_only(&self.config))?,
@@ -1294,43 +1204,24 @@ fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
             ("Sandbox::destroy (incl. verify)", s.destroy.clone()),
         ],
     );
-    for (title, timings) in [
-        (
-            "runner-agent, phase by phase (mirror of Sandbox::create/run_step/destroy)",
-            &s.mirror,
-        ),
-        (
-            "what-if: same, kill watched every 50 us, veth left to the netns cleanup",
-            &s.what_if,
-        ),
-    ] {
-        let named: Vec<(&str, Vec<Duration>)> = phases::NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (*name, phase(timings, i)))
-            .collect();
-        report::breakdown(title, &named);
-        let totals: Vec<Duration> = timings.iter().map(|t| t.iter().sum()).collect();
-        if let Some(total) = stats::summarize(&totals) {
-            println!(
-                "{:<44} {:>10} {:>10}",
-                "total (median, p90)",
-                stats::ms(total.median),
-                stats::ms(total.p90)
-            );
-        }
-    }
-    if let Some(real) = stats::summarize(&s.total) {
+    let named: Vec<(&str, Vec<Duration>)> = phases::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, phase(&s.mirror, i)))
+        .collect();
+    report::breakdown(
+        "runner-agent, phase by phase (mirror of create/run_step/destroy, without the fence)",
+        &named,
+    );
+    let totals: Vec<Duration> = s.mirror.iter().map(|t| t.iter().sum()).collect();
+    if let Some(total) = stats::summarize(&totals) {
         println!(
-            "(the real lifecycle's median above: {})",
-            stats::ms(real.median)
+            "{:<44} {:>10} {:>10}",
+            "total (median, p90)",
+            stats::ms(total.median),
+            stats::ms(total.p90)
         );
     }
-    println!(
-        "what-if veth removal needed the fallback delete in {} of {} runs",
-        s.what_if_fallbacks,
-        s.what_if.len()
-    );
     for (what, sample) in [
         ("runner-agent init exec + exit without a spec", &s.init_exec),
         ("moving a process into a runner's v2 cgroup", &s.join_v2),
@@ -1362,7 +1253,6 @@ fn bench(options: options::Options, tmp: &Path) -> Result<()> {
         Task::Ours,
         Task::Cli,
         Task::Mirror,
-        Task::WhatIf,
         Task::InitExec,
         Task::CgroupJoin,
     ];
@@ -1400,6 +1290,13 @@ fn bench(options: options::Options, tmp: &Path) -> Result<()> {
         "{} cpus, load average at start: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
+    );
+    // The kernel's RCU grace periods are most of what a runner's start still waits for
+    // (cgroup migration, tc attach); this host-wide setting shortens them. BENCHMARKS.md.
+    println!(
+        "/sys/kernel/rcu_expedited: {}",
+        std::fs::read_to_string("/sys/kernel/rcu_expedited")
+            .map_or_else(|e| format!("unreadable ({e})"), |v| v.trim().to_owned())
     );
     for round in 0..options.warmup + options.iterations {
         tasks.shuffle(&mut rng);

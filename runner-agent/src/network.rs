@@ -250,9 +250,52 @@ async fn configure_inside(netns_pid: u32, addrs: RunnerAddresses) -> Result<(), 
         .map_err(|_| NetworkError::Enter(std::io::Error::other("configuration thread panicked")))?
 }
 
-/// Deletes the host side of a runner's veth (which deletes the pair). A link that is
-/// already gone is not an error.
+/// Deletes the host side of a runner's veth (which deletes the pair) and returns once the
+/// pair has left the host's tables, so that no lookup, `ip link` or new device of the same
+/// name sees it any more. A link that is already gone is not an error.
+///
+/// Why not simply await the netlink request: the kernel takes the device out of its
+/// tables at the start of the request, then, before it answers, waits for RCU grace
+/// periods until the last reference to the devices' memory is dropped (20 to 30 ms here,
+/// most of a runner's teardown). Nothing can observe or reuse the device during that wait,
+/// and the kernel finishes it whatever happens to the caller. So the request runs on a
+/// thread of its own, and this function watches the device's name instead: it returns
+/// when the name no longer resolves, or with the request's error if it fails first.
 pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
+    let name = host_if.to_owned();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("veth-delete".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(NetworkError::Socket)
+                .and_then(|runtime| runtime.block_on(delete_link(&name)));
+            // The receiver is gone when the device left the tables first; nothing to do.
+            let _ = done_tx.send(result);
+        })
+        .map_err(NetworkError::Socket)?;
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        tokio::select! {
+            finished = &mut done => {
+                return finished.unwrap_or_else(|_| {
+                    Err(NetworkError::Socket(std::io::Error::other("veth deletion thread died")))
+                });
+            }
+            () = tokio::time::sleep(pause) => {
+                if !name_resolves(host_if)? {
+                    return Ok(());
+                }
+                pause = (pause * 2).min(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// RTM_DELLINK for `host_if`, answered once the kernel has finished unregistering it.
+async fn delete_link(host_if: &str) -> Result<(), NetworkError> {
     let handle = connect()?;
     let Some(index) = link_index(&handle, host_if).await? else {
         return Ok(());
@@ -267,10 +310,19 @@ pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
     }
 }
 
+/// Whether `name` is a device of the calling thread's network namespace (the kernel's
+/// name table, as `if_nametoindex(3)` reads it; no netlink round trip).
+fn name_resolves(name: &str) -> Result<bool, NetworkError> {
+    match nix::net::if_::if_nametoindex(name) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::ENODEV) => Ok(false),
+        Err(e) => Err(NetworkError::Socket(e.into())),
+    }
+}
+
 /// Whether a link called `host_if` exists in the agent's namespace.
-pub async fn exists(host_if: &str) -> Result<bool, NetworkError> {
-    let handle = connect()?;
-    Ok(link_index(&handle, host_if).await?.is_some())
+pub fn exists(host_if: &str) -> Result<bool, NetworkError> {
+    name_resolves(host_if)
 }
 
 #[cfg(test)]

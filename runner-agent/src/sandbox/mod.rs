@@ -11,8 +11,11 @@
 //! 4. create the veth pair into the new network namespace;
 //! 5. let init build the root filesystem and lock itself down.
 //!
-//! Destruction kills every process through the cgroup, deletes the veth, removes the
-//! cgroup directories, the scratch mount point and the record, then checks each of them.
+//! Destruction kills every process through the cgroup, deletes the veth, then unpins the
+//! fence, removes the cgroup directories, the scratch mount point and the record, then
+//! checks each of them. The veth counts as deleted once it has left the host's tables;
+//! the kernel frees its memory a few RCU grace periods later, as it frees any namespace
+//! (see [`network::remove`]).
 //! The sandbox's mounts live only in its own mount namespace, which the kernel frees with
 //! its last process.
 
@@ -235,7 +238,7 @@ async fn lease_slot(run_dir: &RunDir, max: u32) -> Result<Option<SlotLease>, San
         if let Some(lease) = run_dir.try_lease(slot)? {
             if let Some(stale) = run_dir.read_record(slot)? {
                 tracing::warn!(runner = %stale.runner, job = %stale.job_id, "reaping leftovers of a dead agent");
-                teardown(run_dir, &stale).await?;
+                teardown(run_dir, &stale, NetnsCheck::ScanProcesses).await?;
             }
             return Ok(Some(lease));
         }
@@ -252,7 +255,7 @@ pub async fn reap_leftovers(run_dir: &RunDir) -> Result<Vec<String>, SandboxErro
         };
         if let Some(record) = run_dir.read_record(slot)? {
             tracing::warn!(runner = %record.runner, job = %record.job_id, "reaping leftovers of a dead agent");
-            teardown(run_dir, &record).await?;
+            teardown(run_dir, &record, NetnsCheck::ScanProcesses).await?;
             reaped.push(record.runner);
         }
     }
@@ -570,7 +573,7 @@ impl Sandbox {
         // from the pins once the runner's processes are dead, for live runners and
         // reaped ones alike.
         self.fence = None;
-        let result = teardown(&self.run_dir, &self.record).await;
+        let result = teardown(&self.run_dir, &self.record, NetnsCheck::ByCgroup).await;
         if let Some(mut child) = self.child.take() {
             let _ = tokio::time::timeout(KILL_DEADLINE, child.wait()).await;
         }
@@ -644,9 +647,27 @@ async fn read_messages(
     }
 }
 
+/// How [`verify_gone`] checks that nothing is left in a runner's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetnsCheck {
+    /// Destroying a runner this agent ran: every process of the job was in the runner's
+    /// cgroup, which is now empty and removed, and a process outside it could enter the
+    /// namespace only with the host's root (setns into a namespace owned by the host's
+    /// user namespace). The check costs nothing more.
+    ByCgroup,
+    /// Reaping a dead agent's runner, found in any state: also look at every process on
+    /// the host (a /proc scan, one `ns/net` link per process, some milliseconds).
+    ScanProcesses,
+}
+
 /// Removes everything `record` lists, then checks it is gone. Used for normal
-/// destruction and for reaping a dead agent's runner.
-pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), SandboxError> {
+/// destruction ([`NetnsCheck::ByCgroup`]) and for reaping a dead agent's runner
+/// ([`NetnsCheck::ScanProcesses`]).
+pub async fn teardown(
+    run_dir: &RunDir,
+    record: &RunnerRecord,
+    netns_check: NetnsCheck,
+) -> Result<(), SandboxError> {
     let mut failures = Vec::new();
     let cgroup = RunnerCgroup::from_dirs(&record.cgroup_dirs);
     if let Some(cgroup) = cgroup.clone() {
@@ -657,19 +678,27 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
             Err(e) => failures.push(e.to_string()),
         }
     }
-    // Deleting the veth waits for the kernel to unregister both devices (RCU grace
-    // periods): do the rest meanwhile.
+    // The veth goes before the fence: once the host side is unregistered, the kernel has
+    // already taken the fence's tc program off it, and unpinning that link is free.
+    // Detaching it from a live device instead waits for an RCU grace period (10 to 20 ms
+    // here). The cgroup does not depend on either, so it goes meanwhile.
     let host_if = record.host_if.clone();
-    let veth = tokio::spawn(async move { network::remove(&host_if).await });
-    if let Some(pin_dir) = &record.pin_dir {
-        if let Err(e) = egress_ebpf::reap(pin_dir) {
-            failures.push(format!("eBPF fence: {e}"));
-        } else if let Err(e) = std::fs::remove_dir(pin_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                failures.push(format!("remove {}: {e}", pin_dir.display()));
+    let pin_dir = record.pin_dir.clone();
+    let network_and_fence = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        if let Err(e) = network::remove(&host_if).await {
+            failures.push(e.to_string());
+        }
+        if let Some(pin_dir) = pin_dir {
+            let reaped = tokio::task::spawn_blocking(move || reap_fence(&pin_dir)).await;
+            match reaped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failures.push(e),
+                Err(e) => failures.push(e.to_string()),
             }
         }
-    }
+        failures
+    });
     if let Some(cgroup) = cgroup {
         let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
         match removed {
@@ -678,9 +707,8 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
             Err(e) => failures.push(e.to_string()),
         }
     }
-    match veth.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => failures.push(e.to_string()),
+    match network_and_fence.await {
+        Ok(more) => failures.extend(more),
         Err(e) => failures.push(e.to_string()),
     }
     match std::fs::remove_dir(&record.scratch_dir) {
@@ -688,7 +716,7 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => failures.push(format!("remove {}: {e}", record.scratch_dir.display())),
     }
-    let mut leftovers = verify_gone(record).await;
+    let mut leftovers = verify_gone(record, netns_check);
     leftovers.extend(failures);
     if leftovers.is_empty() {
         run_dir.remove_record(record.slot)?;
@@ -702,16 +730,27 @@ pub async fn teardown(run_dir: &RunDir, record: &RunnerRecord) -> Result<(), San
     }
 }
 
+/// Unpins a runner's fence and removes its pin directory.
+fn reap_fence(pin_dir: &Path) -> Result<(), String> {
+    egress_ebpf::reap(pin_dir).map_err(|e| format!("eBPF fence: {e}"))?;
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("remove {}: {e}", pin_dir.display())),
+    }
+}
+
 /// Lists whatever of `record` still exists: cgroup directories (and so processes), the
-/// veth, mounts on or below the scratch directory, the scratch directory.
-pub async fn verify_gone(record: &RunnerRecord) -> Vec<String> {
+/// veth, mounts on or below the scratch directory, the scratch directory, the fence's pins
+/// and, with [`NetnsCheck::ScanProcesses`], any process in the runner's network namespace.
+pub fn verify_gone(record: &RunnerRecord, netns_check: NetnsCheck) -> Vec<String> {
     let mut left = Vec::new();
     for dir in &record.cgroup_dirs {
         if dir.exists() {
             left.push(format!("cgroup {}", dir.display()));
         }
     }
-    match network::exists(&record.host_if).await {
+    match network::exists(&record.host_if) {
         Ok(true) => left.push(format!("veth {}", record.host_if)),
         Ok(false) => {}
         Err(e) => left.push(format!("veth {} (cannot check: {e})", record.host_if)),
@@ -734,7 +773,7 @@ pub async fn verify_gone(record: &RunnerRecord) -> Vec<String> {
             left.push(format!("eBPF pins {}", pin_dir.display()));
         }
     }
-    if let Some(inode) = record.netns_inode {
+    if let (Some(inode), NetnsCheck::ScanProcesses) = (record.netns_inode, netns_check) {
         if let Some(pid) = process_in_netns(inode) {
             left.push(format!(
                 "network namespace {inode} (process {pid} is in it)"
