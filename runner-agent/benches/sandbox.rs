@@ -332,9 +332,9 @@ mod phases {
         "slot + record",
         "cgroup create + limits",
         "spawn init (fork+exec)",
-        "init start + join cgroup + unshare",
+        "init start + unshare netns",
         "veth create + configure",
-        "rootfs + userns + seccomp (init)",
+        "rest of init (cgroup join, rootfs, ...)",
         "step: bash -c true",
         "kill (cgroup.kill, wait empty)",
         "veth delete",
@@ -493,21 +493,22 @@ mod phases {
         let output = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output_read))?;
         clock.lap();
 
-        // 4. Namespaces.
+        // 4. Network namespace.
         send(&mut write, &ToInit::Spec(spec)).await?;
-        let FromInit::NamespacesReady = recv(&mut read).await? else {
-            bail!("expected NamespacesReady");
+        let FromInit::NetnsReady = recv(&mut read).await? else {
+            bail!("expected NetnsReady");
         };
         let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))?;
         record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
         run_dir.write_record(record)?;
         clock.lap();
 
-        // 5. Veth.
+        // 5. Veth, while init joins its cgroups and unshares the other namespaces.
         network::setup(&record.host_if, record.addresses, init_pid).await?;
         clock.lap();
 
-        // 6. Root filesystem, user namespace, seccomp: all inside init.
+        // 6. The rest of init: cgroup join, namespaces, root filesystem, user namespace,
+        // seccomp (what of it did not overlap the veth).
         send(&mut write, &ToInit::NetworkReady).await?;
         let FromInit::SandboxReady { .. } = recv(&mut read).await? else {
             bail!("expected SandboxReady");

@@ -5,13 +5,15 @@
 //! which `unshare` and `setns` into a user namespace require) with stdin = the control
 //! socket and stdout = stderr = the step output pipe. It runs in two processes:
 //!
-//! 1. the *outer* init, in the host's pid namespace: joins the runner's cgroups (so the
-//!    cgroup namespace is rooted there), unshares the mount, UTS, IPC, network, cgroup and
-//!    pid namespaces, waits while the agent moves the veth in, forks, and then only waits
-//!    for its child so that the agent can follow one process;
+//! 1. the *outer* init, in the host's pid namespace: unshares the network namespace and
+//!    tells the agent, which sets up the veth meanwhile; joins the runner's cgroups (so
+//!    the cgroup namespace is rooted there), unshares the mount, UTS, IPC, cgroup and pid
+//!    namespaces, forks, and then only waits for its child so that the agent can follow
+//!    one process;
 //! 2. the *inner* init, pid 1 of the new pid namespace: builds the root filesystem, then
 //!    drops into the runner's user namespace, closes every other fd, disables core dumps,
-//!    sets no_new_privs, installs the seccomp filter, and serves `RunStep` requests.
+//!    sets no_new_privs, installs the seccomp filter, waits until the agent says the
+//!    network is ready, and serves `RunStep` requests.
 //!
 //! Ordering is the security argument: every namespace is created while init is still
 //! root in the *host's* user namespace, so they all belong to it; the user namespace the
@@ -134,6 +136,11 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
             })
         }
     };
+    // The network namespace first, so that the agent builds the veth while this process
+    // joins its cgroups: both wait for RCU grace periods, and concurrent waits share them.
+    // Nothing of the job runs before the network is ready (see `inner`).
+    unshare(CloneFlags::CLONE_NEWNET).stage("unshare network namespace")?;
+    control.send(&FromInit::NetnsReady).stage("report")?;
     for procs in &spec.cgroup_procs {
         std::fs::write(procs, "0").map_err(|e| InitFailure {
             stage: "join cgroup",
@@ -144,22 +151,10 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWCGROUP
             | CloneFlags::CLONE_NEWPID,
     )
     .stage("unshare namespaces")?;
-    control.send(&FromInit::NamespacesReady).stage("report")?;
-    match control.recv().stage("wait for network")? {
-        Some(ToInit::NetworkReady) => {}
-        None => return Ok(1),
-        Some(other) => {
-            return Err(InitFailure {
-                stage: "wait for network",
-                message: format!("unexpected {other:?}"),
-            })
-        }
-    }
     match sys::fork().stage("fork pid 1")? {
         Forked::Child => {
             let code = match inner(control, spec) {
@@ -245,6 +240,17 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .stage("signalfd")?;
 
+    // The veth and its fence are the agent's to finish; no step runs before they are.
+    match control.recv().stage("wait for network")? {
+        Some(ToInit::NetworkReady) => {}
+        None => return Ok(1),
+        Some(other) => {
+            return Err(InitFailure {
+                stage: "wait for network",
+                message: format!("unexpected {other:?}"),
+            })
+        }
+    }
     control
         .send(&FromInit::SandboxReady {
             idmapped: built.idmapped,

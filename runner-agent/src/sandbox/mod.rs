@@ -6,10 +6,14 @@
 //!
 //! 1. lease a slot under `run_dir`, write the record;
 //! 2. create the cgroup directories and apply the limits;
-//! 3. start the init (`runner-agent __sandbox-init`), which joins the cgroups and unshares
-//!    its namespaces (see [`init`] for why that order makes root inside powerless);
-//! 4. create the veth pair into the new network namespace;
-//! 5. let init build the root filesystem and lock itself down.
+//! 3. start the init (`runner-agent __sandbox-init`), which unshares its network
+//!    namespace, then joins the cgroups and unshares the others (see [`init`] for why
+//!    that order makes root inside powerless);
+//! 4. meanwhile, create the veth pair into the new network namespace and put the fence's
+//!    tc program on its host side (the fence's cgroup programs are loaded and attached
+//!    from the start, in parallel);
+//! 5. let init build the root filesystem and lock itself down, and tell it the network
+//!    is ready: only then does it report the sandbox ready.
 //!
 //! Destruction kills every process through the cgroup, deletes the veth, then unpins the
 //! fence, removes the cgroup directories, the scratch mount point and the record, then
@@ -46,6 +50,10 @@ pub const WORKSPACE: &str = "/workspace";
 /// Where `deliver: file` secrets appear inside the sandbox, one file per secret named
 /// after it, on a read-only tmpfs of their own.
 pub const SECRETS_DIR: &str = "/run/secrets";
+
+/// The fence's programs being loaded and attached to the runner's cgroup, off the async
+/// threads.
+type FenceLoad = tokio::task::JoinHandle<Result<egress_ebpf::Fence, egress_ebpf::FenceError>>;
 
 /// How long destruction waits for the processes of a runner to die.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
@@ -315,11 +323,10 @@ impl Sandbox {
         cgroup_name: &str,
     ) -> Result<(), SandboxError> {
         let cgroup = layout.create(cgroup_name, &config.limits)?;
-        // Loading and verifying the fence's programs is the slowest part of a runner's
-        // start: it runs while init starts, joins the cgroup and builds the root. It is
-        // attached before this function returns, so before any process of the job exists
-        // (init itself does no networking), and awaited on every path so that a failure
-        // elsewhere never races its pinning.
+        // Loading and verifying the fence's programs runs while init starts: it is attached
+        // before init is told the network is ready, so before any process of the job
+        // exists (init itself does no networking), and awaited on every path so that a
+        // failure elsewhere never races its pinning.
         let pin_dir = self.record.pin_dir.clone().unwrap_or_default();
         let fence_config = crate::egress::fence_config(
             self.record.addresses.host,
@@ -327,28 +334,51 @@ impl Sandbox {
             self.record.slot,
         );
         let v2_dir = cgroup.v2_dir.clone();
-        let fence_task = tokio::task::spawn_blocking(move || {
+        let mut fence_task = Some(tokio::task::spawn_blocking(move || {
             egress_ebpf::Fence::attach(&v2_dir, fence_config, &pin_dir)
-        });
-        let started = self.start_init(config, &cgroup).await;
-        let fence = fence_task
-            .await
-            .map_err(|e| SandboxError::Init(format!("fence task: {e}")))?;
-        self.fence = Some(fence?);
-        let host_index = started?;
-        if let Some(fence) = self.fence.as_mut() {
-            fence.attach_tc(host_index)?;
+        }));
+        let started = self.start_init(config, &cgroup, &mut fence_task).await;
+        if let Some(task) = fence_task {
+            // init failed before the fence was needed: let the load finish (and pin) so
+            // that destroy finds and removes all of it.
+            if let Ok(Ok(fence)) = task.await {
+                self.fence = Some(fence);
+            }
         }
-        Ok(())
+        started
     }
 
-    /// Starts init, sets up the network, and waits until the sandbox is built. Returns
-    /// the host side's interface index.
+    /// Takes the fence that `task` loads and puts its tc program on the host side of the
+    /// veth, interface `host_index`. Blocking work (the tc attach waits for an RCU grace
+    /// period) runs off the async threads.
+    async fn fence_the_veth(
+        &mut self,
+        task: FenceLoad,
+        host_index: u32,
+    ) -> Result<(), SandboxError> {
+        let fence = task
+            .await
+            .map_err(|e| SandboxError::Init(format!("fence task: {e}")))??;
+        let (fence, attached) = tokio::task::spawn_blocking(move || {
+            let mut fence = fence;
+            let attached = fence.attach_tc(host_index);
+            (fence, attached)
+        })
+        .await
+        .map_err(|e| SandboxError::Init(format!("fence task: {e}")))?;
+        self.fence = Some(fence);
+        Ok(attached?)
+    }
+
+    /// Starts init, sets up and fences the network while init builds the sandbox, and
+    /// waits until the sandbox is ready. Takes the fence's loading task out of
+    /// `fence_task` once the veth exists.
     async fn start_init(
         &mut self,
         config: &SandboxConfig,
         cgroup: &RunnerCgroup,
-    ) -> Result<u32, SandboxError> {
+        fence_task: &mut Option<FenceLoad>,
+    ) -> Result<(), SandboxError> {
         let spec = init_spec(&self.record, config, cgroup);
 
         let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
@@ -391,7 +421,7 @@ impl Sandbox {
         );
 
         self.send(&ToInit::Spec(spec)).await?;
-        self.expect_ready("namespaces", |m| matches!(m, FromInit::NamespacesReady))
+        self.expect_ready("network namespace", |m| matches!(m, FromInit::NetnsReady))
             .await?;
         // Record the namespace before configuring it, so that its removal can be checked.
         let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))
@@ -400,6 +430,9 @@ impl Sandbox {
         self.run_dir.write_record(&self.record)?;
         let host_index =
             network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
+        if let Some(task) = fence_task.take() {
+            self.fence_the_veth(task, host_index).await?;
+        }
         self.send(&ToInit::NetworkReady).await?;
         let ready = self
             .expect_ready("sandbox", |m| matches!(m, FromInit::SandboxReady { .. }))
@@ -407,7 +440,7 @@ impl Sandbox {
         if let FromInit::SandboxReady { idmapped } = ready {
             self.idmapped = idmapped;
         }
-        Ok(host_index)
+        Ok(())
     }
 
     /// The runner's name (`r-<slot>`).

@@ -1,16 +1,18 @@
 //! Messages between the agent and the sandbox init, one JSON object per line over the
 //! init's stdin (a unix socket pair).
 //!
-//! The exchange is strictly request/response, so neither side ever has more than one
-//! message in flight:
+//! Neither side ever has more than one message in flight. The network is set up while
+//! init goes on: the agent's veth and tc work and init's cgroup join both wait for
+//! kernel RCU grace periods, and waiting at the same time they share them.
 //!
 //! ```text
 //! agent                          init (host pid ns)        init (pid 1 inside)
-//!   Spec ───────────────────────▶ joins cgroups, unshares
-//!        ◀─────────────────────── NamespacesReady
-//!   (veth into the new netns)
-//!   NetworkReady ───────────────▶ forks ─────────────────▶ builds the root, drops to
-//!        ◀──────────────────────────────────────────────── SandboxReady   the userns
+//!   Spec ───────────────────────▶ unshares the netns
+//!        ◀─────────────────────── NetnsReady
+//!   (veth into the new netns,     joins cgroups, unshares
+//!    tc program on the host side) the rest, forks ───────▶ builds the root, drops to
+//!   NetworkReady ──────────────────────────────────────────▶ the userns, then waits
+//!        ◀──────────────────────────────────────────────── SandboxReady   for this
 //!   RunStep ───────────────────────────────────────────────▶
 //!        ◀──────────────────────────────────────────────── StepExited
 //!   (close) ───────────────────────────────────────────────▶ exits; the pid ns dies
@@ -124,7 +126,7 @@ impl std::fmt::Debug for StepRequest {
 pub enum ToInit {
     /// First message.
     Spec(SandboxSpec),
-    /// The veth is in place; go on.
+    /// The veth is in place and fenced; the sandbox may report ready.
     NetworkReady,
     /// Run one step and report when it ends.
     RunStep(StepRequest),
@@ -159,8 +161,8 @@ impl StepEnd {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum FromInit {
-    /// The namespaces exist; the agent may configure the network namespace.
-    NamespacesReady,
+    /// The network namespace exists; the agent may configure it.
+    NetnsReady,
     /// The sandbox is built and locked; steps may run.
     SandboxReady {
         /// Whether the lower layer is idmapped (false: the host's filesystem could not be
