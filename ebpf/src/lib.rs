@@ -2,7 +2,7 @@
 //!
 //! The C sources live in `bpf/` (`fence.bpf.c`, and `maps.h`, the single definition of
 //! every map struct, mirrored in [`maps`]); `build.rs` compiles them with clang and
-//! [`Fence`] loads and attaches them with aya. Requires Linux 6.6+ (TCX links, BTF), cgroup
+//! [`Fence`] loads and attaches them with aya. Requires Linux 6.6+, BTF, cgroup
 //! v2, and root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).
 //!
 //! # What a fenced runner can reach

@@ -1,19 +1,27 @@
 //! [`Fence`]: load the programs for one runner, attach them, pin them, take them away.
 //!
 //! One object is loaded per runner, so its maps (config, original destinations, events,
-//! counters) belong to that runner alone and are freed with its programs. Every
+//! counters) belong to that runner alone and are freed with its programs. Every cgroup
 //! attachment is a BPF link pinned under the runner's pin directory:
 //!
 //! ```text
-//! <pin_dir>/link_fence_connect4 ... link_fence_tc_ingress   links (cgroup, tcx)
+//! <pin_dir>/link_fence_connect4 ... link_fence_skb_egress   links (cgroup)
 //! <pin_dir>/map_orig_dst, map_events, map_counters, map_fence_config, map_sock_orig
 //! ```
+//!
+//! The tc program on the host-side veth is a classic tc filter (a `clsact` qdisc with a
+//! direct-action BPF filter, set up over netlink), not a TCX link: attaching a TCX link
+//! waits for an RCU grace period (10 to 20 ms, most of a runner's start on a host with
+//! normal RCU), the filter does not. It depends on no file descriptor either, so it
+//! stays in force when the agent dies, and it goes with the veth: deleting the veth is
+//! what removes it, for live runners and reaped ones alike.
 //!
 //! Invariants:
 //! - The config map is written before any program is attached, and programs deny when
 //!   it is missing, so there is no moment where a half-attached fence lets more through.
-//! - Dropping a [`Fence`] leaves it in place (the pins hold it): a crashed or killed agent
-//!   leaves its runners fenced, never open. Only [`Fence::detach`] or [`reap`] removes it.
+//! - Dropping a [`Fence`] leaves it in place (the pins and the veth hold it): a crashed or
+//!   killed agent leaves its runners fenced, never open. Only [`Fence::detach`] or [`reap`]
+//!   (and deleting the veth, for the tc filter) removes it.
 //! - After [`Fence::detach`]/[`reap`] nothing refers to the programs and maps except fds
 //!   still held elsewhere (a [`crate::DenialStream`], an exported map fd); when those close
 //!   the kernel frees them.
@@ -28,11 +36,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::pin::PinError;
-use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::tc::TcAttachOptions;
-use aya::programs::{
-    CgroupAttachMode, CgroupSkbAttachType, LinkOrder, Program, ProgramError, TcAttachType,
-};
+use aya::programs::links::{FdLink, Link, LinkError, PinnedLink};
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
+use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, TcAttachType};
 use aya::{Ebpf, EbpfError};
 
 use crate::bpffs::{self, BpffsError};
@@ -159,6 +165,22 @@ pub enum FenceError {
     /// The tc program is already attached for this fence.
     #[error("the tc program is already attached")]
     TcAlreadyAttached,
+    /// Removing the tc filter from a live veth failed.
+    #[error("removing the tc filter: {source}")]
+    DetachTc {
+        /// Why.
+        #[source]
+        source: ProgramError,
+    },
+    /// The `clsact` qdisc for the tc program could not be added.
+    #[error("adding the clsact qdisc to {ifname}: {source}")]
+    Qdisc {
+        /// The interface.
+        ifname: String,
+        /// Why.
+        #[source]
+        source: TcError,
+    },
     /// Removing a pin failed.
     #[error("removing pin {path}: {source}")]
     Unpin {
@@ -192,7 +214,50 @@ pub struct Fence {
     config: FenceConfig,
     pin_dir: PathBuf,
     links: Vec<PinnedLink>,
-    tc_attached: bool,
+    tc: Option<TcFilter>,
+}
+
+/// The tc filter on the host-side veth. aya detaches a link it drops, so dropping this
+/// forgets the link instead (it holds no fd, only the interface index, priority and
+/// handle): the filter stays until it is removed or the veth is deleted.
+struct TcFilter {
+    link: Option<SchedClassifierLink>,
+    ifname: String,
+    ifindex: u32,
+}
+
+impl TcFilter {
+    /// Removes the filter if the veth is in the calling thread's namespace. An interface
+    /// index means nothing in another namespace, so the name must still resolve to the
+    /// same index; otherwise the veth is gone (and the filter with it) or out of reach,
+    /// and nothing is touched.
+    fn remove(mut self) -> Result<(), FenceError> {
+        let Some(link) = self.link.take() else {
+            return Ok(());
+        };
+        if nix::net::if_::if_nametoindex(self.ifname.as_str()) != Ok(self.ifindex) {
+            std::mem::forget(link);
+            return Ok(());
+        }
+        match link.detach() {
+            Ok(()) => Ok(()),
+            // Deleted between the check and the request.
+            Err(ProgramError::NetlinkError(e))
+                if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(FenceError::DetachTc { source }),
+        }
+    }
+}
+
+impl Drop for TcFilter {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            std::mem::forget(link);
+        }
+    }
 }
 
 impl std::fmt::Debug for Fence {
@@ -307,7 +372,8 @@ impl Fence {
         })?;
         // The programs use no CO-RE relocations (they read only context fields and their
         // own maps), so the kernel's BTF is not needed: parsing /sys/kernel/btf/vmlinux
-        // (several MiB) on every attach would be most of a runner's start-up time.
+        // (several MiB) on every attach would be most of a runner's start-up time. (aya
+        // 0.14 parsed it in `EbpfLoader::new()` regardless; vendor/README.md.)
         let mut ebpf = aya::EbpfLoader::new()
             .btf(None)
             .load(OBJECT)
@@ -327,7 +393,7 @@ impl Fence {
             config: cfg,
             pin_dir: pin_dir.to_owned(),
             links: Vec::new(),
-            tc_attached: false,
+            tc: None,
         };
         for name in PINNED_MAPS {
             let map = fence.ebpf.map(name).ok_or(FenceError::Missing(name))?;
@@ -351,10 +417,11 @@ impl Fence {
 
     /// Attaches the tc ingress program to the host-side veth `ifindex` (resolved in the
     /// calling thread's network namespace, which must be the one holding that veth) as a
-    /// TCX link (Linux 6.6+), pinned like the others. It drops every frame from the runner
-    /// that is not ARP or IPv4 from the runner's address to a proxy listener.
+    /// direct-action filter under a `clsact` qdisc (see the module header for why not
+    /// TCX). It drops every frame from the runner that is not ARP or IPv4 from the
+    /// runner's address to a proxy listener. The filter lives as long as the veth.
     pub fn attach_tc(&mut self, ifindex: u32) -> Result<(), FenceError> {
-        if self.tc_attached {
+        if self.tc.is_some() {
             return Err(FenceError::TcAlreadyAttached);
         }
         let name = TC_PROGRAM;
@@ -370,14 +437,24 @@ impl Fence {
         };
         p.load()
             .map_err(|source| FenceError::LoadProgram { name, source })?;
-        let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+        match aya::programs::tc::qdisc_add_clsact(&ifname) {
+            Ok(()) => {}
+            // A veth of ours is new, but a clsact qdisc someone added is as good as ours.
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(source) => return Err(FenceError::Qdisc { ifname, source }),
+        }
+        let netlink = TcAttachOptions::Netlink(NlOptions::default());
         let id = p
-            .attach_with_options(&ifname, TcAttachType::Ingress, tcx)
+            .attach_with_options(&ifname, TcAttachType::Ingress, netlink)
             .map_err(|source| FenceError::AttachProgram { name, source })?;
-        let link = fd_link(name, p.take_link(id))?;
-        let pinned = pin_link(link, &self.pin_dir.join(pin_name("link", name)), name)?;
-        self.links.push(pinned);
-        self.tc_attached = true;
+        let link = p
+            .take_link(id)
+            .map_err(|source| FenceError::AttachProgram { name, source })?;
+        self.tc = Some(TcFilter {
+            link: Some(link),
+            ifname: ifname.clone(),
+            ifindex,
+        });
         tracing::info!(
             runner_id = self.config.runner_id,
             ifindex,
@@ -439,17 +516,32 @@ impl Fence {
 
     /// Kernel ids of this fence's programs, maps and links, to verify they are freed.
     pub fn object_ids(&self) -> Result<ObjectIds, FenceError> {
-        pinned_ids(&self.pin_dir)
+        let mut ids = pinned_ids(&self.pin_dir)?;
+        // The tc filter has no pin (and no link id): its program is listed on its own.
+        if self.tc.is_some() {
+            if let Some(Program::SchedClassifier(p)) = self.ebpf.program(TC_PROGRAM) {
+                let info = p.info().map_err(|e| FenceError::Info(e.to_string()))?;
+                ids.programs.push(info.id());
+            }
+        }
+        Ok(ids)
     }
 
     /// Detaches every program and removes the pins. The kernel frees programs and maps
-    /// when the last fd (a [`DenialStream`], an exported map fd) is closed.
+    /// when the last fd (a [`DenialStream`], an exported map fd) is closed. The tc filter
+    /// is removed too when the calling thread is in the namespace holding the veth (as
+    /// for [`Fence::attach_tc`]); otherwise it goes when the veth is deleted.
     pub fn detach(mut self) -> Result<(), FenceError> {
         // Closing our fds first: the pins are then the last references to the links.
         self.links.clear();
         let pin_dir = std::mem::take(&mut self.pin_dir);
+        let tc = self.tc.take();
         drop(self);
         reap(&pin_dir)?;
+        // The packet backstop last, as in `reap`.
+        if let Some(tc) = tc {
+            tc.remove()?;
+        }
         tracing::info!(pin_dir = %pin_dir.display(), "fence detached");
         Ok(())
     }
@@ -551,9 +643,8 @@ fn removal_rank(path: &Path) -> u8 {
     match name {
         "link_fence_sock_create" => 1,
         "link_fence_skb_egress" => 2,
-        "link_fence_tc_ingress" => 3,
         n if n.starts_with("link_") => 0,
-        _ => 4, // maps: nothing is enforced by their pins
+        _ => 3, // maps: nothing is enforced by their pins
     }
 }
 
@@ -605,14 +696,13 @@ mod tests {
     fn reap_removes_rewriting_hooks_before_the_backstops() {
         let mut names = [
             "map_events",
-            "link_fence_tc_ingress",
             "link_fence_skb_egress",
             "link_fence_connect4",
             "link_fence_sock_create",
             "link_fence_sendmsg6",
         ];
         names.sort_by_key(|n| removal_rank(Path::new(n)));
-        assert_eq!(&names[4..], ["link_fence_tc_ingress", "map_events"]);
+        assert_eq!(names[4], "map_events");
         assert_eq!(names[3], "link_fence_skb_egress");
         assert_eq!(names[2], "link_fence_sock_create");
     }

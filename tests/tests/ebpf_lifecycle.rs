@@ -1,6 +1,6 @@
 //! A fence's life: attached for the runner's lifetime, still there when the loader is
-//! SIGKILLed (its links are pinned), and gone, programs, maps and links freed, after
-//! detach or reap. Also: the original-destination map is usable by an unprivileged
+//! SIGKILLed (its links are pinned, its tc filter belongs to the veth), and gone,
+//! programs, maps and links freed, after detach or reap. Also: the original-destination map is usable by an unprivileged
 //! process that was handed its fd (the proxy runs without privileges).
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +17,47 @@ fn fence_probe() {
     runner_agent_tests::fence::probe_main();
 }
 
-/// 11 cgroup links, 5 maps; 12 links with the tc program.
+/// 11 cgroup links, 5 maps. The tc program is a netlink filter on the veth: no pin.
 const PINS: usize = 16;
+
+/// BPF filters on the ingress of the world's host-side veth (`vrun`), as `tc` lists them.
+fn tc_filters(world: &World) -> usize {
+    let out = std::process::Command::new("tc")
+        .args([
+            "-n",
+            &world.host.name,
+            "filter",
+            "show",
+            "dev",
+            "vrun",
+            "ingress",
+        ])
+        .output()
+        .expect("run tc");
+    assert!(out.status.success(), "tc: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // One header line per priority, then one line per filter, with its handle.
+        .filter(|line| line.contains(" bpf ") && line.contains(" handle "))
+        .count()
+}
+
+/// Removes every filter from the ingress of the world's host-side veth.
+fn remove_tc_filters(world: &World) {
+    let status = std::process::Command::new("tc")
+        .args([
+            "-n",
+            &world.host.name,
+            "filter",
+            "del",
+            "dev",
+            "vrun",
+            "ingress",
+        ])
+        .status()
+        .expect("run tc");
+    assert!(status.success(), "tc filter del: {status}");
+}
 
 fn wait_freed(ids: &ObjectIds) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -62,14 +101,29 @@ fn detach_removes_every_program_map_and_link() {
     };
     let orig = fence.original_destinations().expect("orig");
     let ids = fence.object_ids().expect("ids");
-    assert_eq!(ids.links.len(), 12, "{ids:?}");
-    assert_eq!(ids.programs.len(), 12, "{ids:?}");
+    assert_eq!(ids.links.len(), 11, "{ids:?}");
+    assert_eq!(
+        ids.programs.len(),
+        12,
+        "11 cgroup programs and the tc one: {ids:?}"
+    );
     assert_eq!(ids.maps.len(), 5, "{ids:?}");
     assert_eq!(still_loaded(&ids), ids, "all live while attached");
-    assert_eq!(std::fs::read_dir(&pin_dir).expect("pins").count(), PINS + 1);
+    assert_eq!(std::fs::read_dir(&pin_dir).expect("pins").count(), PINS);
+    assert_eq!(
+        tc_filters(&world),
+        1,
+        "one BPF filter on the host-side veth"
+    );
 
-    fence.detach().expect("detach");
+    // From the namespace holding the veth, as attach_tc: detach removes the filter too.
+    world
+        .host
+        .run(move || fence.detach())
+        .expect("netns")
+        .expect("detach");
     assert!(!pin_dir.exists(), "pin dir removed");
+    assert_eq!(tc_filters(&world), 0, "tc filter removed");
     // Links go at once; programs and maps when the last fd (the readers) is closed.
     let links_only = ObjectIds {
         links: ids.links.clone(),
@@ -99,6 +153,8 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
             cgroup: world.cgroup.path.clone(),
             pin_dir: pin_dir.clone(),
             config,
+            tc_netns: Some(world.host.name.clone()),
+            tc_ifindex: world.host_ifindex,
         },
         Op::WaitStdin,
     ];
@@ -106,11 +162,14 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
         .spawn_probe(&ops, Placement::Unfenced)
         .expect("loader");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(&pin_dir).map(|d| d.count()).unwrap_or(0) < PINS {
+    while std::fs::read_dir(&pin_dir).map(|d| d.count()).unwrap_or(0) < PINS
+        || tc_filters(&world) < 1
+    {
         assert!(Instant::now() < deadline, "loader never attached");
         std::thread::sleep(Duration::from_millis(20));
     }
     loader.kill().expect("SIGKILL the loader");
+    assert_eq!(tc_filters(&world), 1, "the tc filter outlives its loader");
     let ids = pinned_ids(&pin_dir).expect("ids");
     assert_eq!(
         still_loaded(&ids),
@@ -130,6 +189,14 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
 
     reap(&pin_dir).expect("reap");
     assert!(!pin_dir.exists());
+    // The agent's reaper deletes the veth, and the tc filter with it; this world keeps
+    // its veth, so the filter is removed by hand.
+    assert_eq!(
+        tc_filters(&world),
+        1,
+        "reap leaves the veth's filter to the veth"
+    );
+    remove_tc_filters(&world);
     wait_freed(&ids);
     let o = world.connect(to, Placement::UserNsRoot).expect("probe");
     assert!(o.ok, "open again after reap: {o:?}");
