@@ -337,7 +337,7 @@ mod phases {
         "rest of init (cgroup join, rootfs, ...)",
         "step: bash -c true",
         "kill (cgroup.kill, wait empty)",
-        "veth delete",
+        "veth delete (what outlasts the kill)",
         "cgroup rmdir + scratch rmdir",
         "verify + record removal",
     ];
@@ -432,10 +432,12 @@ mod phases {
         // control socket and the output pipe were closed when `start_and_step` returned.
         let cgroup = runner_agent::cgroup::RunnerCgroup::from_dirs(&record.cgroup_dirs)
             .context("no cgroup in the record")?;
+        let host_if = record.host_if.clone();
+        let veth = tokio::spawn(async move { network::remove(&host_if).await });
         let killer = cgroup.clone();
         tokio::task::spawn_blocking(move || killer.kill_all(Duration::from_secs(10))).await??;
         clock.lap();
-        network::remove(&record.host_if).await?;
+        veth.await??;
         clock.lap();
         tokio::task::spawn_blocking(move || cgroup.remove()).await??;
         match std::fs::remove_dir(&record.scratch_dir) {

@@ -15,9 +15,9 @@
 //! 5. let init build the root filesystem and lock itself down, and tell it the network
 //!    is ready: only then does it report the sandbox ready.
 //!
-//! Destruction kills every process through the cgroup, deletes the veth, then unpins the
-//! fence, removes the cgroup directories, the scratch mount point and the record, then
-//! checks each of them. The veth counts as deleted once it has left the host's tables;
+//! Destruction deletes the veth while it kills every process through the cgroup, then
+//! unpins the fence, removes the cgroup directories, the scratch mount point and the
+//! record, then checks each of them. The veth counts as deleted once it has left the host's tables;
 //! the kernel frees its memory a few RCU grace periods later, as it frees any namespace
 //! (see [`network::remove`]).
 //! The sandbox's mounts live only in its own mount namespace, which the kernel frees with
@@ -702,48 +702,34 @@ pub async fn teardown(
     netns_check: NetnsCheck,
 ) -> Result<(), SandboxError> {
     let mut failures = Vec::new();
+    let mut note = |result: Result<Result<(), String>, tokio::task::JoinError>| match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failures.push(e),
+        Err(e) => failures.push(e.to_string()),
+    };
+    // The veth goes while the processes die: it depends on none of them, and without it
+    // the runner has no network left at all.
+    let host_if = record.host_if.clone();
+    let veth =
+        tokio::spawn(async move { network::remove(&host_if).await.map_err(|e| e.to_string()) });
     let cgroup = RunnerCgroup::from_dirs(&record.cgroup_dirs);
     if let Some(cgroup) = cgroup.clone() {
-        let killed = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_DEADLINE)).await;
-        match killed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(e.to_string()),
-            Err(e) => failures.push(e.to_string()),
-        }
+        note(
+            tokio::task::spawn_blocking(move || {
+                cgroup.kill_all(KILL_DEADLINE).map_err(|e| e.to_string())
+            })
+            .await,
+        );
     }
-    // The veth goes before the fence: once the host side is unregistered, the kernel has
-    // already taken the fence's tc program off it, and unpinning that link is free.
-    // Detaching it from a live device instead waits for an RCU grace period (10 to 20 ms
-    // here). The cgroup does not depend on either, so it goes meanwhile.
-    let host_if = record.host_if.clone();
-    let pin_dir = record.pin_dir.clone();
-    let network_and_fence = tokio::spawn(async move {
-        let mut failures = Vec::new();
-        if let Err(e) = network::remove(&host_if).await {
-            failures.push(e.to_string());
-        }
-        if let Some(pin_dir) = pin_dir {
-            let reaped = tokio::task::spawn_blocking(move || reap_fence(&pin_dir)).await;
-            match reaped {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failures.push(e),
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
-        failures
-    });
+    // With the processes dead, the fence can go (its tc filter goes with the veth), and
+    // the cgroup.
+    if let Some(pin_dir) = record.pin_dir.clone() {
+        note(tokio::task::spawn_blocking(move || reap_fence(&pin_dir)).await);
+    }
     if let Some(cgroup) = cgroup {
-        let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(e.to_string()),
-            Err(e) => failures.push(e.to_string()),
-        }
+        note(tokio::task::spawn_blocking(move || cgroup.remove().map_err(|e| e.to_string())).await);
     }
-    match network_and_fence.await {
-        Ok(more) => failures.extend(more),
-        Err(e) => failures.push(e.to_string()),
-    }
+    note(veth.await);
     match std::fs::remove_dir(&record.scratch_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
