@@ -429,7 +429,10 @@ impl Sandbox {
         self.record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
         self.run_dir.write_record(&self.record)?;
         let host_index =
-            network::setup(&self.record.host_if, self.record.addresses, init_pid).await?;
+            match network::setup(&self.record.host_if, self.record.addresses, init_pid).await {
+                Ok(index) => index,
+                Err(err) => return Err(self.init_failure_or(err.into()).await),
+            };
         if let Some(task) = fence_task.take() {
             self.fence_the_veth(task, host_index).await?;
         }
@@ -520,6 +523,16 @@ impl Sandbox {
     /// The system calls the sandbox refuses, as they happen (taken once).
     pub fn seccomp_denials(&mut self) -> Option<mpsc::UnboundedReceiver<SeccompDenial>> {
         self.seccomp_denials.take()
+    }
+
+    /// `err`, or the failure init reported meanwhile: init goes on while the agent sets
+    /// up the network, and when init fails its namespace goes with it, so the network's
+    /// error is then only a consequence.
+    async fn init_failure_or(&mut self, err: SandboxError) -> SandboxError {
+        match tokio::time::timeout(Duration::from_millis(200), self.recv()).await {
+            Ok(Ok(FromInit::Failed { stage, message })) => SandboxError::Setup { stage, message },
+            _ => err,
+        }
     }
 
     async fn expect_ready(
