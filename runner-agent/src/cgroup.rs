@@ -304,7 +304,9 @@ impl RunnerCgroup {
         let use_kill_file = kill_file.exists();
         let start = Instant::now();
         // Processes die within a few hundred microseconds of SIGKILL: look again soon,
-        // backing off so that a slow death does not spin.
+        // backing off so that a slow death does not spin. (An inotify watch on
+        // cgroup.events would wake us at the exact moment, but freeing the inotify
+        // instance waits for an SRCU grace period: destroy took 19 ms instead of 1.)
         let mut pause = Duration::from_micros(50);
         loop {
             if use_kill_file {
