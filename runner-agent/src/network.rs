@@ -260,8 +260,14 @@ async fn configure_inside(netns_pid: u32, addrs: RunnerAddresses) -> Result<(), 
 /// most of a runner's teardown). Nothing can observe or reuse the device during that wait,
 /// and the kernel finishes it whatever happens to the caller. So the request runs on a
 /// thread of its own, and this function watches the device's name instead: it returns
-/// when the name no longer resolves, or with the request's error if it fails first.
+/// when the name no longer resolves to the device, or with the request's error if it
+/// fails first. The device is named by its index, taken before the thread starts: a late
+/// thread must never delete a new device that took the name (indexes are not reused
+/// soon; names are, by the next runner of the slot).
 pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
+    let Some(index) = index_of(host_if)? else {
+        return Ok(());
+    };
     let name = host_if.to_owned();
     let (done_tx, mut done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -271,7 +277,7 @@ pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
                 .enable_all()
                 .build()
                 .map_err(NetworkError::Socket)
-                .and_then(|runtime| runtime.block_on(delete_link(&name)));
+                .and_then(|runtime| runtime.block_on(delete_link(index, &name)));
             // The receiver is gone when the device left the tables first; nothing to do.
             let _ = done_tx.send(result);
         })
@@ -285,7 +291,7 @@ pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
                 });
             }
             () = tokio::time::sleep(pause) => {
-                if !name_resolves(host_if)? {
+                if index_of(host_if)? != Some(index) {
                     return Ok(());
                 }
                 pause = (pause * 2).min(std::time::Duration::from_millis(2));
@@ -294,12 +300,10 @@ pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
     }
 }
 
-/// RTM_DELLINK for `host_if`, answered once the kernel has finished unregistering it.
-async fn delete_link(host_if: &str) -> Result<(), NetworkError> {
+/// RTM_DELLINK for link `index` (called `host_if`), answered once the kernel has
+/// finished unregistering it.
+async fn delete_link(index: u32, host_if: &str) -> Result<(), NetworkError> {
     let handle = connect()?;
-    let Some(index) = link_index(&handle, host_if).await? else {
-        return Ok(());
-    };
     match handle.link().del(index).execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
@@ -310,19 +314,19 @@ async fn delete_link(host_if: &str) -> Result<(), NetworkError> {
     }
 }
 
-/// Whether `name` is a device of the calling thread's network namespace (the kernel's
-/// name table, as `if_nametoindex(3)` reads it; no netlink round trip).
-fn name_resolves(name: &str) -> Result<bool, NetworkError> {
+/// The index of device `name` in the calling thread's network namespace, if there is one
+/// (the kernel's name table, as `if_nametoindex(3)` reads it; no netlink round trip).
+fn index_of(name: &str) -> Result<Option<u32>, NetworkError> {
     match nix::net::if_::if_nametoindex(name) {
-        Ok(_) => Ok(true),
-        Err(nix::errno::Errno::ENODEV) => Ok(false),
+        Ok(index) => Ok(Some(index)),
+        Err(nix::errno::Errno::ENODEV) => Ok(None),
         Err(e) => Err(NetworkError::Socket(e.into())),
     }
 }
 
 /// Whether a link called `host_if` exists in the agent's namespace.
 pub fn exists(host_if: &str) -> Result<bool, NetworkError> {
-    name_resolves(host_if)
+    Ok(index_of(host_if)?.is_some())
 }
 
 #[cfg(test)]
