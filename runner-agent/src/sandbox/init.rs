@@ -136,9 +136,9 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
             })
         }
     };
-    // The network namespace first, so that the agent builds the veth while this process
-    // joins its cgroups: both wait for RCU grace periods, and concurrent waits share them.
-    // Nothing of the job runs before the network is ready (see `inner`).
+    // The network namespace first, so that the agent builds and fences the veth while
+    // this process joins its cgroups (a join can wait for an RCU grace period, 10 to 20
+    // ms). Nothing of the job runs before the network is ready (see `inner`).
     unshare(CloneFlags::CLONE_NEWNET).stage("unshare network namespace")?;
     control.send(&FromInit::NetnsReady).stage("report")?;
     for procs in &spec.cgroup_procs {

@@ -17,9 +17,9 @@
 //!
 //! Destruction deletes the veth while it kills every process through the cgroup, then
 //! unpins the fence, removes the cgroup directories, the scratch mount point and the
-//! record, then checks each of them. The veth counts as deleted once it has left the host's tables;
-//! the kernel frees its memory a few RCU grace periods later, as it frees any namespace
-//! (see [`network::remove`]).
+//! record, then checks each of them. The veth counts as deleted once it has left the
+//! host's tables; the kernel frees its memory a few RCU grace periods later, as it frees
+//! any namespace (see [`network::remove`]).
 //! The sandbox's mounts live only in its own mount namespace, which the kernel frees with
 //! its last process.
 
@@ -349,8 +349,8 @@ impl Sandbox {
     }
 
     /// Takes the fence that `task` loads and puts its tc program on the host side of the
-    /// veth, interface `host_index`. Blocking work (the tc attach waits for an RCU grace
-    /// period) runs off the async threads.
+    /// veth, interface `host_index`. The attach (blocking netlink requests) runs off the
+    /// async threads.
     async fn fence_the_veth(
         &mut self,
         task: FenceLoad,

@@ -2,8 +2,8 @@
 //! init's stdin (a unix socket pair).
 //!
 //! Neither side ever has more than one message in flight. The network is set up while
-//! init goes on: the agent's veth and tc work and init's cgroup join both wait for
-//! kernel RCU grace periods, and waiting at the same time they share them.
+//! init goes on, so that the agent's veth and tc work overlaps init's cgroup join (which
+//! can wait for a kernel RCU grace period) and the building of its root.
 //!
 //! ```text
 //! agent                          init (host pid ns)        init (pid 1 inside)
