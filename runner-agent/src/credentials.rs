@@ -111,7 +111,8 @@ pub fn release(
         let mut hosts = Vec::new();
         match &spec.deliver {
             Delivery::Env => {
-                let text = std::str::from_utf8(value)
+                let text = secret
+                    .value_str()
                     .map_err(|_| unfit("an environment variable must be text (UTF-8)"))?;
                 if text.contains('\0') {
                     return Err(unfit("an environment variable cannot contain NUL"));
@@ -129,7 +130,8 @@ pub fn release(
                 header,
                 format,
             } => {
-                let text = std::str::from_utf8(value)
+                let text = secret
+                    .value_str()
                     .map_err(|_| unfit("a header value must be text (UTF-8)"))?;
                 // RFC 9110 §5.5: no CR, LF or NUL in a field value (header injection).
                 if text.contains(['\r', '\n', '\0']) {
@@ -137,7 +139,7 @@ pub fn release(
                 }
                 let formatted = Zeroizing::new(format.replace("{secret}", text));
                 mask_values.push(Zeroizing::new(formatted.as_bytes().to_vec()));
-                hosts = bound.clone();
+                hosts.clone_from(bound);
                 released.proxy.push(ProxyCredential {
                     name: name.clone(),
                     hosts: bound.clone(),
@@ -156,4 +158,81 @@ pub fn release(
     }
     released.masker = Masker::new(mask_values.iter().map(|v| v.as_slice()));
     Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::SecretSpec;
+
+    fn environment(deliver: Delivery) -> Environment {
+        let mut environment = Environment::no_egress();
+        environment.secrets = BTreeMap::from([("TOKEN".to_owned(), SecretSpec { deliver })]);
+        environment
+    }
+
+    fn proxy() -> Delivery {
+        Delivery::Proxy {
+            hosts: vec!["registry.example.com".into()],
+            header: "Authorization".into(),
+            format: "Bearer {secret}".into(),
+        }
+    }
+
+    /// Stores `value` as `ci`'s TOKEN and releases it the way `deliver` says.
+    fn release_value(value: &[u8], deliver: Delivery) -> Result<Released, ReleaseError> {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SecretStore::open(tmp.path()).unwrap();
+        store.set("ci", "TOKEN", value).unwrap();
+        release(&store, "ci", &environment(deliver))
+    }
+
+    fn unfit_reason(result: Result<Released, ReleaseError>) -> &'static str {
+        match result {
+            Err(ReleaseError::Unfit { reason, .. }) => reason,
+            Err(other) => panic!("expected Unfit, got {other}"),
+            Ok(_) => panic!("expected Unfit, got a release"),
+        }
+    }
+
+    #[test]
+    fn header_injection_and_nul_are_refused_before_anything_runs() {
+        for value in [
+            &b"t0k\r\nX-Evil: 1"[..],
+            b"t0k\nX-Evil: 1",
+            b"t0k\rx",
+            b"t0k\0x",
+        ] {
+            let reason = unfit_reason(release_value(value, proxy()));
+            assert!(reason.contains("CR, LF or NUL"), "{value:?}: {reason}");
+        }
+        let reason = unfit_reason(release_value(b"a\0b", Delivery::Env));
+        assert!(reason.contains("NUL"), "{reason}");
+        for deliver in [Delivery::Env, proxy()] {
+            let reason = unfit_reason(release_value(&[0xff, 0xfe, b'a'], deliver));
+            assert!(reason.contains("UTF-8"), "{reason}");
+        }
+        // A file may hold anything.
+        let released = release_value(b"a\0b\r\n\xff", Delivery::File).unwrap();
+        assert_eq!(released.files[0].content, b"a\0b\r\n\xff");
+    }
+
+    #[test]
+    fn the_record_has_the_fingerprint_and_the_masker_both_forms() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SecretStore::open(tmp.path()).unwrap();
+        let fingerprint = store.set("ci", "TOKEN", b"s3cr3t-t0ken").unwrap();
+        let released = release(&store, "ci", &environment(proxy())).unwrap();
+        assert_eq!(released.record.len(), 1);
+        assert_eq!(released.record[0].fingerprint, fingerprint);
+        assert_eq!(released.record[0].hosts, ["registry.example.com"]);
+        assert_eq!(released.proxy[0].value.as_str(), "Bearer s3cr3t-t0ken");
+        assert!(released.env.is_empty() && released.files.is_empty());
+        let masked = released
+            .masker
+            .mask(b"raw s3cr3t-t0ken, header Bearer s3cr3t-t0ken.");
+        assert!(!masked.windows(6).any(|w| w == b"s3cr3t"), "{masked:?}");
+    }
 }
