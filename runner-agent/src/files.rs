@@ -117,6 +117,21 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_that_fails_half_way_keeps_the_old_content_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.secret");
+        write_private(&target, b"second").unwrap();
+        let err = write_atomically(&target, |f| {
+            f.write_all(b"thi")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        assert_eq!(fs::read(&target).unwrap(), b"second");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn a_failed_write_keeps_the_old_content() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("x");

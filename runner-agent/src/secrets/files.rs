@@ -16,19 +16,16 @@
 //! Temporary names start with `.` and never end in the store's suffixes, so listings
 //! ignore leftovers of a crash.
 
-use std::fs::{self, DirBuilder, Metadata, OpenOptions};
+use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use zeroize::Zeroizing;
 
 use super::error::SecretError;
 
-pub(super) use crate::files::write_atomically;
 use crate::files::{sync_parent, write_temp};
-/// Mode of every store directory.
-pub(super) const DIR_MODE: u32 = crate::files::PRIVATE_DIR_MODE;
 
 const EXPECTED_DIR: &str = "a directory of mode 0700 owned by the user running runner-agent";
 const EXPECTED_FILE: &str = "a regular file of mode 0600 owned by the user running runner-agent";
@@ -93,15 +90,10 @@ pub(super) fn ensure_dir(path: &Path) -> Result<(), SecretError> {
     if check_dir(path)? {
         return Ok(());
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(path)
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)))
-        .map_err(|source| SecretError::CreateDir {
-            path: path.to_owned(),
-            source,
-        })?;
+    crate::files::create_private_dir(path).map_err(|source| SecretError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })?;
     check_dir(path).map(|_| ())
 }
 
@@ -216,6 +208,7 @@ pub(super) fn names_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<String>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
     fn mode(path: &Path) -> u32 {
@@ -298,31 +291,6 @@ mod tests {
         assert!(read_private(&tmp.path().join("absent"), 10, io)
             .unwrap()
             .is_none());
-    }
-
-    #[test]
-    fn write_atomically_replaces_and_leaves_nothing_on_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("v.secret");
-        write_atomically(&target, |f| f.write_all(b"first")).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"first");
-        assert_eq!(mode(&target), 0o600);
-        write_atomically(&target, |f| f.write_all(b"second")).unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"second");
-        // A write that fails half-way: the old content stays, no temporary remains.
-        let err = write_atomically(&target, |f| {
-            f.write_all(b"thi")?;
-            Err(io::Error::other("disk full"))
-        })
-        .unwrap_err();
-        assert_eq!(err.to_string(), "disk full");
-        assert_eq!(fs::read(&target).unwrap(), b"second");
-        assert_eq!(entries(tmp.path()), ["v.secret"]);
-        // A rename that fails (a directory sits at the final name): no temporary remains.
-        let blocked = tmp.path().join("dir.secret");
-        fs::create_dir(&blocked).unwrap();
-        write_atomically(&blocked, |f| f.write_all(b"x")).unwrap_err();
-        assert_eq!(entries(tmp.path()), ["dir.secret", "v.secret"]);
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl SecretStore {
             })?;
         let path = self.value_path(env, name);
         let bytes = format::encode_value(&nonce, &sealed);
-        files::write_atomically(&path, |file| std::io::Write::write_all(file, &bytes))
+        crate::files::write_private(&path, &bytes)
             .map_err(|source| SecretError::WriteValue { path, source })?;
         Ok(keys.fingerprint(value))
     }
