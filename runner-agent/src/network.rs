@@ -23,7 +23,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
@@ -105,20 +104,6 @@ fn connect() -> Result<Handle, NetworkError> {
     Ok(handle)
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetworkError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(link)) => Ok(Some(link.header.index)),
-        Ok(None) => Ok(None),
-        // ENODEV: no such link.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(source) => Err(NetworkError::Netlink {
-            op: format!("look up link {name}"),
-            source,
-        }),
-    }
-}
-
 fn write_sysctl(path: &Path, value: &str) -> Result<(), NetworkError> {
     match std::fs::write(path, value) {
         Ok(()) => Ok(()),
@@ -179,12 +164,10 @@ pub async fn setup(
         .execute()
         .await
         .map_err(netlink(format!("create veth {host_if}")))?;
-    let index = link_index(&handle, host_if)
-        .await?
-        .ok_or_else(|| NetworkError::Netlink {
-            op: format!("find {host_if} after creating it"),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
+    let index = index_of(host_if)?.ok_or_else(|| NetworkError::Netlink {
+        op: format!("find {host_if} after creating it"),
+        source: rtnetlink::Error::RequestFailed,
+    })?;
     harden_interface(host_if, true)?;
     handle
         .address()
@@ -216,13 +199,11 @@ async fn configure_inside(netns_pid: u32, addrs: RunnerAddresses) -> Result<(), 
         runtime.block_on(async {
             let handle = connect()?;
             for name in ["lo", RUNNER_IF] {
-                let index =
-                    link_index(&handle, name)
-                        .await?
-                        .ok_or_else(|| NetworkError::Netlink {
-                            op: format!("find {name} in the runner's namespace"),
-                            source: rtnetlink::Error::RequestFailed,
-                        })?;
+                // if_nametoindex asks this thread's namespace: the runner's, after setns.
+                let index = index_of(name)?.ok_or_else(|| NetworkError::Netlink {
+                    op: format!("find {name} in the runner's namespace"),
+                    source: rtnetlink::Error::RequestFailed,
+                })?;
                 if name == RUNNER_IF {
                     harden_interface(name, false)?;
                     handle

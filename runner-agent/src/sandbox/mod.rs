@@ -334,18 +334,29 @@ impl Sandbox {
             self.record.slot,
         );
         let v2_dir = cgroup.v2_dir.clone();
-        let mut fence_task = Some(tokio::task::spawn_blocking(move || {
+        let fence_task = tokio::task::spawn_blocking(move || {
             egress_ebpf::Fence::attach(&v2_dir, fence_config, &pin_dir)
-        }));
-        let started = self.start_init(config, &cgroup, &mut fence_task).await;
-        if let Some(task) = fence_task {
-            // init failed before the fence was needed: let the load finish (and pin) so
-            // that destroy finds and removes all of it.
-            if let Ok(Ok(fence)) = task.await {
-                self.fence = Some(fence);
+        });
+        let host_index = match self.start_init_and_network(config, &cgroup).await {
+            Ok(index) => index,
+            Err(err) => {
+                // Failed before the fence was needed: let the load finish (and pin) so
+                // that destroy finds and removes all of it.
+                if let Ok(Ok(fence)) = fence_task.await {
+                    self.fence = Some(fence);
+                }
+                return Err(err);
             }
+        };
+        self.fence_the_veth(fence_task, host_index).await?;
+        self.send(&ToInit::NetworkReady).await?;
+        let ready = self
+            .expect_ready("sandbox", |m| matches!(m, FromInit::SandboxReady { .. }))
+            .await?;
+        if let FromInit::SandboxReady { idmapped } = ready {
+            self.idmapped = idmapped;
         }
-        started
+        Ok(())
     }
 
     /// Takes the fence that `task` loads and puts its tc program on the host side of the
@@ -370,15 +381,13 @@ impl Sandbox {
         Ok(attached?)
     }
 
-    /// Starts init, sets up and fences the network while init builds the sandbox, and
-    /// waits until the sandbox is ready. Takes the fence's loading task out of
-    /// `fence_task` once the veth exists.
-    async fn start_init(
+    /// Starts init and, once its network namespace exists, the veth into it (while init
+    /// goes on building the sandbox). Returns the host side's interface index.
+    async fn start_init_and_network(
         &mut self,
         config: &SandboxConfig,
         cgroup: &RunnerCgroup,
-        fence_task: &mut Option<FenceLoad>,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<u32, SandboxError> {
         let spec = init_spec(&self.record, config, cgroup);
 
         let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
@@ -428,22 +437,10 @@ impl Sandbox {
             .map_err(|e| SandboxError::Init(format!("network namespace of the init: {e}")))?;
         self.record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
         self.run_dir.write_record(&self.record)?;
-        let host_index =
-            match network::setup(&self.record.host_if, self.record.addresses, init_pid).await {
-                Ok(index) => index,
-                Err(err) => return Err(self.init_failure_or(err.into()).await),
-            };
-        if let Some(task) = fence_task.take() {
-            self.fence_the_veth(task, host_index).await?;
+        match network::setup(&self.record.host_if, self.record.addresses, init_pid).await {
+            Ok(index) => Ok(index),
+            Err(err) => Err(self.init_failure_or(err.into()).await),
         }
-        self.send(&ToInit::NetworkReady).await?;
-        let ready = self
-            .expect_ready("sandbox", |m| matches!(m, FromInit::SandboxReady { .. }))
-            .await?;
-        if let FromInit::SandboxReady { idmapped } = ready {
-            self.idmapped = idmapped;
-        }
-        Ok(())
     }
 
     /// The runner's name (`r-<slot>`).
@@ -737,7 +734,12 @@ pub async fn teardown(
     // With the processes dead, the fence can go (its tc filter goes with the veth), and
     // the cgroup.
     if let Some(pin_dir) = record.pin_dir.clone() {
-        note(tokio::task::spawn_blocking(move || reap_fence(&pin_dir)).await);
+        note(
+            tokio::task::spawn_blocking(move || {
+                egress_ebpf::reap(&pin_dir).map_err(|e| format!("eBPF fence: {e}"))
+            })
+            .await,
+        );
     }
     if let Some(cgroup) = cgroup {
         note(tokio::task::spawn_blocking(move || cgroup.remove().map_err(|e| e.to_string())).await);
@@ -759,16 +761,6 @@ pub async fn teardown(
             runner: record.runner.clone(),
             leftovers,
         })
-    }
-}
-
-/// Unpins a runner's fence and removes its pin directory.
-fn reap_fence(pin_dir: &Path) -> Result<(), String> {
-    egress_ebpf::reap(pin_dir).map_err(|e| format!("eBPF fence: {e}"))?;
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("remove {}: {e}", pin_dir.display())),
     }
 }
 
