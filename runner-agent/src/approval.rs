@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Claims;
 use crate::files::{create_private_dir, write_private};
 use crate::record::rfc3339;
+use crate::run::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
 
 /// How often a waiting job looks for its answer.
 const POLL: Duration = Duration::from_millis(200);
@@ -257,8 +258,8 @@ impl Approvals {
             self.withdraw(job);
             return Err(ApprovalError::Gone(job.to_owned()));
         }
-        for (suffix, answer) in [("approved", "approved"), ("rejected", "rejected")] {
-            if self.file(job, suffix).exists() {
+        for answer in ["approved", "rejected"] {
+            if self.file(job, answer).exists() {
                 return Err(ApprovalError::AlreadyAnswered {
                     job: job.to_owned(),
                     answer,
@@ -284,41 +285,37 @@ impl Approvals {
 /// job, or lists the waiting jobs when no id is given. Returns the exit code: 0 done,
 /// 1 the answer could not be given (no such waiting job, I/O), 64 bad input.
 pub fn command(config: Option<&Path>, job: Option<&str>, reject: bool) -> i32 {
-    let host = match config {
-        Some(path) => crate::config::HostConfig::load(path),
-        None => Ok(crate::config::HostConfig::builtin_default()),
-    };
-    let host = match host {
+    let host = match crate::config::HostConfig::load_or_builtin(config) {
         Ok(host) => host,
         Err(err) => {
             eprintln!("error: {err}");
-            return 64;
+            return EXIT_BAD_INPUT;
         }
     };
     if !nix::unistd::geteuid().is_root() {
         eprintln!("error: runner-agent approve needs root: approvals live under {}, which only root may write", host.state_dir.display());
-        return 1;
+        return EXIT_FAILED;
     }
     let approvals = Approvals::new(&host.state_dir);
     let Some(job) = job else {
         if reject {
             eprintln!("error: --reject needs the id of the job to reject");
-            return 64;
+            return EXIT_BAD_INPUT;
         }
         return match approvals.waiting() {
             Ok(waiting) if waiting.is_empty() => {
                 println!("no job is waiting for approval");
-                0
+                EXIT_OK
             }
             Ok(waiting) => {
                 for request in waiting {
                     println!("{}", describe_request(&request));
                 }
-                0
+                EXIT_OK
             }
             Err(err) => {
                 eprintln!("error: {err}");
-                1
+                EXIT_FAILED
             }
         };
     };
@@ -329,15 +326,15 @@ pub fn command(config: Option<&Path>, job: Option<&str>, reject: bool) -> i32 {
                 if reject { "rejected" } else { "approved" },
                 answer.by
             );
-            0
+            EXIT_OK
         }
         Err(err @ ApprovalError::BadId(_)) => {
             eprintln!("error: {err}");
-            64
+            EXIT_BAD_INPUT
         }
         Err(err) => {
             eprintln!("error: {err}");
-            1
+            EXIT_FAILED
         }
     }
 }
@@ -454,6 +451,13 @@ mod tests {
         let request = new_request(JOB, "deploy", "release", &claims(), Duration::from_secs(5));
         approvals.request(&request).unwrap();
         assert_eq!(approvals.waiting().unwrap(), vec![request]);
+        // Only root may enter the directory or read a request.
+        let mode = |path: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&state.path().join("approvals")), 0o700);
+        assert_eq!(mode(&approvals.file(JOB, "pending")), 0o600);
         let given = approvals.answer(JOB, true).unwrap();
         assert!(given.by.contains("uid"));
         assert!(matches!(
@@ -472,6 +476,31 @@ mod tests {
             approvals.answer(JOB, true),
             Err(ApprovalError::NotWaiting { .. })
         ));
+    }
+
+    #[test]
+    fn a_request_filed_under_another_jobs_name_is_not_answered() {
+        let state = tempfile::tempdir().unwrap();
+        let approvals = Approvals::new(state.path());
+        let other = "j-01JD3M0Q8V5X6W7Y8Z9A0B1C2E";
+        approvals
+            .request(&new_request(
+                other,
+                "d",
+                "release",
+                &claims(),
+                Duration::from_secs(5),
+            ))
+            .unwrap();
+        std::fs::rename(
+            approvals.file(other, "pending"),
+            approvals.file(JOB, "pending"),
+        )
+        .unwrap();
+        let err = approvals.answer(JOB, true).unwrap_err();
+        assert!(matches!(err, ApprovalError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(other), "{err}");
+        assert!(!approvals.file(JOB, "approved").exists());
     }
 
     #[tokio::test]

@@ -83,10 +83,7 @@ pub struct ValidatedJob {
 
 /// Loads and validates the job file and host config (no side effects).
 pub fn validate(job_path: &Path, config: Option<&Path>) -> Result<ValidatedJob, ConfigError> {
-    let host = match config {
-        Some(path) => HostConfig::load(path)?,
-        None => HostConfig::builtin_default(),
-    };
+    let host = HostConfig::load_or_builtin(config)?;
     let text = std::fs::read_to_string(job_path).map_err(|source| {
         ConfigError::from(egress_proxy::yaml::YamlError::Read {
             path: job_path.to_owned(),
@@ -108,11 +105,8 @@ pub fn check(config: Option<&Path>, job: Option<&Path>) -> i32 {
     let result = match job {
         Some(job_path) => validate(job_path, config)
             .map(|v| crate::config::render_effective(&v.host, Some(&v.resolved))),
-        None => match config {
-            Some(path) => HostConfig::load(path),
-            None => Ok(HostConfig::builtin_default()),
-        }
-        .map(|host| crate::config::render_effective(&host, None)),
+        None => HostConfig::load_or_builtin(config)
+            .map(|host| crate::config::render_effective(&host, None)),
     };
     match result {
         Ok(text) => {

@@ -237,6 +237,14 @@ impl HostConfig {
         HostConfig::parse(path, &read_file(path)?)
     }
 
+    /// The host config at `path` (`--config`), or the built-in one without it.
+    pub fn load_or_builtin(path: Option<&Path>) -> Result<HostConfig, ConfigError> {
+        match path {
+            Some(path) => HostConfig::load(path),
+            None => Ok(HostConfig::builtin_default()),
+        }
+    }
+
     /// Parses and validates `text`, read from `path` (used in messages).
     pub fn parse(path: &Path, text: &str) -> Result<HostConfig, ConfigError> {
         let raw: RawHost = egress_proxy::yaml::parse_str(path, text)?;

@@ -272,15 +272,11 @@ struct Context {
 
 impl Context {
     fn load(config: Option<&Path>) -> Result<Context, Failure> {
-        let (host, source) = match config {
-            Some(path) => (
-                HostConfig::load(path).map_err(|e| Failure::bad_input(e.to_string()))?,
-                path.display().to_string(),
-            ),
-            None => (
-                HostConfig::builtin_default(),
-                "the built-in host config (no --config given)".to_owned(),
-            ),
+        let host =
+            HostConfig::load_or_builtin(config).map_err(|e| Failure::bad_input(e.to_string()))?;
+        let source = match config {
+            Some(path) => path.display().to_string(),
+            None => "the built-in host config (no --config given)".to_owned(),
         };
         let store = SecretStore::open(&host.state_dir)?;
         Ok(Context {
@@ -324,14 +320,12 @@ impl Context {
         super::check_secret_name(name).map_err(Failure::bad_input)?;
         let (mut value, origin) = match from_file {
             Some(path) => {
-                let mut file = std::fs::File::open(path).map_err(|e| Failure {
-                    code: EXIT_FAILED,
-                    message: format!("cannot read {}: {e}", path.display()),
-                })?;
-                let value = read_value(&mut file).map_err(|e| Failure {
-                    code: EXIT_FAILED,
-                    message: format!("cannot read {}: {e}", path.display()),
-                })?;
+                let value = std::fs::File::open(path)
+                    .and_then(|mut file| read_value(&mut file))
+                    .map_err(|e| Failure {
+                        code: EXIT_FAILED,
+                        message: format!("cannot read {}: {e}", path.display()),
+                    })?;
                 (value, path.display().to_string())
             }
             None => {
@@ -369,7 +363,6 @@ impl Context {
 
     fn remove(&self, env: &str, name: &str, out: &mut dyn Write) -> Result<i32, Failure> {
         self.check_env(env, true)?;
-        super::check_secret_name(name).map_err(Failure::bad_input)?;
         if self.store.remove(env, name)? {
             let _ = writeln!(out, "removed {env}/{name}");
             Ok(EXIT_OK)

@@ -291,7 +291,7 @@ fn largest_value_round_trips() {
 fn list_shows_fingerprints_and_survives_a_bad_file() {
     let (tmp, store) = store();
     let fp_a = store.set("ci", "A", b"a").unwrap();
-    let fp_b = store.set("ci", "B", b"b").unwrap();
+    store.set("ci", "B", b"b").unwrap();
     let fp_r = store.set("release", "R", b"r").unwrap();
     fs::write(store.value_path("ci", "B"), b"garbage").unwrap();
     // Entries the store could not have written are skipped.
@@ -318,7 +318,6 @@ fn list_shows_fingerprints_and_survives_a_bad_file() {
     );
     let err = all[1].fingerprint.as_ref().unwrap_err().to_string();
     assert!(err.contains("corrupted"), "{err}");
-    assert_ne!(fp_b, "");
     assert_eq!(store.list(Some("release")).unwrap().len(), 1);
     assert!(store.list(Some("nothing")).unwrap().is_empty());
     assert_eq!(store.environments().unwrap(), ["ci", "release"]);
