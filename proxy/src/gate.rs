@@ -147,7 +147,6 @@ impl TunnelGate {
             }
         };
         subject.ip = Some(ip);
-        let _ = stream.set_nodelay(true);
         let outcome = if server.write_all(&replay).await.is_ok() {
             let mut outcome = splice(
                 &mut stream,

@@ -418,7 +418,22 @@ fn origin_form_target(
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones a Connection header names.
+/// The hop-by-hop headers (RFC 9110 section 7.6.1, with the legacy `Proxy-Connection`
+/// and `Keep-Alive`): removed from every forwarded request and response, so a credential
+/// may not set one of them (`crate::intercept`).
+pub(crate) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers ([`HOP_BY_HOP`]) and the ones a Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -430,18 +445,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
     }
 }
 

@@ -37,14 +37,10 @@ impl From<SocketAddr> for Origin {
 
 /// Looks up the original destination of an accepted, redirected connection.
 pub trait OriginalDestination: Send + Sync {
-    /// The destination the client asked for, or `None` when unknown (the connection is
+    /// The destination the client asked for, with the connecting process when the
+    /// implementation knows it; `None` when the destination is unknown (the connection is
     /// then denied).
-    fn lookup(&self, stream: &TcpStream) -> Option<SocketAddr>;
-
-    /// The destination with the connecting process, when the implementation knows it.
-    fn lookup_origin(&self, stream: &TcpStream) -> Option<Origin> {
-        self.lookup(stream).map(Origin::from)
-    }
+    fn lookup(&self, stream: &TcpStream) -> Option<Origin>;
 }
 
 /// A table keyed by the client's source address and port.
@@ -75,11 +71,7 @@ impl FixedTable {
 }
 
 impl OriginalDestination for FixedTable {
-    fn lookup(&self, stream: &TcpStream) -> Option<SocketAddr> {
-        self.lookup_origin(stream).map(|origin| origin.destination)
-    }
-
-    fn lookup_origin(&self, stream: &TcpStream) -> Option<Origin> {
+    fn lookup(&self, stream: &TcpStream) -> Option<Origin> {
         let peer = stream.peer_addr().ok()?;
         if let Some(found) = self
             .map

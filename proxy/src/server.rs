@@ -266,6 +266,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
             }
         };
         while connections.try_join_next().is_some() {}
+        // Client sockets carry small writes that must not wait for the previous one's ACK
+        // (Nagle): response heads written apart from their bodies, the TLS flights of a
+        // terminated tunnel, interactive traffic in a splice. Set once here, for every
+        // listener, while the stream is still a TcpStream: `http::serve` is generic over
+        // it, and CONNECT tunnels and terminated TLS carry on over this same socket.
+        let _ = stream.set_nodelay(true);
         let audit_kind = match kind {
             Listener::Http | Listener::Plain => Kind::Http,
             Listener::Tls => Kind::Tls,
@@ -291,10 +297,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
                     http::serve(shared, stream, client, Some(slot), Mode::Explicit, None).await
                 }
                 Listener::Plain => {
-                    let origin = shared
-                        .origdst
-                        .as_ref()
-                        .and_then(|o| o.lookup_origin(&stream));
+                    let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
                     match origin {
                         Some(origin) => {
                             let mode = Mode::Transparent {
@@ -311,10 +314,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
                     }
                 }
                 Listener::Tls => {
-                    let origin = shared
-                        .origdst
-                        .as_ref()
-                        .and_then(|o| o.lookup_origin(&stream));
+                    let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
                     crate::transparent::serve_tls(shared, stream, client, slot, origin).await
                 }
             }

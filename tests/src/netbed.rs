@@ -17,7 +17,8 @@
 //!   with a certificate minted per bed ([`NetBed::ca_der`], [`NetBed::ca_pem`]); every
 //!   request is recorded with its Host, SNI, method, path and headers. They answer
 //!   `hello from ADDR`, except on [`ECHO_PATH`] (the request headers back, as a debugging
-//!   endpoint would: see [`web_answer`]) and [`GZIP_PATH`] (a gzip-encoded answer).
+//!   endpoint would: see [`web_answer`]), [`GZIP_PATH`] (a gzip-encoded answer) and
+//!   [`REASON_PATH`] (the request's Authorization in the status line's reason phrase).
 //! - 198.51.100.53 is a DNS server (UDP and TCP) answering from a name table that tests
 //!   may change ([`NetBed::set_name`]) and recording every query.
 //! - 203.0.113.0/24 is routed locally in the internet namespace; trap listeners on
@@ -101,6 +102,9 @@ pub const ECHO_PATH: &str = "/echo";
 /// Web server path that always answers with `Content-Encoding: gzip`, whatever the
 /// request's Accept-Encoding.
 pub const GZIP_PATH: &str = "/gzip";
+/// Web server path whose status line carries the request's Authorization value as the
+/// reason phrase (`HTTP/1.1 200 <value>`), a place where no header scrubbing looks.
+pub const REASON_PATH: &str = "/reason";
 
 /// The names the DNS server answers when a bed is created.
 pub fn default_names() -> Vec<(&'static str, Vec<IpAddr>)> {
@@ -747,7 +751,12 @@ async fn web_serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// The response (head and body) of the bed's web servers to `hit` (module docs).
 fn web_answer(hit: &WebHit) -> Vec<u8> {
     let path = hit.path.split('?').next().unwrap_or("");
-    let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n");
+    let reason = match path {
+        REASON_PATH => hit.header_values("authorization").first().copied(),
+        _ => None,
+    };
+    let reason = reason.unwrap_or("OK");
+    let mut head = format!("HTTP/1.1 200 {reason}\r\ncontent-type: text/plain\r\n");
     let body = match path {
         ECHO_PATH => {
             let mut body = Vec::new();
@@ -960,6 +969,25 @@ pub fn wait_for_event(
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("no audit event for {what}; events: {:#?}", sink.events());
+}
+
+/// Waits up to two seconds until `sink` holds `n` events matching `pred`, and returns
+/// those it holds then (fewer only when the time ran out, which the caller's assertion on
+/// the count shows).
+pub fn wait_for_events(
+    sink: &MemorySink,
+    n: usize,
+    pred: impl Fn(&AuditEvent) -> bool,
+) -> Vec<AuditEvent> {
+    let matching =
+        || -> Vec<AuditEvent> { sink.events().into_iter().filter(|e| pred(e)).collect() };
+    for _ in 0..200 {
+        if matching().len() >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    matching()
 }
 
 /// Connects to `addr` and returns the stream (a helper for attack code in a runtime).

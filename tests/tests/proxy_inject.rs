@@ -27,11 +27,11 @@ use egress_proxy::origdst::Origin;
 use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
 use runner_agent_tests::netbed::{
-    self, read_response, read_response_with_headers, NetBed, ECHO_PATH, GZIP_PATH, RUNNER_IP,
-    WEB2_IP, WEB_IP,
+    self, read_response, read_response_with_headers, NetBed, ECHO_PATH, GZIP_PATH, REASON_PATH,
+    RUNNER_IP, WEB2_IP, WEB_IP,
 };
 use runner_agent_tests::require_privilege;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use zeroize::Zeroizing;
 
@@ -77,8 +77,9 @@ impl Drop for World {
 }
 
 /// The bed, and the proxy serving the runner with an interception whose upstream roots
-/// are `upstream_roots` (`None`: the bed's certificate).
-fn world_with_roots(upstream_roots: Option<String>) -> World {
+/// are `upstream_roots` (`None`: the bed's certificate) and whose credential sets
+/// `header`.
+fn world_with(upstream_roots: Option<String>, header: &str) -> World {
     let bed = NetBed::new().expect("building the test bed");
     for name in [
         "xallowed.test",
@@ -95,7 +96,7 @@ fn world_with_roots(upstream_roots: Option<String>) -> World {
     let credential = Credential {
         name: TOKEN.into(),
         hosts: vec!["allowed.test".into()],
-        header: "Authorization".into(),
+        header: header.into(),
         value: Zeroizing::new(VALUE.into()),
         secret: Zeroizing::new(SECRET.into()),
     };
@@ -114,6 +115,10 @@ fn world_with_roots(upstream_roots: Option<String>) -> World {
         job_ca,
         bed,
     }
+}
+
+fn world_with_roots(upstream_roots: Option<String>) -> World {
+    world_with(upstream_roots, "Authorization")
 }
 
 fn world() -> World {
@@ -142,6 +147,12 @@ impl World {
 
     fn wait_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
         netbed::wait_for_event(&self.served().audit, what, pred)
+    }
+
+    /// Every event matching `pred`, once there are `n` of them (see
+    /// [`netbed::wait_for_events`]).
+    fn wait_events(&self, n: usize, pred: impl Fn(&AuditEvent) -> bool) -> Vec<AuditEvent> {
+        netbed::wait_for_events(&self.served().audit, n, pred)
     }
 
     /// No request reached the bed's web servers (after a moment for stragglers).
@@ -401,6 +412,54 @@ fn plain_http_to_a_bound_host_carries_the_credential_too() {
     w.assert_value_never_logged();
 }
 
+/// The one request the bed's servers saw, to `path`, after `request` went through
+/// terminated TLS to the bound host and was answered.
+fn the_hit_of(w: &World, path: &str, request: String) -> netbed::WebHit {
+    let got = w
+        .https_via_connect("allowed.test", Trust::Both, vec![request])
+        .expect("TLS with the job CA");
+    assert_eq!(got, vec![hello()]);
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].path, path);
+    hits[0].clone()
+}
+
+#[test]
+fn a_connection_header_naming_authorization_cannot_remove_the_credential() {
+    require_privilege!();
+    let w = world();
+    // Listed in Connection, Authorization is hop-by-hop: a strip after the injection
+    // would take the credential out again.
+    let trick = "Authorization: Bearer job-own\r\nConnection: authorization\r\n";
+    let hit = the_hit_of(&w, "/hop", get("allowed.test", "/hop", trick));
+    assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+    assert!(!format!("{hit:?}").contains("job-own"), "{hit:?}");
+}
+
+#[test]
+fn a_request_that_gets_the_credential_loses_its_range_headers() {
+    require_privilege!();
+    let w = world();
+    // With them, a server echoing the credential could return it a few bytes at a time,
+    // past a scrubber that looks for the whole value.
+    let range = "Range: bytes=0-3\r\nIf-Range: x\r\n";
+    let hit = the_hit_of(&w, "/range", get("allowed.test", "/range", range));
+    assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+    assert!(hit.header_values("range").is_empty(), "{hit:?}");
+    assert!(hit.header_values("if-range").is_empty(), "{hit:?}");
+}
+
+#[test]
+fn the_jobs_authorization_goes_whatever_header_the_credential_sets() {
+    require_privilege!();
+    let w = world_with(None, "X-Registry-Key");
+    let own = "Authorization: Bearer job-own\r\n";
+    let hit = the_hit_of(&w, "/key", get("allowed.test", "/key", own));
+    assert!(hit.header_values("authorization").is_empty(), "{hit:?}");
+    assert_eq!(hit.header_values("x-registry-key"), vec![VALUE], "{hit:?}");
+}
+
 #[test]
 fn hosts_the_credential_is_not_bound_to_get_nothing() {
     require_privilege!();
@@ -443,6 +502,16 @@ fn hosts_the_credential_is_not_bound_to_get_nothing() {
         e.kind == Kind::Connect && e.verdict == Verdict::Allow
     });
     assert_eq!(tunnel.host.as_deref(), Some("api.allowed.test"));
+    // Each request's event first: a scan of events not yet written would prove nothing.
+    for name in [
+        "xallowed.test",
+        "allowed.test.evil.test",
+        "allowed-test.test",
+    ] {
+        w.wait_event(name, |e| {
+            e.host.as_deref() == Some(name) && e.path.as_deref() == Some("/look")
+        });
+    }
     for event in w.events() {
         let reason = event.reason.unwrap_or_default();
         assert!(!reason.contains("credential"), "{reason}");
@@ -551,11 +620,7 @@ fn an_echo_of_the_credential_from_the_bound_host_reaches_the_client_as_stars() {
         .expect("an echo");
     assert_echo_scrubbed(&reply);
     assert_server_got_the_value(&w, 2);
-    let events: Vec<AuditEvent> = w
-        .events()
-        .into_iter()
-        .filter(|e| e.path.as_deref() == Some(ECHO_PATH))
-        .collect();
+    let events = w.wait_events(2, |e| e.path.as_deref() == Some(ECHO_PATH));
     assert_eq!(events.len(), 2, "{events:?}");
     for e in &events {
         assert_eq!(e.verdict, Verdict::Allow);
@@ -645,10 +710,43 @@ fn responses_from_hosts_without_a_credential_pass_unchanged() {
     let gzip = spliced[1].as_ref().expect("a gzip answer");
     assert_eq!(gzip.0, 200);
     assert_eq!(reply_header(gzip, "content-encoding"), vec!["gzip"]);
+    // The scan below covers both the tunnel's event and the plain request's.
+    w.wait_event("spliced tunnel", |e| {
+        e.kind == Kind::Connect && e.host.as_deref() == Some("api.allowed.test")
+    });
+    w.wait_event("plain echo", |e| {
+        e.host.as_deref() == Some("xallowed.test") && e.path.as_deref() == Some(ECHO_PATH)
+    });
     for event in w.events() {
         let reason = event.reason.unwrap_or_default();
         assert!(!reason.contains("credential"), "{reason}");
     }
+}
+
+#[test]
+fn a_credential_reflected_in_the_reason_phrase_does_not_reach_the_client() {
+    require_privilege!();
+    let w = world();
+    let request = format!(
+        "GET http://allowed.test{REASON_PATH} HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"
+    );
+    let raw = w.bed.runner().run(async move {
+        let mut stream = netbed::connect(EXPLICIT).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let read = stream.read_to_end(&mut raw);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the proxy closes after the response")
+            .unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    // The server did put the credential in its status line.
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].header_values("authorization"), vec![VALUE]);
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(!raw.contains(SECRET), "{raw}");
 }
 
 // ------------------------------------------------------------------ per-request checks

@@ -11,10 +11,11 @@
 //!   ClientHello with a leaf signed by the job's [`JobCa`], serves HTTP/1.1 inside, and
 //!   decides *every request* like plain HTTP: the Host header must equal the TLS server
 //!   name (domain fronting becomes visible and is denied), the policy sees method and
-//!   path, and each request goes to the upstream over a new TLS connection (rustls,
-//!   SNI = the host, verified against the roots given to [`Interception::new`], ALPN
-//!   `http/1.1`) to exactly the address already checked. Everything else keeps the
-//!   splice path, untouched (`plan`).
+//!   path, and each request goes to the upstream over TLS (rustls, SNI = the host,
+//!   verified against the roots given to [`Interception::new`], ALPN `http/1.1`) to
+//!   exactly an address already checked; an upstream connection is reused only for the
+//!   same client, host, port, address and TLS-or-not (`crate::http::UpstreamPool`).
+//!   Everything else keeps the splice path, untouched (`plan`).
 //! - **injection**: on every request to a bound host, plain HTTP included, every instance
 //!   of the credential's header that the job sent is removed and the credential's value
 //!   set. Binding a credential to a host therefore means it is sent on plain HTTP to that
@@ -181,21 +182,10 @@ pub enum InterceptError {
     },
 }
 
-/// Headers a credential may not set: the proxy owns message framing, routing and the
-/// hop-by-hop headers (RFC 9110 section 7.6.1), which it rewrites or strips.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
+/// Headers a credential may not set besides the hop-by-hop ones
+/// (`crate::http::HOP_BY_HOP`, which the proxy strips): the proxy owns routing and
+/// message framing, and rewrites these.
+const FRAMING_HEADERS: &[&str] = &["host", "content-length"];
 
 /// One credential as bound to one host.
 struct Injection {
@@ -320,22 +310,9 @@ impl Interception {
         })
     }
 
-    /// The job CA.
-    pub fn ca(&self) -> &JobCa {
-        &self.ca
-    }
-
     /// Whether a credential is bound to `name` (a normalised name).
     pub fn binds(&self, name: &str) -> bool {
         self.bound.contains_key(name)
-    }
-
-    /// Names of the credentials bound to `name`.
-    pub fn credentials_for(&self, name: &str) -> Vec<&str> {
-        self.bound
-            .get(name)
-            .map(|list| list.iter().map(|i| i.name.as_str()).collect())
-            .unwrap_or_default()
     }
 
     /// Replaces, in `headers`, every header a credential bound to `host` sets: all
@@ -416,7 +393,8 @@ fn check_header(credential: &Credential) -> Result<HeaderName, InterceptError> {
     };
     let header = HeaderName::from_bytes(credential.header.as_bytes())
         .map_err(|_| error("not a valid header name"))?;
-    if RESERVED_HEADERS.contains(&header.as_str()) {
+    let mut reserved = crate::http::HOP_BY_HOP.iter().chain(FRAMING_HEADERS);
+    if reserved.any(|name| *name == header.as_str()) {
         return Err(error(
             "the proxy owns this header (framing, routing or hop-by-hop)",
         ));

@@ -105,16 +105,8 @@ impl AuditSink for StdoutSink {
 struct FenceLookup(egress_ebpf::OriginalDestinations);
 
 impl egress_proxy::origdst::OriginalDestination for FenceLookup {
-    fn lookup(&self, stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
-        let peer = stream.peer_addr().ok()?;
-        self.0.lookup(peer).ok().flatten()
-    }
-
     /// The fence also recorded which process connected: it goes into the audit events.
-    fn lookup_origin(
-        &self,
-        stream: &tokio::net::TcpStream,
-    ) -> Option<egress_proxy::origdst::Origin> {
+    fn lookup(&self, stream: &tokio::net::TcpStream) -> Option<egress_proxy::origdst::Origin> {
         let peer = stream.peer_addr().ok()?;
         let entry = self.0.lookup_entry(peer).ok().flatten()?;
         Some(egress_proxy::origdst::Origin {
