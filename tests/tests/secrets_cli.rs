@@ -524,13 +524,40 @@ fn only_root_may_use_it() {
     assert!(!store.state.exists());
 }
 
+/// What `set_on_a_terminal` saw.
+struct TerminalRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    /// Everything the terminal displayed, up to and including the echo of
+    /// `TYPED_AFTER_EXIT`.
+    screen: Vec<u8>,
+    /// The terminal's local modes once the prompt was shown, and after the process
+    /// exited.
+    at_prompt: nix::sys::termios::LocalFlags,
+    after_exit: nix::sys::termios::LocalFlags,
+}
+
+/// Typed on the terminal after the process exited. Echo is back on by then, so it
+/// shows on the screen, after anything displayed while the process ran.
+const TYPED_AFTER_EXIT: &[u8] = b"typed-after-exit";
+
 /// Runs `secrets set ci DEV_TOKEN` with a pseudo-terminal as stdin, types `typed` once
-/// the prompt is shown, and returns the exit status, stdout, stderr and everything the
-/// terminal displayed.
-fn set_on_a_terminal(store: &Store, typed: &[u8]) -> (Option<i32>, String, String, Vec<u8>) {
+/// the prompt is shown, then `TYPED_AFTER_EXIT` once the process exited.
+///
+/// The screen is read until the echo of `TYPED_AFTER_EXIT` appears (or 10 s pass):
+/// the terminal displays things in order, so by then anything echoed while the
+/// process ran has been read too. A copy of the terminal's slave side stays open
+/// here so that reading the master side neither fails nor ends once the process
+/// exited.
+fn set_on_a_terminal(store: &Store, typed: &[u8]) -> TerminalRun {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::termios::tcgetattr;
     use std::io::{Read, Write};
+    use std::os::fd::AsFd;
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let mut master = fs::File::from(pty.master);
+    let _slave = pty.slave.try_clone().expect("dup the terminal");
     let mut child = Command::new(agent_binary())
         .args(["secrets", "set", "ci", "DEV_TOKEN", "--config"])
         .arg(&store.config)
@@ -547,8 +574,12 @@ fn set_on_a_terminal(store: &Store, typed: &[u8]) -> (Option<i32>, String, Strin
         assert_eq!(stderr.read(&mut byte).unwrap(), 1, "prompt: {seen:?}");
         seen.push(byte[0]);
     }
+    // The master side reports the slave side's settings.
+    let at_prompt = tcgetattr(&master).expect("terminal settings").local_flags;
     master.write_all(typed).unwrap();
     let status = child.wait().unwrap();
+    let after_exit = tcgetattr(&master).expect("terminal settings").local_flags;
+    master.write_all(TYPED_AFTER_EXIT).unwrap();
     let mut out = String::new();
     child
         .stdout
@@ -557,49 +588,87 @@ fn set_on_a_terminal(store: &Store, typed: &[u8]) -> (Option<i32>, String, Strin
         .read_to_string(&mut out)
         .unwrap();
     stderr.read_to_end(&mut seen).unwrap();
-    // What the terminal shows: read the master side without blocking until it is empty.
-    nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .unwrap();
     let mut screen = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = master.read(&mut buf) {
-        if n == 0 {
+    while !contains(&screen, TYPED_AFTER_EXIT) {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(10_000u16)).expect("poll") == 0 {
             break;
         }
+        let n = master.read(&mut buf).expect("read the screen");
+        assert_ne!(n, 0, "the terminal closed: {screen:?}");
         screen.extend_from_slice(&buf[..n]);
     }
-    (
-        status.code(),
-        out,
-        String::from_utf8_lossy(&seen).into_owned(),
+    TerminalRun {
+        code: status.code(),
+        stdout: out,
+        stderr: String::from_utf8_lossy(&seen).into_owned(),
         screen,
-    )
+        at_prompt,
+        after_exit,
+    }
 }
 
 #[test]
 fn a_value_typed_on_a_terminal_is_not_echoed() {
     require_privilege!();
+    use nix::sys::termios::LocalFlags;
     let store = Store::new();
-    let (code, out, err, screen) = set_on_a_terminal(&store, b"typed-secret-value\n");
-    assert_eq!(code, Some(0), "{err}");
+    let run = set_on_a_terminal(&store, b"typed-secret-value\n");
+    let err = &run.stderr;
+    assert_eq!(run.code, Some(0), "{err}");
     assert!(err.contains("value of ci/DEV_TOKEN (input hidden"), "{err}");
-    assert!(!contains(&screen, b"typed-secret"), "echoed: {screen:?}");
+    assert!(
+        !run.at_prompt.contains(LocalFlags::ECHO),
+        "echo on at the prompt: {:?}",
+        run.at_prompt
+    );
+    assert!(
+        run.after_exit.contains(LocalFlags::ECHO),
+        "echo left off: {:?}",
+        run.after_exit
+    );
+    // The screen shows what is typed with echo on, so not seeing the value there
+    // means it was not echoed.
+    assert!(
+        contains(&run.screen, TYPED_AFTER_EXIT),
+        "typed text not seen: {:?}",
+        run.screen
+    );
+    assert!(
+        !contains(&run.screen, b"typed-secret"),
+        "echoed: {:?}",
+        run.screen
+    );
     // The same value through a pipe gives the same fingerprint: the line end was
     // stripped and nothing else was added.
-    let typed = fingerprint_in(&out, "(fingerprint ");
+    let typed = fingerprint_in(&run.stdout, "(fingerprint ");
     assert_eq!(store.set("ci", "OTHER", b"typed-secret-value"), typed);
 
     // Ctrl-C cancels without storing anything (and without leaving echo off: the
     // process restores the terminal rather than dying of SIGINT).
     let before = store.snapshot();
-    let (code, _, err, _) = set_on_a_terminal(&store, b"half\x03");
-    assert_eq!(code, Some(1), "{err}");
+    let run = set_on_a_terminal(&store, b"half\x03");
+    let err = &run.stderr;
+    assert_eq!(run.code, Some(1), "{err}");
     assert!(
         err.contains("cancelled with Ctrl-C; nothing was stored"),
         "{err}"
     );
     assert_eq!(store.snapshot(), before);
+    assert!(
+        !run.at_prompt.contains(LocalFlags::ECHO),
+        "echo on at the prompt: {:?}",
+        run.at_prompt
+    );
+    assert!(
+        run.after_exit.contains(LocalFlags::ECHO),
+        "echo left off: {:?}",
+        run.after_exit
+    );
+    assert!(
+        contains(&run.screen, TYPED_AFTER_EXIT),
+        "typed text not seen: {:?}",
+        run.screen
+    );
 }
