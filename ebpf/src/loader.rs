@@ -217,11 +217,11 @@ pub struct Fence {
     tc: Option<TcFilter>,
 }
 
-/// The tc filter on the host-side veth. aya detaches a link it drops, so dropping this
-/// forgets the link instead (it holds no fd, only the interface index, priority and
+/// The tc filter on the host-side veth. aya detaches a link it drops, so the link is
+/// never dropped (`ManuallyDrop`; it holds no fd, only the interface index, priority and
 /// handle): the filter stays until it is removed or the veth is deleted.
 struct TcFilter {
-    link: Option<SchedClassifierLink>,
+    link: std::mem::ManuallyDrop<SchedClassifierLink>,
     ifname: String,
     ifindex: u32,
 }
@@ -231,15 +231,11 @@ impl TcFilter {
     /// index means nothing in another namespace, so the name must still resolve to the
     /// same index; otherwise the veth is gone (and the filter with it) or out of reach,
     /// and nothing is touched.
-    fn remove(mut self) -> Result<(), FenceError> {
-        let Some(link) = self.link.take() else {
-            return Ok(());
-        };
+    fn remove(self) -> Result<(), FenceError> {
         if nix::net::if_::if_nametoindex(self.ifname.as_str()) != Ok(self.ifindex) {
-            std::mem::forget(link);
             return Ok(());
         }
-        match link.detach() {
+        match std::mem::ManuallyDrop::into_inner(self.link).detach() {
             Ok(()) => Ok(()),
             // Deleted between the check and the request.
             Err(ProgramError::NetlinkError(e))
@@ -248,14 +244,6 @@ impl TcFilter {
                 Ok(())
             }
             Err(source) => Err(FenceError::DetachTc { source }),
-        }
-    }
-}
-
-impl Drop for TcFilter {
-    fn drop(&mut self) {
-        if let Some(link) = self.link.take() {
-            std::mem::forget(link);
         }
     }
 }
@@ -405,6 +393,15 @@ impl Fence {
             let pinned = pin_link(link, &pin_dir.join(pin_name("link", name)), name)?;
             fence.links.push(pinned);
         }
+        // The tc program is verified now with the others, while the runner's init starts;
+        // `attach_tc` only puts it on the veth once that exists.
+        let name = TC_PROGRAM;
+        match fence.ebpf.program_mut(name) {
+            Some(Program::SchedClassifier(p)) => p
+                .load()
+                .map_err(|source| FenceError::LoadProgram { name, source })?,
+            _ => return Err(FenceError::Missing(name)),
+        }
         tracing::info!(
             runner_id = fence.config.runner_id,
             cgroup = %cgroup_v2_dir.display(),
@@ -435,8 +432,6 @@ impl Fence {
         let Program::SchedClassifier(p) = program else {
             return Err(FenceError::Missing(name));
         };
-        p.load()
-            .map_err(|source| FenceError::LoadProgram { name, source })?;
         match aya::programs::tc::qdisc_add_clsact(&ifname) {
             Ok(()) => {}
             // A veth of ours is new, but a clsact qdisc someone added is as good as ours.
@@ -451,7 +446,7 @@ impl Fence {
             .take_link(id)
             .map_err(|source| FenceError::AttachProgram { name, source })?;
         self.tc = Some(TcFilter {
-            link: Some(link),
+            link: std::mem::ManuallyDrop::new(link),
             ifname: ifname.clone(),
             ifindex,
         });

@@ -541,8 +541,8 @@ pub enum Op {
     /// Reads one line from stdin before going on (lets the test act in between).
     WaitStdin,
     /// Attaches a fence to `cgroup`, pinned under `pin_dir` (the process is then a loader
-    /// that can be killed), and its tc program to interface `tc_ifindex` of namespace
-    /// `tc_netns` when given.
+    /// that can be killed), and its tc program when `tc` names the namespace (under
+    /// /run/netns) holding the host-side veth and the veth's index there.
     AttachFence {
         /// cgroup v2 directory.
         cgroup: PathBuf,
@@ -550,10 +550,8 @@ pub enum Op {
         pin_dir: PathBuf,
         /// Configuration.
         config: FenceConfigJson,
-        /// Name (under /run/netns) of the namespace holding the host-side veth.
-        tc_netns: Option<String>,
-        /// The host-side veth's index there.
-        tc_ifindex: u32,
+        /// Namespace name and interface index of the host-side veth.
+        tc: Option<(String, u32)>,
     },
     /// Opens the inherited map fd `fd` as [`egress_ebpf::OriginalDestinations`] and looks
     /// `peer` up.
@@ -1061,20 +1059,17 @@ fn run_op(op: &Op, conns: &mut Vec<TcpStream>) -> Outcome {
             cgroup,
             pin_dir,
             config,
-            tc_netns,
-            tc_ifindex,
+            tc,
         } => (|| -> std::io::Result<String> {
             let mut fence = egress_ebpf::Fence::attach(cgroup, config.config(), pin_dir)
                 .map_err(std::io::Error::other)?;
-            if let Some(name) = tc_netns {
-                // The test owns this namespace and deletes it when done; dropping a
-                // `Netns` deletes it, so this handle must never be dropped.
-                let netns = std::mem::ManuallyDrop::new(Netns { name: name.clone() });
-                let ifindex = *tc_ifindex;
-                fence = netns
-                    .run(move || fence.attach_tc(ifindex).map(|()| fence))
-                    .map_err(std::io::Error::other)?
-                    .map_err(std::io::Error::other)?;
+            if let Some((netns, ifindex)) = tc {
+                let ifindex = *ifindex;
+                fence = crate::netbed::in_netns(netns, move || {
+                    fence.attach_tc(ifindex).map(|()| fence)
+                })
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
             }
             // Leave it in place: this process is the loader that gets killed.
             std::mem::forget(fence);

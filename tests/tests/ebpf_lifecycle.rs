@@ -20,22 +20,27 @@ fn fence_probe() {
 /// 11 cgroup links, 5 maps. The tc program is a netlink filter on the veth: no pin.
 const PINS: usize = 16;
 
-/// BPF filters on the ingress of the world's host-side veth (`vrun`), as `tc` lists them.
-fn tc_filters(world: &World) -> usize {
+/// `tc -n <host> filter <verb> dev vrun ingress` on the world's host-side veth; its stdout.
+fn tc_filter(world: &World, verb: &str) -> String {
     let out = std::process::Command::new("tc")
         .args([
             "-n",
             &world.host.name,
             "filter",
-            "show",
+            verb,
             "dev",
             "vrun",
             "ingress",
         ])
         .output()
         .expect("run tc");
-    assert!(out.status.success(), "tc: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
+    assert!(out.status.success(), "tc filter {verb}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// BPF filters on the ingress of the world's host-side veth, as `tc` lists them.
+fn tc_filters(world: &World) -> usize {
+    tc_filter(world, "show")
         .lines()
         // One header line per priority, then one line per filter, with its handle.
         .filter(|line| line.contains(" bpf ") && line.contains(" handle "))
@@ -44,19 +49,7 @@ fn tc_filters(world: &World) -> usize {
 
 /// Removes every filter from the ingress of the world's host-side veth.
 fn remove_tc_filters(world: &World) {
-    let status = std::process::Command::new("tc")
-        .args([
-            "-n",
-            &world.host.name,
-            "filter",
-            "del",
-            "dev",
-            "vrun",
-            "ingress",
-        ])
-        .status()
-        .expect("run tc");
-    assert!(status.success(), "tc filter del: {status}");
+    tc_filter(world, "del");
 }
 
 fn wait_freed(ids: &ObjectIds) {
@@ -153,8 +146,7 @@ fn the_fence_outlives_a_killed_loader_and_reap_removes_it() {
             cgroup: world.cgroup.path.clone(),
             pin_dir: pin_dir.clone(),
             config,
-            tc_netns: Some(world.host.name.clone()),
-            tc_ifindex: world.host_ifindex,
+            tc: Some((world.host.name.clone(), world.host_ifindex)),
         },
         Op::WaitStdin,
     ];
