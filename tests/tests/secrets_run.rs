@@ -170,7 +170,11 @@ struct Secrets {
 fn world_with_secrets(bed: &NetBed) -> (World, Secrets) {
     let world = World::in_netns(bed.host_ns(), "", &host_config());
     let ca = write_bed_ca(bed, world.dir.path());
-    let world = world.with_agent_env("SSL_CERT_FILE", &ca);
+    with_secrets(world.with_agent_env("SSL_CERT_FILE", &ca))
+}
+
+/// Sets a fresh random value for every secret of [`host_config`] in `world`.
+fn with_secrets(world: World) -> (World, Secrets) {
     let secrets = Secrets {
         ci_token: random_value("citoken"),
         ci_key: random_value("cikey"),
@@ -291,6 +295,15 @@ steps:
       stat -c 'FILE-MODE=%a %U' /run/secrets/CI_KEY
       echo "FILE-VAR=$CI_KEY_FILE"
       if echo x > /run/secrets/CI_KEY 2>/dev/null; then echo FILE-WRITABLE; fi
+      awk '$5 == "/run/secrets" {{ for (i = 7; $i != "-"; i++); print "SECRETS-MOUNT=" $(i + 1), $6 }}' /proc/self/mountinfo
+      # The job is root in its sandbox, yet the mount is not its to take away or reopen.
+      if umount /run/secrets 2>/tmp/umount.err; then echo SECRETS-UNMOUNTED; fi
+      sed 's/^/UMOUNT-REFUSED=/' /tmp/umount.err
+      if mount -o remount,rw /run/secrets 2>/tmp/remount.err; then echo SECRETS-REMOUNTED; fi
+      sed 's/^/REMOUNT-REFUSED=/' /tmp/remount.err
+      if echo x > /run/secrets/CI_KEY 2>/dev/null; then echo FILE-WRITABLE-AFTER; fi
+      sha256sum /run/secrets/CI_KEY | cut -c1-64 | sed 's/^/FILE-SHA-AFTER=/'
+      awk '$5 == "/run/secrets" {{ for (i = 7; $i != "-"; i++); print "SECRETS-MOUNT-AFTER=" $(i + 1), $6 }}' /proc/self/mountinfo
       echo "PRINTED=$CI_TOKEN"
       printf %s "$CI_TOKEN" | base64 | sed 's/^/B64=/'
   - name: a secret sent out as a name and a path is denied and masked in the audit log
@@ -304,9 +317,10 @@ steps:
   - name: release credential through the proxy
     run: |
       curl -sS -k -o /dev/null -H 'X-Probe: ci' https://api.allowed.test/ci-probe && echo PROBE-DONE
-{}{}"#,
+{}{}{}"#,
             scan_step("release", &secrets.release_token),
-            scan_step("own", &secrets.ci_token)
+            scan_step("own", &secrets.ci_token),
+            scan_step("key", &secrets.ci_key)
         ),
     );
     let (output, events) = world.run_audited(&job);
@@ -328,6 +342,31 @@ steps:
         describe(&output)
     );
     assert!(!stdout.contains("FILE-WRITABLE"), "{}", describe(&output));
+    // /run/secrets is a read-only tmpfs that the job can neither unmount nor remount: both
+    // attempts reached mount(8) and were refused, and the file is there, unchanged and still
+    // not writable (FILE-WRITABLE above covers FILE-WRITABLE-AFTER), after.
+    assert!(
+        stdout.contains("\nSECRETS-MOUNT=tmpfs ro,"),
+        "{}",
+        describe(&output)
+    );
+    for (done, refused) in [
+        ("SECRETS-UNMOUNTED", "UMOUNT-REFUSED=umount: /run/secrets:"),
+        ("SECRETS-REMOUNTED", "REMOUNT-REFUSED=mount: /run/secrets:"),
+    ] {
+        assert!(!stdout.contains(done), "{done}\n{}", describe(&output));
+        assert!(stdout.contains(refused), "{refused}\n{}", describe(&output));
+    }
+    assert!(
+        stdout.contains("\nSECRETS-MOUNT-AFTER=tmpfs ro,"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        stdout.contains(&format!("FILE-SHA-AFTER={}", sha256_hex(&secrets.ci_key))),
+        "{}",
+        describe(&output)
+    );
     assert!(
         stdout.contains("CORE-LIMIT (1, 1)"),
         "{}",
@@ -343,9 +382,29 @@ steps:
     // Release's secret is nowhere in the ci sandbox, and the proxy added nothing.
     assert!(stdout.contains("PROBE-DONE"), "{}", describe(&output));
     assert!(stdout.contains("release: CLEAN"), "{}", describe(&output));
-    // The scanner finds what is there: its own environment secret, in the environment.
+    // The scanner finds what is there: its own environment secret, in the environment and
+    // in the memory of the step's shell, and the file secret by walking the filesystem. A
+    // CLEAN above means something only when each of these ways of looking works.
     assert!(stdout.contains("own: FOUND"), "{}", describe(&output));
     assert!(stdout.contains("/environ"), "{}", describe(&output));
+    let scan_line = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .unwrap_or_default()
+    };
+    let own = scan_line("own");
+    assert!(
+        own.starts_with("own: FOUND") && own.contains("/environ'") && own.contains("/mem "),
+        "{own}\n{}",
+        describe(&output)
+    );
+    let key = scan_line("key");
+    assert!(
+        key.starts_with("key: FOUND") && key.contains("'/run/secrets/CI_KEY'"),
+        "{key}\n{}",
+        describe(&output)
+    );
     let hits = bed.web_hits();
     let probe = hits
         .iter()
@@ -367,6 +426,12 @@ steps:
         events
             .iter()
             .any(|e| e["verdict"] == "deny" && e["host"] == "***.exfil.test"),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["verdict"] == "deny"
+            && e["host"] == "allowed.test"
+            && e["path"].as_str().is_some_and(|p| p.contains("t=***"))),
         "{events:#?}"
     );
     assert_no_plaintext(&world, &secrets);
@@ -449,7 +514,7 @@ steps:
         "OK-PLAIN",
         "OK-UNBOUND",
         "OK-ECHO-SCRUBBED",
-        "CLEAN",
+        "credential: CLEAN",
     ] {
         assert!(stdout.contains(mark), "{mark}\n{}", describe(&output));
     }
@@ -503,8 +568,8 @@ steps:
 #[test]
 fn unapproved_and_mismatched_jobs_get_nothing() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let (world, secrets) = world_with_secrets(&bed);
+    // Every job here is refused before it gets a sandbox: no network to reach is needed.
+    let (world, secrets) = with_secrets(World::new("", &host_config()));
     let marker = random_value("ran");
     let gated = world.job(
         "gated.yaml",
@@ -642,6 +707,17 @@ fn a_job_whose_secret_is_not_set_does_not_start() {
     assert!(world.runner_records().is_empty());
 }
 
+/// Opens `path` for reading from a shell of uid and gid nobody (65534), reading nothing.
+fn open_as_nobody(path: &str) -> Output {
+    std::process::Command::new("sh")
+        .args(["-c", r#"exec 3<"$1""#, "sh", path])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh as nobody")
+}
+
 /// The parent pid of `pid`, from /proc/PID/stat (the field after the parenthesised comm).
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -666,6 +742,15 @@ fn the_proxy_holding_credentials_cannot_be_read_by_its_own_uid() {
         let _ = agent.kill();
         panic!("no proxy process of the agent appeared");
     };
+    // The proxy starts as root and drops to nobody before it serves: wait for the drop (a
+    // proxy that never drops fails the assertion below).
+    let status_of = || std::fs::read_to_string(format!("/proc/{proxy}/status")).unwrap_or_default();
+    let is_nobody = |status: &str| {
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+    };
+    wait_until(Duration::from_secs(20), || is_nobody(&status_of()));
     let status = std::fs::read_to_string(format!("/proc/{proxy}/status")).expect("status");
     assert!(
         status
@@ -673,17 +758,60 @@ fn the_proxy_holding_credentials_cannot_be_read_by_its_own_uid() {
             .any(|l| l.starts_with("Uid:") && l.contains("65534")),
         "{status}"
     );
-    // Another process of uid nobody tries to read the proxy's memory and environment.
+    // Another process of uid nobody tries to open the proxy's memory and environment. The
+    // open is what the kernel refuses (reading /proc/PID/mem at offset 0 fails for anyone),
+    // and only a refusal counts: a proxy that is gone would fail with "No such file".
     for part in ["mem", "environ"] {
-        let attempt = std::process::Command::new("head")
-            .args(["-c", "1", &format!("/proc/{proxy}/{part}")])
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("run head as nobody");
+        let attempt = open_as_nobody(&format!("/proc/{proxy}/{part}"));
         assert!(
             !attempt.status.success(),
             "{part} readable by uid nobody: {}",
+            describe(&attempt)
+        );
+        assert!(
+            String::from_utf8_lossy(&attempt.stderr).contains("Permission denied"),
+            "{part}: not refused for lack of permission: {}",
+            describe(&attempt)
+        );
+    }
+    // The refusals were about the proxy itself: it is still there, still the agent's.
+    assert!(
+        std::path::Path::new(&format!("/proc/{proxy}")).exists(),
+        "the proxy exited during the attempts"
+    );
+    assert!(
+        runner_agent_tests::agent::processes_with("__egress-proxy").contains(&proxy),
+        "pid {proxy} is no longer the proxy"
+    );
+    assert_eq!(
+        parent_of(proxy),
+        Some(agent_pid),
+        "proxy {proxy} is no longer the agent's"
+    );
+    assert!(is_nobody(&status_of()), "{}", status_of());
+    // The same opens succeed against an ordinary (dumpable) process of uid nobody: what
+    // protects the proxy is its own state, not the way the attempt is made. (Where Yama's
+    // ptrace_scope is above 0, a process of the same uid that is not an ancestor cannot
+    // open another's memory at all, and this control fails: the check above then proves
+    // nothing about the proxy.)
+    let mut control = std::process::Command::new("sleep")
+        .arg("30")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sleep as nobody");
+    let control_pid = control.id();
+    let opened: Vec<(&str, Output)> = ["mem", "environ"]
+        .into_iter()
+        .map(|part| (part, open_as_nobody(&format!("/proc/{control_pid}/{part}"))))
+        .collect();
+    let _ = control.kill();
+    let _ = control.wait();
+    for (part, attempt) in opened {
+        assert!(
+            attempt.status.success(),
+            "{part} of a dumpable process of uid nobody not openable by uid nobody: {}",
             describe(&attempt)
         );
     }
