@@ -12,8 +12,10 @@
 //!   `REQUESTS_CA_BUNDLE` and `NODE_EXTRA_CA_CERTS` so tools with stores of their own
 //!   (Python requests, Node) trust it too. Nothing outside this one sandbox trusts it;
 //! - the CA key goes to the proxy process over its stdin pipe, is never written to a file,
-//!   and dies with that process at the end of the job; the agent's copy is zeroed once
-//!   sent;
+//!   and dies with that process at the end of the job. The agent gives its [`Interception`]
+//!   up to build the proxy's configuration ([`Interception::into_proxy_config`]): the PEM
+//!   copy sent is zeroed once sent, and rcgen's own copy of the key is freed (rcgen does
+//!   not zero it) before the job's first step;
 //! - the proxy's own TLS connections upstream are verified against the host's roots:
 //!   the file named by `SSL_CERT_FILE` in the agent's environment when set (the OpenSSL
 //!   convention; how an operator adds a private CA), else Debian's bundle.
@@ -101,12 +103,12 @@ impl Interception {
     }
 
     /// What the proxy process receives: the CA with its key, the credentials, the roots.
-    pub fn proxy_config(&self, credentials: &[ProxyCredential]) -> InterceptConfig {
+    pub fn into_proxy_config(self, credentials: Vec<ProxyCredential>) -> InterceptConfig {
         InterceptConfig {
             ca_cert_pem: self.ca.cert_pem().to_owned(),
             ca_key_pem: self.ca.key_pem(),
-            credentials: credentials.to_vec(),
-            upstream_roots_pem: self.upstream_roots.clone(),
+            credentials,
+            upstream_roots_pem: self.upstream_roots,
         }
     }
 }
@@ -165,7 +167,7 @@ mod tests {
         assert!(files
             .iter()
             .all(|(_, content)| !content.contains("PRIVATE KEY")));
-        let config = interception.proxy_config(&creds);
+        let config = interception.into_proxy_config(creds.to_vec());
         assert!(config.ca_key_pem.contains("PRIVATE KEY"));
         assert_eq!(config.credentials[0].hosts, vec!["r.example.com"]);
         assert_eq!(config.credentials[0].value.as_str(), "Bearer x");

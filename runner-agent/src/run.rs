@@ -438,6 +438,7 @@ impl Admitted<'_> {
         if let Some(interception) = &interception {
             files.extend(interception.sandbox_files());
         }
+        let ca_env = interception.is_some();
         let sandbox_config = SandboxConfig {
             run_dir: host.run_dir.clone(),
             runner_pool: host.network.runner_pool,
@@ -481,9 +482,9 @@ impl Admitted<'_> {
             egress: &resolved.environment.egress,
             upstream_dns: upstream_dns(host.network.upstream_dns.as_deref()),
             internal: vec![ipnet::IpNet::V4(host.network.runner_pool)],
-            interception: interception
-                .as_ref()
-                .map(|i| i.proxy_config(&released.proxy)),
+            // The proxy's configuration takes the credentials and the CA: the agent
+            // keeps no copy of either while the job runs.
+            interception: interception.map(|i| i.into_proxy_config(released.proxy)),
         };
         let mut egress =
             match RunnerEgress::start(&mut sandbox, job_id, settings, audit_log.clone()).await {
@@ -495,7 +496,6 @@ impl Admitted<'_> {
                     return setup_failed(format!("cannot set up egress: {err}"));
                 }
             };
-        drop(released.proxy);
         if !sandbox.idmapped() {
             eprintln!("warning: the host root could not be idmapped; host files appear owned by nobody inside");
         }
@@ -507,7 +507,7 @@ impl Admitted<'_> {
             job_id,
             secret_env: &released.env,
             secret_files: &secret_file_names,
-            ca_env: interception.is_some(),
+            ca_env,
             masker: &released.masker,
         };
         let (outcomes, interruption) = steps.run(&mut sandbox, deadline).await;
