@@ -370,8 +370,7 @@ mod phases {
     }
 
     async fn send(stream: &mut tokio::net::unix::OwnedWriteHalf, msg: &ToInit) -> Result<()> {
-        let mut line = serde_json::to_vec(msg)?;
-        line.push(b'\n');
+        let line = runner_agent::sandbox::protocol::json_line(msg)?;
         stream.write_all(&line).await.context("send to init")
     }
 

@@ -16,7 +16,7 @@
 //! the agent every listener is bound. When stdin closes (the agent is done, or dead), the
 //! process exits: a proxy never outlives its agent.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -129,10 +129,8 @@ pub fn main() -> ! {
     if let Err(err) = nix::sys::prctl::set_dumpable(false) {
         fail(format!("make the process non-dumpable: {err}"));
     }
-    let mut line = Zeroizing::new(String::new());
-    if let Err(err) = std::io::stdin().lock().read_line(&mut line) {
-        fail(format!("read configuration: {err}"));
-    }
+    let line = crate::sandbox::protocol::read_secret_line(&mut std::io::stdin().lock())
+        .unwrap_or_else(|err| fail(format!("read configuration: {err}")));
     let mut config: ProxyChildConfig =
         serde_json::from_str(&line).unwrap_or_else(|e| fail(format!("bad configuration: {e}")));
     drop(line);

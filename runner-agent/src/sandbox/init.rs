@@ -26,7 +26,7 @@
 //! kills every process of the pid namespace: a runner never outlives its agent unfenced.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -86,8 +86,7 @@ impl Control {
     }
 
     fn send(&mut self, msg: &FromInit) -> io::Result<()> {
-        let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
-        line.push(b'\n');
+        let line = super::protocol::json_line(msg).map_err(io::Error::other)?;
         self.writer.write_all(&line)
     }
 
@@ -95,8 +94,8 @@ impl Control {
     fn recv(&mut self) -> io::Result<Option<ToInit>> {
         // The line may carry secrets (`deliver: file` values in the spec, `deliver: env`
         // values in a step's environment): it is zeroed once parsed.
-        let mut line = zeroize::Zeroizing::new(String::new());
-        if self.reader.read_line(&mut line)? == 0 {
+        let line = super::protocol::read_secret_line(&mut self.reader)?;
+        if line.is_empty() {
             return Ok(None);
         }
         serde_json::from_str(&line)

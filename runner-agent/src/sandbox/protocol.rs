@@ -27,11 +27,46 @@ use serde::{Deserialize, Serialize};
 
 /// `msg` as one JSON line in a buffer that is zeroed when dropped: the messages to init
 /// and to the proxy process may carry secrets (file and env values, the job CA's key,
-/// credentials).
+/// credentials). The message is serialised twice, first only to count its bytes, so that
+/// the buffer never grows: growing would free earlier copies without zeroing them.
 pub fn json_line<T: Serialize>(msg: &T) -> serde_json::Result<zeroize::Zeroizing<Vec<u8>>> {
-    let mut line = zeroize::Zeroizing::new(serde_json::to_vec(msg)?);
+    let mut counted = ByteCount(0);
+    serde_json::to_writer(&mut counted, msg)?;
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(counted.0 + 1));
+    serde_json::to_writer(&mut *line, msg)?;
     line.push(b'\n');
     Ok(line)
+}
+
+/// Reads one line that may carry secrets into a buffer that is zeroed when dropped.
+/// Room for [`SECRET_LINE_ROOM`] bytes is reserved first (address space only, until
+/// written), so a line up to that size never makes the buffer grow and leave a freed,
+/// unzeroed copy behind. The reader's own buffer (a `BufReader`'s 8 KiB) still holds the
+/// end of the line until it is overwritten or freed.
+pub fn read_secret_line(
+    reader: &mut impl std::io::BufRead,
+) -> std::io::Result<zeroize::Zeroizing<String>> {
+    let mut line = zeroize::Zeroizing::new(String::with_capacity(SECRET_LINE_ROOM));
+    reader.read_line(&mut line)?;
+    Ok(line)
+}
+
+/// What [`read_secret_line`] reserves: more than an environment's secrets, JSON-escaped,
+/// plus the host's CA bundle take in practice.
+pub const SECRET_LINE_ROOM: usize = 8 << 20;
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A secret delivered as a file (`deliver: file`): `SECRETS_DIR/name` inside the sandbox.
@@ -210,6 +245,18 @@ mod tests {
             assert!(!line.contains('\n'));
             assert_eq!(serde_json::from_str::<ToInit>(&line).unwrap(), msg);
         }
+        let step = ToInit::RunStep(StepRequest {
+            script: "true".into(),
+            env: vec![("TOKEN".into(), "x".repeat(100_000))],
+            cwd: "/workspace".into(),
+            timeout_ms: 5,
+        });
+        let line = json_line(&step).unwrap();
+        let mut expected = serde_json::to_vec(&step).unwrap();
+        expected.push(b'\n');
+        assert_eq!(*line, expected);
+        // Sized once: no reallocation left an unzeroed copy of the value behind.
+        assert_eq!(line.capacity(), line.len());
         let end = FromInit::StepExited(StepEnd::Signaled { signal: 9 });
         let line = serde_json::to_string(&end).unwrap();
         assert_eq!(serde_json::from_str::<FromInit>(&line).unwrap(), end);
