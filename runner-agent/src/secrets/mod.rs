@@ -250,8 +250,19 @@ impl SecretStore {
     pub fn get(&self, env: &str, name: &str) -> Result<Secret, SecretError> {
         valid_env(env)?;
         valid_name(name)?;
-        let path = self.value_path(env, name);
         files::check_dir(&self.values_dir(env))?;
+        self.decrypt(env, name, None)
+    }
+
+    /// [`SecretStore::get`] once `env`, `name` and the values directory are checked. Uses
+    /// `keys` when given (already loaded for `env`), else loads them.
+    fn decrypt(
+        &self,
+        env: &str,
+        name: &str,
+        keys: Option<&EnvKeys>,
+    ) -> Result<Secret, SecretError> {
+        let path = self.value_path(env, name);
         let read_error = |source| SecretError::ReadValue {
             path: path.clone(),
             source,
@@ -275,12 +286,19 @@ impl SecretStore {
                 reason,
             })?;
         let key_path = self.key_path(env);
-        let keys = self
-            .load_keys(env)?
-            .ok_or_else(|| SecretError::MissingKey {
-                env: env.to_owned(),
-                path: key_path.clone(),
-            })?;
+        let loaded;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => {
+                loaded = self
+                    .load_keys(env)?
+                    .ok_or_else(|| SecretError::MissingKey {
+                        env: env.to_owned(),
+                        path: key_path.clone(),
+                    })?;
+                &loaded
+            }
+        };
         let plain = keys
             .open(nonce, &crypto::aad(env, name), sealed)
             .ok_or_else(|| SecretError::Decrypt {
@@ -320,11 +338,16 @@ impl SecretStore {
         for env in envs {
             let dir = self.values_dir(&env);
             files::check_dir(&dir)?;
+            // The key file is read once per environment. When it cannot be had, each
+            // entry loads it again and so reports why in its own place.
+            let keys = self.load_keys(&env).ok().flatten();
             for name in files::names_with_suffix(&dir, VALUE_SUFFIX)? {
                 if valid_name(&name).is_err() {
                     continue;
                 }
-                let fingerprint = self.get(&env, &name).map(|secret| secret.fingerprint);
+                let fingerprint = self
+                    .decrypt(&env, &name, keys.as_ref())
+                    .map(|secret| secret.fingerprint);
                 infos.push(SecretInfo {
                     env: env.clone(),
                     name,
