@@ -171,52 +171,56 @@ pub struct ClaimMatch {
 }
 
 impl ClaimMatch {
-    /// The fields in file order, with their YAML key and the claim they test.
+    /// The fields in file order, with their YAML key, the claim they test and the flag
+    /// of `runner-agent run` that gives it.
     fn fields<'a>(&'a self, claims: &'a Claims) -> [Field<'a>; 4] {
         [
-            ("repositories", &self.repositories, &claims.repository),
-            ("refs", &self.refs, &claims.git_ref),
-            ("workflows", &self.workflows, &claims.workflow),
-            ("events", &self.events, &claims.event),
+            (
+                "repositories",
+                &self.repositories,
+                &claims.repository,
+                "--repository",
+            ),
+            ("refs", &self.refs, &claims.git_ref, "--ref"),
+            ("workflows", &self.workflows, &claims.workflow, "--workflow"),
+            ("events", &self.events, &claims.event, "--event"),
         ]
     }
 
+    /// The first given field that `claims` do not match (a missing claim fails any field
+    /// that is given).
+    fn first_failing<'a>(&'a self, claims: &'a Claims) -> Option<Field<'a>> {
+        self.fields(claims)
+            .into_iter()
+            .find(|(_, patterns, claim, _)| {
+                patterns.as_ref().is_some_and(|patterns| {
+                    !claim
+                        .as_deref()
+                        .is_some_and(|value| patterns.iter().any(|p| p.matches(value)))
+                })
+            })
+    }
+
     /// `Ok` when every given field matches `claims`; otherwise the key of the first field
-    /// that did not (a missing claim fails any field that is given).
+    /// that did not.
     pub fn matches(&self, claims: &Claims) -> Result<(), String> {
-        for (key, patterns, claim) in self.fields(claims) {
-            let Some(patterns) = patterns else { continue };
-            let ok = claim
-                .as_deref()
-                .is_some_and(|value| patterns.iter().any(|p| p.matches(value)));
-            if !ok {
-                return Err(key.to_owned());
-            }
+        match self.first_failing(claims) {
+            Some((key, ..)) => Err(key.to_owned()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Why `claims` do not match, for the operator: the first failing field, the claim
     /// (or that it is missing, with the flag that gives it) and the patterns it failed.
     /// `None` when they match.
     pub fn mismatch(&self, claims: &Claims) -> Option<String> {
-        let failed = self.matches(claims).err()?;
-        let (key, patterns, claim) = self
-            .fields(claims)
-            .into_iter()
-            .find(|(key, _, _)| *key == failed)?;
+        let (key, patterns, claim, flag) = self.first_failing(claims)?;
         let list: Vec<String> = patterns
             .iter()
             .flatten()
             .map(|p| format!("`{p}`"))
             .collect();
         let list = list.join(", ");
-        let flag = match key {
-            "repositories" => "--repository",
-            "refs" => "--ref",
-            "workflows" => "--workflow",
-            _ => "--event",
-        };
         Some(match claim {
             None => format!(
                 "{key}: the job gave no {flag} claim; the environment requires one of {list}"
@@ -230,7 +234,7 @@ impl ClaimMatch {
         let none = Claims::default();
         self.fields(&none)
             .into_iter()
-            .filter_map(|(key, patterns, _)| {
+            .filter_map(|(key, patterns, ..)| {
                 patterns.as_ref().map(|p| {
                     let list: Vec<&str> = p.iter().map(Pattern::as_str).collect();
                     format!("{key}: {}", list.join(", "))
@@ -252,7 +256,13 @@ impl EmptyHint for PatternsHint {
 type Patterns = Option<NonEmpty<Pattern, PatternsHint>>;
 
 /// One field of `match`: its key, its patterns, and the claim they test.
-type Field<'a> = (&'static str, &'a Option<Vec<Pattern>>, &'a Option<String>);
+/// (YAML key, patterns, claim, CLI flag of the claim).
+type Field<'a> = (
+    &'static str,
+    &'a Option<Vec<Pattern>>,
+    &'a Option<String>,
+    &'static str,
+);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,7 +286,7 @@ impl TryFrom<RawMatch> for ClaimMatch {
         if out
             .fields(&Claims::default())
             .iter()
-            .all(|(_, p, _)| p.is_none())
+            .all(|(_, p, ..)| p.is_none())
         {
             return Err(
                 "`match` is empty; give at least one of repositories, refs, workflows, events, \
