@@ -123,7 +123,7 @@ pub fn release(
             }
             Delivery::File => released.files.push(SecretFile {
                 name: name.clone(),
-                content: value.to_vec(),
+                content: Zeroizing::new(value.to_vec()),
             }),
             Delivery::Proxy {
                 hosts: bound,
@@ -216,7 +216,7 @@ mod tests {
         }
         // A file may hold anything.
         let released = release_value(b"a\0b\r\n\xff", Delivery::File).unwrap();
-        assert_eq!(released.files[0].content, b"a\0b\r\n\xff");
+        assert_eq!(*released.files[0].content, b"a\0b\r\n\xff");
     }
 
     #[test]

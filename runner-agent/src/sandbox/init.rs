@@ -196,7 +196,8 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     nix::unistd::sethostname(&spec.runner).stage("set hostname")?;
     let userns = make_user_namespace(spec.id_base, spec.id_count).stage("create user namespace")?;
     let built = rootfs::build(&spec, userns.as_fd()).stage("build root filesystem")?;
-    // The secret files are written; their values are zeroed (SecretFile's Drop).
+    // The secret files are written; their values are zeroed (`SecretFile::content` is
+    // `Zeroizing`).
     drop(std::mem::take(&mut spec.secret_files));
     rootfs::pivot_into(&built.root).stage("pivot_root")?;
 

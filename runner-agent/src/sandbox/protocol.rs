@@ -76,13 +76,7 @@ pub struct SecretFile {
     /// The secret's name, also the file name.
     pub name: String,
     /// The value.
-    pub content: Vec<u8>,
-}
-
-impl Drop for SecretFile {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.content);
-    }
+    pub content: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SecretFile {
