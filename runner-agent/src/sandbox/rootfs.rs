@@ -268,28 +268,22 @@ fn prepare_upper(spec: &SandboxSpec, upper: &Path, ids: IdMap) -> Result<(), Roo
     if !spec.secret_files.is_empty() {
         // The mount point of the secrets tmpfs (/run is masked, so this is the only
         // entry of the job's /run).
-        let secrets = Path::new(SECRETS_DIR);
-        ensure_parents(upper, secrets, ids)?;
-        let dir = under(upper, secrets);
-        fs::DirBuilder::new()
-            .mode(0o500)
-            .create(&dir)
-            .map_err(io_err(&dir))?;
-        chown(&dir, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(&dir))?;
+        make_root_dir(upper, Path::new(SECRETS_DIR), 0o500, ids)?;
     }
-    ensure_parents(upper, &spec.workspace, ids)?;
-    let workspace = under(upper, &spec.workspace);
+    make_root_dir(upper, &spec.workspace, 0o755, ids)
+}
+
+/// Creates `inside` in the upper layer, with its parents as on the host, mode `mode` and
+/// owned by the job's root.
+fn make_root_dir(upper: &Path, inside: &Path, mode: u32, ids: IdMap) -> Result<(), RootfsError> {
+    ensure_parents(upper, inside, ids)?;
+    let dir = under(upper, inside);
     fs::DirBuilder::new()
-        .mode(0o755)
-        .create(&workspace)
-        .map_err(io_err(&workspace))?;
-    chown(
-        &workspace,
-        Some(Uid::from_raw(root)),
-        Some(Gid::from_raw(root)),
-    )
-    .map_err(nix_io(&workspace))?;
-    Ok(())
+        .mode(mode)
+        .create(&dir)
+        .map_err(io_err(&dir))?;
+    let root = ids.host(0);
+    chown(&dir, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(&dir))
 }
 
 /// Creates, in the upper layer, the directories leading to `inside`, each with the mode

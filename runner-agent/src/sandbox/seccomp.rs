@@ -143,11 +143,18 @@ fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, 
     )?)
 }
 
+/// socket(2)'s type argument without SOCK_NONBLOCK / SOCK_CLOEXEC.
+const SOCK_TYPE_MASK: u64 = 0xf;
+
 /// `socket(family, SOCK_DGRAM, protocol)`, whatever the type flags.
 fn icmp_rule(family: i32, protocol: i32) -> Result<SeccompRule, SeccompError> {
     Ok(SeccompRule::new(vec![
         condition(0, SeccompCmpOp::Eq, family as u64)?,
-        condition(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_DGRAM as u64)?,
+        condition(
+            1,
+            SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
+            libc::SOCK_DGRAM as u64,
+        )?,
         condition(2, SeccompCmpOp::Eq, protocol as u64)?,
     ])?)
 }
@@ -171,7 +178,6 @@ pub fn build() -> Result<Filters, SeccompError> {
     // Raw and packet sockets: the kernel refuses them anyway (root inside holds no
     // CAP_NET_RAW over the runner's network namespace); intercepting them here is what
     // puts the attempt in the audit log.
-    let sock_type_mask = 0xf; // the type without SOCK_NONBLOCK / SOCK_CLOEXEC
     rules.insert(
         libc::SYS_socket,
         vec![
@@ -182,7 +188,7 @@ pub fn build() -> Result<Filters, SeccompError> {
             )?])?,
             SeccompRule::new(vec![condition(
                 1,
-                SeccompCmpOp::MaskedEq(sock_type_mask),
+                SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
                 libc::SOCK_RAW as u64,
             )?])?,
             // ICMP "ping" sockets (datagram ICMP): ping_group_range keeps them from the
@@ -234,7 +240,7 @@ pub fn describe(nr: i64, args: &[u64; 6]) -> String {
             libc::AF_INET6 => "AF_INET6".to_owned(),
             other => format!("family {other}"),
         };
-        let kind = match ((args[1] & 0xf) as i32, args[2] as i32) {
+        let kind = match ((args[1] & SOCK_TYPE_MASK) as i32, args[2] as i32) {
             (libc::SOCK_RAW, _) => ", SOCK_RAW",
             (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => ", ICMP",
             _ => "",
