@@ -48,12 +48,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use egress_proxy::audit::{AuditEvent, MemorySink};
-use egress_proxy::origdst::FixedTable;
+use egress_proxy::origdst::{FixedTable, Origin};
 use egress_proxy::server::{Proxy, ProxyBuilder};
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record, RecordType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 /// Host end of the runner link.
 pub const RUNNER_HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -337,12 +337,17 @@ pub struct WebHit {
 impl WebHit {
     /// The values of header `name` (any case), in order.
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
+}
+
+/// The values of header `name` (any case) in `headers` (name, value), in order.
+pub fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// A query the DNS server saw.
@@ -995,4 +1000,43 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// The origin the eBPF layer would record for a connection that an ordinary client
+/// process (pid 4242, `curl`) opened toward `destination`.
+pub fn curl_origin(destination: SocketAddr) -> Origin {
+    Origin {
+        destination,
+        pid: Some(4242),
+        comm: Some("curl".into()),
+    }
+}
+
+/// Connects from [`RUNNER_IP`] to the transparent listener `listener` as if the
+/// connection had been redirected there: the socket's local address is recorded in
+/// `table` with `origin` (a destination, or a destination and process) before connecting.
+pub async fn connect_redirected(
+    table: &FixedTable,
+    listener: SocketAddr,
+    origin: impl Into<Origin>,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))?;
+    table.insert_origin(socket.local_addr()?, origin.into());
+    socket.connect(listener).await
+}
+
+/// A TLS client configuration (ring provider, safe default protocol versions, no client
+/// certificate) trusting only `roots` (DER certificates).
+pub fn tls_client_config(roots: impl IntoIterator<Item = Vec<u8>>) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.into()).expect("a valid root certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .with_root_certificates(store)
+        .with_no_client_auth()
 }

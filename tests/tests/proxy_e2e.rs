@@ -24,7 +24,7 @@ use runner_agent_tests::netbed::{
 };
 use runner_agent_tests::require_privilege;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const POLICY: &str = r#"
 upstream_dns: [198.51.100.53]
@@ -101,16 +101,10 @@ impl World {
         netbed::wait_for_event(&self.audit, what, pred)
     }
 
-    /// Waits up to two seconds for at least `n` events matching `pred`; returns how many.
-    fn wait_count(&self, n: usize, pred: impl Fn(&AuditEvent) -> bool) -> usize {
-        let count = || self.events().iter().filter(|e| pred(e)).count();
-        for _ in 0..200 {
-            if count() >= n {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        count()
+    /// Every event matching `pred`, once there are `n` of them (see
+    /// [`netbed::wait_for_events`]).
+    fn wait_events(&self, n: usize, pred: impl Fn(&AuditEvent) -> bool) -> Vec<AuditEvent> {
+        netbed::wait_for_events(&self.audit, n, pred)
     }
 
     fn deny_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
@@ -146,12 +140,13 @@ impl World {
         let table = self.origdst.clone();
         let hello = egress_proxy::tls::synthetic_client_hello(names, record);
         self.runner(async move {
-            let mut stream = transparent_as(
+            let mut stream = netbed::connect_redirected(
+                &table,
                 TLS,
-                table,
                 attacker(SocketAddr::new(IpAddr::V4(original), 443)),
             )
-            .await;
+            .await
+            .unwrap();
             stream.set_nodelay(true).unwrap();
             for chunk in hello.chunks(segment) {
                 stream.write_all(chunk).await.unwrap();
@@ -203,14 +198,7 @@ async fn closed(stream: &mut TcpStream) -> bool {
 }
 
 fn tls_connector(ca_der: &[u8]) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_der.to_vec().into()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = netbed::tls_client_config([ca_der.to_vec()]);
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -221,7 +209,9 @@ async fn transparent(
     table: Arc<FixedTable>,
     original: SocketAddr,
 ) -> TcpStream {
-    transparent_as(listener, table, original.into()).await
+    netbed::connect_redirected(&table, listener, original)
+        .await
+        .unwrap()
 }
 
 /// The origin of a connection opened by the test's "attacker" process.
@@ -231,16 +221,6 @@ fn attacker(destination: SocketAddr) -> Origin {
         pid: Some(31337),
         comm: Some("exfil".into()),
     }
-}
-
-/// Like [`transparent`], with the connecting process recorded as the eBPF layer would.
-async fn transparent_as(listener: SocketAddr, table: Arc<FixedTable>, origin: Origin) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))
-        .unwrap();
-    table.insert_origin(socket.local_addr().unwrap(), origin);
-    socket.connect(listener).await.unwrap()
 }
 
 async fn https_get(stream: TcpStream, ca: Vec<u8>, name: &'static str) -> std::io::Result<String> {
@@ -349,12 +329,10 @@ fn allowed_https_through_the_transparent_tls_listener() {
     let ca = w.bed.ca_der().to_vec();
     let table = w.origdst.clone();
     let body = w.runner(async move {
-        let origin = Origin {
-            destination: SocketAddr::new(IpAddr::V4(WEB_IP), 443),
-            pid: Some(4242),
-            comm: Some("curl".into()),
-        };
-        let stream = transparent_as(TLS, table, origin).await;
+        let origin = netbed::curl_origin(SocketAddr::new(IpAddr::V4(WEB_IP), 443));
+        let stream = netbed::connect_redirected(&table, TLS, origin)
+            .await
+            .unwrap();
         https_get(stream, ca, "allowed.test").await.unwrap()
     });
     assert!(body.contains(&format!("hello from {WEB_IP}")), "{body}");
@@ -462,8 +440,7 @@ fn address_literals_in_every_spelling_are_denied() {
     let literal = |e: &AuditEvent| {
         e.verdict == Verdict::Deny && e.reason.as_deref() == Some("address literal not allowed")
     };
-    w.wait_count(8, literal);
-    let denials: Vec<_> = w.events().into_iter().filter(literal).collect();
+    let denials = w.wait_events(8, literal);
     assert_eq!(denials.len(), 8, "{denials:#?}");
     assert!(denials
         .iter()
@@ -682,13 +659,13 @@ fn conflicting_content_length_and_transfer_encoding_cannot_smuggle() {
         let got = w.runner(exchange(request.to_owned()));
         assert_ne!(got.map(|r| r.0), Some(200), "{request}");
     }
-    let malformed = w.wait_count(3, |e| {
+    let malformed = w.wait_events(3, |e| {
         e.verdict == Verdict::Deny
             && e.reason
                 .as_deref()
                 .is_some_and(|r| r.starts_with("malformed request"))
     });
-    assert_eq!(malformed, 3, "{:#?}", w.events());
+    assert_eq!(malformed.len(), 3, "{:#?}", w.events());
     assert!(w.bed.web_hits().iter().all(|h| h.path == "/upload"));
 }
 
@@ -1194,7 +1171,7 @@ fn forged_dns_answers_teach_the_proxy_nothing() {
         stream.write_all(&framed).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     });
-    w.wait_count(21, |e| {
+    w.wait_events(21, |e| {
         e.reason.as_deref() == Some("DNS response sent to the filter")
     });
     let got = w.runner(exchange(

@@ -23,7 +23,6 @@ use std::time::Duration;
 use egress_proxy::audit::{AuditEvent, Kind, Verdict};
 use egress_proxy::config::PolicyFile;
 use egress_proxy::intercept::{Credential, Interception, JobCa};
-use egress_proxy::origdst::Origin;
 use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
 use runner_agent_tests::netbed::{
@@ -32,7 +31,7 @@ use runner_agent_tests::netbed::{
 };
 use runner_agent_tests::require_privilege;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
 const POLICY: &str = r#"
@@ -221,15 +220,8 @@ impl World {
         let roots = self.roots(Trust::Both);
         let table = self.served().origdst.clone();
         self.bed.runner().run(async move {
-            let origin = Origin {
-                destination: SocketAddr::new(IpAddr::V4(server), 443),
-                pid: Some(4242),
-                comm: Some("curl".into()),
-            };
-            let socket = TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))?;
-            table.insert_origin(socket.local_addr()?, origin);
-            let stream = socket.connect(TLS).await?;
+            let origin = netbed::curl_origin(SocketAddr::new(IpAddr::V4(server), 443));
+            let stream = netbed::connect_redirected(&table, TLS, origin).await?;
             let replies = exchange_tls(stream, roots, name, requests).await?;
             Ok(replies
                 .into_iter()
@@ -248,15 +240,14 @@ impl World {
     fn http_with_headers(&self, to: SocketAddr, request: String) -> Option<Reply> {
         let table = self.served().origdst.clone();
         self.bed.runner().run(async move {
-            let socket = TcpSocket::new_v4().ok()?;
-            socket
-                .bind(SocketAddr::new(IpAddr::V4(RUNNER_IP), 0))
-                .ok()?;
-            if to == PLAIN {
+            let mut stream = if to == PLAIN {
                 let original = SocketAddr::new(IpAddr::V4(WEB_IP), 80);
-                table.insert(socket.local_addr().ok()?, original);
-            }
-            let mut stream = socket.connect(to).await.ok()?;
+                netbed::connect_redirected(&table, to, original)
+                    .await
+                    .ok()?
+            } else {
+                netbed::connect(to).await.ok()?
+            };
             stream.write_all(request.as_bytes()).await.ok()?;
             read_response_with_headers(&mut stream).await
         })
@@ -281,16 +272,7 @@ async fn exchange_tls(
     name: &'static str,
     requests: Vec<String>,
 ) -> std::io::Result<Vec<Option<Reply>>> {
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store.add(root.into()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
+    let mut config = netbed::tls_client_config(roots);
     // As curl does: offer h2 first; the proxy must settle on HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
@@ -323,6 +305,38 @@ fn request_event(w: &World, path: &str) -> AuditEvent {
     })
 }
 
+/// [`request_event`], which must say that the credential was added.
+fn injected_event(w: &World, path: &str) -> AuditEvent {
+    let e = request_event(w, path);
+    assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
+    e
+}
+
+/// The deny event of the request to `path`.
+fn deny_at(w: &World, path: &str) -> AuditEvent {
+    w.wait_event(&format!("a denial at {path}"), |e| {
+        e.verdict == Verdict::Deny && e.path.as_deref() == Some(path)
+    })
+}
+
+/// Every request the bed's servers saw, after checking that there are `n` and that each
+/// carried the credential's value as its only Authorization.
+fn assert_hits_got_the_value(w: &World, n: usize) -> Vec<netbed::WebHit> {
+    let hits = w.bed.web_hits();
+    assert_eq!(hits.len(), n, "{hits:?}");
+    for hit in &hits {
+        assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+    }
+    hits
+}
+
+/// `reply` is a response with `status` whose body says `says`.
+fn assert_refused(reply: &Option<(u16, String)>, status: u16, says: &str) {
+    let (got, body) = reply.as_ref().expect("a response");
+    assert_eq!(*got, status, "{body}");
+    assert!(body.contains(says), "{body}");
+}
+
 // ------------------------------------------------------------------ injection
 
 #[test]
@@ -338,15 +352,13 @@ fn connect_to_a_bound_host_carries_the_credential_instead_of_the_jobs_header() {
         )
         .expect("TLS with the job CA");
     assert_eq!(got, vec![hello()]);
-    let hits = w.bed.web_hits();
-    assert_eq!(hits.len(), 1, "{hits:?}");
+    let hits = assert_hits_got_the_value(&w, 1);
     let hit = &hits[0];
-    assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
     // The proxy's own TLS to the server: SNI and Host name the host, on port 443.
     assert_eq!(hit.sni.as_deref(), Some("allowed.test"));
     assert_eq!(hit.host.as_deref(), Some("allowed.test"));
     assert_eq!(hit.local, SocketAddr::new(IpAddr::V4(WEB_IP), 443));
-    let e = request_event(&w, "/v2/");
+    let e = injected_event(&w, "/v2/");
     assert_eq!(
         (e.host.as_deref(), e.ip, e.port, e.method.as_deref()),
         (
@@ -356,7 +368,6 @@ fn connect_to_a_bound_host_carries_the_credential_instead_of_the_jobs_header() {
             Some("GET")
         )
     );
-    assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
     assert_eq!(e.rule.as_deref(), Some("allow[0] allowed.test"));
     assert!(e.bytes_down.unwrap() > 0, "{e:?}");
     w.assert_value_never_logged();
@@ -377,16 +388,12 @@ fn transparent_tls_to_a_bound_host_is_terminated_and_carries_the_credential() {
         )
         .expect("TLS with the job CA");
     assert_eq!(got, vec![hello(), hello()]);
-    let hits = w.bed.web_hits();
-    assert_eq!(hits.len(), 2, "{hits:?}");
-    for hit in &hits {
-        assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+    for hit in assert_hits_got_the_value(&w, 2) {
         assert_eq!(hit.sni.as_deref(), Some("allowed.test"));
     }
-    let e = request_event(&w, "/two");
+    let e = injected_event(&w, "/two");
     assert_eq!((e.pid, e.comm.as_deref()), (Some(4242), Some("curl")));
     assert_eq!(e.ip, Some(IpAddr::V4(WEB_IP)));
-    assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
     w.assert_value_never_logged();
 }
 
@@ -398,16 +405,11 @@ fn plain_http_to_a_bound_host_carries_the_credential_too() {
     assert_eq!(w.http(EXPLICIT, explicit.into()), hello());
     let transparent = get("allowed.test", "/redirected", "Authorization: x\r\n");
     assert_eq!(w.http(PLAIN, transparent), hello());
-    let hits = w.bed.web_hits();
-    assert_eq!(hits.len(), 2, "{hits:?}");
-    for hit in &hits {
-        assert_eq!(hit.header_values("authorization"), vec![VALUE], "{hit:?}");
+    for hit in assert_hits_got_the_value(&w, 2) {
         assert_eq!(hit.sni, None);
     }
     for path in ["/plain", "/redirected"] {
-        let e = request_event(&w, path);
-        assert_eq!(e.reason.as_deref(), Some("credential REGISTRY_TOKEN added"));
-        assert_eq!(e.port, Some(80));
+        assert_eq!(injected_event(&w, path).port, Some(80));
     }
     w.assert_value_never_logged();
 }
@@ -523,12 +525,7 @@ fn hosts_the_credential_is_not_bound_to_get_nothing() {
 
 /// The values of header `name` in `reply`.
 fn reply_header<'a>(reply: &'a Reply, name: &str) -> Vec<&'a str> {
-    reply
-        .1
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-        .collect()
+    netbed::header_values(&reply.1, name)
 }
 
 fn stars(text: &str) -> String {
@@ -626,11 +623,7 @@ fn an_echo_of_the_credential_from_the_bound_host_reaches_the_client_as_stars() {
         assert_eq!(e.verdict, Verdict::Allow);
         assert_eq!(e.reason.as_deref(), Some(SCRUBBED_REASON), "{e:?}");
     }
-    let after = request_event(&w, "/after");
-    assert_eq!(
-        after.reason.as_deref(),
-        Some("credential REGISTRY_TOKEN added")
-    );
+    injected_event(&w, "/after");
     w.assert_value_never_logged();
 }
 
@@ -648,17 +641,14 @@ fn a_compressed_answer_from_the_bound_host_is_refused_with_a_deny_event() {
             ],
         )
         .expect("TLS with the job CA");
-    let (status, body) = got[0].clone().expect("a response");
-    assert_eq!(status, 502, "{body}");
-    assert!(
-        body.contains("compressed response from a credential host cannot be checked"),
-        "{body}"
+    assert_refused(
+        &got[0],
+        502,
+        "compressed response from a credential host cannot be checked",
     );
     // The client's connection goes on; the next request gets a new upstream connection.
     assert_eq!(got[1], hello());
-    let e = w.wait_event("compressed response denial", |e| {
-        e.verdict == Verdict::Deny && e.path.as_deref() == Some(GZIP_PATH)
-    });
+    let e = deny_at(&w, GZIP_PATH);
     assert_eq!(
         (e.kind, e.host.as_deref(), e.rule.as_deref()),
         (Kind::Http, Some("allowed.test"), None)
@@ -742,9 +732,7 @@ fn a_credential_reflected_in_the_reason_phrase_does_not_reach_the_client() {
         String::from_utf8_lossy(&raw).into_owned()
     });
     // The server did put the credential in its status line.
-    let hits = w.bed.web_hits();
-    assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!(hits[0].header_values("authorization"), vec![VALUE]);
+    assert_hits_got_the_value(&w, 1);
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(!raw.contains(SECRET), "{raw}");
 }
@@ -767,16 +755,9 @@ fn a_host_header_differing_from_the_tls_name_is_denied_inside_terminated_tls() {
         .expect("TLS with the job CA");
     assert_eq!(got.len(), 2);
     for response in &got {
-        let (status, body) = response.as_ref().expect("a response");
-        assert_eq!(*status, 403, "{body}");
-        assert!(
-            body.contains("Host differs from the TLS server name"),
-            "{body}"
-        );
+        assert_refused(response, 403, "Host differs from the TLS server name");
     }
-    let e = w.wait_event("fronting denial", |e| {
-        e.verdict == Verdict::Deny && e.path.as_deref() == Some("/fronted")
-    });
+    let e = deny_at(&w, "/fronted");
     assert_eq!(e.kind, Kind::Http);
     assert_eq!(
         e.reason.as_deref(),
@@ -820,9 +801,7 @@ fn methods_and_paths_on_https_are_decided_per_request() {
             ("/ok/write", "method not allowed"),
             ("/elsewhere", "path not allowed"),
         ] {
-            let e = w.wait_event(path, |e| {
-                e.verdict == Verdict::Deny && e.path.as_deref() == Some(path)
-            });
+            let e = deny_at(&w, path);
             assert_eq!(e.reason.as_deref(), Some(reason), "{e:?}");
             assert_eq!(
                 (e.kind, e.host.as_deref()),
@@ -898,13 +877,9 @@ fn an_upstream_certificate_not_trusted_fails_closed_with_a_deny_event() {
             ],
         )
         .expect("TLS with the job CA");
-    let (status, body) = got[0].clone().expect("a response");
-    assert_eq!(status, 502, "{body}");
-    assert!(body.contains("upstream TLS failed"), "{body}");
+    assert_refused(&got[0], 502, "upstream TLS failed");
     assert_eq!(got[1], None, "the connection must close after the failure");
-    let e = w.wait_event("upstream TLS failure", |e| {
-        e.verdict == Verdict::Deny && e.path.as_deref() == Some("/first")
-    });
+    let e = deny_at(&w, "/first");
     assert_eq!(
         (e.kind, e.host.as_deref(), e.ip),
         (Kind::Http, Some("allowed.test"), Some(IpAddr::V4(WEB_IP)))
