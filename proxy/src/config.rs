@@ -43,9 +43,9 @@ pub enum RuleTarget {
     Cidr(IpNet),
 }
 
-/// One entry of `allow:`. Deserialized through [`RawRule`] from inside the mapping's
-/// visitor (not `#[serde(try_from)]`), so that a rule's error is reported at that rule's
-/// line rather than at the start of the list.
+/// One entry of `allow:`. Deserialized through `RawRule` with
+/// [`crate::yaml::checked_map`] (not `#[serde(try_from)]`), so that a rule's error is
+/// reported at that rule's line rather than at the start of the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleConfig {
     /// What the rule applies to.
@@ -97,25 +97,10 @@ impl Serialize for RuleConfig {
 
 impl<'de> Deserialize<'de> for RuleConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct RuleVisitor;
-
-        impl<'de> serde::de::Visitor<'de> for RuleVisitor {
-            type Value = RuleConfig;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a rule: a mapping with `host` or `cidr`")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<RuleConfig, A::Error> {
-                let raw = RawRule::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                RuleConfig::try_from(raw).map_err(serde::de::Error::custom)
-            }
-        }
-
-        d.deserialize_map(RuleVisitor)
+        crate::yaml::checked_map::<D, RawRule, RuleConfig>(
+            d,
+            "a rule: a mapping with `host` or `cidr`",
+        )
     }
 }
 

@@ -57,10 +57,7 @@ impl TunnelGate {
         let mut subject = Subject::new(self.kind);
         subject.host = Some(&self.host);
         subject.port = Some(self.port);
-        if let Some(origin) = &self.origin {
-            subject.pid = origin.pid;
-            subject.comm = origin.comm.as_deref();
-        }
+        subject.set_origin(self.origin.as_ref());
         let wait = if self.tls_required || self.intercept.is_some() {
             limits.client_hello_timeout
         } else {
@@ -105,20 +102,14 @@ impl TunnelGate {
             }
             (Ok(FirstFlight::Tls { bytes, .. }), Host::Ip(_)) => bytes,
             (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
-                if self.intercept.is_some() =>
+                if self.intercept.is_some() || self.tls_required =>
             {
-                return deny(
-                    &subject,
-                    "no TLS ClientHello on a tunnel whose requests must be visible".to_owned(),
-                );
-            }
-            (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
-                if self.tls_required =>
-            {
-                return deny(
-                    &subject,
-                    "no TLS ClientHello on a port-443 tunnel".to_owned(),
-                );
+                let reason = if self.intercept.is_some() {
+                    "no TLS ClientHello on a tunnel whose requests must be visible"
+                } else {
+                    "no TLS ClientHello on a port-443 tunnel"
+                };
+                return deny(&subject, reason.to_owned());
             }
             (Ok(FirstFlight::Other { bytes }), _) => bytes,
             (Ok(FirstFlight::Silent), _) => Vec::new(),

@@ -30,6 +30,7 @@
 //! terminated), so the checks, the credential injection of `crate::intercept` and the
 //! audit events cannot drift apart between them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -109,16 +110,30 @@ const POOL_PER_KEY: usize = 16;
 const POOL_KEYS: usize = 4096;
 
 impl UpstreamPool {
-    fn take(&self, client: u64, key: &UpstreamKey) -> Option<SendRequest<ProxyBody>> {
+    /// An idle connection of `client` to (host, port, address, TLS), trying `addrs` in
+    /// order; returns it with its address.
+    fn take(
+        &self,
+        client: u64,
+        (host, port, tls): (&str, u16, bool),
+        addrs: &[IpAddr],
+    ) -> Option<(SendRequest<ProxyBody>, IpAddr)> {
+        let &first = addrs.first()?;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (client, key.clone());
-        let senders = idle.get_mut(&key)?;
-        while let Some(sender) = senders.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+        // One owned key for every address: only the address differs between lookups.
+        let mut key: PoolKey = (client, (host.to_owned(), port, first, tls));
+        for &ip in addrs {
+            key.1 .2 = ip;
+            let Some(senders) = idle.get_mut(&key) else {
+                continue;
+            };
+            while let Some(sender) = senders.pop() {
+                if sender.is_ready() {
+                    return Some((sender, ip));
+                }
             }
+            idle.remove(&key);
         }
-        idle.remove(&key);
         None
     }
 
@@ -220,10 +235,7 @@ pub(crate) async fn serve<S>(
             subject.port = Some(target.port);
         }
     }
-    if let Some(origin) = &origin {
-        subject.pid = origin.pid;
-        subject.comm = origin.comm.as_deref();
-    }
+    subject.set_origin(origin.as_ref());
     // A transparent or terminated connection is an attempt to reach one destination even
     // when no request came; an explicit proxy connection names none until it sends one.
     let transparent = !matches!(mode, Mode::Explicit);
@@ -259,33 +271,54 @@ pub(crate) async fn serve<S>(
 /// Takes the policy's `decision` on `host:port` and resolves the addresses to dial;
 /// returns the allowing decision (it names the rule) with them. A denial, by the policy
 /// or by the address checks, is recorded and returned as the response to send.
-/// `checked`: addresses already checked for this host and port (terminated TLS), used
-/// instead of resolving again.
 async fn admit<'a>(
     shared: &Shared,
     client: &ClientEntry,
     subject: &mut Subject<'a>,
     (host, port): (&'a Host, u16),
     decision: Decision,
-    checked: Option<&[IpAddr]>,
 ) -> Result<(Decision, Vec<IpAddr>), Response<ProxyBody>> {
+    if let Some(response) = refusal(shared, client, subject, (host, port), &decision) {
+        return Err(response);
+    }
+    let addrs = resolve(shared, client, subject, (host, port)).await?;
+    Ok((decision, addrs))
+}
+
+/// Names `host:port` in `subject`; when `decision` is a denial, records it and returns
+/// the response to send.
+fn refusal<'a>(
+    shared: &Shared,
+    client: &ClientEntry,
+    subject: &mut Subject<'a>,
+    (host, port): (&'a Host, u16),
+    decision: &Decision,
+) -> Option<Response<ProxyBody>> {
     subject.host = Some(host);
     subject.port = Some(port);
-    if !decision.allowed {
-        shared.record(Some(client), subject, &decision);
-        return Err(denied(&decision));
+    if decision.allowed {
+        return None;
     }
-    if let Some(checked) = checked {
-        return Ok((decision, checked.to_vec()));
-    }
-    match shared.addresses_for(&client.policy, host, port).await {
-        Ok(addrs) => Ok((decision, addrs)),
-        Err((denial, ip)) => {
+    shared.record(Some(client), subject, decision);
+    Some(denied(decision))
+}
+
+/// The addresses of `host` the policy lets the proxy dial on `port`; a denial by the
+/// address checks is recorded and returned as the response to send.
+async fn resolve(
+    shared: &Shared,
+    client: &ClientEntry,
+    subject: &mut Subject<'_>,
+    (host, port): (&Host, u16),
+) -> Result<Vec<IpAddr>, Response<ProxyBody>> {
+    shared
+        .addresses_for(&client.policy, host, port)
+        .await
+        .map_err(|(denial, ip)| {
             subject.ip = ip;
             shared.record(Some(client), subject, &denial);
-            Err(denied(&denial))
-        }
-    }
+            denied(&denial)
+        })
 }
 
 fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
@@ -314,18 +347,15 @@ fn denied(decision: &Decision) -> Response<ProxyBody> {
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
-        return match conn.mode {
-            Mode::Explicit => connect(conn, req).await,
-            Mode::Transparent { .. } | Mode::Terminated(_) => {
-                let decision = Decision::deny(match conn.mode {
-                    Mode::Terminated(_) => "CONNECT inside terminated TLS",
-                    _ => "CONNECT on the transparent listener",
-                });
-                conn.shared
-                    .record(Some(&conn.client), &Subject::new(Kind::Http), &decision);
-                denied(&decision)
-            }
+        let reason = match conn.mode {
+            Mode::Explicit => return connect(conn, req).await,
+            Mode::Transparent { .. } => "CONNECT on the transparent listener",
+            Mode::Terminated(_) => "CONNECT inside terminated TLS",
         };
+        let decision = Decision::deny(reason);
+        conn.shared
+            .record(Some(&conn.client), &Subject::new(Kind::Http), &decision);
+        return denied(&decision);
     }
     forward(conn, req).await
 }
@@ -462,10 +492,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     let mut subject = Subject::new(Kind::Http);
     subject.method = Some(&method);
     subject.path = Some(&path);
-    if let Some(origin) = &conn.origin {
-        subject.pid = origin.pid;
-        subject.comm = origin.comm.as_deref();
-    }
+    subject.set_origin(conn.origin.as_ref());
     if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.tail.take_conflict() {
         // RFC 9112 section 6.1: reject rather than guess; see crate::framing.
         let decision = Decision::deny("both Content-Length and Transfer-Encoding");
@@ -489,26 +516,22 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
         method: &method,
         path: &path,
     };
-    let checked = match &conn.mode {
-        Mode::Terminated(target) => Some(target.addrs.as_slice()),
-        _ => None,
-    };
     let decision = client.policy.check(&host, port, Some(view));
-    let admitted = admit(
-        &shared,
-        &client,
-        &mut subject,
-        (&host, port),
-        decision,
-        checked,
-    );
-    let (decision, addrs) = match admitted.await {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    let addrs = match conn.mode {
-        Mode::Explicit | Mode::Terminated(_) => addrs,
+    if let Some(response) = refusal(&shared, &client, &mut subject, (&host, port), &decision) {
+        return response;
+    }
+    let addrs: Cow<'_, [IpAddr]> = match &conn.mode {
+        // Checked when the connection was decided: no new resolution.
+        Mode::Terminated(target) => Cow::Borrowed(&target.addrs),
+        Mode::Explicit => match resolve(&shared, &client, &mut subject, (&host, port)).await {
+            Ok(addrs) => Cow::Owned(addrs),
+            Err(response) => return response,
+        },
         Mode::Transparent { original } => {
+            let addrs = match resolve(&shared, &client, &mut subject, (&host, port)).await {
+                Ok(addrs) => addrs,
+                Err(response) => return response,
+            };
             let wanted = original.ip().to_canonical();
             if !addrs.contains(&wanted) {
                 subject.ip = Some(wanted);
@@ -516,7 +539,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
                 shared.record(Some(&client), &subject, &decision);
                 return denied(&decision);
             }
-            vec![wanted]
+            Cow::Owned(vec![wanted])
         }
     };
     let host_text = host.to_string();
@@ -563,13 +586,15 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
         // After the hop-by-hop strip, so a `Connection: authorization` trick cannot
         // remove the injected header again. The event names the credential, never its
         // value.
-        let added = interception.inject(&host, &mut parts.headers);
-        for name in &added {
-            add_reason(&mut end.event.reason, format!("credential {name} added"));
-        }
-        if !added.is_empty() {
-            scrubber = interception.scrubber(&host);
-            scrub::request_scrubbable(&mut parts.headers);
+        if let Some(bound) = interception.bound(&host) {
+            let added = bound.inject(&mut parts.headers);
+            for name in &added {
+                add_reason(&mut end.event.reason, format!("credential {name} added"));
+            }
+            if !added.is_empty() {
+                scrubber = Some(bound.scrubber.clone());
+                scrub::request_scrubbable(&mut parts.headers);
+            }
         }
     }
     let default_port = if conn.mode.tls() { 443 } else { 80 };
@@ -680,11 +705,12 @@ async fn upstream(
             conn.shared.pool.put(conn.client.id, cached);
         }
     }
-    for ip in addrs {
-        let key = (host.to_owned(), port, *ip, tls);
-        if let Some(sender) = conn.shared.pool.take(conn.client.id, &key) {
-            return Ok((sender, *ip));
-        }
+    if let Some(found) = conn
+        .shared
+        .pool
+        .take(conn.client.id, (host, port, tls), addrs)
+    {
+        return Ok(found);
     }
     let (stream, ip) = conn
         .shared
@@ -746,19 +772,11 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
     // With an interception, some tunnels are terminated instead of spliced, and their
     // decision waits for each request (crate::intercept::plan).
     let (decision, intercept) = crate::intercept::plan(&client, &host, port);
-    let (decision, addrs) = match admit(
-        &shared,
-        &client,
-        &mut subject,
-        (&host, port),
-        decision,
-        None,
-    )
-    .await
-    {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
+    let (decision, addrs) =
+        match admit(&shared, &client, &mut subject, (&host, port), decision).await {
+            Ok(admitted) => admitted,
+            Err(response) => return response,
+        };
     let gate = TunnelGate {
         kind: Kind::Connect,
         host,

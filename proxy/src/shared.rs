@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::audit::{AuditEvent, AuditSink, Kind, Source, Verdict};
 use crate::clients::{ClientEntry, ClientTable};
 use crate::limits::Limits;
-use crate::origdst::OriginalDestination;
+use crate::origdst::{Origin, OriginalDestination};
 use crate::policy::{Decision, Host, Policy, SpecialNets};
 use crate::resolve::Resolver;
 
@@ -56,6 +56,14 @@ impl<'a> Subject<'a> {
             path: None,
             pid: None,
             comm: None,
+        }
+    }
+
+    /// Names the connecting process, when the original-destination lookup knew it.
+    pub fn set_origin(&mut self, origin: Option<&'a Origin>) {
+        if let Some(origin) = origin {
+            self.pid = origin.pid;
+            self.comm = origin.comm.as_deref();
         }
     }
 }

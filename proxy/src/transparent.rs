@@ -40,8 +40,7 @@ pub(crate) async fn serve_tls(
         return;
     };
     let original = origin.destination;
-    subject.pid = origin.pid;
-    subject.comm = origin.comm.as_deref();
+    subject.set_origin(Some(&origin));
     let wanted = original.ip().to_canonical();
     subject.ip = Some(wanted);
     subject.port = Some(original.port());

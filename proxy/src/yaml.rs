@@ -4,12 +4,15 @@
 //! parsed through [`parse_str`] / [`parse_file`], so that an error always reads
 //! `FILE:LINE:COLUMN: what was wrong`. Validation that needs the value's position is done
 //! inside `Deserialize` impls (`try_from` on raw structs) rather than after parsing: only
-//! then can serde_yaml attach the line and column of the offending node.
+//! then can serde_yaml attach the line and column of the offending node; [`checked_map`]
+//! is the shared way of doing so for a mapping.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
+use serde::de::{self, value::MapAccessDeserializer, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// A user file could not be read or did not have the expected form.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,41 @@ pub fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<T, YamlError> {
         source,
     })?;
     parse_str(path, &text)
+}
+
+struct CheckedVisitor<R, T>(&'static str, PhantomData<(R, T)>);
+
+impl<'de, R, T> Visitor<'de> for CheckedVisitor<R, T>
+where
+    R: Deserialize<'de>,
+    T: TryFrom<R, Error = String>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        let raw = R::deserialize(MapAccessDeserializer::new(map))?;
+        T::try_from(raw).map_err(de::Error::custom)
+    }
+}
+
+/// Deserializes a mapping into `R`, then converts it to `T`; a conversion error is
+/// reported at the mapping's first key.
+///
+/// The conversion runs inside the mapping's visitor rather than through
+/// `#[serde(try_from)]`: serde_yaml stamps an error with the mark of the node whose
+/// `deserialize_*` call raised it, and a `try_from` error is raised after that call has
+/// returned, so it would point at the enclosing node (for a list item, the list's start).
+pub fn checked_map<'de, D, R, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    R: Deserialize<'de>,
+    T: TryFrom<R, Error = String>,
+{
+    d.deserialize_map(CheckedVisitor::<R, T>(expecting, PhantomData))
 }
 
 /// serde_yaml appends " at line L column C" to its messages; the location is reported in

@@ -195,13 +195,38 @@ struct Injection {
     value: HeaderValue,
 }
 
+/// What is bound to one host: the credentials set on requests to it, and what the
+/// responses to those requests are scrubbed of.
+pub(crate) struct Bound {
+    injections: Vec<Injection>,
+    pub scrubber: Scrubber,
+}
+
+impl Bound {
+    /// Replaces, in `headers`, every header a credential bound to the host sets: all
+    /// instances the job sent go (header names compare case-insensitively), the
+    /// credential's value is set. The job's own `Authorization` goes too, whatever
+    /// header the credentials use: a request to a credential host carries the operator's
+    /// credentials and no authentication of the job's choosing. Returns the names of the
+    /// credentials added.
+    pub fn inject(&self, headers: &mut HeaderMap) -> Vec<&str> {
+        headers.remove(http::header::AUTHORIZATION);
+        self.injections
+            .iter()
+            .map(|injection| {
+                // `insert` removes every existing value of the name first.
+                headers.insert(injection.header.clone(), injection.value.clone());
+                injection.name.as_str()
+            })
+            .collect()
+    }
+}
+
 /// What the proxy needs to terminate TLS and inject credentials for one client.
 pub struct Interception {
     ca: JobCa,
-    /// Normalised host → credentials bound to it.
-    bound: HashMap<String, Vec<Injection>>,
-    /// Normalised host → what responses from it are scrubbed of.
-    scrubbers: HashMap<String, Scrubber>,
+    /// Normalised host → what is bound to it.
+    bound: HashMap<String, Bound>,
     /// TLS server configurations per host, leaf included (minted on first use).
     leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
     upstream: Arc<rustls::ClientConfig>,
@@ -212,7 +237,10 @@ impl std::fmt::Debug for Interception {
         let mut bound: Vec<_> = self
             .bound
             .iter()
-            .map(|(host, list)| (host, list.iter().map(|i| &i.name).collect::<Vec<_>>()))
+            .map(|(host, bound)| {
+                let names = bound.injections.iter().map(|i| &i.name);
+                (host, names.collect::<Vec<_>>())
+            })
             .collect();
         bound.sort();
         f.debug_struct("Interception")
@@ -234,8 +262,9 @@ impl Interception {
         credentials: Vec<Credential>,
         upstream_roots_pem: &[u8],
     ) -> Result<Interception, InterceptError> {
-        let mut bound: HashMap<String, Vec<Injection>> = HashMap::new();
-        let mut patterns: HashMap<String, Vec<Arc<scrub::Pattern>>> = HashMap::new();
+        // Normalised host → its injections and the patterns its responses are scrubbed of.
+        type Collected = (Vec<Injection>, Vec<Arc<scrub::Pattern>>);
+        let mut collected: HashMap<String, Collected> = HashMap::new();
         for credential in credentials {
             let header = check_header(&credential)?;
             let value = secret_header_value(&credential.value).ok_or_else(|| {
@@ -277,7 +306,7 @@ impl Interception {
                         "outside the names the job CA may sign for".to_owned(),
                     ));
                 }
-                let list = bound.entry(name.clone()).or_default();
+                let (list, patterns) = collected.entry(name.clone()).or_default();
                 if let Some(other) = list.iter().find(|i| i.header == header) {
                     return Err(InterceptError::Conflict {
                         first: other.name.clone(),
@@ -291,20 +320,25 @@ impl Interception {
                     header: header.clone(),
                     value: value.clone(),
                 });
-                patterns
-                    .entry(name)
-                    .or_default()
-                    .extend(scrubbed.iter().cloned());
+                patterns.extend(scrubbed.iter().cloned());
             }
         }
-        let scrubbers = patterns
+        let bound = collected
             .into_iter()
-            .map(|(host, list)| (host, Scrubber::new(list)))
+            .map(|(host, (injections, patterns))| {
+                let scrubber = Scrubber::new(patterns);
+                (
+                    host,
+                    Bound {
+                        injections,
+                        scrubber,
+                    },
+                )
+            })
             .collect();
         Ok(Interception {
             ca,
             bound,
-            scrubbers,
             leaves: Mutex::default(),
             upstream: Arc::new(upstream_config(upstream_roots_pem)?),
         })
@@ -315,35 +349,20 @@ impl Interception {
         self.bound.contains_key(name)
     }
 
-    /// Replaces, in `headers`, every header a credential bound to `host` sets: all
-    /// instances the job sent go (header names compare case-insensitively), the
-    /// credential's value is set. The job's own `Authorization` goes too, whatever
-    /// header the credentials use: a request to a credential host carries the operator's
-    /// credentials and no authentication of the job's choosing. Returns the names of the
-    /// credentials added.
-    pub fn inject(&self, host: &Host, headers: &mut HeaderMap) -> Vec<&str> {
-        let Host::Name(name) = host else {
-            return Vec::new();
-        };
-        let Some(list) = self.bound.get(name) else {
-            return Vec::new();
-        };
-        headers.remove(http::header::AUTHORIZATION);
-        list.iter()
-            .map(|injection| {
-                // `insert` removes every existing value of the name first.
-                headers.insert(injection.header.clone(), injection.value.clone());
-                injection.name.as_str()
-            })
-            .collect()
-    }
-
-    /// What responses from `host` are scrubbed of, when credentials are bound to it.
-    pub(crate) fn scrubber(&self, host: &Host) -> Option<Scrubber> {
+    /// What is bound to `host`, when a credential is: credentials go to names only.
+    pub(crate) fn bound(&self, host: &Host) -> Option<&Bound> {
         let Host::Name(name) = host else {
             return None;
         };
-        self.scrubbers.get(name).cloned()
+        self.bound.get(name)
+    }
+
+    /// Replaces, in `headers`, every header a credential bound to `host` sets (see
+    /// `Bound::inject`); nothing when none is. Returns the names of the credentials
+    /// added.
+    pub fn inject(&self, host: &Host, headers: &mut HeaderMap) -> Vec<&str> {
+        self.bound(host)
+            .map_or_else(Vec::new, |bound| bound.inject(headers))
     }
 
     /// The TLS server configuration presenting a leaf for `name`, minted on first use.
@@ -479,19 +498,20 @@ pub(crate) fn plan(
     host: &Host,
     port: u16,
 ) -> (Decision, Option<Arc<Interception>>) {
-    let opaque = client.policy.check(host, port, None);
+    let opaque = || client.policy.check(host, port, None);
     let (Some(interception), Host::Name(name)) = (&client.interception, host) else {
-        return (opaque, None);
+        return (opaque(), None);
     };
     if !interception.ca.permits(name) {
-        return (opaque, None);
+        return (opaque(), None);
     }
-    let clean = |d: &Decision| d.allowed && d.reason.is_none();
     if interception.binds(name) {
         let deferred = client.policy.check_deferred(host, port);
         let terminate = deferred.allowed.then(|| Arc::clone(interception));
         return (deferred, terminate);
     }
+    let clean = |d: &Decision| d.allowed && d.reason.is_none();
+    let opaque = opaque();
     if !clean(&opaque) {
         let deferred = client.policy.check_deferred(host, port);
         if clean(&deferred) {

@@ -52,10 +52,7 @@ pub(crate) async fn terminate(
     let mut subject = Subject::new(kind);
     subject.host = Some(&target.host);
     subject.port = Some(target.port);
-    if let Some(origin) = &origin {
-        subject.pid = origin.pid;
-        subject.comm = origin.comm.as_deref();
-    }
+    subject.set_origin(origin.as_ref());
     let deny = |reason: String| shared.record(Some(client), &subject, &Decision::deny(reason));
     let Host::Name(name) = &target.host else {
         return deny("TLS termination needs a host name".to_owned());

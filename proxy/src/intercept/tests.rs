@@ -405,13 +405,14 @@ fn the_ca_is_constrained_to_restricted_rule_hosts_and_bound_hosts() {
 #[test]
 fn responses_from_bound_hosts_only_are_scrubbed_of_secret_and_value() {
     let i = registry();
-    assert!(i.scrubber(&name("api.example.com")).is_none());
+    assert!(i.bound(&name("api.example.com")).is_none());
     assert!(i
-        .scrubber(&Host::Ip("198.51.100.10".parse().unwrap()))
+        .bound(&Host::Ip("198.51.100.10".parse().unwrap()))
         .is_none());
-    let scrubber = i
-        .scrubber(&name("Registry.Example.COM."))
-        .expect("a bound host");
+    let scrubber = &i
+        .bound(&name("Registry.Example.COM."))
+        .expect("a bound host")
+        .scrubber;
     let mut body = scrubber.body();
     let mut out = body
         .push(b"{\"auth\": \"Bearer s3cr3t-value-0123456789\", ")

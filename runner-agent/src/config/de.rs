@@ -20,9 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{
-    self, value::MapAccessDeserializer, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A value written as one YAML scalar and parsed from its text.
 pub(crate) trait ScalarForm: Sized {
@@ -64,35 +62,8 @@ macro_rules! scalar_deserialize {
 }
 pub(crate) use scalar_deserialize;
 
-struct CheckedVisitor<R, T>(&'static str, PhantomData<(R, T)>);
-
-impl<'de, R, T> Visitor<'de> for CheckedVisitor<R, T>
-where
-    R: Deserialize<'de>,
-    T: TryFrom<R, Error = String>,
-{
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        let raw = R::deserialize(MapAccessDeserializer::new(map))?;
-        T::try_from(raw).map_err(de::Error::custom)
-    }
-}
-
-/// Deserializes a mapping into `R`, then converts it to `T`; a conversion error is
-/// reported at the mapping's first key.
-pub(crate) fn checked_map<'de, D, R, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    R: Deserialize<'de>,
-    T: TryFrom<R, Error = String>,
-{
-    d.deserialize_map(CheckedVisitor::<R, T>(expecting, PhantomData))
-}
+/// Shared with the proxy's policy file, whose rules need the same error placement.
+pub(crate) use egress_proxy::yaml::checked_map;
 
 struct UniqueMapVisitor<K, V>(&'static str, PhantomData<(K, V)>);
 
