@@ -7,7 +7,9 @@
 //! interfaces), and no route anywhere. Dropping the world removes the namespace and the
 //! directory; the tests themselves assert that the agent left nothing behind before that.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -197,7 +199,13 @@ impl World {
 
     /// Starts `runner-agent run JOB --config HOST` without waiting.
     pub fn spawn(&self, job: &Path) -> Child {
-        self.run_command(job, &[])
+        self.spawn_with(job, &[])
+    }
+
+    /// Like [`World::spawn`], with `extra` arguments (claims, for example); stdout and
+    /// stderr are piped.
+    pub fn spawn_with(&self, job: &Path, extra: &[&str]) -> Child {
+        self.run_command(job, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -353,6 +361,68 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Runs `cmd` with `input` on its stdin and its stdout and stderr captured. The input is
+/// written from a thread of its own, so a command that answers before it has read
+/// everything cannot block on a full pipe. A command that exits without reading all of
+/// its input (a refusal, say) closes the pipe early: that broken pipe is not an error
+/// here, the command's status and output say what happened.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> io::Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || match stdin.write_all(input) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        });
+        let output = child.wait_with_output();
+        writer.join().expect("stdin writer")?;
+        output
+    })
+}
+
+/// Every regular file below `dir` (recursively) with its content. Symbolic links are
+/// not followed, so a link cannot lead the walk out of `dir` or round in a loop; other
+/// non-regular files (sockets, fifos) have no content to read and are left out. A file
+/// that vanishes while the walk runs is skipped; any other failure to read fails the
+/// test, as a file that cannot be read cannot be shown to be clean either.
+pub fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if gone(&e) => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        if meta.is_dir() {
+            match fs::read_dir(&path) {
+                Ok(entries) => {
+                    for entry in entries {
+                        let entry = entry.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                        stack.push(entry.path());
+                    }
+                }
+                Err(e) if gone(&e) => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        } else if meta.is_file() {
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    files.insert(path, bytes);
+                }
+                Err(e) if gone(&e) => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+    files
 }
 
 /// Polls `check` every 20 ms until it is true or `timeout` passes.

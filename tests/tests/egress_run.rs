@@ -3,6 +3,7 @@
 //! checks both halves of the claim: nothing reached a target (trap listeners, web server
 //! and DNS server records), and an audit event recorded each attempt.
 
+use std::process::Output;
 use std::time::Duration;
 
 use runner_agent_tests::agent::{denials_where, describe, job_id, World};
@@ -21,6 +22,15 @@ fn egress_config() -> String {
 /// Lets packets in flight reach the recorders before they are read.
 fn settle() {
     std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Asserts that the job `output` announced left nothing behind in `world`; returns its id.
+fn assert_left_nothing(world: &World, output: &Output) -> String {
+    let id = job_id(&String::from_utf8_lossy(&output.stderr))
+        .unwrap_or_else(|| panic!("no job id announced\n{}", describe(output)));
+    let left = world.leftovers(std::slice::from_ref(&id));
+    assert!(left.is_empty(), "job {id} left {left:#?}");
+    id
 }
 
 #[test]
@@ -109,12 +119,11 @@ steps:
         .filter(|e| e["verdict"] == "allow" && e["host"] == "allowed.test")
         .count();
     assert!(allowed >= 2, "allowed requests not recorded: {events:#?}");
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    let id = assert_left_nothing(&world, &output);
     assert!(
         events.iter().all(|e| e["job"] == json!(id)),
         "events of another job: {events:#?}"
     );
-    assert!(world.leftovers(&[id]).is_empty());
 }
 
 /// Python run inside the sandbox: each attack prints `BLOCKED <name>` when the kernel or
@@ -247,7 +256,12 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
         .lines()
         .find(|l| l.starts_with("Fence: "))
         .unwrap_or_else(|| panic!("no fence counters in the summary\n{stdout}"));
-    assert!(!fence_line.ends_with(" 0 refused"), "{fence_line}");
+    let refused: u64 = fence_line
+        .split_once(" refused")
+        .and_then(|(counts, _)| counts.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refused count in {fence_line:?}"));
+    assert!(refused > 0, "{fence_line}");
     let attacks = [
         "tcp-literal-22",
         "tcp-literal-25",
@@ -337,8 +351,7 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
             "ebpf event without process: {e}"
         );
     }
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(world.leftovers(&[id]).is_empty());
+    assert_left_nothing(&world, &output);
 }
 
 /// The pids of the children of `parent` whose command line contains `needle`.
@@ -524,6 +537,5 @@ steps:
         });
         assert!(found, "no deny event for {call}: {events:#?}");
     }
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(world.leftovers(&[id]).is_empty());
+    assert_left_nothing(&world, &output);
 }

@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use runner_agent_tests::agent::agent_binary;
+use runner_agent_tests::agent::{agent_binary, files_under, output_with_stdin};
 use runner_agent_tests::require_privilege;
 
 /// A host config and its store in a temporary directory.
@@ -71,22 +71,7 @@ impl Store {
 
     /// Every file under state_dir with its content.
     fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
-        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-            let Ok(entries) = fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.insert(path.clone(), fs::read(&path).unwrap());
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(&self.state, &mut out);
-        out
+        files_under(&self.state)
     }
 }
 
@@ -96,21 +81,13 @@ fn run_secrets(config: &Path, args: &[&str], stdin: &[u8], uid: Option<u32>) -> 
         .arg("secrets")
         .args(args)
         .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg(config);
     if let Some(uid) = uid {
         command.uid(uid).gid(uid);
     }
-    let mut child = command.spawn().expect("runner-agent starts");
-    {
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        // A refused command may exit before reading: a broken pipe is fine then.
-        let _ = input.write_all(stdin);
-    }
-    child.wait_with_output().unwrap()
+    // A refused command may exit before reading: output_with_stdin does not count the
+    // broken pipe as a failure.
+    output_with_stdin(&mut command, stdin).expect("runner-agent starts")
 }
 
 fn stdout(out: &Output) -> String {

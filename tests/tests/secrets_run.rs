@@ -7,13 +7,14 @@
 //! accident; the scanner looks in every process's environment, command line and memory
 //! and in the writable places of the filesystem.
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use runner_agent_tests::agent::{describe, wait_until, World};
+use runner_agent_tests::agent::{
+    describe, files_under, job_id, output_with_stdin, wait_until, World,
+};
 use runner_agent_tests::netbed::{NetBed, DNS_IP, ECHO_PATH};
 use runner_agent_tests::require_privilege;
 
@@ -30,20 +31,11 @@ fn random_value(tag: &str) -> String {
 /// `runner-agent secrets set ENV NAME`, the value on stdin.
 fn set_secret(world: &World, env: &str, name: &str, value: &str) {
     let config = world.config.to_string_lossy().into_owned();
-    let mut child = world
-        .command(&["secrets", "set", env, name, "--config", &config])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn secrets set");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(value.as_bytes())
-        .expect("write value");
-    let output = child.wait_with_output().expect("secrets set");
+    let output = output_with_stdin(
+        &mut world.command(&["secrets", "set", env, name, "--config", &config]),
+        value.as_bytes(),
+    )
+    .expect("secrets set");
     assert!(output.status.success(), "{}", describe(&output));
 }
 
@@ -189,19 +181,12 @@ fn with_secrets(world: World) -> (World, Secrets) {
 }
 
 fn sha256_hex(text: &str) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("sha256sum");
+    let out = output_with_stdin(
+        &mut std::process::Command::new("sha256sum"),
+        text.as_bytes(),
+    )
+    .expect("sha256sum");
+    assert!(out.status.success(), "{}", describe(&out));
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -209,54 +194,25 @@ fn sha256_hex(text: &str) -> String {
         .to_owned()
 }
 
-/// Every file below `dir` (recursively) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                stack.extend(entries.flatten().map(|e| e.path()));
-            }
-        } else if meta.is_file() {
-            if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    found
+/// `runner-agent approve ARGS --config HOST` in `world`.
+fn run_approve(world: &World, args: &[&str]) -> Output {
+    let config = world.config.to_string_lossy();
+    let mut full = vec!["approve"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--config", &config]);
+    world.command(&full).output().expect("runner-agent approve")
 }
 
 /// Runs `job` in `world` with `claims`, approving it once it waits when `approve` is set.
 fn run_with_claims(world: &World, job: &Path, claims: &[&str], approve: bool) -> Output {
-    let (job_text, config) = (
-        job.to_string_lossy().into_owned(),
-        world.config.to_string_lossy().into_owned(),
-    );
-    let mut args = vec!["run", job_text.as_str(), "--config", config.as_str()];
-    args.extend_from_slice(claims);
-    let mut child = world
-        .command(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
+    let mut child = world.spawn_with(job, claims);
     if approve {
         let mut waiting = None;
         let asked = wait_until(Duration::from_secs(30), || {
             if matches!(child.try_wait(), Ok(Some(_))) {
                 return true;
             }
-            let out = world
-                .command(&["approve", "--config", &config])
-                .output()
-                .expect("approve list");
+            let out = run_approve(world, &[]);
             waiting = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .find(|w| w.starts_with("j-"))
@@ -268,13 +224,28 @@ fn run_with_claims(world: &World, job: &Path, claims: &[&str], approve: bool) ->
             let output = child.wait_with_output().expect("run");
             panic!("the job never asked for approval\n{}", describe(&output));
         };
-        let out = world
-            .command(&["approve", &id, "--config", &config])
-            .output()
-            .expect("approve");
+        let out = run_approve(world, &[&id]);
         assert!(out.status.success(), "{}", describe(&out));
     }
     child.wait_with_output().expect("run")
+}
+
+/// The record of the job that `output` announced, read from its own directory under
+/// state_dir/jobs. It must be the only record there: the callers' worlds have run no
+/// other job that leaves one, so a second record would be a stray.
+fn job_record(world: &World, output: &Output) -> serde_json::Value {
+    let id = job_id(&String::from_utf8_lossy(&output.stderr))
+        .unwrap_or_else(|| panic!("no job id announced\n{}", describe(output)));
+    let dir = runner_agent::record::job_dir(&world.state_dir, &id);
+    let records: Vec<_> = files_under(&world.state_dir.join("jobs"))
+        .into_keys()
+        .filter(|path| path.ends_with("record.json"))
+        .collect();
+    assert_eq!(records, [dir.join("record.json")], "{}", describe(output));
+    let bytes = std::fs::read(dir.join("record.json")).expect("record");
+    let record: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(record["job"], id.as_str(), "{record:#}");
+    record
 }
 
 #[test]
@@ -410,13 +381,7 @@ steps:
         .iter()
         .find(|h| h.path == "/ci-probe")
         .expect("the probe reached the server");
-    assert!(
-        !probe
-            .headers
-            .iter()
-            .any(|(name, _)| name == "authorization"),
-        "{probe:?}"
-    );
+    assert!(probe.header_values("authorization").is_empty(), "{probe:?}");
     for event in &events {
         assert!(!event.to_string().contains(&secrets.release_token));
         assert!(!event.to_string().contains(&secrets.ci_token));
@@ -438,20 +403,27 @@ steps:
 }
 
 /// No file the agent keeps (state_dir: store, records, logs; run_dir: live state and
-/// scratch) contains a value, raw or base64.
+/// scratch) contains a value in any form the agent masks: raw, base64 (both alphabets,
+/// every alignment), percent-encoded or JSON-escaped.
 fn assert_no_plaintext(world: &World, secrets: &Secrets) {
-    use base64::Engine;
-    for value in [
+    let forms: Vec<_> = [
         &secrets.ci_token,
         &secrets.ci_key,
         &secrets.release_token,
         &secrets.gated_token,
-    ] {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-        for needle in [value.as_str(), b64.trim_end_matches('=')] {
-            for dir in [&world.state_dir, &world.run_dir] {
-                let found = files_containing(dir, needle.as_bytes());
-                assert!(found.is_empty(), "{needle} found in {found:?}");
+    ]
+    .into_iter()
+    .flat_map(|value| runner_agent::mask::forms(value.as_bytes()))
+    .collect();
+    for dir in [&world.state_dir, &world.run_dir] {
+        for (path, bytes) in files_under(dir) {
+            for form in &forms {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == &form[..]),
+                    "{} found in {}",
+                    String::from_utf8_lossy(form),
+                    path.display()
+                );
             }
         }
     }
@@ -523,12 +495,8 @@ steps:
     let auth_of = |path: &str| -> Vec<String> {
         hits.iter()
             .filter(|h| h.path == path)
-            .flat_map(|h| {
-                h.headers
-                    .iter()
-                    .filter(|(name, _)| name == "authorization")
-                    .map(|(_, value)| value.clone())
-            })
+            .flat_map(|h| h.header_values("authorization"))
+            .map(str::to_owned)
             .collect()
     };
     for path in [
@@ -547,13 +515,7 @@ steps:
         assert!(auth_of(path).is_empty(), "{path}: {hits:?}");
     }
     // The record names what was released, by fingerprint, with the approval.
-    let records: Vec<String> = files_containing(&world.state_dir.join("jobs"), b"RELEASE_TOKEN")
-        .into_iter()
-        .filter(|path| path.ends_with("/record.json"))
-        .collect();
-    assert_eq!(records.len(), 1, "{records:?}");
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&records[0]).expect("record")).expect("json");
+    let record = job_record(&world, &output);
     assert_eq!(record["environment"], "release");
     assert_eq!(record["claims"]["repository"], "acme/app");
     assert_eq!(record["approval"]["outcome"], "approved");
@@ -588,13 +550,8 @@ fn unapproved_and_mismatched_jobs_get_nothing() {
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains(&marker));
     assert!(world.runner_records().is_empty());
-    let record: Vec<String> = files_containing(&world.state_dir.join("jobs"), b"\"gated\"")
-        .into_iter()
-        .filter(|path| path.ends_with("/record.json"))
-        .collect();
-    assert_eq!(record.len(), 1, "{record:?}");
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&record[0]).expect("record")).expect("json");
+    let record = job_record(&world, &output);
+    assert_eq!(record["environment"], "gated");
     assert_eq!(record["approval"]["outcome"], "timed out");
     assert_eq!(record["status"], "refused");
     assert_eq!(record["secrets"], serde_json::json!([]));
@@ -653,10 +610,7 @@ fn unapproved_and_mismatched_jobs_get_nothing() {
         );
         assert!(!String::from_utf8_lossy(&output.stdout).contains(&marker));
     }
-    let none_waiting = world
-        .command(&["approve", "--config", &world.config.to_string_lossy()])
-        .output()
-        .expect("approve list");
+    let none_waiting = run_approve(&world, &[]);
     assert!(String::from_utf8_lossy(&none_waiting.stdout).contains("no job is waiting"));
     assert_no_plaintext(&world, &secrets);
 }
@@ -665,19 +619,16 @@ fn unapproved_and_mismatched_jobs_get_nothing() {
 fn approval_cli_refuses_what_is_not_waiting() {
     require_privilege!();
     let world = World::new("", &host_config());
-    let config = world.config.to_string_lossy().into_owned();
     for (args, code, message) in [
-        (vec!["approve", "nonsense"], 64, "is not a job id"),
+        (&["nonsense"][..], 64, "is not a job id"),
         (
-            vec!["approve", "j-01JD3M0Q8V5X6W7Y8Z9A0B1C2D"],
+            &["j-01JD3M0Q8V5X6W7Y8Z9A0B1C2D"],
             1,
             "no job j-01JD3M0Q8V5X6W7Y8Z9A0B1C2D is waiting",
         ),
-        (vec!["approve", "--reject"], 64, "--reject needs the id"),
+        (&["--reject"], 64, "--reject needs the id"),
     ] {
-        let mut full = args.clone();
-        full.extend_from_slice(&["--config", &config]);
-        let output = world.command(&full).output().expect("approve");
+        let output = run_approve(&world, args);
         assert_eq!(output.status.code(), Some(code), "{}", describe(&output));
         assert!(
             String::from_utf8_lossy(&output.stderr).contains(message),
