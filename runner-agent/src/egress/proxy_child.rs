@@ -132,7 +132,7 @@ pub fn main() -> ! {
     let line = crate::sandbox::protocol::read_secret_line(&mut std::io::stdin().lock())
         .unwrap_or_else(|err| fail(format!("read configuration: {err}")));
     let mut config: ProxyChildConfig =
-        serde_json::from_str(&line).unwrap_or_else(|e| fail(format!("bad configuration: {e}")));
+        serde_json::from_slice(&line).unwrap_or_else(|e| fail(format!("bad configuration: {e}")));
     drop(line);
     let interception = config.intercept.take().map(|intercept| {
         build_interception(intercept).unwrap_or_else(|e| fail(format!("interception: {e}")))

@@ -98,7 +98,7 @@ impl Control {
         if line.is_empty() {
             return Ok(None);
         }
-        serde_json::from_str(&line)
+        serde_json::from_slice(&line)
             .map(Some)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }

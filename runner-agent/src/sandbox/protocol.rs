@@ -38,22 +38,39 @@ pub fn json_line<T: Serialize>(msg: &T) -> serde_json::Result<zeroize::Zeroizing
     Ok(line)
 }
 
-/// Reads one line that may carry secrets into a buffer that is zeroed when dropped.
-/// Room for [`SECRET_LINE_ROOM`] bytes is reserved first (address space only, until
-/// written), so a line up to that size never makes the buffer grow and leave a freed,
-/// unzeroed copy behind. The reader's own buffer (a `BufReader`'s 8 KiB) still holds the
-/// end of the line until it is overwritten or freed.
+/// Reads one line (with its newline, if any) that may carry secrets into a buffer that is
+/// zeroed when dropped; empty at end of input. When the buffer must grow, the bytes move
+/// to a new zeroizing buffer and the old one is zeroed as it goes, so no freed copy of the
+/// line is left behind (`read_line` would let `Vec` reallocate without zeroing). The
+/// reader's own buffer (a `BufReader`'s 8 KiB) still holds the end of the line until it
+/// is overwritten or freed.
 pub fn read_secret_line(
     reader: &mut impl std::io::BufRead,
-) -> std::io::Result<zeroize::Zeroizing<String>> {
-    let mut line = zeroize::Zeroizing::new(String::with_capacity(SECRET_LINE_ROOM));
-    reader.read_line(&mut line)?;
-    Ok(line)
+) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut line = zeroize::Zeroizing::new(Vec::new());
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(line);
+        }
+        let (chunk, ends) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..=at], true),
+            None => (available, false),
+        };
+        let needed = line.len() + chunk.len();
+        if needed > line.capacity() {
+            let mut bigger = Vec::with_capacity(needed.max(2 * line.capacity()).max(4096));
+            bigger.extend_from_slice(&line);
+            line = zeroize::Zeroizing::new(bigger);
+        }
+        line.extend_from_slice(chunk);
+        let taken = chunk.len();
+        reader.consume(taken);
+        if ends {
+            return Ok(line);
+        }
+    }
 }
-
-/// What [`read_secret_line`] reserves: more than an environment's secrets, JSON-escaped,
-/// plus the host's CA bundle take in practice.
-pub const SECRET_LINE_ROOM: usize = 8 << 20;
 
 /// A writer that only counts what it is given.
 struct ByteCount(usize);
@@ -251,6 +268,11 @@ mod tests {
         assert_eq!(*line, expected);
         // Sized once: no reallocation left an unzeroed copy of the value behind.
         assert_eq!(line.capacity(), line.len());
+        // Read back through a small reader buffer, so the line arrives in many pieces.
+        let mut input = std::io::BufReader::with_capacity(1000, &line[..]);
+        let read = read_secret_line(&mut input).unwrap();
+        assert_eq!(*read, *line);
+        assert!(read_secret_line(&mut input).unwrap().is_empty());
         let end = FromInit::StepExited(StepEnd::Signaled { signal: 9 });
         let line = serde_json::to_string(&end).unwrap();
         assert_eq!(serde_json::from_str::<FromInit>(&line).unwrap(), end);
