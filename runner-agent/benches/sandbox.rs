@@ -22,8 +22,8 @@
 //! machine's load and the kernel's deferred clean-up after one task (network namespaces
 //! are freed by a kernel worker) fall on all of them alike. The rounds also drive the
 //! same lifecycle phase by phase (see [`phases`]) to show where the time goes, and time
-//! two reference operations: the init binary starting alone, and a process joining a
-//! runner's cgroups.
+//! two reference operations: the init binary starting alone, and a process being moved
+//! into a runner's cgroups (which the sandbox avoids).
 //!
 //! Isolation: before any thread exists, the process moves into a network namespace of its
 //! own (unshare(2) `CLONE_NEWNET` applies to the calling thread only, so it must run while
@@ -314,7 +314,6 @@ mod phases {
     //! The mirror does not attach the eBPF fence (whose loading overlaps the init's
     //! start in `Sandbox::create`), so its total is below the real lifecycle's.
 
-    use std::os::fd::OwnedFd;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
@@ -328,13 +327,12 @@ mod phases {
     use tokio::net::UnixStream;
 
     /// The phases, in order, as printed.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 10] = [
         "slot + record",
         "cgroup create + limits",
-        "spawn init (fork+exec)",
-        "init start + unshare netns",
+        "spawn init (clone3 + exec)",
         "veth create + configure",
-        "rest of init (cgroup join, rootfs, ...)",
+        "rest of init (v1 join, rootfs, ...)",
         "step: bash -c true",
         "kill (cgroup.kill, wait empty)",
         "veth delete (what outlasts the kill)",
@@ -450,14 +448,13 @@ mod phases {
             bail!("left behind: {}", left.join("; "));
         }
         run_dir.remove_record(record.slot)?;
-        let mut child = child;
-        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.reap()).await;
         clock.lap();
         drop(lease);
         Ok(clock.timings)
     }
 
-    /// Phases 2 to 7: cgroup, init, namespaces, veth, root, step. Returns the clock and
+    /// Phases 2 to 6: cgroup, init, veth, root, step. Returns the clock and
     /// the init process; the control socket and output pipe are closed on return, which
     /// (as in `Sandbox::destroy`) tells pid 1 to exit.
     async fn start_and_step(
@@ -467,56 +464,40 @@ mod phases {
         record: &mut RunnerRecord,
         run_dir: &RunDir,
         mut clock: Clock,
-    ) -> Result<(Clock, tokio::process::Child)> {
+    ) -> Result<(Clock, runner_agent::sys::spawn::Child)> {
         // 2. Cgroup.
         let cgroup = layout.create(cgroup_name, &config.limits)?;
         clock.lap();
 
-        // 3. Spawn init, with the spec Sandbox::start sends.
+        // 3. Spawn init (in its netns and v2 cgroup) and send the spec Sandbox::start sends.
         let spec = sandbox::init_spec(record, config, &cgroup);
-        let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()?;
-        let (output_read, output_write) = std::io::pipe()?;
-        let output_write_2 = output_write.try_clone()?;
-        let child = tokio::process::Command::new(&config.init_program)
-            .arg(init::INIT_ARG)
-            .env_clear()
-            .stdin(Stdio::from(OwnedFd::from(init_end)))
-            .stdout(Stdio::from(OwnedFd::from(output_write)))
-            .stderr(Stdio::from(OwnedFd::from(output_write_2)))
-            .process_group(0)
-            .spawn()
-            .context("spawn init")?;
-        let init_pid = child.id().context("init has no pid")?;
-        agent_end.set_nonblocking(true)?;
-        let (read, mut write) = UnixStream::from_std(agent_end)?.into_split();
+        let spawned = sandbox::spawn_init(&config.init_program, &cgroup)?;
+        let init_pid = spawned.child.pid();
+        spawned.control.set_nonblocking(true)?;
+        let (read, mut write) = UnixStream::from_std(spawned.control)?.into_split();
         let mut read = BufReader::new(read);
         // Held open (as Sandbox holds it) so that the step's stdout is a live pipe.
-        let output = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(output_read))?;
-        clock.lap();
-
-        // 4. Network namespace.
-        send(&mut write, &ToInit::Spec(spec)).await?;
-        let FromInit::NetnsReady = recv(&mut read).await? else {
-            bail!("expected NetnsReady");
-        };
+        let output = tokio::net::unix::pipe::Receiver::from_owned_fd(spawned.output)?;
         let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))?;
         record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
         run_dir.write_record(record)?;
+        send(&mut write, &ToInit::Spec(spec)).await?;
         clock.lap();
 
-        // 5. Veth, while init joins its cgroups and unshares the other namespaces.
+        // 4. Veth, while init starts, joins its v1 cgroups and unshares the other
+        // namespaces.
         network::setup(&record.host_if, record.addresses, init_pid).await?;
         clock.lap();
 
-        // 6. The rest of init: cgroup join, namespaces, root filesystem, user namespace,
-        // seccomp (what of it did not overlap the veth).
+        // 5. The rest of init: namespaces, root filesystem, user namespace, seccomp (what
+        // of it did not overlap the veth).
         send(&mut write, &ToInit::NetworkReady).await?;
         let FromInit::SandboxReady { .. } = recv(&mut read).await? else {
             bail!("expected SandboxReady");
         };
         clock.lap();
 
-        // 7. The step (`true` prints nothing, so only the report is read).
+        // 6. The step (`true` prints nothing, so only the report is read).
         send(&mut write, &ToInit::RunStep(super::ours::true_step())).await?;
         let FromInit::StepExited(end) = recv(&mut read).await? else {
             bail!("expected StepExited");
@@ -524,7 +505,7 @@ mod phases {
         super::ours::check_step(end)?;
         clock.lap();
         drop((read, write, output));
-        Ok((clock, child))
+        Ok((clock, spawned.child))
     }
 
     /// Reference point: the init binary started with no spec (it reads end of file and
@@ -551,7 +532,9 @@ mod phases {
     /// creates them, a `sleep` is started, and its pid is written to the v2 `cgroup.procs`,
     /// then to the v1 ones (hybrid hosts). Moving a process between cgroups write-locks
     /// the kernel's global `cgroup_threadgroup_rwsem`, whose writer may first wait for
-    /// an RCU grace period; timing the writes separately shows what that costs here.
+    /// an RCU grace period; timing the writes separately shows what that costs here, and
+    /// why the sandbox moves no process: init is cloned into the v2 cgroup and joins the
+    /// v1 ones by `tasks`, as a single thread (see runner_agent::sys::spawn).
     /// Returns (v2 write, v1 writes).
     pub fn cgroup_join(config: &SandboxConfig, name: &str) -> Result<(Duration, Duration)> {
         let layout = CgroupLayout::detect(&config.cgroup_root)?;
@@ -1226,8 +1209,11 @@ fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
     }
     for (what, sample) in [
         ("runner-agent init exec + exit without a spec", &s.init_exec),
-        ("moving a process into a runner's v2 cgroup", &s.join_v2),
-        ("then into its v1 cgroups (hybrid hosts)", &s.join_v1),
+        (
+            "moving a process into a runner's v2 cgroup (init is cloned into it instead)",
+            &s.join_v2,
+        ),
+        ("then into its v1 cgroups by cgroup.procs", &s.join_v1),
     ] {
         if let Some(summary) = stats::summarize(sample) {
             println!(

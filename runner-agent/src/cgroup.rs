@@ -238,9 +238,22 @@ impl RunnerCgroup {
         dirs
     }
 
-    /// The `cgroup.procs` files a process writes "0" to in order to join the runner.
+    /// The `cgroup.procs` files a process's pid is written to in order to move it into
+    /// the runner. The sandbox does not move processes (see [`Self::v1_task_files`]); the
+    /// benchmark uses these to show what a move costs.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs().iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The v1 `tasks` files (hybrid hosts; none on pure v2 hosts) that the sandbox init
+    /// writes "0" to in order to join the runner's v1 cgroups. It is born in the v2
+    /// directory (`clone3` with `CLONE_INTO_CGROUP`, see [`crate::sys::spawn`]), which
+    /// has no equivalent for v1 hierarchies. Writing "0" to `tasks` moves only the
+    /// calling thread, the one kind of move that takes no global lock (a `cgroup.procs`
+    /// write waits for an RCU grace period, several milliseconds); for a process with a
+    /// single thread it moves the whole process, and its children are born there.
+    pub fn v1_task_files(&self) -> Vec<PathBuf> {
+        self.v1_dirs.iter().map(|(_, d)| d.join("tasks")).collect()
     }
 
     fn apply_v2_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {

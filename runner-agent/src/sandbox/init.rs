@@ -5,11 +5,12 @@
 //! which `unshare` and `setns` into a user namespace require) with stdin = the control
 //! socket and stdout = stderr = the step output pipe. It runs in two processes:
 //!
-//! 1. the *outer* init, in the host's pid namespace: unshares the network namespace and
-//!    tells the agent, which sets up the veth meanwhile; joins the runner's cgroups (so
-//!    the cgroup namespace is rooted there), unshares the mount, UTS, IPC, cgroup and pid
-//!    namespaces, forks, and then only waits for its child so that the agent can follow
-//!    one process;
+//! 1. the *outer* init, in the host's pid namespace: the agent starts it in its own
+//!    network namespace and in the runner's v2 cgroup (`crate::sys::spawn`) and sets up
+//!    the veth meanwhile; it joins the runner's v1 cgroups (hybrid hosts; so that the
+//!    cgroup namespace is rooted in the runner's cgroups), unshares the mount, UTS, IPC,
+//!    cgroup and pid namespaces, forks, and then only waits for its child so that the
+//!    agent can follow one process;
 //! 2. the *inner* init, pid 1 of the new pid namespace: builds the root filesystem, then
 //!    drops into the runner's user namespace, closes every other fd, disables core dumps,
 //!    sets no_new_privs, installs the seccomp filter, waits until the agent says the
@@ -135,17 +136,10 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
             })
         }
     };
-    // The network namespace first, so that the agent builds and fences the veth while
-    // this process joins its cgroups (a join can wait for an RCU grace period, 10 to 20
-    // ms). Nothing of the job runs before the network is ready (see `inner`).
-    unshare(CloneFlags::CLONE_NEWNET).stage("unshare network namespace")?;
-    control.send(&FromInit::NetnsReady).stage("report")?;
-    for procs in &spec.cgroup_procs {
-        std::fs::write(procs, "0").map_err(|e| InitFailure {
-            stage: "join cgroup",
-            message: format!("{}: {e}", procs.display()),
-        })?;
-    }
+    // This process was born in its network namespace and the runner's v2 cgroup; the
+    // agent builds and fences the veth meanwhile. Nothing of the job runs before the
+    // network is ready (see `inner`).
+    join_v1_cgroups(&spec.v1_tasks)?;
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWUTS
@@ -180,6 +174,32 @@ fn outer(control: &mut Control) -> Result<i32, InitFailure> {
             }
         }
     }
+}
+
+/// Joins the runner's v1 cgroups (hybrid hosts) by writing "0" to each `tasks` file,
+/// which moves only the calling thread (see `RunnerCgroup::v1_task_files` for why). That
+/// moves the whole process only while it has a single thread, so that is checked first:
+/// a second thread would stay outside the limits, and so would whatever it started.
+fn join_v1_cgroups(tasks: &[std::path::PathBuf]) -> Result<(), InitFailure> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let threads = std::fs::read_dir("/proc/self/task")
+        .stage("join cgroup")?
+        .count();
+    if threads != 1 {
+        return Err(InitFailure {
+            stage: "join cgroup",
+            message: format!("init has {threads} threads; it must have one to join by tasks"),
+        });
+    }
+    for file in tasks {
+        std::fs::write(file, "0").map_err(|e| InitFailure {
+            stage: "join cgroup",
+            message: format!("{}: {e}", file.display()),
+        })?;
+    }
+    Ok(())
 }
 
 /// Pid 1 inside: build the root, drop privileges, serve steps.

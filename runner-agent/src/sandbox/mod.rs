@@ -6,9 +6,10 @@
 //!
 //! 1. lease a slot under `run_dir`, write the record;
 //! 2. create the cgroup directories and apply the limits;
-//! 3. start the init (`runner-agent __sandbox-init`), which unshares its network
-//!    namespace, then joins the cgroups and unshares the others (see [`init`] for why
-//!    that order makes root inside powerless);
+//! 3. start the init (`runner-agent __sandbox-init`) already in its own network namespace
+//!    and in the runner's v2 cgroup (`clone3`, see [`crate::sys::spawn`] for why it is
+//!    not moved there), send it the spec; it joins the v1 cgroups and unshares the other
+//!    namespaces (see [`init`] for why that order makes root inside powerless);
 //! 4. meanwhile, create the veth pair into the new network namespace and put the fence's
 //!    tc program on its host side (the fence's cgroup programs are loaded and attached
 //!    from the start, in parallel);
@@ -28,9 +29,8 @@ pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -154,7 +154,7 @@ pub struct Sandbox {
     record: RunnerRecord,
     run_dir: RunDir,
     _lease: SlotLease,
-    child: Option<tokio::process::Child>,
+    child: Option<crate::sys::spawn::Child>,
     /// Writing half of the control socket; dropping it ends the sandbox.
     control: Option<tokio::net::unix::OwnedWriteHalf>,
     /// Messages from init, read by a task of their own (see `read_messages`).
@@ -201,7 +201,7 @@ pub fn init_spec(
         runner: record.runner.clone(),
         id_base: record.id_base,
         id_count: ID_COUNT,
-        cgroup_procs: cgroup.procs_files(),
+        v1_tasks: cgroup.v1_task_files(),
         scratch_dir: record.scratch_dir.clone(),
         scratch_bytes: config.disk_bytes,
         masked_paths: masked,
@@ -381,37 +381,26 @@ impl Sandbox {
         Ok(attached?)
     }
 
-    /// Starts init and, once its network namespace exists, the veth into it (while init
-    /// goes on building the sandbox). Returns the host side's interface index.
+    /// Starts init in its network namespace and builds the veth into it while init goes
+    /// on building the sandbox. Returns the host side's interface index.
     async fn start_init_and_network(
         &mut self,
         config: &SandboxConfig,
         cgroup: &RunnerCgroup,
     ) -> Result<u32, SandboxError> {
         let spec = init_spec(&self.record, config, cgroup);
-
-        let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| SandboxError::Init(format!("socketpair: {e}")))?;
-        let (output_read, output_write) =
-            std::io::pipe().map_err(|e| SandboxError::Init(format!("pipe: {e}")))?;
-        let output_write_2 = output_write
-            .try_clone()
-            .map_err(|e| SandboxError::Init(format!("dup: {e}")))?;
-        let child = tokio::process::Command::new(&config.init_program)
-            .arg(init::INIT_ARG)
-            .env_clear()
-            .stdin(Stdio::from(OwnedFd::from(init_end)))
-            .stdout(Stdio::from(OwnedFd::from(output_write)))
-            .stderr(Stdio::from(OwnedFd::from(output_write_2)))
-            // Its own process group: a Ctrl-C at the agent's terminal is the agent's to
-            // handle (by destroying the sandbox), not the sandbox's.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                SandboxError::Init(format!("start {}: {e}", config.init_program.display()))
-            })?;
-        let init_pid = child.id().unwrap_or(0);
+        let SpawnedInit {
+            child,
+            control: agent_end,
+            output: output_read,
+        } = spawn_init(&config.init_program, cgroup)?;
+        let init_pid = child.pid();
         self.child = Some(child);
+        // Record the namespace before configuring it, so that its removal can be checked.
+        let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))
+            .map_err(|e| SandboxError::Init(format!("network namespace of the init: {e}")))?;
+        self.record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
+        self.run_dir.write_record(&self.record)?;
         agent_end
             .set_nonblocking(true)
             .map_err(|e| SandboxError::Init(format!("socket: {e}")))?;
@@ -425,18 +414,11 @@ impl Sandbox {
         self.messages = Some(messages);
         self.seccomp_denials = Some(seccomp_denials);
         self.output = Some(
-            pipe::Receiver::from_owned_fd(OwnedFd::from(output_read))
+            pipe::Receiver::from_owned_fd(output_read)
                 .map_err(|e| SandboxError::Init(format!("pipe: {e}")))?,
         );
 
         self.send(&ToInit::Spec(spec)).await?;
-        self.expect_ready("network namespace", |m| matches!(m, FromInit::NetnsReady))
-            .await?;
-        // Record the namespace before configuring it, so that its removal can be checked.
-        let netns = std::fs::metadata(format!("/proc/{init_pid}/ns/net"))
-            .map_err(|e| SandboxError::Init(format!("network namespace of the init: {e}")))?;
-        self.record.netns_inode = Some(std::os::unix::fs::MetadataExt::ino(&netns));
-        self.run_dir.write_record(&self.record)?;
         match network::setup(&self.record.host_if, self.record.addresses, init_pid).await {
             Ok(index) => Ok(index),
             Err(err) => Err(self.init_failure_or(err.into()).await),
@@ -617,11 +599,47 @@ impl Sandbox {
         // reaped ones alike.
         self.fence = None;
         let result = teardown(&self.run_dir, &self.record, NetnsCheck::ByCgroup).await;
-        if let Some(mut child) = self.child.take() {
-            let _ = tokio::time::timeout(KILL_DEADLINE, child.wait()).await;
+        if let Some(child) = self.child.take() {
+            let _ = tokio::time::timeout(KILL_DEADLINE, child.reap()).await;
         }
         result
     }
+}
+
+/// A sandbox init just started by [`spawn_init`].
+#[derive(Debug)]
+pub struct SpawnedInit {
+    /// The init process, in its own network namespace and the runner's v2 cgroup.
+    pub child: crate::sys::spawn::Child,
+    /// The agent's end of the control socket (init's stdin).
+    pub control: std::os::unix::net::UnixStream,
+    /// The read end of the step output pipe (init's stdout and stderr).
+    pub output: OwnedFd,
+}
+
+/// Starts `runner-agent __sandbox-init` (`program`) in a new network namespace and in
+/// `cgroup`'s v2 directory, with the control socket as its stdin and the output pipe as
+/// its stdout and stderr. It then waits for the spec ([`ToInit::Spec`]).
+pub fn spawn_init(program: &Path, cgroup: &RunnerCgroup) -> Result<SpawnedInit, SandboxError> {
+    let (agent_end, init_end) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| SandboxError::Init(format!("socketpair: {e}")))?;
+    let (output_read, output_write) =
+        std::io::pipe().map_err(|e| SandboxError::Init(format!("pipe: {e}")))?;
+    let v2_dir = std::fs::File::open(&cgroup.v2_dir)
+        .map_err(|e| SandboxError::Init(format!("open cgroup {}: {e}", cgroup.v2_dir.display())))?;
+    let child = crate::sys::spawn::spawn(&crate::sys::spawn::SpawnRequest {
+        program,
+        args: &[init::INIT_ARG],
+        stdio: [init_end.as_fd(), output_write.as_fd(), output_write.as_fd()],
+        cgroup: v2_dir.as_fd(),
+        new_netns: true,
+    })
+    .map_err(|e| SandboxError::Init(format!("start {}: {e}", program.display())))?;
+    Ok(SpawnedInit {
+        child,
+        control: agent_end,
+        output: OwnedFd::from(output_read),
+    })
 }
 
 /// The host pid of the process numbered `inner` inside the sandbox whose v2 cgroup is

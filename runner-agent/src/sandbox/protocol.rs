@@ -1,16 +1,17 @@
 //! Messages between the agent and the sandbox init, one JSON object per line over the
 //! init's stdin (a unix socket pair).
 //!
-//! Neither side ever has more than one message in flight. The network is set up while
-//! init goes on, so that the agent's veth and tc work overlaps init's cgroup join (which
-//! can wait for a kernel RCU grace period) and the building of its root.
+//! Neither side ever has more than one message in flight. The agent starts init already
+//! in its own network namespace and the runner's v2 cgroup (`crate::sys::spawn`), so it
+//! builds the veth while init starts and builds the sandbox, without waiting for a
+//! message.
 //!
 //! ```text
 //! agent                          init (host pid ns)        init (pid 1 inside)
-//!   Spec ───────────────────────▶ unshares the netns
-//!        ◀─────────────────────── NetnsReady
-//!   (veth into the new netns,     joins cgroups, unshares
-//!    tc program on the host side) the rest, forks ───────▶ builds the root, drops to
+//!   clone3 (netns, v2 cgroup) ──▶ starts
+//!   Spec ───────────────────────▶ joins the v1 cgroups,
+//!   (veth into its netns,         unshares the rest,
+//!    tc program on the host side) forks ─────────────────▶ builds the root, drops to
 //!   NetworkReady ──────────────────────────────────────────▶ the userns, then waits
 //!        ◀──────────────────────────────────────────────── SandboxReady   for this
 //!   RunStep ───────────────────────────────────────────────▶
@@ -113,8 +114,9 @@ pub struct SandboxSpec {
     pub id_base: u32,
     /// How many ids are mapped (0..count inside).
     pub id_count: u32,
-    /// `cgroup.procs` files init joins before creating its namespaces.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// v1 `tasks` files init joins, as a single thread, before creating its namespaces
+    /// (empty on pure v2 hosts). It is born in the v2 cgroup.
+    pub v1_tasks: Vec<PathBuf>,
     /// An empty host directory; inside the sandbox's mount namespace, the scratch tmpfs
     /// is mounted on it (the host never sees that mount).
     pub scratch_dir: PathBuf,
@@ -207,8 +209,6 @@ impl StepEnd {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum FromInit {
-    /// The network namespace exists; the agent may configure it.
-    NetnsReady,
     /// The sandbox is built and locked; steps may run.
     SandboxReady {
         /// Whether the lower layer is idmapped (false: the host's filesystem could not be

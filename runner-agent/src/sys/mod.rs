@@ -5,7 +5,10 @@
 //! return value, and documents its invariants next to the `unsafe` block.
 //!
 //! The new mount API (`open_tree`, `mount_setattr`, `move_mount`; Linux 5.12+) is used to
-//! build the idmapped lower layer of the sandbox root: see `mount_setattr(2)`.
+//! build the idmapped lower layer of the sandbox root: see `mount_setattr(2)`. Starting
+//! the sandbox init with `clone3(2)` has a module of its own, [`spawn`].
+
+pub mod spawn;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
