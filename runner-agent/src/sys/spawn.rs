@@ -254,11 +254,25 @@ fn exec_child(
             fail();
         }
         // The calling thread's mask and this process's ignored signals would survive exec
-        // (Rust ignores SIGPIPE); the init starts with the defaults.
+        // (Rust ignores SIGPIPE; a parent may have ignored others): the init starts with
+        // every signal unblocked and at its default, as POSIX_SPAWN_SETSIGDEF would do.
+        // The raw rt_sigaction(2) also reaches the two signals glibc reserves (32, 33);
+        // an all-zero `struct sigaction` is SIG_DFL with no flags on every architecture.
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let default_action = [0u64; 4];
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
         libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     fail()
