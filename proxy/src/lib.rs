@@ -20,6 +20,7 @@ pub mod limits;
 pub mod origdst;
 pub mod policy;
 pub mod resolve;
+pub mod secret_match;
 pub mod server;
 mod shared;
 pub mod tls;

@@ -38,12 +38,16 @@
 //!   occurrence that starts earlier would make that earlier suffix a prefix too.
 //! - Patterns and held-back bytes live in zeroed-on-drop buffers. Patterns are shared
 //!   (`Arc`) between a masker's clones and streams and zeroed when the last one goes.
+//!
+//! The matching itself (which bytes are covered, what a stream holds back) is
+//! `egress_proxy::secret_match`, shared with the proxy's response scrubber.
 
 use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::engine::GeneralPurpose;
 use base64::Engine as _;
+use egress_proxy::secret_match::{PatternSet, Pending};
 use zeroize::Zeroizing;
 
 /// What replaces a secret.
@@ -51,127 +55,6 @@ pub const MASK: &str = "***";
 
 /// Derived forms shorter than this are not masked (module docs).
 pub const MIN_DERIVED_LEN: usize = 4;
-
-/// The patterns to mask, longest first, indexed by their first two bytes so that one
-/// pass over the input finds every occurrence of every pattern: at each position, a
-/// bit lookup says whether any pattern starts with the next two bytes, and only those
-/// patterns are compared. (A pass per pattern costs as many scans as there are forms
-/// of all secrets; an Aho-Corasick automaton would keep copies of the patterns that are
-/// never zeroed.) Every table holds pattern bytes and is zeroed on drop.
-struct Patterns {
-    list: Vec<Zeroizing<Vec<u8>>>,
-    /// Bit `b`: some pattern is the single byte `b`.
-    single: Zeroizing<[u64; 4]>,
-    /// Bit `b`: some pattern of two bytes or more starts with `b`.
-    first: Zeroizing<[u64; 4]>,
-    /// Bit `a << 8 | b`: some pattern of two bytes or more starts with `a b`.
-    pairs: Zeroizing<Vec<u64>>,
-    /// The first two bytes of each pattern of two bytes or more, sorted...
-    prefixes: Zeroizing<Vec<u16>>,
-    /// ...and that pattern's index in `list`.
-    indices: Vec<usize>,
-}
-
-fn bit(set: &[u64], index: usize) -> bool {
-    (set[index / 64] >> (index % 64)) & 1 == 1
-}
-
-fn set_bit(set: &mut [u64], index: usize) {
-    set[index / 64] |= 1 << (index % 64);
-}
-
-fn pair(a: u8, b: u8) -> u16 {
-    (u16::from(a) << 8) | u16::from(b)
-}
-
-impl Patterns {
-    /// Indexes `list` (sorted longest first, no empty pattern).
-    fn new(list: Vec<Zeroizing<Vec<u8>>>) -> Patterns {
-        let mut single = Zeroizing::new([0u64; 4]);
-        let mut first = Zeroizing::new([0u64; 4]);
-        let mut pairs = Zeroizing::new(vec![0u64; (1 << 16) / 64]);
-        let mut indices: Vec<usize> = Vec::with_capacity(list.len());
-        for (index, pattern) in list.iter().enumerate() {
-            match pattern[..] {
-                [only] => set_bit(&mut *single, usize::from(only)),
-                [a, b, ..] => {
-                    set_bit(&mut *first, usize::from(a));
-                    set_bit(&mut pairs, usize::from(pair(a, b)));
-                    indices.push(index);
-                }
-                [] => {}
-            }
-        }
-        indices.sort_by_key(|&i| (pair(list[i][0], list[i][1]), i));
-        let mut prefixes = Zeroizing::new(Vec::with_capacity(indices.len()));
-        prefixes.extend(indices.iter().map(|&i| pair(list[i][0], list[i][1])));
-        Patterns {
-            list,
-            single,
-            first,
-            pairs,
-            prefixes,
-            indices,
-        }
-    }
-
-    fn longest(&self) -> usize {
-        self.list.first().map_or(0, |p| p.len())
-    }
-
-    /// The patterns of two bytes or more that start with `key`.
-    fn starting_with(&self, key: u16) -> impl Iterator<Item = &[u8]> {
-        let start = self.prefixes.partition_point(|&p| p < key);
-        self.prefixes[start..]
-            .iter()
-            .take_while(move |&&p| p == key)
-            .zip(&self.indices[start..])
-            .map(|(_, &i)| &self.list[i][..])
-    }
-
-    /// Marks in `covered` every byte of `input` inside an occurrence of a pattern,
-    /// overlapping occurrences included.
-    fn cover(&self, input: &[u8], covered: &mut [bool]) {
-        for at in 0..input.len() {
-            let a = input[at];
-            if bit(&*self.single, usize::from(a)) {
-                covered[at] = true;
-            }
-            let Some(&b) = input.get(at + 1) else {
-                break;
-            };
-            let key = pair(a, b);
-            if !bit(&self.pairs, usize::from(key)) {
-                continue;
-            }
-            for pattern in self.starting_with(key) {
-                if input[at..].starts_with(pattern) {
-                    covered[at..at + pattern.len()].fill(true);
-                }
-            }
-        }
-    }
-
-    /// Where the held-back tail of `input` starts: the earliest position whose suffix
-    /// is a proper prefix of a pattern, or `input.len()`.
-    fn hold_from(&self, input: &[u8]) -> usize {
-        let earliest = input.len().saturating_sub(self.longest().saturating_sub(1));
-        (earliest..input.len())
-            .find(|&at| match input[at..] {
-                [only] => bit(&*self.first, usize::from(only)),
-                [a, b, ..] => {
-                    let tail = &input[at..];
-                    let key = pair(a, b);
-                    bit(&self.pairs, usize::from(key))
-                        && self
-                            .starting_with(key)
-                            .any(|p| p.len() > tail.len() && p.starts_with(tail))
-                }
-                [] => false,
-            })
-            .unwrap_or(input.len())
-    }
-}
 
 /// Appends `input` to `out`, each maximal run of covered bytes as one [`MASK`].
 /// `in_mask` says whether the last byte emitted before was masked (a run continues).
@@ -191,13 +74,13 @@ fn emit(input: &[u8], covered: &[bool], in_mask: &mut bool, out: &mut Vec<u8>) {
 /// Masks secret values in output (module docs).
 #[derive(Clone)]
 pub struct Masker {
-    patterns: Arc<Patterns>,
+    patterns: Arc<PatternSet>,
 }
 
 impl std::fmt::Debug for Masker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Masker")
-            .field("patterns", &self.patterns.list.len())
+            .field("patterns", &self.patterns.len())
             .finish()
     }
 }
@@ -209,13 +92,13 @@ impl Masker {
         list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         list.dedup();
         Masker {
-            patterns: Arc::new(Patterns::new(list)),
+            patterns: Arc::new(PatternSet::new(list)),
         }
     }
 
     /// Whether there is nothing to mask.
     pub fn is_empty(&self) -> bool {
-        self.patterns.list.is_empty()
+        self.patterns.is_empty()
     }
 
     /// `input` with every form of every value replaced by [`MASK`].
@@ -225,7 +108,7 @@ impl Masker {
             return input.to_vec();
         }
         let mut covered = vec![false; input.len()];
-        self.patterns.cover(input, &mut covered);
+        self.patterns.cover(input, &mut covered, |_| {});
         let mut out = Vec::with_capacity(input.len());
         emit(input, &covered, &mut false, &mut out);
         out
@@ -245,8 +128,7 @@ impl Masker {
     pub fn stream(&self) -> StreamMasker {
         StreamMasker {
             patterns: Arc::clone(&self.patterns),
-            pending: Zeroizing::new(Vec::new()),
-            covered: Vec::new(),
+            pending: Pending::new(),
             in_mask: false,
         }
     }
@@ -255,11 +137,9 @@ impl Masker {
 /// Masks a stream chunk by chunk (module docs). Call [`StreamMasker::finish`] at the
 /// end of the stream to get the held-back rest.
 pub struct StreamMasker {
-    patterns: Arc<Patterns>,
-    /// Bytes received but not yet emitted: they could still start a pattern.
-    pending: Zeroizing<Vec<u8>>,
-    /// For each pending byte, whether an occurrence found so far covers it.
-    covered: Vec<bool>,
+    patterns: Arc<PatternSet>,
+    /// Bytes received but not yet emitted, with their coverage.
+    pending: Pending,
     /// Whether the last emitted byte was masked.
     in_mask: bool,
 }
@@ -268,13 +148,10 @@ impl StreamMasker {
     /// Takes the next chunk; returns the masked bytes that are final now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         // Without patterns nothing is ever held back, so nothing is pending either.
-        if self.patterns.list.is_empty() {
+        if self.patterns.is_empty() {
             return chunk.to_vec();
         }
-        self.pending.extend_from_slice(chunk);
-        self.covered.resize(self.pending.len(), false);
-        self.patterns.cover(&self.pending, &mut self.covered);
-        let ready = self.patterns.hold_from(&self.pending);
+        let ready = self.pending.push(&self.patterns, chunk, |_| {});
         self.emit_until(ready)
     }
 
@@ -287,14 +164,10 @@ impl StreamMasker {
 
     fn emit_until(&mut self, end: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(end);
-        emit(
-            &self.pending[..end],
-            &self.covered[..end],
-            &mut self.in_mask,
-            &mut out,
-        );
-        self.pending.drain(..end);
-        self.covered.drain(..end);
+        let in_mask = &mut self.in_mask;
+        self.pending.release(end, |bytes, covered| {
+            emit(bytes, covered, in_mask, &mut out)
+        });
         out
     }
 }

@@ -16,6 +16,7 @@
 //!   that could still grow into a pattern (the longest suffix that is a proper prefix of
 //!   one); everything before it is final, because an occurrence starting earlier would
 //!   make an earlier suffix such a prefix. Overlapping occurrences are all covered.
+//!   The matching is [`crate::secret_match`], shared with the agent's output masker.
 //! - Only bodies the proxy can read are passed: a body is scrubbed as bytes, which is
 //!   meaningful only for the identity coding. Requests to bound hosts therefore go
 //!   upstream with `Accept-Encoding: identity` (RFC 9110 section 12.5.3; the job's own
@@ -40,6 +41,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use zeroize::Zeroizing;
 
+use crate::secret_match::{PatternSet, Pending};
+
 /// One byte string to scrub, and the credential it belongs to.
 pub(crate) struct Pattern {
     /// The credential's name, for audit events.
@@ -51,13 +54,16 @@ pub(crate) struct Pattern {
 /// The patterns of the credentials bound to one host; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Scrubber {
-    patterns: Arc<[Arc<Pattern>]>,
+    /// The patterns' bytes, indexed for matching (shared with every body scrubber).
+    set: Arc<PatternSet>,
+    /// The credential of each pattern, by its index in `set`.
+    credentials: Arc<[Arc<str>]>,
 }
 
 impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scrubber")
-            .field("patterns", &self.patterns.len())
+            .field("patterns", &self.credentials.len())
             .finish()
     }
 }
@@ -73,44 +79,19 @@ impl Scrubber {
             .filter(|p| !p.bytes.is_empty())
             .collect();
         Scrubber {
-            patterns: patterns.into(),
+            set: Arc::new(PatternSet::new(
+                patterns.iter().map(|p| p.bytes.clone()).collect(),
+            )),
+            credentials: patterns.iter().map(|p| Arc::clone(&p.credential)).collect(),
         }
     }
 
-    /// Marks in `covered` every byte of `input` inside an occurrence of a pattern, and
-    /// adds to `hits` the credentials found.
-    fn cover(&self, input: &[u8], covered: &mut [bool], hits: &mut Vec<Arc<str>>) {
-        for pattern in self.patterns.iter() {
-            let finder = memchr::memmem::Finder::new(&pattern.bytes[..]);
-            let len = pattern.bytes.len();
-            let mut found = false;
-            // One byte past each hit, so overlapping occurrences are found too.
-            let mut from = 0;
-            while let Some(at) = finder.find(&input[from..]) {
-                let start = from + at;
-                covered[start..start + len].fill(true);
-                from = start + 1;
-                found = true;
-            }
-            if found && !hits.contains(&pattern.credential) {
-                hits.push(Arc::clone(&pattern.credential));
-            }
+    /// Adds the credential of pattern `index` to `hits`, once.
+    fn note_hit(&self, index: usize, hits: &mut Vec<Arc<str>>) {
+        let credential = &self.credentials[index];
+        if !hits.contains(credential) {
+            hits.push(Arc::clone(credential));
         }
-    }
-
-    /// Where the held-back tail of `input` starts: the earliest position whose suffix is
-    /// a proper prefix of a pattern, else `input.len()`.
-    fn hold_from(&self, input: &[u8]) -> usize {
-        let longest = self.patterns.iter().map(|p| p.bytes.len()).max();
-        let earliest = input.len().saturating_sub(longest.unwrap_or(1) - 1);
-        (earliest..input.len())
-            .find(|&at| {
-                let tail = &input[at..];
-                self.patterns
-                    .iter()
-                    .any(|p| p.bytes.len() > tail.len() && p.bytes.starts_with(tail))
-            })
-            .unwrap_or(input.len())
     }
 
     /// Scrubs every header value in `headers` in place; returns the credentials found.
@@ -118,7 +99,9 @@ impl Scrubber {
         let mut hits = Vec::new();
         for value in headers.values_mut() {
             let mut covered = vec![false; value.len()];
-            self.cover(value.as_bytes(), &mut covered, &mut hits);
+            self.set.cover(value.as_bytes(), &mut covered, |i| {
+                self.note_hit(i, &mut hits)
+            });
             if !covered.contains(&true) {
                 continue;
             }
@@ -137,8 +120,7 @@ impl Scrubber {
     pub fn body(&self) -> BodyScrubber {
         BodyScrubber {
             scrubber: self.clone(),
-            pending: Zeroizing::new(Vec::new()),
-            covered: Vec::new(),
+            pending: Pending::new(),
             hits: Vec::new(),
             reported: 0,
         }
@@ -158,10 +140,8 @@ fn star(bytes: &mut [u8], covered: &[bool]) {
 /// of the body for the held-back rest.
 pub(crate) struct BodyScrubber {
     scrubber: Scrubber,
-    /// Bytes received but not yet passed on: they could still start a pattern.
-    pending: Zeroizing<Vec<u8>>,
-    /// For each pending byte, whether an occurrence found so far covers it.
-    covered: Vec<bool>,
+    /// Bytes received but not yet passed on, with their coverage.
+    pending: Pending,
     /// Credentials found so far, in the order found.
     hits: Vec<Arc<str>>,
     /// How many of `hits` [`BodyScrubber::new_hits`] has returned.
@@ -171,11 +151,10 @@ pub(crate) struct BodyScrubber {
 impl BodyScrubber {
     /// Takes the next chunk; returns the scrubbed bytes that are final now.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(chunk);
-        self.covered.resize(self.pending.len(), false);
-        self.scrubber
-            .cover(&self.pending, &mut self.covered, &mut self.hits);
-        let ready = self.scrubber.hold_from(&self.pending);
+        let (scrubber, hits) = (&self.scrubber, &mut self.hits);
+        let ready = self
+            .pending
+            .push(&scrubber.set, chunk, |i| scrubber.note_hit(i, hits));
         self.release(ready)
     }
 
@@ -206,11 +185,10 @@ impl BodyScrubber {
     }
 
     fn release(&mut self, end: usize) -> Bytes {
-        star(&mut self.pending[..end], &self.covered[..end]);
-        let out = Bytes::copy_from_slice(&self.pending[..end]);
-        self.pending.drain(..end);
-        self.covered.drain(..end);
-        out
+        self.pending.release(end, |bytes, covered| {
+            star(bytes, covered);
+            Bytes::copy_from_slice(bytes)
+        })
     }
 }
 
@@ -308,8 +286,9 @@ mod tests {
         assert_eq!(whole(&s, "alpha"), "*****");
         assert_eq!(whole(&s, "alpha and Bearer beta"), "***** and ***********");
         assert_eq!(whole(&s, "Bearer betaalpha"), "****************");
+        // Each credential once, in the order of its first occurrence in the body.
         let (_, names) = streamed(&s, &[b"x Bearer beta y alpha alpha"]);
-        assert_eq!(names, vec!["A", "B"]);
+        assert_eq!(names, vec!["B", "A"]);
         assert_eq!(whole(&s, "nothing here"), "nothing here");
         assert!(streamed(&s, &[b"nothing", b" here"]).1.is_empty());
     }
