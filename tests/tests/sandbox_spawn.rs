@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::sys::wait::WaitStatus;
-use runner_agent::sys::spawn::{spawn, SpawnRequest};
+use runner_agent::sys::spawn::{spawn, SpawnError, SpawnRequest};
 use runner_agent_tests::fence::TestCgroup;
 use runner_agent_tests::require_privilege;
 
@@ -107,7 +107,7 @@ fn a_program_that_cannot_be_executed_is_an_error_and_leaves_nothing() {
             new_netns: true,
         })
         .expect_err(program);
-        assert_eq!(err, errno, "{program}");
+        assert_eq!(err, SpawnError::Exec(errno), "{program}");
     }
     // The failed children were reaped inside spawn: the cgroup is empty, and no zombie
     // child of ours is left. A child whose exec failed still has our command name (the
@@ -151,5 +151,5 @@ fn a_directory_that_is_not_a_cgroup_is_refused() {
         new_netns: false,
     })
     .expect_err("spawned into /tmp");
-    assert_eq!(err, nix::errno::Errno::EBADF);
+    assert_eq!(err, SpawnError::Clone(nix::errno::Errno::EBADF));
 }

@@ -67,6 +67,25 @@ pub struct SpawnRequest<'a> {
     pub new_netns: bool,
 }
 
+/// Why [`spawn`] failed, by step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    /// The program path or an argument holds a NUL byte, or a pipe could not be made.
+    #[error("preparing: {0}")]
+    Prepare(Errno),
+    /// `clone3` refused. ENOSYS, E2BIG or EINVAL mean a kernel older than 5.7, which has
+    /// no `CLONE_INTO_CGROUP`; EBADF, a directory that is not a v2 cgroup.
+    #[error("clone3: {0}{hint}", hint = if matches!(.0, Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL) {
+        " (starting a sandbox needs Linux 5.7 or later: clone3 with CLONE_INTO_CGROUP)"
+    } else {
+        ""
+    })]
+    Clone(Errno),
+    /// The child could not execute the program (the child was reaped).
+    #[error("exec: {0}")]
+    Exec(Errno),
+}
+
 /// A child started by [`spawn`]. Nothing else reaps it, so its pid names it until
 /// [`Child::try_reap`] has seen it exit; the pidfd names it even after that.
 #[derive(Debug)]
@@ -136,20 +155,23 @@ fn c_string(bytes: &[u8]) -> Result<CString, Errno> {
 
 /// Starts `request.program` as described. Returns once the child has exec'd (or fails
 /// with the exec's error, the child reaped).
-pub fn spawn(request: &SpawnRequest<'_>) -> Result<Child, Errno> {
-    let program = c_string(request.program.as_os_str().as_encoded_bytes())?;
+pub fn spawn(request: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
+    let program =
+        c_string(request.program.as_os_str().as_encoded_bytes()).map_err(SpawnError::Prepare)?;
     let args = request
         .args
         .iter()
         .map(|a| c_string(a.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SpawnError::Prepare)?;
     let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 2);
     argv.push(program.as_ptr());
     argv.extend(args.iter().map(|a| a.as_ptr()));
     argv.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let stdio = request.stdio.map(|fd| fd.as_raw_fd());
-    let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (report_read, report_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Prepare)?;
 
     let mut pidfd: libc::c_int = -1;
     let mut flags = CLONE_PIDFD | CLONE_INTO_CGROUP;
@@ -180,7 +202,7 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<Child, Errno> {
         exec_child(&program, &argv, &envp, stdio, report_write.as_raw_fd());
     }
     if ret < 0 {
-        return Err(Errno::last());
+        return Err(SpawnError::Clone(Errno::last()));
     }
     drop(report_write);
     // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new descriptor
@@ -202,11 +224,13 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<Child, Errno> {
         Ok(0) => Ok(child),
         Ok(_) => {
             let _ = child.wait_blocking();
-            Err(Errno::from_raw(i32::from_ne_bytes(report)))
+            Err(SpawnError::Exec(Errno::from_raw(i32::from_ne_bytes(
+                report,
+            ))))
         }
         Err(e) => {
             let _ = child.wait_blocking();
-            Err(e)
+            Err(SpawnError::Exec(e))
         }
     }
 }
@@ -301,6 +325,17 @@ mod tests {
             cgroup: dir.as_fd(),
             new_netns: false,
         };
-        assert_eq!(spawn(&request).unwrap_err(), Errno::EINVAL);
+        assert_eq!(
+            spawn(&request).unwrap_err(),
+            SpawnError::Prepare(Errno::EINVAL)
+        );
+    }
+
+    #[test]
+    fn an_old_kernel_is_named_in_the_clone_error() {
+        let old = SpawnError::Clone(Errno::ENOSYS).to_string();
+        assert!(old.contains("Linux 5.7 or later"), "{old}");
+        let other = SpawnError::Clone(Errno::EBADF).to_string();
+        assert!(!other.contains("Linux"), "{other}");
     }
 }
