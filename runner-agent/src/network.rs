@@ -24,8 +24,11 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
+use rtnetlink::packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_REQUEST};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use tokio::io::AsyncReadExt;
 
 /// The interface name of the runner's side.
 pub const RUNNER_IF: &str = "eth0";
@@ -49,6 +52,14 @@ pub enum NetworkError {
     Sysctl {
         /// The /proc/sys file.
         path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The veth could not be deleted.
+    #[error("delete {name}: {source}")]
+    Delete {
+        /// The host side's name.
+        name: String,
         /// Why.
         source: std::io::Error,
     },
@@ -239,37 +250,48 @@ async fn configure_inside(netns_pid: u32, addrs: RunnerAddresses) -> Result<(), 
 /// tables at the start of the request, then, before it answers, waits for RCU grace
 /// periods until the last reference to the devices' memory is dropped (20 to 30 ms here,
 /// most of a runner's teardown). Nothing can observe or reuse the device during that wait,
-/// and the kernel finishes it whatever happens to the caller. So the request runs on a
-/// thread of its own, and this function watches the device's name instead: it returns
-/// when the name no longer resolves to the device, or with the request's error if it
-/// fails first. The device is named by its index, taken before the thread starts: a late
-/// thread must never delete a new device that took the name (indexes are not reused
-/// soon; names are, by the next runner of the slot).
+/// and the kernel finishes it whatever happens to the caller. So the request is sent by a
+/// child process of its own ([`crate::sys::detached`]: a thread would hold this process's
+/// exit until the kernel answers), and this function watches the device's name instead:
+/// it returns when the name no longer resolves to the device, or with the request's error
+/// if it fails first. The device is named by its index, taken before the child starts: a
+/// late request must never delete a new device that took the name (indexes are not
+/// reused soon; names are, by the next runner of the slot).
 pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
     let Some(index) = index_of(host_if)? else {
         return Ok(());
     };
-    let name = host_if.to_owned();
-    let (done_tx, mut done) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("veth-delete".into())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(NetworkError::Socket)
-                .and_then(|runtime| runtime.block_on(delete_link(index, &name)));
-            // The receiver is gone when the device left the tables first; nothing to do.
-            let _ = done_tx.send(result);
-        })
-        .map_err(NetworkError::Socket)?;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelLink({
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message
+    }));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    let failed = |source: std::io::Error| NetworkError::Delete {
+        name: host_if.to_owned(),
+        source,
+    };
+    let (child, report) =
+        crate::sys::detached::netlink_request(&bytes).map_err(|e| failed(e.into()))?;
+    // Reaped whenever it ends; if this process ends first, the system reaps it.
+    tokio::spawn(async move { child.reap().await });
+    let mut report =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(report).map_err(NetworkError::Socket)?;
+    let mut answer = [0u8; 4];
     let mut pause = std::time::Duration::from_micros(50);
     loop {
         tokio::select! {
-            finished = &mut done => {
-                return finished.unwrap_or_else(|_| {
-                    Err(NetworkError::Socket(std::io::Error::other("veth deletion thread died")))
-                });
+            read = report.read_exact(&mut answer) => {
+                return match read.map(|_| i32::from_ne_bytes(answer)) {
+                    Ok(0) | Ok(libc::ENODEV) => Ok(()),
+                    Ok(errno) => Err(failed(std::io::Error::from_raw_os_error(errno))),
+                    Err(e) => Err(failed(std::io::Error::other(format!(
+                        "the deleting process ended without an answer: {e}"
+                    )))),
+                };
             }
             () = tokio::time::sleep(pause) => {
                 if index_of(host_if)? != Some(index) {
@@ -278,20 +300,6 @@ pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
                 pause = (pause * 2).min(std::time::Duration::from_millis(2));
             }
         }
-    }
-}
-
-/// RTM_DELLINK for link `index` (called `host_if`), answered once the kernel has
-/// finished unregistering it.
-async fn delete_link(index: u32, host_if: &str) -> Result<(), NetworkError> {
-    let handle = connect()?;
-    match handle.link().del(index).execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
-        Err(source) => Err(NetworkError::Netlink {
-            op: format!("delete {host_if}"),
-            source,
-        }),
     }
 }
 

@@ -6,8 +6,10 @@
 //!
 //! The new mount API (`open_tree`, `mount_setattr`, `move_mount`; Linux 5.12+) is used to
 //! build the idmapped lower layer of the sandbox root: see `mount_setattr(2)`. Starting
-//! the sandbox init with `clone3(2)` has a module of its own, [`spawn`].
+//! the sandbox init with `clone3(2)` has a module of its own, [`spawn`], and so has sending
+//! a netlink request from a child process, [`detached`].
 
+pub mod detached;
 pub mod spawn;
 
 use std::ffi::CString;

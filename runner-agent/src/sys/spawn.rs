@@ -149,6 +149,58 @@ impl Child {
     }
 }
 
+/// Which side of [`clone_with_pidfd`] the caller is on.
+pub(crate) enum Cloned {
+    /// In the parent, with the child.
+    Parent(Child),
+    /// In the child: a copy of the caller's address space with only the calling thread.
+    Child,
+}
+
+/// `clone3(2)` with `CLONE_PIDFD` and `flags`, like fork(2) (no `CLONE_VM`: the child
+/// returns from this call on its own copy of the stack), in `cgroup` when `flags` holds
+/// `CLONE_INTO_CGROUP`.
+///
+/// # Safety
+///
+/// On the [`Cloned::Child`] side the caller runs in a copy of a multi-threaded process
+/// whose other threads are gone, possibly holding locks: it may only make
+/// async-signal-safe calls (`signal-safety(7)`; no allocation, no lock, no panic) until
+/// it execs or exits.
+pub(crate) unsafe fn clone_with_pidfd(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<Cloned, Errno> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: flags | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid, fully initialised clone_args of the size passed, and
+    // `pidfd` (where the kernel writes the new pidfd) outlives the call. What the child
+    // may do afterwards is this function's own safety contract.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        0 => Ok(Cloned::Child),
+        pid if pid > 0 => Ok(Cloned::Parent(Child {
+            pid: pid as u32,
+            // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new
+            // descriptor in `pidfd` that nothing else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        })),
+        _ => Err(Errno::last()),
+    }
+}
+
 fn c_string(bytes: &[u8]) -> Result<CString, Errno> {
     CString::new(bytes).map_err(|_| Errno::EINVAL)
 }
@@ -173,45 +225,18 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
     let (report_read, report_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Prepare)?;
 
-    let mut pidfd: libc::c_int = -1;
-    let mut flags = CLONE_PIDFD | CLONE_INTO_CGROUP;
+    let mut flags = CLONE_INTO_CGROUP;
     if request.new_netns {
         flags |= CLONE_NEWNET;
     }
-    let args = CloneArgs {
-        flags,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: request.cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
+    // SAFETY: the child side only calls `exec_child`, which is async-signal-safe (module
+    // docs) and never returns.
+    let child = match unsafe { clone_with_pidfd(flags, Some(request.cgroup)) } {
+        Ok(Cloned::Child) => exec_child(&program, &argv, &envp, stdio, report_write.as_raw_fd()),
+        Ok(Cloned::Parent(child)) => child,
+        Err(e) => return Err(SpawnError::Clone(e)),
     };
-    // SAFETY: `args` is a valid, fully initialised clone_args of the size passed, and
-    // `pidfd` (where the kernel writes the new pidfd) outlives the call. Without CLONE_VM
-    // the child gets a copy of this address space and returns here on its own copy of
-    // the stack, like fork(2); it then only calls `exec_child`, which is
-    // async-signal-safe (see the module docs), so no lock held by another thread of ours
-    // can block it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if ret == 0 {
-        exec_child(&program, &argv, &envp, stdio, report_write.as_raw_fd());
-    }
-    if ret < 0 {
-        return Err(SpawnError::Clone(Errno::last()));
-    }
     drop(report_write);
-    // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new descriptor
-    // in `pidfd` that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let child = Child {
-        pid: ret as u32,
-        pidfd,
-    };
     let mut report = [0u8; 4];
     let read = loop {
         match nix::unistd::read(&report_read, &mut report) {
