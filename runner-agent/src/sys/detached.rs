@@ -12,8 +12,8 @@
 //!
 //! The child is a copy of this multi-threaded process (`clone3` without `CLONE_VM`), so
 //! until it exits it makes raw, async-signal-safe system calls only, on a request
-//! serialised before the clone: it closes every descriptor it inherited except the
-//! report pipe, opens a `NETLINK_ROUTE` socket, sends the request, reads the kernel's
+//! serialised before the clone: it closes every descriptor it inherited (stdin, stdout
+//! and stderr included) except the report pipe, opens a `NETLINK_ROUTE` socket, sends the request, reads the kernel's
 //! acknowledgement and writes its error number (0 for success) to the pipe.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -68,11 +68,13 @@ fn send_and_exit(request: &[u8], report: RawFd) -> ! {
             libc::write(REPORT_FD, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(0)
         };
-        // Keep nothing of the agent's open: a copy of one of its sockets or pipes would
-        // keep its peer from seeing it closed for as long as this child waits.
+        // Keep nothing of the agent's open, its stdin, stdout and stderr included: a copy
+        // of one of its sockets or pipes would keep the other end from seeing it closed
+        // for as long as this child waits (`runner-agent run | tee log` would wait).
         if libc::dup2(report, REPORT_FD) < 0 {
             libc::_exit(1);
         }
+        libc::syscall(libc::SYS_close_range, 0, REPORT_FD - 1, 0);
         libc::syscall(libc::SYS_close_range, REPORT_FD + 1, u32::MAX, 0);
         let socket = libc::socket(
             libc::AF_NETLINK,
