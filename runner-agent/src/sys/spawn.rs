@@ -17,7 +17,11 @@
 //! (`signal-safety(7)`). Everything it needs (C strings, argument vectors, descriptor
 //! numbers) is prepared before the clone, and [`exec_child`] makes raw system calls only:
 //! no allocation, no lock, no panic. An exec failure is reported through a close-on-exec
-//! pipe, as `posix_spawn` does; a successful exec closes the pipe.
+//! pipe, as `posix_spawn` does; a successful exec closes the pipe. The clone itself,
+//! [`clone_with_pidfd`], also serves [`super::detached`].
+//!
+//! A [`Child`] is reaped by [`Child::reap`] (or [`Child::try_reap`]); dropping one that
+//! has not exited leaves a zombie until this process exits, when the system reaps it.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -92,6 +96,14 @@ pub enum SpawnError {
 pub struct Child {
     pid: u32,
     pidfd: OwnedFd,
+}
+
+impl Drop for Child {
+    /// Reaps the child if it has exited meanwhile, so that a handle dropped on an error
+    /// path leaves no zombie behind when it need not.
+    fn drop(&mut self) {
+        let _ = self.try_reap();
+    }
 }
 
 impl Child {
