@@ -100,7 +100,7 @@ impl Body for Counted {
             };
             let out = match polled {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => scrub.push(&data),
+                    Ok(data) => scrub.push(data),
                     Err(mut frame) => {
                         // Trailers end the data: the held-back bytes go before them.
                         if let Some(trailers) = frame.trailers_mut() {

@@ -22,6 +22,8 @@
 //! pass per pattern would cost as many scans as there are patterns, and the masker has
 //! about fifteen forms of each secret.
 
+use std::ops::ControlFlow;
+
 use zeroize::Zeroizing;
 
 /// A set of non-empty byte patterns, indexed for [`PatternSet::cover`].
@@ -115,18 +117,20 @@ impl PatternSet {
             .map(|(_, &i)| i)
     }
 
-    /// Marks in `covered` (as long as `input`) every byte of `input` inside an
-    /// occurrence of a pattern, and calls `found` with the index of the pattern of each
-    /// occurrence (once per occurrence, in input order).
-    pub fn cover(&self, input: &[u8], covered: &mut [bool], mut found: impl FnMut(usize)) {
+    /// Calls `found(at, index)` for each occurrence of a pattern in `input`, by start
+    /// position (`index` into the patterns as given), until it returns `Break`.
+    fn occurrences(
+        &self,
+        input: &[u8],
+        mut found: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         for at in 0..input.len() {
             let a = input[at];
             if bit(&*self.single, usize::from(a)) {
-                covered[at] = true;
                 // Single-byte patterns are rare (the operator declared a one-byte
                 // secret); find which one without an index of their own.
                 if let Some(i) = self.list.iter().position(|p| p[..] == [a]) {
-                    found(i);
+                    found(at, i)?;
                 }
             }
             let Some(&b) = input.get(at + 1) else {
@@ -137,13 +141,29 @@ impl PatternSet {
                 continue;
             }
             for i in self.starting_with(key) {
-                let pattern = &self.list[i][..];
-                if input[at..].starts_with(pattern) {
-                    covered[at..at + pattern.len()].fill(true);
-                    found(i);
+                if input[at..].starts_with(&self.list[i]) {
+                    found(at, i)?;
                 }
             }
         }
+        ControlFlow::Continue(())
+    }
+
+    /// Marks in `covered` (as long as `input`) every byte of `input` inside an
+    /// occurrence of a pattern, and calls `found` with the index of the pattern of each
+    /// occurrence (once per occurrence, in input order).
+    pub fn cover(&self, input: &[u8], covered: &mut [bool], mut found: impl FnMut(usize)) {
+        let _ = self.occurrences(input, |at, i| {
+            covered[at..at + self.list[i].len()].fill(true);
+            found(i);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// Whether any pattern occurs in `input`.
+    pub fn occurs_in(&self, input: &[u8]) -> bool {
+        self.occurrences(input, |_, _| ControlFlow::Break(()))
+            .is_break()
     }
 
     /// Where the held-back tail of `input` starts: the earliest position whose suffix is
@@ -248,6 +268,7 @@ mod tests {
         );
         assert_eq!(s.len(), 4);
         assert!(!s.is_empty());
+        assert!(s.occurs_in(b"--xyz") && s.occurs_in(b"b") && !s.occurs_in(b"axyaz"));
         assert!(set(&["", ""]).is_empty());
     }
 

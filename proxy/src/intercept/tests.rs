@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose};
 use zeroize::Zeroizing;
@@ -415,9 +416,11 @@ fn responses_from_bound_hosts_only_are_scrubbed_of_secret_and_value() {
         .scrubber;
     let mut body = scrubber.body();
     let mut out = body
-        .push(b"{\"auth\": \"Bearer s3cr3t-value-0123456789\", ")
+        .push(Bytes::from_static(
+            b"{\"auth\": \"Bearer s3cr3t-value-0123456789\", ",
+        ))
         .to_vec();
-    out.extend_from_slice(&body.push(b"\"raw\": \"s3cr3t-value-0123456789\"}"));
+    out.extend_from_slice(&body.push(Bytes::from_static(b"\"raw\": \"s3cr3t-value-0123456789\"}")));
     out.extend_from_slice(&body.finish());
     let expected = format!(
         "{{\"auth\": \"{}\", \"raw\": \"{}\"}}",
