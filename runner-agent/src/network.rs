@@ -281,10 +281,13 @@ pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
     let mut report =
         tokio::net::unix::pipe::Receiver::from_owned_fd(report).map_err(NetworkError::Socket)?;
     let mut answer = [0u8; 4];
+    // One read for the whole wait: a read_exact future dropped half-way would lose bytes.
+    let read = report.read_exact(&mut answer);
+    tokio::pin!(read);
     let mut pause = std::time::Duration::from_micros(50);
     loop {
         tokio::select! {
-            read = report.read_exact(&mut answer) => {
+            read = &mut read => {
                 return match read.map(|_| i32::from_ne_bytes(answer)) {
                     Ok(0) | Ok(libc::ENODEV) => Ok(()),
                     Ok(errno) => Err(failed(std::io::Error::from_raw_os_error(errno))),

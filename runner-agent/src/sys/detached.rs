@@ -28,6 +28,8 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 /// Where the report pipe's write end goes in the child.
 const REPORT_FD: RawFd = 3;
+/// How long the child waits for the kernel's answer.
+const ANSWER_TIMEOUT_SECS: libc::time_t = 30;
 
 /// The error number the kernel answered a netlink request with, from the start of the
 /// answer `reply` (`Some(0)` for an acknowledgement without error), or `None` when
@@ -84,6 +86,19 @@ fn send_and_exit(request: &[u8], report: RawFd) -> ! {
         if socket < 0 {
             finish(Errno::last_raw());
         }
+        // The kernel always answers a request that asks for an acknowledgement; should it
+        // not, the child gives up (EAGAIN) rather than wait for ever.
+        let patience = libc::timeval {
+            tv_sec: ANSWER_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&patience as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         let sent = libc::sendto(

@@ -28,6 +28,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 
 /// `CLONE_PIDFD` from `<linux/sched.h>`: return a pidfd for the child.
@@ -88,6 +89,9 @@ pub enum SpawnError {
     /// The child could not execute the program (the child was reaped).
     #[error("exec: {0}")]
     Exec(Errno),
+    /// The child was gone by the time it should have been running the program.
+    #[error("the child ended as it started: {0:?}")]
+    Ended(WaitStatus),
 }
 
 /// A child started by [`spawn`]. Nothing else reaps it, so its pid names it until
@@ -165,7 +169,9 @@ impl Child {
 pub(crate) enum Cloned {
     /// In the parent, with the child.
     Parent(Child),
-    /// In the child: a copy of the caller's address space with only the calling thread.
+    /// In the child: a copy of the caller's address space with only the calling thread,
+    /// every signal blocked (but SIGKILL and SIGSTOP) and the caller's handlers still
+    /// installed.
     Child,
 }
 
@@ -191,6 +197,15 @@ pub(crate) unsafe fn clone_with_pidfd(
         cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
+    // Every signal is blocked across the clone, so that none can run one of this
+    // process's handlers in the child before it has reset them (posix_spawn does the
+    // same); the parent's mask is restored right after.
+    let mut previous = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    )?;
     // SAFETY: `args` is a valid, fully initialised clone_args of the size passed, and
     // `pidfd` (where the kernel writes the new pidfd) outlives the call. What the child
     // may do afterwards is this function's own safety contract.
@@ -201,15 +216,19 @@ pub(crate) unsafe fn clone_with_pidfd(
             std::mem::size_of::<CloneArgs>(),
         )
     };
+    if ret == 0 {
+        return Ok(Cloned::Child);
+    }
+    let clone_errno = Errno::last();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
     match ret {
-        0 => Ok(Cloned::Child),
         pid if pid > 0 => Ok(Cloned::Parent(Child {
             pid: pid as u32,
             // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new
             // descriptor in `pidfd` that nothing else owns.
             pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
         })),
-        _ => Err(Errno::last()),
+        _ => Err(clone_errno),
     }
 }
 
@@ -257,8 +276,13 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<Child, SpawnError> {
         }
     };
     match read {
-        // The pipe closed on exec: the program runs.
-        Ok(0) => Ok(child),
+        // The pipe closed: on exec, or because the child died before it could report
+        // (killed, or out of memory in the runner's cgroup). The programs started here
+        // wait for input first, so one that is already gone did not run.
+        Ok(0) => match child.try_reap() {
+            Ok(Some(status)) => Err(SpawnError::Ended(status)),
+            _ => Ok(child),
+        },
         Ok(_) => {
             let _ = child.wait_blocking();
             Err(SpawnError::Exec(Errno::from_raw(i32::from_ne_bytes(
@@ -279,9 +303,9 @@ fn exec_child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     stdio: [RawFd; 3],
-    report: RawFd,
+    mut report: RawFd,
 ) -> ! {
-    let fail = || -> ! {
+    let fail = |report: RawFd| -> ! {
         let errno = Errno::last_raw().to_ne_bytes();
         // SAFETY: write(2) and _exit(2) are async-signal-safe; `errno` is a local array.
         unsafe {
@@ -294,34 +318,40 @@ fn exec_child(
     // `argv`, `envp` and a local signal set, all alive for the calls; none of them
     // allocates or takes a lock.
     unsafe {
+        // The report pipe too must survive the dup2s below.
+        if report <= 2 {
+            report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 3);
+            if report < 0 {
+                libc::_exit(127);
+            }
+        }
         // A source among 0..=2 could be overwritten by an earlier dup2: move it up first.
         for fd in sources.iter_mut() {
             if *fd <= 2 {
                 let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3);
                 if moved < 0 {
-                    fail();
+                    fail(report);
                 }
                 *fd = moved;
             }
         }
         for (target, fd) in sources.iter().enumerate() {
             if libc::dup2(*fd, target as libc::c_int) < 0 {
-                fail();
+                fail(report);
             }
         }
         // Its own process group: a Ctrl-C at the agent's terminal is the agent's to handle
         // (by destroying the sandbox), not the sandbox's.
         if libc::setpgid(0, 0) < 0 {
-            fail();
+            fail(report);
         }
-        // The calling thread's mask and this process's ignored signals would survive exec
-        // (Rust ignores SIGPIPE; a parent may have ignored others): the init starts with
-        // every signal unblocked and at its default, as POSIX_SPAWN_SETSIGDEF would do.
-        // The raw rt_sigaction(2) also reaches the two signals glibc reserves (32, 33);
-        // an all-zero `struct sigaction` is SIG_DFL with no flags on every architecture.
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Ignored signals and the mask would survive exec (Rust ignores SIGPIPE; a parent
+        // may have ignored others): the init starts with every signal at its default and
+        // unblocked, as POSIX_SPAWN_SETSIGDEF and SETSIGMASK would do. Dispositions
+        // first, while every signal is still blocked (see `clone_with_pidfd`), so that
+        // none reaches one of the agent's handlers here. The raw rt_sigaction(2) also
+        // reaches the two signals glibc reserves (32, 33); an all-zero
+        // `struct sigaction` is SIG_DFL with no flags on every architecture.
         let default_action = [0u64; 4];
         for signal in 1..=64 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
@@ -334,9 +364,12 @@ fn exec_child(
                 );
             }
         }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
-    fail()
+    fail(report)
 }
 
 #[cfg(test)]
