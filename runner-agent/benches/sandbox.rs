@@ -22,8 +22,9 @@
 //! machine's load and the kernel's deferred clean-up after one task (network namespaces
 //! are freed by a kernel worker) fall on all of them alike. The rounds also drive the
 //! same lifecycle phase by phase (see [`phases`]) to show where the time goes, and time
-//! two reference operations: the init binary starting alone, and a process being moved
-//! into a runner's cgroups (which the sandbox avoids).
+//! three reference operations: the init binary starting alone, a process being moved
+//! into a runner's cgroups (which the sandbox avoids), and the eBPF fence attached and
+//! removed with nothing else running.
 //!
 //! Isolation: before any thread exists, the process moves into a network namespace of its
 //! own (unshare(2) `CLONE_NEWNET` applies to the calling thread only, so it must run while
@@ -573,6 +574,45 @@ mod phases {
     }
 }
 
+mod fence {
+    //! Reference point for the eBPF fence: what `Sandbox::create` spends on it when
+    //! nothing else runs beside it.
+
+    use std::time::{Duration, Instant};
+
+    use anyhow::Result;
+    use runner_agent::cgroup::CgroupLayout;
+    use runner_agent::sandbox::SandboxConfig;
+
+    /// Creates a runner's cgroups as the sandbox does, then times `Fence::attach` (load
+    /// and verify the programs, create the maps, write the config, attach to the v2
+    /// directory, pin) and the removal the teardown does (`egress_ebpf::reap`), and
+    /// removes the cgroups. The fence sees no traffic: its addresses only need to be
+    /// valid. Returns (attach, removal).
+    pub fn alone(config: &SandboxConfig, name: &str) -> Result<(Duration, Duration)> {
+        let layout = CgroupLayout::detect(&config.cgroup_root)?;
+        let cgroup = layout.create(name, &config.limits)?;
+        let pin_dir = config.bpf_pin_root.join(name);
+        let fence_config = runner_agent::egress::fence_config(
+            std::net::Ipv4Addr::new(10, 255, 255, 1),
+            std::net::Ipv4Addr::new(10, 255, 255, 2),
+            0,
+        );
+        let started = Instant::now();
+        let attached = egress_ebpf::Fence::attach(&cgroup.v2_dir, fence_config, &pin_dir);
+        let attach = started.elapsed();
+        // Dropped, as Sandbox::destroy drops it: the pins keep it until the reap.
+        drop(attached);
+        let started = Instant::now();
+        let reaped = egress_ebpf::reap(&pin_dir);
+        let removal = started.elapsed();
+        let removed = cgroup.remove();
+        reaped?;
+        removed?;
+        Ok((attach, removal))
+    }
+}
+
 mod bwrap {
     //! The bubblewrap contender: `bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev
     //! true`. --unshare-all gives it new user, ipc, pid, net, uts and cgroup namespaces
@@ -1088,6 +1128,8 @@ enum Task {
     InitExec,
     /// Moving a process into a runner's cgroups.
     CgroupJoin,
+    /// The eBPF fence alone.
+    Fence,
 }
 
 /// Every sample taken.
@@ -1104,6 +1146,8 @@ struct Samples {
     init_exec: Vec<Duration>,
     join_v2: Vec<Duration>,
     join_v1: Vec<Duration>,
+    fence_attach: Vec<Duration>,
+    fence_removal: Vec<Duration>,
 }
 
 /// What the tasks run against.
@@ -1145,6 +1189,11 @@ impl Bench {
                 let (v2, v1) = phases::cgroup_join(&self.config, id)?;
                 s.join_v2.push(v2);
                 s.join_v1.push(v1);
+            }
+            Task::Fence => {
+                let (attach, removal) = fence::alone(&self.config, id)?;
+                s.fence_attach.push(attach);
+                s.fence_removal.push(removal);
             }
         }
         Ok(())
@@ -1214,6 +1263,14 @@ fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
             &s.join_v2,
         ),
         ("then into its v1 cgroups by cgroup.procs", &s.join_v1),
+        (
+            "the eBPF fence alone: load, attach and pin (Fence::attach)",
+            &s.fence_attach,
+        ),
+        (
+            "the eBPF fence alone: unpin and detach (reap)",
+            &s.fence_removal,
+        ),
     ] {
         if let Some(summary) = stats::summarize(sample) {
             println!(
@@ -1243,6 +1300,7 @@ fn bench(options: options::Options, tmp: &Path) -> Result<()> {
         Task::Mirror,
         Task::InitExec,
         Task::CgroupJoin,
+        Task::Fence,
     ];
     if installed("bwrap") {
         tasks.push(Task::Bwrap);
