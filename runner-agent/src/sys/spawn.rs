@@ -79,9 +79,12 @@ pub enum SpawnError {
     #[error("preparing: {0}")]
     Prepare(Errno),
     /// `clone3` refused. ENOSYS, E2BIG or EINVAL mean a kernel older than 5.7, which has
-    /// no `CLONE_INTO_CGROUP`; EBADF, a directory that is not a v2 cgroup.
+    /// no `CLONE_INTO_CGROUP`, or a seccomp filter around the agent that hides `clone3`
+    /// (container runtimes' default profiles do); EBADF, a directory that is not a v2
+    /// cgroup.
     #[error("clone3: {0}{hint}", hint = if matches!(.0, Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL) {
-        " (starting a sandbox needs Linux 5.7 or later: clone3 with CLONE_INTO_CGROUP)"
+        " (starting a sandbox needs clone3 with CLONE_INTO_CGROUP: Linux 5.7 or later, \
+         and no seccomp filter around runner-agent that refuses clone3)"
     } else {
         ""
     })]
