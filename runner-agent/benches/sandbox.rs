@@ -601,12 +601,14 @@ mod fence {
         let started = Instant::now();
         let attached = egress_ebpf::Fence::attach(&cgroup.v2_dir, fence_config, &pin_dir);
         let attach = started.elapsed();
-        // Dropped, as Sandbox::destroy drops it: the pins keep it until the reap.
-        drop(attached);
+        // Dropped, as Sandbox::destroy drops it: the pins keep it until the reap. A
+        // failed attach is reported, after the same clean-up.
+        let attached = attached.map(drop);
         let started = Instant::now();
         let reaped = egress_ebpf::reap(&pin_dir);
         let removal = started.elapsed();
         let removed = cgroup.remove();
+        attached?;
         reaped?;
         removed?;
         Ok((attach, removal))
