@@ -4,6 +4,8 @@
 //! ```text
 //! run_dir/
 //! ├── slots/<n>.lock      flock(2)ed by the agent that runs slot n, for the runner's life
+//! ├── slots/queue.lock    flock(2)ed by the one agent looking for a free slot while all
+//! │                       are busy; the others wait on it in the kernel
 //! └── runners/
 //!     ├── r-<n>.json      what runner r-<n> created (written *before* creating it)
 //!     └── r-<n>/          empty on the host; the sandbox mounts its scratch tmpfs here
@@ -105,6 +107,23 @@ pub struct SlotLease {
     _lock: Flock<File>,
 }
 
+/// The turn to look for a free slot while every slot is busy, held until dropped.
+#[derive(Debug)]
+pub struct QueueTurn {
+    _lock: Flock<File>,
+}
+
+/// Opens (creating, mode 0600) the lock file `path`.
+fn open_lock_file(path: &Path) -> Result<File, StateError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))
+}
+
 impl RunDir {
     /// Opens (creating if needed, mode 0700) the state directory at `root`.
     pub fn open(root: &Path) -> Result<RunDir, StateError> {
@@ -138,13 +157,7 @@ impl RunDir {
     /// Takes slot `slot` if no live agent holds it.
     pub fn try_lease(&self, slot: u32) -> Result<Option<SlotLease>, StateError> {
         let path = self.root.join("slots").join(format!("{slot}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_at(&path))?;
+        let file = open_lock_file(&path)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(SlotLease { slot, _lock: lock })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -152,6 +165,27 @@ impl RunDir {
                 path,
                 source: e.into(),
             }),
+        }
+    }
+
+    /// Blocks until no other agent of this run_dir is looking for a free slot, then
+    /// holds that turn until the result is dropped (the kernel drops it when its holder
+    /// dies). Agents that find every slot busy queue here, so that one of them at a time
+    /// polls the slots and the others wait without using the CPU.
+    pub fn wait_turn(&self) -> Result<QueueTurn, StateError> {
+        let path = self.root.join("slots").join("queue.lock");
+        let mut file = open_lock_file(&path)?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(lock) => return Ok(QueueTurn { _lock: lock }),
+                Err((back, nix::errno::Errno::EINTR)) => file = back,
+                Err((_, e)) => {
+                    return Err(StateError::Io {
+                        path,
+                        source: e.into(),
+                    })
+                }
+            }
         }
     }
 
