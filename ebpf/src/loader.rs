@@ -38,7 +38,9 @@ use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use aya::pin::PinError;
 use aya::programs::links::{FdLink, Link, LinkError, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
-use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkbAttachType, Program, ProgramError, SchedClassifier, TcAttachType,
+};
 use aya::{Ebpf, EbpfError};
 
 use crate::bpffs::{self, BpffsError};
@@ -303,6 +305,14 @@ fn attach_cgroup_program(
     }
 }
 
+/// The object's tc program.
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, FenceError> {
+    match ebpf.program_mut(TC_PROGRAM) {
+        Some(Program::SchedClassifier(p)) => Ok(p),
+        _ => Err(FenceError::Missing(TC_PROGRAM)),
+    }
+}
+
 /// Turns a freshly taken attachment into a pinnable link.
 fn fd_link<L>(name: &'static str, link: Result<L, ProgramError>) -> Result<FdLink, FenceError>
 where
@@ -395,13 +405,12 @@ impl Fence {
         }
         // The tc program is verified now with the others, while the runner's init starts;
         // `attach_tc` only puts it on the veth once that exists.
-        let name = TC_PROGRAM;
-        match fence.ebpf.program_mut(name) {
-            Some(Program::SchedClassifier(p)) => p
-                .load()
-                .map_err(|source| FenceError::LoadProgram { name, source })?,
-            _ => return Err(FenceError::Missing(name)),
-        }
+        tc_program(&mut fence.ebpf)?
+            .load()
+            .map_err(|source| FenceError::LoadProgram {
+                name: TC_PROGRAM,
+                source,
+            })?;
         tracing::info!(
             runner_id = fence.config.runner_id,
             cgroup = %cgroup_v2_dir.display(),
@@ -425,13 +434,7 @@ impl Fence {
         let ifname = nix::net::if_::if_indextoname(ifindex)
             .map_err(|source| FenceError::Interface { ifindex, source })?;
         let ifname = ifname.to_string_lossy().into_owned();
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(FenceError::Missing(name))?;
-        let Program::SchedClassifier(p) = program else {
-            return Err(FenceError::Missing(name));
-        };
+        let p = tc_program(&mut self.ebpf)?;
         match aya::programs::tc::qdisc_add_clsact(&ifname) {
             Ok(()) => {}
             // A veth of ours is new, but a clsact qdisc someone added is as good as ours.

@@ -32,6 +32,10 @@ pub struct PatternSet {
     longest: usize,
     /// Bit `b`: some pattern is the single byte `b`.
     single: Zeroizing<[u64; 4]>,
+    /// The one-byte patterns, sorted...
+    singles: Zeroizing<Vec<u8>>,
+    /// ...and each one's index in `list`.
+    single_indices: Vec<usize>,
     /// Bit `b`: some pattern of two bytes or more starts with `b`.
     first: Zeroizing<[u64; 4]>,
     /// Bit `a << 8 | b`: some pattern of two bytes or more starts with `a b`.
@@ -63,6 +67,20 @@ fn pair(a: u8, b: u8) -> u16 {
     (u16::from(a) << 8) | u16::from(b)
 }
 
+/// The entries of `indices` whose key in the sorted `keys` (same length) is `key`.
+fn run_of<'a, K: Ord + Copy + 'a>(
+    keys: &'a [K],
+    indices: &'a [usize],
+    key: K,
+) -> impl Iterator<Item = usize> + 'a {
+    let start = keys.partition_point(|&k| k < key);
+    keys[start..]
+        .iter()
+        .take_while(move |&&k| k == key)
+        .zip(&indices[start..])
+        .map(|(_, &i)| i)
+}
+
 impl PatternSet {
     /// Indexes `list`. Empty patterns are kept in the numbering but never match (an
     /// empty pattern would match everywhere).
@@ -71,9 +89,13 @@ impl PatternSet {
         let mut first = Zeroizing::new([0u64; 4]);
         let mut pairs = Zeroizing::new(vec![0u64; (1 << 16) / 64]);
         let mut indices: Vec<usize> = Vec::with_capacity(list.len());
+        let mut single_indices: Vec<usize> = Vec::new();
         for (index, pattern) in list.iter().enumerate() {
             match pattern[..] {
-                [only] => set_bit(&mut *single, usize::from(only)),
+                [only] => {
+                    set_bit(&mut *single, usize::from(only));
+                    single_indices.push(index);
+                }
                 [a, b, ..] => {
                     set_bit(&mut *first, usize::from(a));
                     set_bit(&mut pairs, usize::from(pair(a, b)));
@@ -82,6 +104,9 @@ impl PatternSet {
                 [] => {}
             }
         }
+        single_indices.sort_by_key(|&i| (list[i][0], i));
+        let mut singles = Zeroizing::new(Vec::with_capacity(single_indices.len()));
+        singles.extend(single_indices.iter().map(|&i| list[i][0]));
         indices.sort_by_key(|&i| (pair(list[i][0], list[i][1]), i));
         let mut prefixes = Zeroizing::new(Vec::with_capacity(indices.len()));
         prefixes.extend(indices.iter().map(|&i| pair(list[i][0], list[i][1])));
@@ -90,6 +115,8 @@ impl PatternSet {
             list,
             longest,
             single,
+            singles,
+            single_indices,
             first,
             pairs,
             prefixes,
@@ -109,12 +136,7 @@ impl PatternSet {
 
     /// The indices of the patterns of two bytes or more that start with `key`.
     fn starting_with(&self, key: u16) -> impl Iterator<Item = usize> + '_ {
-        let start = self.prefixes.partition_point(|&p| p < key);
-        self.prefixes[start..]
-            .iter()
-            .take_while(move |&&p| p == key)
-            .zip(&self.indices[start..])
-            .map(|(_, &i)| i)
+        run_of(&self.prefixes, &self.indices, key)
     }
 
     /// Calls `found(at, index)` for each occurrence of a pattern in `input`, by start
@@ -124,12 +146,13 @@ impl PatternSet {
         input: &[u8],
         mut found: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
+        if self.is_empty() {
+            return ControlFlow::Continue(());
+        }
         for at in 0..input.len() {
             let a = input[at];
             if bit(&*self.single, usize::from(a)) {
-                // Single-byte patterns are rare (the operator declared a one-byte
-                // secret); find which one without an index of their own.
-                if let Some(i) = self.list.iter().position(|p| p[..] == [a]) {
+                for i in run_of(&self.singles, &self.single_indices, a) {
                     found(at, i)?;
                 }
             }
@@ -207,10 +230,27 @@ impl Pending {
     /// [`PatternSet::cover`] does; an occurrence that lies wholly in bytes held from an
     /// earlier chunk is reported again) and returns how many bytes are final now.
     pub fn push(&mut self, patterns: &PatternSet, chunk: &[u8], found: impl FnMut(usize)) -> usize {
+        let needed = self.bytes.len() + chunk.len();
+        if needed > self.bytes.capacity() {
+            // Growing in place would free the old block, held-back secret bytes and all,
+            // without zeroing it: move to a new buffer and let the old one be zeroed.
+            let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * self.bytes.len())));
+            grown.extend_from_slice(&self.bytes);
+            self.bytes = grown;
+        }
         self.bytes.extend_from_slice(chunk);
         self.covered.resize(self.bytes.len(), false);
         patterns.cover(&self.bytes, &mut self.covered, found);
         patterns.hold_from(&self.bytes)
+    }
+
+    /// Whether `chunk`, arriving now, is final as it is: nothing is held, no pattern
+    /// occurs in it and none could start in its tail. Such a chunk can be passed on
+    /// unchanged without going through [`Pending::push`] (no copy).
+    pub fn passes(&self, patterns: &PatternSet, chunk: &[u8]) -> bool {
+        self.is_empty()
+            && (patterns.is_empty()
+                || (patterns.hold_from(chunk) == chunk.len() && !patterns.occurs_in(chunk)))
     }
 
     /// How many bytes are held.
@@ -270,6 +310,27 @@ mod tests {
         assert!(!s.is_empty());
         assert!(s.occurs_in(b"--xyz") && s.occurs_in(b"b") && !s.occurs_in(b"axyaz"));
         assert!(set(&["", ""]).is_empty());
+    }
+
+    #[test]
+    fn equal_patterns_are_each_reported_one_byte_ones_too() {
+        let s = set(&["x", "x", "xy", "xy"]);
+        assert_eq!(
+            covered(&s, "x-xy"),
+            ("#-##".to_owned(), vec![0, 1, 0, 1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn a_chunk_passes_only_when_nothing_is_held_and_nothing_could_match() {
+        let s = set(&["secret"]);
+        let mut pending = Pending::new();
+        assert!(pending.passes(&s, b"plain text"));
+        assert!(!pending.passes(&s, b"a secret here"));
+        assert!(!pending.passes(&s, b"ends with sec"));
+        assert_eq!(pending.push(&s, b"ends with sec", |_| {}), 10);
+        assert!(!pending.passes(&s, b"plain text"), "bytes are held");
+        assert!(Pending::new().passes(&set(&[]), b"secret"));
     }
 
     #[test]

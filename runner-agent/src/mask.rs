@@ -29,8 +29,7 @@
 //! Invariants:
 //! - Every byte covered by any occurrence of any pattern is masked, overlapping and
 //!   adjacent occurrences included; each maximal run of covered bytes becomes one
-//!   [`MASK`]. Patterns are kept longest first, but the result does not depend on the
-//!   order: coverage is a union.
+//!   [`MASK`]. Coverage is a union: the result does not depend on the patterns' order.
 //! - [`StreamMasker`] emits exactly what [`Masker::mask`] would emit for the
 //!   concatenation of the chunks, however they are split. It holds back only the
 //!   shortest tail that could still grow into a pattern (the longest suffix that is a
@@ -89,7 +88,8 @@ impl Masker {
     /// A masker for `values` and all their forms.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Masker {
         let mut list: Vec<Zeroizing<Vec<u8>>> = values.into_iter().flat_map(forms).collect();
-        list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        // Sorted only so that equal forms (of different values) become one pattern.
+        list.sort_unstable_by(|a, b| a[..].cmp(&b[..]));
         list.dedup();
         Masker {
             patterns: Arc::new(PatternSet::new(list)),
@@ -103,8 +103,8 @@ impl Masker {
 
     /// `input` with every form of every value replaced by [`MASK`].
     pub fn mask(&self, input: &[u8]) -> Vec<u8> {
-        // Most jobs have no secret: their output and audit events pass as they are.
-        if self.is_empty() {
+        // Most jobs have no secret, and most output holds none: it passes as it is.
+        if !self.patterns.occurs_in(input) {
             return input.to_vec();
         }
         let mut covered = vec![false; input.len()];
@@ -147,8 +147,11 @@ pub struct StreamMasker {
 impl StreamMasker {
     /// Takes the next chunk; returns the masked bytes that are final now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        // Without patterns nothing is ever held back, so nothing is pending either.
-        if self.patterns.is_empty() {
+        // The usual chunk: nothing held, nothing to mask, nothing to hold back.
+        if self.pending.passes(&self.patterns, chunk) {
+            if !chunk.is_empty() {
+                self.in_mask = false;
+            }
             return chunk.to_vec();
         }
         let ready = self.pending.push(&self.patterns, chunk, |_| {});

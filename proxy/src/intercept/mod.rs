@@ -357,14 +357,6 @@ impl Interception {
         self.bound.get(name)
     }
 
-    /// Replaces, in `headers`, every header a credential bound to `host` sets (see
-    /// `Bound::inject`); nothing when none is. Returns the names of the credentials
-    /// added.
-    pub fn inject(&self, host: &Host, headers: &mut HeaderMap) -> Vec<&str> {
-        self.bound(host)
-            .map_or_else(Vec::new, |bound| bound.inject(headers))
-    }
-
     /// The TLS server configuration presenting a leaf for `name`, minted on first use.
     pub(crate) fn server_config(
         &self,

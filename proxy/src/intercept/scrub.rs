@@ -72,12 +72,9 @@ impl std::fmt::Debug for Scrubber {
 const STAR: u8 = b'*';
 
 impl Scrubber {
-    /// A scrubber for `patterns` (empty ones are dropped).
+    /// A scrubber for `patterns` (an empty one never matches).
     pub fn new(patterns: impl IntoIterator<Item = Arc<Pattern>>) -> Scrubber {
-        let patterns: Vec<Arc<Pattern>> = patterns
-            .into_iter()
-            .filter(|p| !p.bytes.is_empty())
-            .collect();
+        let patterns: Vec<Arc<Pattern>> = patterns.into_iter().collect();
         Scrubber {
             set: Arc::new(PatternSet::new(
                 patterns.iter().map(|p| p.bytes.clone()).collect(),
@@ -97,14 +94,20 @@ impl Scrubber {
     /// Scrubs every header value in `headers` in place; returns the credentials found.
     pub fn headers(&self, headers: &mut HeaderMap) -> Vec<Arc<str>> {
         let mut hits = Vec::new();
+        self.scrub_headers(headers, &mut hits);
+        hits
+    }
+
+    /// Scrubs every header value in `headers` in place, adding the credentials found to
+    /// `hits` (each once).
+    fn scrub_headers(&self, headers: &mut HeaderMap, hits: &mut Vec<Arc<str>>) {
         for value in headers.values_mut() {
-            let mut covered = vec![false; value.len()];
-            self.set.cover(value.as_bytes(), &mut covered, |i| {
-                self.note_hit(i, &mut hits)
-            });
-            if !covered.contains(&true) {
+            if !self.set.occurs_in(value.as_bytes()) {
                 continue;
             }
+            let mut covered = vec![false; value.len()];
+            self.set
+                .cover(value.as_bytes(), &mut covered, |i| self.note_hit(i, hits));
             let mut bytes = value.as_bytes().to_vec();
             star(&mut bytes, &covered);
             // Stars replace visible bytes: the result is a valid value whenever the
@@ -113,7 +116,6 @@ impl Scrubber {
                 HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| HeaderValue::from_static("*"));
             *value = replacement;
         }
-        hits
     }
 
     /// A scrubber for one body.
@@ -154,9 +156,7 @@ impl BodyScrubber {
     /// held back (nearly every chunk of nearly every body), is passed on as it is,
     /// without a copy.
     pub fn push(&mut self, chunk: Bytes) -> Bytes {
-        let set = &self.scrubber.set;
-        if self.pending.is_empty() && set.hold_from(&chunk) == chunk.len() && !set.occurs_in(&chunk)
-        {
+        if self.pending.passes(&self.scrubber.set, &chunk) {
             return chunk;
         }
         let (scrubber, hits) = (&self.scrubber, &mut self.hits);
@@ -185,11 +185,7 @@ impl BodyScrubber {
 
     /// Scrubs trailers (the headers that may follow a chunked body) like headers.
     pub fn trailers(&mut self, trailers: &mut HeaderMap) {
-        for credential in self.scrubber.headers(trailers) {
-            if !self.hits.contains(&credential) {
-                self.hits.push(credential);
-            }
-        }
+        self.scrubber.scrub_headers(trailers, &mut self.hits);
     }
 
     fn release(&mut self, end: usize) -> Bytes {
