@@ -272,6 +272,20 @@ impl World {
         }
         left
     }
+
+    /// Asserts that the jobs `job_ids` of this world left nothing ([`World::leftovers`]).
+    pub fn assert_left_nothing(&self, job_ids: &[String]) {
+        let left = self.leftovers(job_ids);
+        assert!(left.is_empty(), "jobs {job_ids:?} left {left:#?}");
+    }
+
+    /// Asserts that the job `output` announced left nothing; returns its id.
+    pub fn assert_job_left_nothing(&self, output: &Output) -> String {
+        let id = job_id(&String::from_utf8_lossy(&output.stderr))
+            .unwrap_or_else(|| panic!("no job id announced\n{}", describe(output)));
+        self.assert_left_nothing(std::slice::from_ref(&id));
+        id
+    }
 }
 
 impl Drop for World {
@@ -361,6 +375,42 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// What /proc/PID/stat says of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Its command name (a thread's name for a child that has not exec'd yet).
+    pub comm: String,
+    /// Its state letter (`R`, `S`, `Z`, ...).
+    pub state: char,
+    /// Its parent's pid.
+    pub ppid: u32,
+}
+
+/// /proc/PID/stat of `pid`, if it exists. The command name is in parentheses and may
+/// itself hold spaces or parentheses, so the fields after it are found from the last `)`.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let comm = head.split_once(" (")?.1.to_owned();
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(ProcStat { comm, state, ppid })
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|s| s.ppid)
+}
+
+/// The children of `parent` whose command line contains `needle`.
+pub fn children_with(parent: u32, needle: &str) -> Vec<u32> {
+    processes_with(needle)
+        .into_iter()
+        .filter(|&pid| parent_of(pid) == Some(parent))
+        .collect()
 }
 
 /// Runs `cmd` with `input` on its stdin and its stdout and stderr captured. The input is

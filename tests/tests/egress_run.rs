@@ -3,7 +3,6 @@
 //! checks both halves of the claim: nothing reached a target (trap listeners, web server
 //! and DNS server records), and an audit event recorded each attempt.
 
-use std::process::Output;
 use std::time::Duration;
 
 use runner_agent_tests::agent::{denials_where, describe, job_id, World};
@@ -22,15 +21,6 @@ fn egress_config() -> String {
 /// Lets packets in flight reach the recorders before they are read.
 fn settle() {
     std::thread::sleep(Duration::from_millis(300));
-}
-
-/// Asserts that the job `output` announced left nothing behind in `world`; returns its id.
-fn assert_left_nothing(world: &World, output: &Output) -> String {
-    let id = job_id(&String::from_utf8_lossy(&output.stderr))
-        .unwrap_or_else(|| panic!("no job id announced\n{}", describe(output)));
-    let left = world.leftovers(std::slice::from_ref(&id));
-    assert!(left.is_empty(), "job {id} left {left:#?}");
-    id
 }
 
 #[test]
@@ -119,7 +109,7 @@ steps:
         .filter(|e| e["verdict"] == "allow" && e["host"] == "allowed.test")
         .count();
     assert!(allowed >= 2, "allowed requests not recorded: {events:#?}");
-    let id = assert_left_nothing(&world, &output);
+    let id = world.assert_job_left_nothing(&output);
     assert!(
         events.iter().all(|e| e["job"] == json!(id)),
         "events of another job: {events:#?}"
@@ -351,24 +341,7 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
             "ebpf event without process: {e}"
         );
     }
-    assert_left_nothing(&world, &output);
-}
-
-/// The pids of the children of `parent` whose command line contains `needle`.
-fn children_with(parent: u32, needle: &str) -> Vec<u32> {
-    runner_agent_tests::agent::processes_with(needle)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // Fields after the command name, which is in parentheses.
-                    let rest = stat.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
+    world.assert_job_left_nothing(&output);
 }
 
 /// Reads the agent's stderr until it names the job; returns the job id.
@@ -418,7 +391,7 @@ steps:
             .any(|h| h.path == "/before")),
         "the job never reached the allowed server"
     );
-    let proxies = children_with(agent.id(), "__egress-proxy");
+    let proxies = runner_agent_tests::agent::children_with(agent.id(), "__egress-proxy");
     assert_eq!(proxies.len(), 1, "expected one proxy process: {proxies:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(proxies[0] as i32),
@@ -440,7 +413,7 @@ steps:
         "traffic got out without the proxy: {after:?}"
     );
     assert_eq!(bed.trap_hits(), vec![]);
-    assert!(world.leftovers(&[id]).is_empty());
+    world.assert_left_nothing(&[id]);
 }
 
 #[test]
@@ -475,7 +448,7 @@ fn every_program_map_and_link_of_a_job_is_freed_after_it() {
         left.programs.is_empty() && left.maps.is_empty() && left.links.is_empty()
     });
     assert!(freed, "still loaded: {:?}", egress_ebpf::still_loaded(&ids));
-    assert!(world.leftovers(&[id]).is_empty());
+    world.assert_left_nothing(&[id]);
 }
 
 #[test]
@@ -537,5 +510,5 @@ steps:
         });
         assert!(found, "no deny event for {call}: {events:#?}");
     }
-    assert_left_nothing(&world, &output);
+    world.assert_job_left_nothing(&output);
 }

@@ -5,6 +5,7 @@
 
 use runner_agent::network::{self, NetworkError};
 use runner_agent_tests::fence::Netns;
+use runner_agent_tests::netbed::NsRuntime;
 use runner_agent_tests::require_privilege;
 
 fn exists(name: &str) -> bool {
@@ -19,24 +20,17 @@ fn remove_deletes_the_pair_reports_refusals_and_ignores_what_is_gone() {
         "link", "add", "rmtest0", "type", "veth", "peer", "name", "rmtest1",
     ])
     .unwrap();
-    let (removed, left, again, refused) = ns
-        .run(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                assert!(exists("rmtest0") && exists("rmtest1"), "no veth to delete");
-                let removed = network::remove("rmtest0").await;
-                let left = (exists("rmtest0"), exists("rmtest1"));
-                let again = network::remove("rmtest0").await;
-                // The kernel does not delete a namespace's loopback: the child's answer
-                // is the only way this error can come back.
-                let refused = network::remove("lo").await;
-                (removed, left, again, refused)
-            })
-        })
-        .unwrap();
+    let runtime = NsRuntime::start(&ns.name).expect("runtime in the namespace");
+    let (removed, left, again, refused) = runtime.run(async {
+        assert!(exists("rmtest0") && exists("rmtest1"), "no veth to delete");
+        let removed = network::remove("rmtest0").await;
+        let left = (exists("rmtest0"), exists("rmtest1"));
+        let again = network::remove("rmtest0").await;
+        // The kernel does not delete a namespace's loopback: the child's answer is the
+        // only way this error can come back.
+        let refused = network::remove("lo").await;
+        (removed, left, again, refused)
+    });
     removed.expect("removing the veth");
     assert_eq!(left, (false, false), "the pair is still there");
     again.expect("removing a veth that is gone");

@@ -735,6 +735,11 @@ fn a_credential_reflected_in_the_reason_phrase_does_not_reach_the_client() {
     assert_hits_got_the_value(&w, 1);
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(!raw.contains(SECRET), "{raw}");
+    // Nor did it reach the audit log through the event of that request.
+    w.wait_event("reflecting request", |e| {
+        e.path.as_deref() == Some(REASON_PATH)
+    });
+    w.assert_value_never_logged();
 }
 
 // ------------------------------------------------------------------ per-request checks

@@ -40,7 +40,7 @@ fn a_fork_bomb_fails_the_job_and_not_the_host() {
     assert!(!stdout.contains("SHOULD-NOT-RUN\n"));
     assert!(host_can_fork());
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(world.leftovers(&[id]).is_empty());
+    world.assert_left_nothing(&[id]);
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn a_memory_hog_is_stopped_at_the_limit() {
     );
     assert!(host_can_fork());
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(world.leftovers(&[id]).is_empty());
+    world.assert_left_nothing(&[id]);
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn a_job_over_its_timeout_is_killed_and_cleaned_up() {
         describe(&output)
     );
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(world.leftovers(&[id]).is_empty());
+    world.assert_left_nothing(&[id]);
 }
 
 #[test]
@@ -134,5 +134,5 @@ steps:
     );
     assert!(!stdout.contains("SHOULD-NOT-RUN\n"), "{stdout}");
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    assert!(world.leftovers(&[id]).is_empty());
+    world.assert_left_nothing(&[id]);
 }

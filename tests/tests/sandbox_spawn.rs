@@ -9,6 +9,7 @@ use std::path::Path;
 
 use nix::sys::wait::WaitStatus;
 use runner_agent::sys::spawn::{spawn, SpawnError, SpawnRequest};
+use runner_agent_tests::agent::proc_stat;
 use runner_agent_tests::fence::TestCgroup;
 use runner_agent_tests::require_privilege;
 
@@ -110,32 +111,26 @@ fn a_program_that_cannot_be_executed_is_an_error_and_leaves_nothing() {
         assert_eq!(err, SpawnError::Exec(errno), "{program}");
     }
     // The failed children were reaped inside spawn: the cgroup is empty, and no zombie
-    // child of ours is left. A child whose exec failed still has our command name (the
-    // other tests' children are `sh`).
+    // child of ours is left. A child cloned by this thread keeps this thread's name until
+    // it execs, so a failed one is named like it (the other tests' children are `sh`,
+    // and their threads have other names).
     assert!(cgroup.pids().is_empty());
-    assert_eq!(zombie_children_named_like_us(), 0);
+    assert_eq!(zombie_children_named_like_this_thread(), Vec::<u32>::new());
 }
 
-/// Zombie children of this process that never exec'd (same command name as ours).
-fn zombie_children_named_like_us() -> usize {
-    let me = std::process::id().to_string();
-    let comm = |stat: &str| {
-        stat.split_once(" (")
-            .and_then(|(_, rest)| rest.rsplit_once(") "))
-            .map(|(c, rest)| (c.to_owned(), rest.to_owned()))
-    };
-    let (our_comm, _) = comm(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+/// Zombie children of this process named like the calling thread: children it cloned
+/// that never exec'd and were never reaped.
+fn zombie_children_named_like_this_thread() -> Vec<u32> {
+    let me = std::process::id();
+    let thread = std::fs::read_to_string("/proc/thread-self/comm").expect("thread name");
+    let thread = thread.trim_end();
     std::fs::read_dir("/proc")
         .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
-        .filter_map(|stat| comm(&stat))
-        .filter(|(name, rest)| {
-            let mut fields = rest.split(' ');
-            let state = fields.next();
-            let ppid = fields.next();
-            *name == our_comm && state == Some("Z") && ppid == Some(me.as_str())
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|s| s.ppid == me && s.state == 'Z' && s.comm == thread)
         })
-        .count()
+        .collect()
 }
 
 #[test]

@@ -589,34 +589,12 @@ fn set_on_a_terminal(store: &Store, typed: &[u8]) -> TerminalRun {
 #[test]
 fn a_value_typed_on_a_terminal_is_not_echoed() {
     require_privilege!();
-    use nix::sys::termios::LocalFlags;
     let store = Store::new();
     let run = set_on_a_terminal(&store, b"typed-secret-value\n");
     let err = &run.stderr;
     assert_eq!(run.code, Some(0), "{err}");
     assert!(err.contains("value of ci/DEV_TOKEN (input hidden"), "{err}");
-    assert!(
-        !run.at_prompt.contains(LocalFlags::ECHO),
-        "echo on at the prompt: {:?}",
-        run.at_prompt
-    );
-    assert!(
-        run.after_exit.contains(LocalFlags::ECHO),
-        "echo left off: {:?}",
-        run.after_exit
-    );
-    // The screen shows what is typed with echo on, so not seeing the value there
-    // means it was not echoed.
-    assert!(
-        contains(&run.screen, TYPED_AFTER_EXIT),
-        "typed text not seen: {:?}",
-        run.screen
-    );
-    assert!(
-        !contains(&run.screen, b"typed-secret"),
-        "echoed: {:?}",
-        run.screen
-    );
+    assert_hidden_then_restored(&run, b"typed-secret");
     // The same value through a pipe gives the same fingerprint: the line end was
     // stripped and nothing else was added.
     let typed = fingerprint_in(&run.stdout, "(fingerprint ");
@@ -633,6 +611,15 @@ fn a_value_typed_on_a_terminal_is_not_echoed() {
         "{err}"
     );
     assert_eq!(store.snapshot(), before);
+    assert_hidden_then_restored(&run, b"half");
+}
+
+/// Echo was off at the prompt and on again after the command, and `typed` never showed
+/// on the screen. The screen shows what is typed with echo on (the line typed after the
+/// command exits is there: the positive control), so not seeing `typed` there means it
+/// was not echoed.
+fn assert_hidden_then_restored(run: &TerminalRun, typed: &[u8]) {
+    use nix::sys::termios::LocalFlags;
     assert!(
         !run.at_prompt.contains(LocalFlags::ECHO),
         "echo on at the prompt: {:?}",
@@ -648,4 +635,5 @@ fn a_value_typed_on_a_terminal_is_not_echoed() {
         "typed text not seen: {:?}",
         run.screen
     );
+    assert!(!contains(&run.screen, typed), "echoed: {:?}", run.screen);
 }

@@ -669,24 +669,19 @@ fn open_as_nobody(path: &str) -> Output {
         .expect("run sh as nobody")
 }
 
-/// The parent pid of `pid`, from /proc/PID/stat (the field after the parenthesised comm).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
-}
-
 #[test]
 fn the_proxy_holding_credentials_cannot_be_read_by_its_own_uid() {
     require_privilege!();
     let world = World::new("", "");
-    let job = world.job("wait.yaml", "name: wait\nsteps:\n  - run: sleep 5\n");
+    // Long enough for every check below to run while the proxy serves the job.
+    let job = world.job("wait.yaml", "name: wait\nsteps:\n  - run: sleep 10\n");
     let mut agent = world.spawn(&job);
     let agent_pid = agent.id();
     let mut proxy = None;
     wait_until(Duration::from_secs(20), || {
-        proxy = runner_agent_tests::agent::processes_with("__egress-proxy")
+        proxy = runner_agent_tests::agent::children_with(agent_pid, "__egress-proxy")
             .into_iter()
-            .find(|pid| parent_of(*pid) == Some(agent_pid));
+            .next();
         proxy.is_some()
     });
     let Some(proxy) = proxy else {
@@ -696,19 +691,21 @@ fn the_proxy_holding_credentials_cannot_be_read_by_its_own_uid() {
     // The proxy starts as root and drops to nobody before it serves: wait for the drop (a
     // proxy that never drops fails the assertion below).
     let status_of = || std::fs::read_to_string(format!("/proc/{proxy}/status")).unwrap_or_default();
+    // Real, effective, saved and filesystem uid must all be nobody (a half drop that keeps
+    // a saved uid of 0 can go back to root), and so must the gids.
     let is_nobody = |status: &str| {
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+        ["Uid:", "Gid:"].iter().all(|field| {
+            status.lines().any(|l| {
+                l.strip_prefix(field).is_some_and(|ids| {
+                    let ids: Vec<&str> = ids.split_whitespace().collect();
+                    ids.len() == 4 && ids.iter().all(|id| *id == "65534")
+                })
+            })
+        })
     };
     wait_until(Duration::from_secs(20), || is_nobody(&status_of()));
     let status = std::fs::read_to_string(format!("/proc/{proxy}/status")).expect("status");
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
-        "{status}"
-    );
+    assert!(is_nobody(&status), "{status}");
     // Another process of uid nobody tries to open the proxy's memory and environment. The
     // open is what the kernel refuses (reading /proc/PID/mem at offset 0 fails for anyone),
     // and only a refusal counts: a proxy that is gone would fail with "No such file".
@@ -735,7 +732,7 @@ fn the_proxy_holding_credentials_cannot_be_read_by_its_own_uid() {
         "pid {proxy} is no longer the proxy"
     );
     assert_eq!(
-        parent_of(proxy),
+        runner_agent_tests::agent::parent_of(proxy),
         Some(agent_pid),
         "proxy {proxy} is no longer the agent's"
     );
