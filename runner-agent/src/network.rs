@@ -175,10 +175,7 @@ pub async fn setup(
         .execute()
         .await
         .map_err(netlink(format!("create veth {host_if}")))?;
-    let index = index_of(host_if)?.ok_or_else(|| NetworkError::Netlink {
-        op: format!("find {host_if} after creating it"),
-        source: rtnetlink::Error::RequestFailed,
-    })?;
+    let index = existing_index(host_if, "after creating it")?;
     harden_interface(host_if, true)?;
     handle
         .address()
@@ -211,10 +208,7 @@ async fn configure_inside(netns_pid: u32, addrs: RunnerAddresses) -> Result<(), 
             let handle = connect()?;
             for name in ["lo", RUNNER_IF] {
                 // if_nametoindex asks this thread's namespace: the runner's, after setns.
-                let index = index_of(name)?.ok_or_else(|| NetworkError::Netlink {
-                    op: format!("find {name} in the runner's namespace"),
-                    source: rtnetlink::Error::RequestFailed,
-                })?;
+                let index = existing_index(name, "in the runner's namespace")?;
                 if name == RUNNER_IF {
                     harden_interface(name, false)?;
                     handle
@@ -314,6 +308,14 @@ fn index_of(name: &str) -> Result<Option<u32>, NetworkError> {
         Err(nix::errno::Errno::ENODEV) => Ok(None),
         Err(e) => Err(NetworkError::Socket(e.into())),
     }
+}
+
+/// The index of device `name`, which must exist (`context` says where it was looked for).
+fn existing_index(name: &str, context: &str) -> Result<u32, NetworkError> {
+    index_of(name)?.ok_or_else(|| NetworkError::Netlink {
+        op: format!("find {name} {context}"),
+        source: rtnetlink::Error::RequestFailed,
+    })
 }
 
 /// Whether a link called `host_if` exists in the agent's namespace.
