@@ -32,11 +32,33 @@
 //! process. No packet is sent anywhere. State goes to temporary directories; a guard reaps
 //! any runner a failed iteration left (cgroups live outside the namespace).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+mod common;
+use common::{installed, load_average, stats, ReapGuard};
+
+/// Runs `cmd` to its end (stdin empty, output captured) and returns how long it took;
+/// fails, with its stderr, unless it exits 0.
+pub fn timed(cmd: &mut std::process::Command, what: &str) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let output = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("start {what}"))?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(elapsed)
+}
 
 mod options {
     //! Command line and environment: `--iterations N` (30), `--warmup N` (3),
@@ -113,80 +135,6 @@ mod options {
     }
 }
 
-mod stats {
-    //! Order statistics of a sample of durations: median, p90 (nearest rank), min.
-    //! Medians rather than means: process start-up times have a long right tail
-    //! (scheduler, page cache, RCU grace periods) that a mean would smear over everything.
-
-    use std::time::Duration;
-
-    /// Summary of one sample.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Summary {
-        /// The median (mean of the two middle values for even counts).
-        pub median: Duration,
-        /// 90th percentile, nearest-rank method.
-        pub p90: Duration,
-        /// The fastest run.
-        pub min: Duration,
-    }
-
-    /// Summarises `sample`; `None` when it is empty.
-    pub fn summarize(sample: &[Duration]) -> Option<Summary> {
-        if sample.is_empty() {
-            return None;
-        }
-        let mut sorted = sample.to_vec();
-        sorted.sort();
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2
-        };
-        // Nearest rank: the smallest value with at least 90% of the sample at or below it.
-        let rank = (n * 9).div_ceil(10).max(1);
-        Some(Summary {
-            median,
-            p90: sorted[rank - 1],
-            min: sorted[0],
-        })
-    }
-
-    /// Milliseconds with two decimals.
-    pub fn ms(d: Duration) -> String {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-mod netns {
-    //! Moves the whole (still single-threaded) process into a fresh network namespace.
-
-    use anyhow::{bail, Context, Result};
-    use nix::sched::{unshare, CloneFlags};
-
-    /// Threads of this process, from /proc/self/status.
-    fn thread_count() -> Result<usize> {
-        let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-            .context("no Threads: line in /proc/self/status")
-    }
-
-    /// unshare(2) `CLONE_NEWNET`. Refuses to run with more than one thread: the others
-    /// would stay in the machine's namespace and anything they create would land there.
-    pub fn enter_private() -> Result<()> {
-        let threads = thread_count()?;
-        if threads != 1 {
-            bail!("{threads} threads already run; the network namespace must be entered first");
-        }
-        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-        Ok(())
-    }
-}
-
 mod ours {
     //! The runner-agent contender: the sandbox library, and the CLI.
 
@@ -194,33 +142,10 @@ mod ours {
     use std::time::{Duration, Instant};
 
     use anyhow::{bail, Context, Result};
-    use runner_agent::cgroup::{CgroupLimits, CGROUP_ROOT};
-    use runner_agent::config::{HostConfig, DEFAULT_LIMITS};
     use runner_agent::sandbox::protocol::{StepEnd, StepRequest};
     use runner_agent::sandbox::{Sandbox, SandboxConfig, WORKSPACE};
 
-    /// The sandbox configuration `runner-agent run` would build with the built-in host
-    /// config and default limits, with state under `run_dir`.
-    pub fn config(run_dir: &Path, state_dir: &Path) -> SandboxConfig {
-        let host = HostConfig::builtin_default();
-        SandboxConfig {
-            run_dir: run_dir.to_owned(),
-            runner_pool: host.network.runner_pool,
-            max_concurrent: host.runner.max_concurrent,
-            limits: CgroupLimits {
-                memory: Some(DEFAULT_LIMITS.memory),
-                pids: Some(DEFAULT_LIMITS.pids),
-                cpus: Some(DEFAULT_LIMITS.cpus),
-            },
-            disk_bytes: DEFAULT_LIMITS.disk,
-            extra_masks: vec![state_dir.to_owned(), run_dir.to_owned()],
-            cgroup_root: PathBuf::from(CGROUP_ROOT),
-            init_program: PathBuf::from(env!("CARGO_BIN_EXE_runner-agent")),
-            files: Vec::new(),
-            secret_files: Vec::new(),
-            bpf_pin_root: PathBuf::from(runner_agent::sandbox::BPF_PIN_ROOT),
-        }
-    }
+    pub use crate::common::sandbox_config as config;
 
     /// The step every contender runs.
     pub fn true_step() -> StepRequest {
@@ -297,7 +222,7 @@ mod ours {
                 .arg(&self.job)
                 .arg("--config")
                 .arg(&self.config);
-            super::timed(&mut cmd, "runner-agent run")
+            crate::timed(&mut cmd, "runner-agent run")
         }
     }
 }
@@ -640,7 +565,7 @@ mod bwrap {
 
     /// One run; fails unless it exits 0.
     pub fn run_once() -> Result<Duration> {
-        super::timed(Command::new("bwrap").args(ARGS), "bwrap")
+        crate::timed(Command::new("bwrap").args(ARGS), "bwrap")
     }
 }
 
@@ -927,7 +852,7 @@ mod crun {
         pub fn run_once(&self, tag: &str) -> Result<Duration> {
             let id = format!("{}-{tag}", self.prefix);
             let bundle = self.bundle.to_string_lossy();
-            let timed = super::timed(
+            let timed = crate::timed(
                 &mut self.command(&["run", "--bundle", &bundle, &id]),
                 "crun run",
             );
@@ -1046,70 +971,6 @@ mod report {
             );
         }
         println!("{:<44} {:>10}", "sum of medians", ms(total));
-    }
-}
-
-/// The first line of /proc/loadavg: the bench shares the machine, and the figures mean
-/// little without knowing what else ran.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.trim().to_owned())
-        .unwrap_or_else(|e| format!("unknown ({e})"))
-}
-
-/// Runs `cmd` to its end (stdin empty, output captured) and returns how long it took;
-/// fails, with its stderr, unless it exits 0.
-fn timed(cmd: &mut std::process::Command, what: &str) -> Result<Duration> {
-    let started = std::time::Instant::now();
-    let output = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("start {what}"))?;
-    let elapsed = started.elapsed();
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(elapsed)
-}
-
-/// Whether `program` is on PATH.
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-}
-
-/// Reaps every runner a failed iteration left in the bench's run_dirs, on drop: its
-/// cgroups are in the machine's cgroup tree, outside everything temporary.
-struct ReapGuard {
-    run_dirs: Vec<PathBuf>,
-}
-
-impl Drop for ReapGuard {
-    fn drop(&mut self) {
-        let run_dirs = std::mem::take(&mut self.run_dirs);
-        // A thread of its own: this may run while a runtime is being unwound.
-        let reaped = std::thread::spawn(move || -> Result<Vec<String>> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let mut all = Vec::new();
-            for dir in run_dirs.iter().filter(|d| d.exists()) {
-                let run_dir = runner_agent::state::RunDir::open(dir)?;
-                all.extend(runtime.block_on(runner_agent::sandbox::reap_leftovers(&run_dir))?);
-            }
-            Ok(all)
-        })
-        .join();
-        match reaped {
-            Ok(Ok(reaped)) if reaped.is_empty() => {}
-            Ok(Ok(reaped)) => eprintln!("reaped runners left by a failed iteration: {reaped:?}"),
-            Ok(Err(err)) => eprintln!("reaping leftovers failed: {err:#}"),
-            Err(_) => eprintln!("reaping leftovers panicked"),
-        }
     }
 }
 
@@ -1377,24 +1238,5 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipping the sandbox benchmark: it needs root (namespaces, cgroups, veth)");
-        return ExitCode::SUCCESS;
-    }
-    if let Err(err) = netns::enter_private() {
-        eprintln!("error: {err:#}");
-        return ExitCode::FAILURE;
-    }
-    let result = tempfile::Builder::new()
-        .prefix("ra-bench-")
-        .tempdir()
-        .context("temporary directory")
-        .and_then(|tmp| bench(options, tmp.path()));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_privileged("sandbox", "ra-bench-", |tmp| bench(options, tmp))
 }
