@@ -1,5 +1,5 @@
-//! Resource limits: a fork bomb and a memory hog end in a failed job and a healthy host;
-//! step and job timeouts kill the work and clean up.
+//! Resource limits: a fork bomb, a memory hog and a job filling its disk end in a failed
+//! job and a healthy host; step and job timeouts kill the work and clean up.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,28 @@ fn host_can_fork() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// The checks every limit test ends with: the job failed (exit 1) at `failed_step` (its
+/// footer, e.g. "[1/2] fork bomb"), no later step printed `SHOULD-NOT-RUN`, the host can
+/// still start a process, and nothing of the job is left. Returns the job's stdout.
+fn assert_failed_cleanly(
+    world: &World,
+    output: &std::process::Output,
+    failed_step: &str,
+) -> String {
+    assert_eq!(output.status.code(), Some(1), "{}", describe(output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!("{failed_step}: failed")),
+        "{}",
+        describe(output)
+    );
+    assert!(!stdout.contains("SHOULD-NOT-RUN\n"), "{}", describe(output));
+    assert!(host_can_fork());
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    world.assert_left_nothing(&[id]);
+    stdout
 }
 
 #[test]
@@ -25,22 +47,12 @@ fn a_fork_bomb_fails_the_job_and_not_the_host() {
     );
     let started = Instant::now();
     let output = world.run(&job);
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",
         started.elapsed()
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("[1/2] fork bomb: failed"),
-        "{}",
-        describe(&output)
-    );
-    assert!(!stdout.contains("SHOULD-NOT-RUN\n"));
-    assert!(host_can_fork());
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    world.assert_left_nothing(&[id]);
+    assert_failed_cleanly(&world, &output, "[1/2] fork bomb");
 }
 
 #[test]
@@ -52,17 +64,33 @@ fn a_memory_hog_is_stopped_at_the_limit() {
         "name: hog\nsteps:\n  - name: eat memory\n    run: perl -e '$x = \"a\" x (512*1024*1024); print \"SURVIVED\\n\"'\n",
     );
     let output = world.run(&job);
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = assert_failed_cleanly(&world, &output, "[1/1] eat memory");
     assert!(!stdout.contains("SURVIVED"), "{}", describe(&output));
+}
+
+#[test]
+fn a_job_filling_its_disk_fails_and_dev_shm_counts_against_the_same_limit() {
+    require_privilege!();
+    let world = World::new("limits: { disk: 32MiB, memory: 512MiB }", "");
+    // 20 MiB in /dev/shm, then 20 MiB in the workspace: together more than the 32 MiB
+    // disk limit, each alone less. With a /dev/shm of its own both would fit.
+    let job = world.job(
+        "fill.yaml",
+        "name: fill\nsteps:\n  - name: fill shm\n    run: dd if=/dev/zero of=/dev/shm/a bs=1M count=20 status=none && echo SHM-FILLED\n  - name: fill workspace\n    run: dd if=/dev/zero of=/workspace/b bs=1M count=20 status=none && echo WORKSPACE-FILLED\n  - name: never runs\n    run: echo SHOULD-NOT-RUN\n",
+    );
+    let output = world.run(&job);
+    let stdout = assert_failed_cleanly(&world, &output, "[2/3] fill workspace");
+    assert!(stdout.contains("SHM-FILLED"), "{}", describe(&output));
     assert!(
-        stdout.contains("[1/1] eat memory: failed"),
+        !stdout.contains("WORKSPACE-FILLED"),
         "{}",
         describe(&output)
     );
-    assert!(host_can_fork());
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    world.assert_left_nothing(&[id]);
+    assert!(
+        stdout.contains("No space left on device"),
+        "{}",
+        describe(&output)
+    );
 }
 
 #[test]

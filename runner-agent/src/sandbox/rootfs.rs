@@ -9,8 +9,16 @@
 //! ├── lower   host root, read-only, nosuid, nodev, idmapped (host 0 → sandbox 0)
 //! ├── upper   the writable layer: masks, generated files, /workspace, the job's writes
 //! ├── work    overlayfs work dir
+//! ├── shm     bound at /dev/shm (mode 1777)
 //! └── merged  overlay(lower, upper) + /proc, /sys, /dev → becomes "/" by pivot_root
 //! ```
+//!
+//! Everything a job can write lives on that one tmpfs, so `limits.disk` bounds all of it
+//! together: the writable layer (which holds /tmp, /var/tmp, $HOME and /workspace) and
+//! /dev/shm. A /dev/shm of its own size would have doubled what a job can store. tmpfs
+//! pages are memory and are charged to the runner's memory cgroup, so `limits.memory`
+//! bounds them too: whichever limit is lower stops a job that fills its disk (ENOSPC at
+//! the disk limit, the OOM killer at the memory limit).
 //!
 //! Masking is done *inside* the overlay, not with mounts on top of it: a masked directory
 //! is an opaque directory of the upper layer and a masked file a whiteout, so there is no
@@ -129,6 +137,7 @@ struct Scratch {
     lower: PathBuf,
     upper: PathBuf,
     work: PathBuf,
+    shm: PathBuf,
     merged: PathBuf,
 }
 
@@ -164,7 +173,7 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
         MsFlags::MS_NODEV,
         Some(&options),
     )?;
-    mount_pseudo_filesystems(&scratch.merged, ids, spec.scratch_bytes)?;
+    mount_pseudo_filesystems(&scratch.merged, ids, &scratch.shm)?;
     if !spec.secret_files.is_empty() {
         mount_secrets(&scratch.merged, spec, ids)?;
     }
@@ -195,12 +204,14 @@ fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
         lower: dir.join("lower"),
         upper: dir.join("upper"),
         work: dir.join("work"),
+        shm: dir.join("shm"),
         merged: dir.join("merged"),
     };
     for d in [
         &scratch.lower,
         &scratch.upper,
         &scratch.work,
+        &scratch.shm,
         &scratch.merged,
     ] {
         fs::DirBuilder::new()
@@ -208,6 +219,9 @@ fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
             .create(d)
             .map_err(io_err(d))?;
     }
+    // Sticky and writable by everyone, as /dev/shm is (the umask took bits off above).
+    fs::set_permissions(&scratch.shm, fs::Permissions::from_mode(0o1777))
+        .map_err(io_err(&scratch.shm))?;
     Ok(scratch)
 }
 
@@ -368,11 +382,8 @@ const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus"];
 const PROC_HIDDEN: &[&str] = &["kcore", "keys", "timer_list"];
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
-fn mount_pseudo_filesystems(
-    root: &Path,
-    ids: IdMap,
-    scratch_bytes: u64,
-) -> Result<(), RootfsError> {
+/// Mounts /proc, /sys and /dev in `root`; `shm` (on the scratch tmpfs) becomes /dev/shm.
+fn mount_pseudo_filesystems(root: &Path, ids: IdMap, shm: &Path) -> Result<(), RootfsError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
     // /proc: a fresh instance, so only the sandbox's processes appear. Parts that reach
@@ -423,7 +434,7 @@ fn mount_pseudo_filesystems(
     }
 
     // /dev: a small tmpfs with the usual devices bound from the host, a private devpts
-    // instance and a /dev/shm of its own.
+    // instance, and /dev/shm on the scratch tmpfs (see the module docs).
     let dev = root.join("dev");
     do_mount(
         "dev tmpfs",
@@ -451,16 +462,11 @@ fn mount_pseudo_filesystems(
             ids.host(5)
         )),
     )?;
-    let shm = dev.join("shm");
-    fs::create_dir(&shm).map_err(io_err(&shm))?;
-    do_mount(
-        "shm tmpfs",
-        Some(Path::new("shm")),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&format!("mode=1777,size={}", scratch_bytes.max(1 << 20))),
-    )?;
+    let dev_shm = dev.join("shm");
+    fs::create_dir(&dev_shm).map_err(io_err(&dev_shm))?;
+    // The bind keeps the scratch mount's nosuid and nodev (a bind mount copies the
+    // source mount's flags).
+    bind(shm, &dev_shm, false)?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
