@@ -236,6 +236,9 @@ impl std::fmt::Debug for DenialStream {
     }
 }
 
+/// Events moved from the ring buffer per [`DenialStream::drain`].
+const DRAIN_BATCH: usize = 1024;
+
 impl DenialStream {
     /// Wraps the `events` map; must be called inside a tokio runtime.
     pub fn new(map: MapData) -> Result<Self, EventError> {
@@ -247,9 +250,15 @@ impl DenialStream {
         })
     }
 
+    /// Moves up to [`DRAIN_BATCH`] events from the ring into `pending`. Bounded so that a
+    /// job producing events as fast as they are read cannot keep this loop (and the
+    /// memory of `pending`) growing.
     fn drain(&mut self) {
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        for _ in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else {
+                break;
+            };
             match crate::sys::read_event(&item)
                 .as_ref()
                 .and_then(Denial::from_raw)
@@ -268,10 +277,14 @@ impl DenialStream {
         self.pending.pop_front()
     }
 
-    /// Waits for the next denial.
+    /// Waits for the next denial. Cooperative: while a job keeps the ring full there is
+    /// always an event ready, so this spends the task's tokio budget on each one rather
+    /// than letting a consumer loop hold its worker thread (which stalled the agent's
+    /// other tasks, the proxy's shutdown among them, for as long as a flood lasted).
     pub async fn next(&mut self) -> Result<Denial, EventError> {
         loop {
             if let Some(d) = self.try_next() {
+                tokio::task::consume_budget().await;
                 return Ok(d);
             }
             let mut guard = self.ring.readable_mut().await.map_err(EventError::Poll)?;

@@ -258,7 +258,11 @@ pub async fn run(request: RunRequest) -> i32 {
         return EXIT_SETUP;
     }
 
-    let audit_log = match AuditLog::create(&audit_path, released.masker.clone()) {
+    let audit_log = match AuditLog::create(
+        &audit_path,
+        released.masker.clone(),
+        resolved.limits.audit_log,
+    ) {
         Ok(log) => Arc::new(log),
         Err(err) => {
             let why = format!("audit log {}: {err}", audit_path.display());
@@ -505,6 +509,7 @@ impl Admitted<'_> {
             job,
             resolved,
             job_id,
+            audit: &audit_log,
             secret_env: &released.env,
             secret_files: &secret_file_names,
             ca_env,
@@ -516,6 +521,12 @@ impl Admitted<'_> {
         egress.stop_proxy().await;
         let destroyed = sandbox.destroy().await;
         egress.finish().await;
+        // Reaching the audit budget stops and fails the job; the report is read now, after
+        // the last events were logged, so that its count of unwritten events is final.
+        let interruption = match audit_log.budget_report() {
+            Some(report) => Some(format!("stopped: {report}")),
+            None => interruption,
+        };
 
         let failed_step = outcomes.iter().find(|o| o.failed() && !o.continue_on_error);
         let mut detail = interruption
@@ -550,6 +561,8 @@ struct StepContext<'a> {
     job: &'a JobFile,
     resolved: &'a ResolvedJob,
     job_id: &'a str,
+    /// The job's audit log: a job whose events reach its budget is stopped.
+    audit: &'a AuditLog,
     /// `deliver: env` secrets.
     secret_env: &'a [(String, Zeroizing<String>)],
     /// Names of the `deliver: file` secrets.
@@ -609,8 +622,18 @@ impl StepContext<'_> {
                     stop = Some("cancelled by a signal to the agent".to_owned());
                     None
                 }
+                () = self.audit.exhausted() => {
+                    stop = Some(format!(
+                        "stopped: {}",
+                        self.audit.budget_report().unwrap_or_default()
+                    ));
+                    None
+                }
             };
             let elapsed = began.elapsed();
+            // Set only when a signal or the audit budget cut the step short (the job
+            // timeout is noted below and keeps its own wording).
+            let interrupted = stop.clone().filter(|_| result.is_none());
             // The step's output has ended: release what the masker held back.
             let _ = stdout.settle().await;
             let end = match result {
@@ -629,7 +652,10 @@ impl StepContext<'_> {
                     StepEnd::TimedOut
                 }
             };
-            let description = describe(end, step_timeout);
+            let description = match &interrupted {
+                Some(why) => format!("failed: {why}"),
+                None => describe(end, step_timeout),
+            };
             let note = if !end.success() && step.continue_on_error {
                 " (continue-on-error)"
             } else {

@@ -188,13 +188,19 @@ impl World {
 
     /// Like [`World::run`], with the audit log written into the world (returned parsed).
     pub fn run_audited(&self, job: &Path) -> (Output, Vec<serde_json::Value>) {
+        let (output, audit) = self.run_audited_to(job);
+        (output, read_audit(&audit))
+    }
+
+    /// Like [`World::run`], with the audit log written into the world; returns where.
+    pub fn run_audited_to(&self, job: &Path) -> (Output, PathBuf) {
         let n = WORLDS.fetch_add(1, Ordering::SeqCst);
         let audit = self.dir.path().join(format!("audit-{n}.jsonl"));
         let output = self
             .run_command(job, &["--audit-log", &audit.to_string_lossy()])
             .output()
             .expect("run runner-agent");
-        (output, read_audit(&audit))
+        (output, audit)
     }
 
     /// Starts `runner-agent run JOB --config HOST` without waiting.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use runner_agent_tests::agent::{denials_where, describe, job_id, World};
+use runner_agent_tests::agent::{denials_where, describe, job_id, read_audit, World};
 use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 use serde_json::json;
@@ -341,6 +341,67 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
             "ebpf event without process: {e}"
         );
     }
+    world.assert_job_left_nothing(&output);
+}
+
+/// A job that floods denied attempts cannot fill the host's disk through its audit log:
+/// it is stopped once its events reach `limits.audit_log`, the log stays within the
+/// budget plus the 1 MiB overrun, every line written is a whole event, nothing reached
+/// the target, and the runner is gone.
+#[test]
+fn a_job_flooding_denials_is_stopped_at_its_audit_budget() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(
+        bed.host_ns(),
+        "limits: { audit_log: 1MiB }",
+        &egress_config(),
+    );
+    let trap = TRAP_IPS[0];
+    // UDP to a trap, as fast as Python goes, for two minutes unless stopped: each send
+    // is refused by the fence and is one audit event.
+    let job = world.job(
+        "flood.yaml",
+        &format!(
+            "name: flood\nsteps:\n  - name: flood\n    run: |\n      python3 - <<'PY'\n      import socket, time\n      s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n      end = time.time() + 120\n      while time.time() < end:\n          try:\n              s.sendto(b'x', ('{trap}', 9))\n          except OSError:\n              pass\n      print('FLOOD-RAN-OUT')\n      PY\n  - name: never runs\n    run: echo SHOULD-NOT-RUN\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (output, audit) = world.run_audited_to(&job);
+    settle();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stdout.contains(
+            "[1/2] flood: failed: stopped: its audit events reached limits.audit_log (1MiB)"
+        ),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stdout.contains("FLOOD-RAN-OUT"), "{}", describe(&output));
+    assert!(
+        !stdout.contains("SHOULD-NOT-RUN\n"),
+        "{}",
+        describe(&output)
+    );
+    let bytes = std::fs::metadata(&audit).expect("audit log").len();
+    assert!(
+        (1 << 20..=2 << 20).contains(&bytes),
+        "audit log of {bytes} bytes for a 1 MiB budget"
+    );
+    // Every line is a whole event (read_audit panics on one that is not).
+    let events = read_audit(&audit);
+    let denials = events
+        .iter()
+        .filter(|e| e["source"] == "ebpf" && e["verdict"] == "deny" && e["port"] == 9)
+        .count();
+    assert!(denials > 1000, "{denials} denial events");
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
     world.assert_job_left_nothing(&output);
 }
 

@@ -1,17 +1,23 @@
 //! Resource limits of a runner: `runner.limits` and an environment's `limits`.
 //!
 //! Defaults (used for any field the host config leaves out): memory 4GiB, pids 4096,
-//! cpus 2, disk 8GiB, timeout 6h. An environment's `limits` override `runner.limits`
-//! field by field; [`Limits::effective`] does that merge. Bounds are checked at the node
-//! (see `units`): memory >= 16MiB, disk >= 1MiB, 16 <= pids <= 4194304,
-//! 0 < cpus <= 1024, timeout > 0.
+//! cpus 2, disk 8GiB, timeout 6h, audit_log 256MiB. An environment's `limits` override
+//! `runner.limits` field by field; [`Limits::effective`] does that merge. Bounds are
+//! checked at the node (see `units`): memory >= 16MiB, disk >= 1MiB, audit_log >= 1MiB,
+//! 16 <= pids <= 4194304, 0 < cpus <= 1024, timeout > 0.
+//!
+//! `audit_log` bounds the bytes of audit events one job may cause. Every decision is one
+//! line (DESIGN.md 3.4), so a job that loops over denied connections would otherwise
+//! write tens of megabytes a second to the host's disk for as long as its timeout
+//! allows; a job that reaches the bound is stopped instead (see `egress::audit_log`).
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::units::{
-    format_duration, format_size, Cpus, Pids, Size, Timeout, GIB, MIN_DISK, MIN_MEMORY,
+    format_duration, format_size, Cpus, Pids, Size, Timeout, GIB, MIB, MIN_AUDIT_LOG, MIN_DISK,
+    MIN_MEMORY,
 };
 
 /// Limits as written; `None` means "inherit" (from `runner.limits`, then the defaults).
@@ -28,6 +34,8 @@ pub struct Limits {
     pub disk: Option<u64>,
     /// Longest a job may run.
     pub timeout: Option<Duration>,
+    /// Most bytes of audit events a job may cause before it is stopped.
+    pub audit_log: Option<u64>,
 }
 
 /// Limits with every field decided.
@@ -43,6 +51,8 @@ pub struct EffectiveLimits {
     pub disk: u64,
     /// Longest a job may run.
     pub timeout: Duration,
+    /// Most bytes of audit events a job may cause before it is stopped.
+    pub audit_log: u64,
 }
 
 /// The limits that apply when the host config says nothing.
@@ -52,6 +62,7 @@ pub const DEFAULT_LIMITS: EffectiveLimits = EffectiveLimits {
     cpus: 2.0,
     disk: 8 * GIB,
     timeout: Duration::from_secs(6 * 3600),
+    audit_log: 256 * MIB,
 };
 
 impl Limits {
@@ -68,6 +79,7 @@ impl Limits {
             cpus: self.cpus.or(base.cpus),
             disk: self.disk.or(base.disk),
             timeout: self.timeout.or(base.timeout),
+            audit_log: self.audit_log.or(base.audit_log),
         }
     }
 
@@ -80,6 +92,7 @@ impl Limits {
             cpus: self.cpus.unwrap_or(d.cpus),
             disk: self.disk.unwrap_or(d.disk),
             timeout: self.timeout.unwrap_or(d.timeout),
+            audit_log: self.audit_log.unwrap_or(d.audit_log),
         }
     }
 
@@ -92,6 +105,8 @@ impl Limits {
             self.disk.map(|v| format!("disk {}", format_size(v))),
             self.timeout
                 .map(|v| format!("timeout {}", format_duration(v))),
+            self.audit_log
+                .map(|v| format!("audit_log {}", format_size(v))),
         ]
         .into_iter()
         .flatten()
@@ -112,6 +127,7 @@ impl From<EffectiveLimits> for Limits {
             cpus: Some(e.cpus),
             disk: Some(e.disk),
             timeout: Some(e.timeout),
+            audit_log: Some(e.audit_log),
         }
     }
 }
@@ -130,6 +146,7 @@ struct RawLimits {
     cpus: Option<Cpus>,
     disk: Option<Size<MIN_DISK>>,
     timeout: Option<Timeout>,
+    audit_log: Option<Size<MIN_AUDIT_LOG>>,
 }
 
 impl From<RawLimits> for Limits {
@@ -140,6 +157,7 @@ impl From<RawLimits> for Limits {
             cpus: raw.cpus.map(|c| c.0),
             disk: raw.disk.map(|s| s.0),
             timeout: raw.timeout.map(|t| t.0),
+            audit_log: raw.audit_log.map(|s| s.0),
         }
     }
 }
@@ -156,7 +174,10 @@ mod tests {
 
     #[test]
     fn full_limits_parse() {
-        let l = parse("memory: 512MiB\npids: 100\ncpus: 0.5\ndisk: 1G\ntimeout: 1h30m\n").unwrap();
+        let l = parse(
+            "memory: 512MiB\npids: 100\ncpus: 0.5\ndisk: 1G\ntimeout: 1h30m\naudit_log: 64MiB\n",
+        )
+        .unwrap();
         assert_eq!(
             l,
             Limits {
@@ -165,6 +186,7 @@ mod tests {
                 cpus: Some(0.5),
                 disk: Some(GIB),
                 timeout: Some(Duration::from_secs(5400)),
+                audit_log: Some(64 * MIB),
             }
         );
         assert_eq!(parse("{}\n").unwrap(), Limits::default());
@@ -183,6 +205,7 @@ mod tests {
             ("cpus: 0\n", "l.yaml:1:7: cpus: `0` is out of range; give a number of CPUs above 0 and at most 1024"),
             ("cpus: 2000\n", "l.yaml:1:7: cpus: `2000` is out of range; give a number of CPUs above 0 and at most 1024"),
             ("disk: 10\n", "l.yaml:1:7: disk: `10` is too small; the minimum is 1MiB"),
+            ("audit_log: 512KiB\n", "l.yaml:1:12: audit_log: `512KiB` is too small; the minimum is 1MiB"),
             ("pids: 100\ntimeout: 0s\n", "l.yaml:2:10: timeout: `0s` is zero; a timeout must be positive, e.g. `30m`"),
             ("timeout: 30\n", "l.yaml:1:10: timeout: `30` has no unit; write a duration such as `30m`, `90s`, `6h` or `1h30m`"),
             ("memory: [1]\n", "l.yaml:1:9: memory: invalid type: sequence, expected a size like 4GiB"),
@@ -202,9 +225,10 @@ mod tests {
         assert_eq!(e.memory, GIB);
         assert_eq!(e.pids, 4096);
         assert_eq!(e.timeout, Duration::from_secs(6 * 3600));
+        assert_eq!(e.audit_log, 256 * MIB);
         assert_eq!(
             DEFAULT_LIMITS.to_string(),
-            "memory 4GiB, pids 4096, cpus 2, disk 8GiB, timeout 6h"
+            "memory 4GiB, pids 4096, cpus 2, disk 8GiB, timeout 6h, audit_log 256MiB"
         );
     }
 }

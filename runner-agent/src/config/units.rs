@@ -78,6 +78,8 @@ impl<const MIN: u64> ScalarForm for Size<MIN> {
 pub const MIN_MEMORY: u64 = 16 * MIB;
 /// Minimum disk (scratch) size.
 pub const MIN_DISK: u64 = MIB;
+/// Minimum audit log budget of a job.
+pub const MIN_AUDIT_LOG: u64 = MIB;
 
 /// Formats bytes with the largest binary unit that divides them exactly.
 pub fn format_size(bytes: u64) -> String {
@@ -213,6 +215,7 @@ fn parse_integer(text: &str) -> Option<u64> {
 
 scalar_deserialize!(
     Size<MIN_MEMORY>,
+    // Also Size<MIN_AUDIT_LOG>: the same minimum makes it the same type.
     Size<MIN_DISK>,
     Timeout,
     Cpus,

@@ -8,11 +8,26 @@
 //!
 //! Secret values the job was given are masked in every line and in the summary (a job
 //! can put a value into a URL, a DNS label or a host name; the log must not keep it).
+//!
+//! What a job can make it write is bounded, because every decision is a line and a job
+//! looping over denied connections causes tens of megabytes a second (a Python loop of
+//! IPv6 connects: 167 MB in 5 s) on the host's disk:
+//!
+//! - Once the job's events reach the budget (`limits.audit_log`), [`AuditLog::exhausted`]
+//!   resolves and the agent stops the job. Events keep being written while it stops, up
+//!   to [`OVERRUN`] beyond the budget; anything after that is counted, not written, and
+//!   the count is reported ([`AuditLog::budget_report`]). So the file never grows by more
+//!   than budget + [`OVERRUN`] per job.
+//! - The per-destination tally behind the summary keeps at most [`TALLY_DESTINATIONS`]
+//!   destinations; further ones are counted under one "(other destinations)" row, so a
+//!   job that tries a million addresses costs neither the agent's memory nor a
+//!   million-line summary.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use egress_proxy::audit::{AuditEvent, Verdict};
@@ -28,17 +43,35 @@ pub struct Tally {
     pub denied: u64,
 }
 
+/// Bytes written past the budget while the job is being stopped, before events are only
+/// counted.
+pub const OVERRUN: u64 = 1 << 20;
+
+/// Destinations the summary tallies one by one.
+pub const TALLY_DESTINATIONS: usize = 1000;
+
+/// The summary row that counts every destination beyond [`TALLY_DESTINATIONS`].
+const OTHER_DESTINATIONS: &str = "(other destinations)";
+
 /// The audit log of one job.
 pub struct AuditLog {
     file: Mutex<File>,
     masker: Masker,
     tally: Mutex<BTreeMap<String, Tally>>,
+    /// Bytes of events this job has caused (written or not).
+    caused: AtomicU64,
+    /// Bytes after which the job is stopped.
+    budget: u64,
+    /// Events counted but not written (past budget + [`OVERRUN`]).
+    unwritten: AtomicU64,
+    reached: AtomicBool,
+    reached_notify: tokio::sync::Notify,
 }
 
 impl AuditLog {
     /// Creates (or appends to) the log at `path`, making its directory if needed; what
-    /// is written is masked with `masker`.
-    pub fn create(path: &Path, masker: Masker) -> std::io::Result<AuditLog> {
+    /// is written is masked with `masker`; the job may cause `budget` bytes of events.
+    pub fn create(path: &Path, masker: Masker, budget: u64) -> std::io::Result<AuditLog> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
@@ -52,28 +85,86 @@ impl AuditLog {
             file: Mutex::new(file),
             masker,
             tally: Mutex::new(BTreeMap::new()),
+            caused: AtomicU64::new(0),
+            budget,
+            unwritten: AtomicU64::new(0),
+            reached: AtomicBool::new(false),
+            reached_notify: tokio::sync::Notify::new(),
         })
     }
 
-    /// Writes one event and counts it under its destination.
+    /// Writes one event (within the budget and its overrun; see the module docs) and
+    /// counts it under its destination.
     pub fn record(&self, event: &AuditEvent) {
         let mut line = self.masker.mask_str(&event.to_json());
         line.push('\n');
-        if let Err(err) = self
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(line.as_bytes())
-        {
-            tracing::error!(error = %err, "cannot write the audit log");
+        let len = line.len() as u64;
+        let before = self.caused.fetch_add(len, Ordering::SeqCst);
+        if before + len <= self.budget.saturating_add(OVERRUN) {
+            if let Err(err) = self
+                .file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(line.as_bytes())
+            {
+                tracing::error!(error = %err, "cannot write the audit log");
+            }
+        } else {
+            self.unwritten.fetch_add(1, Ordering::SeqCst);
         }
-        let key = self.masker.mask_str(&destination(event));
+        if before + len >= self.budget && !self.reached.swap(true, Ordering::SeqCst) {
+            self.reached_notify.notify_waiters();
+        }
+        self.count(&destination(event), event.verdict);
+    }
+
+    fn count(&self, destination: &str, verdict: Verdict) {
+        let key = self.masker.mask_str(destination);
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        // The "other" row does not count against the limit, so the map holds at most
+        // TALLY_DESTINATIONS + 1 rows.
+        let key = if tally.contains_key(&key) || tally.len() < TALLY_DESTINATIONS {
+            key
+        } else {
+            OTHER_DESTINATIONS.to_owned()
+        };
         let entry = tally.entry(key).or_default();
-        match event.verdict {
+        match verdict {
             Verdict::Allow => entry.allowed += 1,
             Verdict::Deny => entry.denied += 1,
         }
+    }
+
+    /// Resolves once the job's events have reached the budget (at once if they have).
+    pub async fn exhausted(&self) {
+        loop {
+            // Created before the check: a Notified future receives notify_waiters() calls
+            // made after its creation even before it is first polled (tokio docs).
+            let notified = self.reached_notify.notified();
+            if self.reached.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Why the job was stopped, once the budget has been reached: the limit, and how
+    /// many events were counted but not written.
+    pub fn budget_report(&self) -> Option<String> {
+        if !self.reached.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut text = format!(
+            "its audit events reached limits.audit_log ({})",
+            crate::config::format_size(self.budget)
+        );
+        let unwritten = self.unwritten.load(Ordering::SeqCst);
+        if unwritten > 0 {
+            text.push_str(&format!(
+                "; {unwritten} later events were counted in the summary but not written"
+            ));
+        }
+        Some(text)
     }
 
     /// The tally so far, by destination.
@@ -144,13 +235,94 @@ fn kind_name(event: &AuditEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MIB;
     use egress_proxy::audit::{Kind, Source};
+
+    fn no_secrets() -> Masker {
+        Masker::new(std::iter::empty::<&[u8]>())
+    }
+
+    fn denial(port: u16) -> AuditEvent {
+        let mut event = AuditEvent::new(Source::Ebpf, Kind::Socket, Verdict::Deny);
+        event.ip = Some("2001:db8::1".parse().unwrap());
+        event.port = Some(port);
+        event
+    }
+
+    #[tokio::test]
+    async fn the_budget_stops_the_job_and_bounds_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let budget = 64 * 1024;
+        let log = AuditLog::create(&path, no_secrets(), budget).unwrap();
+        let line = log.masker.mask_str(&denial(80).to_json()).len() as u64 + 1;
+        // Below the budget: nothing reached yet.
+        for _ in 0..budget / line - 1 {
+            log.record(&denial(80));
+        }
+        assert!(log.budget_report().is_none());
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), log.exhausted());
+        assert!(
+            pending.await.is_err(),
+            "exhausted() resolved below the budget"
+        );
+        // A waiter that starts before the budget is reached is woken when it is.
+        let (woken, ()) = tokio::join!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), log.exhausted()),
+            async {
+                tokio::task::yield_now().await;
+                for _ in 0..2 {
+                    log.record(&denial(80));
+                }
+            }
+        );
+        assert!(woken.is_ok(), "exhausted() did not resolve at the budget");
+        assert_eq!(
+            log.budget_report().unwrap(),
+            "its audit events reached limits.audit_log (64KiB)"
+        );
+        // Far past it: the file stops at budget + OVERRUN, the rest is counted.
+        let flood = 2 * (budget + OVERRUN) / line;
+        for _ in 0..flood {
+            log.record(&denial(80));
+        }
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= budget + OVERRUN, "{size} bytes written");
+        assert!(size > budget + OVERRUN - line, "{size} bytes written");
+        let report = log.budget_report().unwrap();
+        assert!(report.contains("later events were counted in the summary but not written"));
+        let written = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+        let total = budget / line + 1 + flood;
+        assert_eq!(log.tally()["[2001:db8::1]:80"].denied, total);
+        assert!(
+            report.contains(&format!("; {} later events", total - written)),
+            "{report}"
+        );
+        // Already reached: resolves at once.
+        log.exhausted().await;
+    }
+
+    #[test]
+    fn the_tally_keeps_a_bounded_number_of_destinations() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::create(&dir.path().join("a.jsonl"), no_secrets(), 64 * MIB).unwrap();
+        for port in 1..=TALLY_DESTINATIONS as u16 + 500 {
+            log.record(&denial(port));
+        }
+        // A destination already counted keeps its own row.
+        log.record(&denial(1));
+        let tally = log.tally();
+        assert_eq!(tally.len(), TALLY_DESTINATIONS + 1);
+        assert_eq!(tally["[2001:db8::1]:1"].denied, 2);
+        assert_eq!(tally[OTHER_DESTINATIONS].denied, 500);
+        assert_eq!(log.summary().lines().count(), TALLY_DESTINATIONS + 3);
+    }
 
     #[test]
     fn secrets_are_masked_in_lines_and_summary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::create(&path, Masker::new([b"tok3n-s3cret".as_slice()])).unwrap();
+        let log = AuditLog::create(&path, Masker::new([b"tok3n-s3cret".as_slice()]), MIB).unwrap();
         let mut event = AuditEvent::new(Source::Dns, Kind::Dns, Verdict::Deny);
         event.host = Some("tok3n-s3cret.evil.example".into());
         event.path = Some("/?t=tok3n-s3cret".into());
@@ -165,7 +337,7 @@ mod tests {
     fn events_are_written_as_lines_and_tallied() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/audit.jsonl");
-        let log = AuditLog::create(&path, Masker::new(std::iter::empty::<&[u8]>())).unwrap();
+        let log = AuditLog::create(&path, no_secrets(), MIB).unwrap();
         let mut allowed = AuditEvent::new(Source::Proxy, Kind::Connect, Verdict::Allow);
         allowed.host = Some("example.com".into());
         allowed.port = Some(443);
