@@ -207,6 +207,79 @@ impl CgroupLayout {
     }
 }
 
+/// How often the kernel has enforced a runner's limits so far, read from the counters
+/// the cgroup controllers keep: what turns "killed by signal 9" into "out of memory".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitEvents {
+    /// Processes the OOM killer ended at the memory limit (`oom_kill` in v2
+    /// `memory.events` or v1 `memory.oom_control`).
+    pub oom_kills: u64,
+    /// Forks refused at the pids limit (`max` in `pids.events`, v1 and v2).
+    pub pids_max: u64,
+}
+
+impl LimitEvents {
+    /// Reads the counters in a runner's directories (v2 and v1 alike: each counter is
+    /// looked for in every directory, and a file that does not exist counts 0, so the
+    /// same call serves hybrid and pure v2 hosts).
+    pub fn read(dirs: &[PathBuf]) -> LimitEvents {
+        let mut events = LimitEvents::default();
+        for dir in dirs {
+            events.oom_kills += counter(&dir.join("memory.events"), "oom_kill")
+                + counter(&dir.join("memory.oom_control"), "oom_kill");
+            events.pids_max += counter(&dir.join("pids.events"), "max");
+        }
+        events
+    }
+
+    /// What happened between `before` and `self`, for a step's footer: `None` when no
+    /// limit was enforced.
+    pub fn since(&self, before: &LimitEvents, limits: &CgroupLimits) -> Option<String> {
+        let plural = |n: u64, one: &str, many: &str| {
+            if n == 1 {
+                format!("{n} {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
+        let mut notes = Vec::new();
+        let oom = self.oom_kills.saturating_sub(before.oom_kills);
+        if oom > 0 {
+            let limit = limits
+                .memory
+                .map(|m| format!(" at limits.memory ({})", crate::config::format_size(m)))
+                .unwrap_or_default();
+            notes.push(format!(
+                "out of memory: the kernel killed {}{limit}",
+                plural(oom, "process", "processes")
+            ));
+        }
+        let refused = self.pids_max.saturating_sub(before.pids_max);
+        if refused > 0 {
+            let limit = limits.pids.map(|p| format!(" ({p})")).unwrap_or_default();
+            notes.push(format!(
+                "limits.pids{limit} refused {}",
+                plural(refused, "fork", "forks")
+            ));
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
+}
+
+/// The value of `key` in a flat keyed file (`key value` lines); 0 when the file or the
+/// key is missing.
+fn counter(path: &Path, key: &str) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let (k, v) = line.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+        })
+        .unwrap_or(0)
+}
+
 /// The cgroup directories of one runner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerCgroup {
@@ -465,6 +538,61 @@ fn write_if_present(path: &Path, value: &str) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_events_are_read_from_v1_and_v2_counters_and_described() {
+        let root = tempfile::tempdir().unwrap();
+        let (v2, memory, pids) = (
+            root.path().join("v2"),
+            root.path().join("memory"),
+            root.path().join("pids"),
+        );
+        for d in [&v2, &memory, &pids] {
+            fs::create_dir(d).unwrap();
+        }
+        let dirs = [v2.clone(), memory.clone(), pids.clone()];
+        let limits = CgroupLimits {
+            memory: Some(64 << 20),
+            pids: Some(64),
+            cpus: None,
+        };
+        // No counter files at all (a controller that is not there): all zero.
+        let none = LimitEvents::read(&dirs);
+        assert_eq!(none, LimitEvents::default());
+        assert_eq!(none.since(&none, &limits), None);
+        // Hybrid: v1 memory.oom_control and pids.events; v2 without memory.events.
+        fs::write(
+            memory.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        fs::write(pids.join("pids.events"), "max 1\n").unwrap();
+        let after = LimitEvents::read(&dirs);
+        assert_eq!(
+            after,
+            LimitEvents {
+                oom_kills: 2,
+                pids_max: 1
+            }
+        );
+        assert_eq!(
+            after.since(&none, &limits).unwrap(),
+            "out of memory: the kernel killed 2 processes at limits.memory (64MiB); \
+             limits.pids (64) refused 1 fork"
+        );
+        // Pure v2: memory.events (its other keys are not oom_kill).
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let later = LimitEvents::read(&dirs);
+        assert_eq!(later.oom_kills, 3);
+        assert_eq!(
+            later.since(&after, &limits).unwrap(),
+            "out of memory: the kernel killed 1 process at limits.memory (64MiB)"
+        );
+    }
 
     fn touch(path: &Path) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();

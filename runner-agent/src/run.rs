@@ -30,7 +30,8 @@ use zeroize::Zeroizing;
 use crate::approval::{self, Approvals};
 use crate::cgroup::{CgroupLimits, CGROUP_ROOT};
 use crate::config::{
-    format_duration, Approval, Claims, ConfigError, HostConfig, JobFile, ResolvedJob,
+    format_duration, Approval, Claims, ConfigError, EffectiveLimits, HostConfig, JobFile,
+    ResolvedJob,
 };
 use crate::credentials::{self, Released};
 use crate::egress::audit_log::AuditLog;
@@ -153,6 +154,15 @@ enum StepResult {
 impl StepOutcome {
     fn failed(&self) -> bool {
         matches!(self.result, StepResult::Ended(end) if !end.success())
+    }
+}
+
+/// The cgroup limits of a job's effective limits.
+fn cgroup_limits(limits: &EffectiveLimits) -> CgroupLimits {
+    CgroupLimits {
+        memory: Some(limits.memory),
+        pids: Some(limits.pids),
+        cpus: Some(limits.cpus),
     }
 }
 
@@ -447,11 +457,7 @@ impl Admitted<'_> {
             run_dir: host.run_dir.clone(),
             runner_pool: host.network.runner_pool,
             max_concurrent: host.runner.max_concurrent,
-            limits: CgroupLimits {
-                memory: Some(resolved.limits.memory),
-                pids: Some(resolved.limits.pids),
-                cpus: Some(resolved.limits.cpus),
-            },
+            limits: cgroup_limits(&resolved.limits),
             disk_bytes: resolved.limits.disk,
             extra_masks: vec![host.state_dir.clone(), host.run_dir.clone()],
             cgroup_root: PathBuf::from(CGROUP_ROOT),
@@ -614,6 +620,7 @@ impl StepContext<'_> {
             };
             let _ = stdout.write_all(format!("==> {label}\n").as_bytes()).await;
             let _ = stdout.settle().await;
+            let limits_before = sandbox.limit_events();
             let began = Instant::now();
             let result = tokio::select! {
                 result = sandbox.run_step(request, &mut stdout) => Some(result),
@@ -652,10 +659,20 @@ impl StepContext<'_> {
                     StepEnd::TimedOut
                 }
             };
-            let description = match &interrupted {
+            let mut description = match &interrupted {
                 Some(why) => format!("failed: {why}"),
                 None => describe(end, step_timeout),
             };
+            // "killed by signal 9" says little: name the limit the kernel enforced.
+            if let Some(note) = sandbox
+                .limit_events()
+                .since(&limits_before, &cgroup_limits(&resolved.limits))
+            {
+                description = format!("{description}; {note}");
+                if let Some(why) = stop.as_mut() {
+                    *why = format!("{why} ({note})");
+                }
+            }
             let note = if !end.success() && step.continue_on_error {
                 " (continue-on-error)"
             } else {

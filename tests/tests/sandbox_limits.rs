@@ -52,7 +52,13 @@ fn a_fork_bomb_fails_the_job_and_not_the_host() {
         "took {:?}",
         started.elapsed()
     );
-    assert_failed_cleanly(&world, &output, "[1/2] fork bomb");
+    let stdout = assert_failed_cleanly(&world, &output, "[1/2] fork bomb");
+    // The footer names the limit the kernel enforced (pids.events).
+    assert!(
+        stdout.contains("limits.pids (64) refused"),
+        "{}",
+        describe(&output)
+    );
 }
 
 #[test]
@@ -66,6 +72,13 @@ fn a_memory_hog_is_stopped_at_the_limit() {
     let output = world.run(&job);
     let stdout = assert_failed_cleanly(&world, &output, "[1/1] eat memory");
     assert!(!stdout.contains("SURVIVED"), "{}", describe(&output));
+    // The footer names the limit the kernel enforced (the OOM kill counters).
+    assert!(
+        stdout.contains("out of memory: the kernel killed")
+            && stdout.contains("at limits.memory (64MiB)"),
+        "{}",
+        describe(&output)
+    );
 }
 
 #[test]

@@ -466,6 +466,11 @@ impl Sandbox {
         &self.record.cgroup_dirs[0]
     }
 
+    /// How often the kernel has enforced the runner's memory and pids limits so far.
+    pub fn limit_events(&self) -> crate::cgroup::LimitEvents {
+        crate::cgroup::LimitEvents::read(&self.record.cgroup_dirs)
+    }
+
     /// A descriptor of the fence's original-destination map, for the proxy.
     pub fn orig_dst_fd(&self) -> Result<OwnedFd, SandboxError> {
         let fence = self
