@@ -107,6 +107,36 @@ fn a_job_filling_its_disk_fails_and_dev_shm_counts_against_the_same_limit() {
 }
 
 #[test]
+fn memory_filled_with_files_costs_the_step_not_the_sandbox() {
+    require_privilege!();
+    let world = World::new("limits: { memory: 128MiB, disk: 1GiB }", "");
+    // Filling the tmpfs puts the memory in files, which count for no process: the OOM
+    // killer must still take the step's processes (oom_score_adj 1000) and leave init
+    // (0), so the next step runs.
+    let job = world.job(
+        "files.yaml",
+        "name: files\nsteps:\n  - name: fill memory with a file\n    continue-on-error: true\n    run: echo \"step score $(cat /proc/self/oom_score_adj)\"; dd if=/dev/zero of=/workspace/big bs=1M status=none; echo SURVIVED\n  - name: after\n    run: rm -f /workspace/big; echo \"AFTER init score $(cat /proc/1/oom_score_adj)\"\n",
+    );
+    let output = world.run(&job);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("step score 1000"), "{}", describe(&output));
+    assert!(!stdout.contains("SURVIVED"), "{}", describe(&output));
+    assert!(
+        stdout.contains("[1/2] fill memory with a file: failed: killed by signal 9; out of memory: the kernel killed"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        stdout.contains("AFTER init score 0"),
+        "{}",
+        describe(&output)
+    );
+    assert!(host_can_fork());
+    world.assert_job_left_nothing(&output);
+}
+
+#[test]
 fn a_job_over_its_timeout_is_killed_and_cleaned_up() {
     require_privilege!();
     let world = World::new("", "");

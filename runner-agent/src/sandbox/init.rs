@@ -221,6 +221,9 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     drop(std::mem::take(&mut spec.secret_files));
     rootfs::pivot_into(&built.root).stage("pivot_root")?;
 
+    // Opened while still root: see `OomOrder`. Best effort.
+    let oom_order = OomOrder::open().ok();
+
     // Become root of the runner's user namespace: the id mapping makes that the
     // unprivileged host uid `id_base`. setgroups first, while we still may.
     setns(&userns, CloneFlags::CLONE_NEWUSER).stage("join user namespace")?;
@@ -235,7 +238,11 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     let control_fd = control.reader.get_ref().as_raw_fd();
     let writer_fd = control.writer.as_raw_fd();
     let keep = control_fd.max(writer_fd) + 1;
-    sys::close_from(keep).stage("close inherited fds")?;
+    match &oom_order {
+        Some(order) => sys::close_from_except(keep, order.0.as_raw_fd()),
+        None => sys::close_from(keep),
+    }
+    .stage("close inherited fds")?;
 
     // No core dumps: with a pipe in core_pattern the kernel hands a crashing job
     // process's memory (its environment's secrets included) to a helper on the host,
@@ -299,7 +306,8 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
         }
         match control.recv() {
             Ok(Some(ToInit::RunStep(step))) => {
-                let end = run_step(control, &signals, &mut notifier, &step).stage("run step")?;
+                let end = run_step(control, &signals, &mut notifier, oom_order.as_ref(), &step)
+                    .stage("run step")?;
                 control.send(&FromInit::StepExited(end)).stage("report")?;
             }
             Ok(Some(other)) => {
@@ -413,9 +421,10 @@ fn run_step(
     control: &mut Control,
     signals: &SignalFd,
     notifier: &mut Notifier,
+    oom_order: Option<&OomOrder>,
     step: &StepRequest,
 ) -> io::Result<StepEnd> {
-    let pid = match sys::fork()? {
+    let pid = match OomOrder::fork_step(oom_order)? {
         Forked::Child => exec_step(step),
         Forked::Parent(pid) => pid,
     };
@@ -483,6 +492,56 @@ fn reap(step: Pid) -> io::Result<Option<StepEnd>> {
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// The order in which the OOM killer takes a runner's processes: a step's first, init
+/// last.
+///
+/// Why: the OOM killer picks the process with the most memory of the runner's cgroup,
+/// counted as resident pages. A job that fills its tmpfs (the writable layer is memory)
+/// holds its memory in files, which count for no process, so the largest was init, with
+/// the agent binary mapped: the OOM killer took both inits and the whole sandbox died
+/// ("the sandbox init exited unexpectedly") instead of the step, and no later step could
+/// run. Lowering init's score would need CAP_SYS_RESOURCE, which root does not have on
+/// every host (not on this project's CI machines). Raising a score needs no privilege,
+/// but a step cannot raise its own before exec (its /proc files belong to the host's root
+/// until it execs in the job's user namespace). So pid 1 keeps a descriptor of its own
+/// `oom_score_adj`, opened while it is still root, sets [`STEP_OOM_SCORE_ADJ`] just
+/// before forking a step (the child inherits it) and 0 again right after (down to 0 is
+/// not below the minimum it started with, so it needs no privilege either). It also makes
+/// a job's processes the first choice of a host-wide OOM, ahead of the host's services.
+/// The job can lower its score again, but not below 0, so only its own processes compete.
+struct OomOrder(File);
+
+/// `oom_score_adj` (proc(5)) of a step's processes.
+const STEP_OOM_SCORE_ADJ: &[u8] = b"1000";
+
+impl OomOrder {
+    /// Opens pid 1's own `oom_score_adj`; call while still root in the host's namespace.
+    fn open() -> io::Result<OomOrder> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/oom_score_adj")
+            .map(OomOrder)
+    }
+
+    fn set(&self, value: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        // Best effort: a failure only loses the order.
+        let _ = self.0.write_at(value, 0);
+    }
+
+    /// Forks with the step's score, then restores pid 1's.
+    fn fork_step(order: Option<&OomOrder>) -> nix::Result<Forked> {
+        if let Some(order) = order {
+            order.set(STEP_OOM_SCORE_ADJ);
+        }
+        let forked = sys::fork();
+        if let (Some(order), Ok(Forked::Parent(_)) | Err(_)) = (order, &forked) {
+            order.set(b"0");
+        }
+        forked
     }
 }
 

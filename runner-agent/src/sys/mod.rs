@@ -157,10 +157,25 @@ pub fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> Result<(),
 /// Closes every descriptor from `first` upwards (`close_range(2)`), so that nothing the
 /// agent had open leaks into the sandbox.
 pub fn close_from(first: RawFd) -> Result<(), Errno> {
+    close_range(first, u32::MAX)
+}
+
+/// Closes every descriptor from `first` upwards except `kept` (which may lie anywhere).
+pub fn close_from_except(first: RawFd, kept: RawFd) -> Result<(), Errno> {
+    if kept < first {
+        return close_from(first);
+    }
+    if kept > first {
+        close_range(first, kept as u32 - 1)?;
+    }
+    close_range(kept + 1, u32::MAX)
+}
+
+fn close_range(first: RawFd, last: u32) -> Result<(), Errno> {
     // SAFETY: close_range only closes descriptors; no memory is passed. Descriptors owned
-    // by Rust objects above `first` must not be used afterwards, which the callers ensure
+    // by Rust objects in the range must not be used afterwards, which the callers ensure
     // by calling this right before exec or right after setting up the only fds they keep.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0) };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) };
     if rc < 0 {
         return Err(Errno::last());
     }
