@@ -283,8 +283,10 @@ impl DenialStream {
     /// other tasks, the proxy's shutdown among them, for as long as a flood lasted).
     pub async fn next(&mut self) -> Result<Denial, EventError> {
         loop {
+            // Before taking an event, not after: a caller that drops this future while it
+            // waits here (a `select!` that took another branch) loses nothing.
+            tokio::task::consume_budget().await;
             if let Some(d) = self.try_next() {
-                tokio::task::consume_budget().await;
                 return Ok(d);
             }
             let mut guard = self.ring.readable_mut().await.map_err(EventError::Poll)?;

@@ -157,6 +157,18 @@ enum Idle {
 }
 
 impl Idle {
+    /// Fails if a process-backed runner has already ended.
+    fn all_running(&mut self) -> Result<()> {
+        if let Idle::Processes(children) = self {
+            for child in children.iter_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("a runner ended before the reading: {status}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Tears everything down and checks that it ended well.
     fn stop(self, runtime: &tokio::runtime::Runtime, contender: Contender) -> Result<()> {
         match self {
@@ -178,15 +190,18 @@ impl Idle {
                         let _ = child.kill();
                         let _ = child.wait();
                     } else {
-                        // The job ends by itself; runner-agent must report success.
+                        // SIGTERM cancels the job: runner-agent destroys the runner and
+                        // exits 1 ("cancelled"); anything else is a failure.
+                        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
                         let status = child.wait().context("wait for runner-agent run")?;
-                        if !status.success() {
+                        if status.code() != Some(1) {
                             failures.push(status);
                         }
                     }
                 }
                 if !failures.is_empty() {
-                    bail!("runner-agent run failed: {failures:?}");
+                    bail!("runner-agent run did not end as cancelled: {failures:?}");
                 }
                 Ok(())
             }
@@ -203,11 +218,6 @@ struct Bench {
     cli_config: PathBuf,
 }
 
-/// Seconds the CLI's idle step sleeps: long enough for the settle and the reading.
-fn cli_sleep_secs(settle: Duration) -> u64 {
-    settle.as_secs() + 4
-}
-
 impl Bench {
     fn prepare(options: Options, tmp: &Path) -> Result<Bench> {
         let mut config = sandbox_config(&tmp.join("run"), &tmp.join("state"));
@@ -216,10 +226,10 @@ impl Bench {
         std::fs::create_dir_all(&cli_dir)?;
         let cli_job = cli_dir.join("idle.yaml");
         let cli_config = cli_dir.join("host.yaml");
-        let sleep = cli_sleep_secs(Duration::from_millis(options.settle_ms));
         std::fs::write(
             &cli_job,
-            format!("name: density\nsteps:\n  - name: idle\n    run: \"echo up; sleep {sleep}\"\n"),
+            // Ended by SIGTERM after the reading (the CLI then cancels the job).
+            "name: density\nsteps:\n  - name: idle\n    run: \"echo up; sleep 600\"\n",
         )
         .context("write job file")?;
         std::fs::write(
@@ -297,9 +307,10 @@ impl Bench {
     fn round(&self, contender: Contender, round: u32) -> Result<Reading> {
         self.settle();
         let before = MemInfo::read()?;
-        let (up, idle) = self.start(contender, round)?;
+        let (up, mut idle) = self.start(contender, round)?;
         self.settle();
-        let after = MemInfo::read();
+        // A runner that ended early would make the reading too low.
+        let after = idle.all_running().and_then(|()| MemInfo::read());
         let stopped = idle.stop(&self.runtime, contender);
         let after = after?;
         stopped.with_context(|| format!("stopping {}", contender.label()))?;

@@ -211,9 +211,17 @@ impl CgroupLayout {
 /// the cgroup controllers keep: what turns "killed by signal 9" into "out of memory".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitEvents {
-    /// Processes the OOM killer ended at the memory limit (`oom_kill` in v2
-    /// `memory.events` or v1 `memory.oom_control`).
+    /// Processes of the runner the OOM killer ended (`oom_kill` in v2 `memory.events`
+    /// or v1 `memory.oom_control`), whichever OOM it was: the runner's own limit or the
+    /// whole host running out.
     pub oom_kills: u64,
+    /// Times the runner's memory reached its limit with an allocation about to fail
+    /// (`oom` in v2 `memory.events`). Tells the runner's own OOM from the host's. v1 has
+    /// no such counter (`memory.failcnt` stays 0 on this kernel even at an OOM kill), so
+    /// on hybrid hosts the two are not told apart.
+    pub memory_limit_hits: u64,
+    /// Whether a v2 `memory.events` was found, i.e. `memory_limit_hits` means something.
+    pub memory_events_v2: bool,
     /// Forks refused at the pids limit (`max` in `pids.events`, v1 and v2).
     pub pids_max: u64,
 }
@@ -227,6 +235,8 @@ impl LimitEvents {
         for dir in dirs {
             events.oom_kills += counter(&dir.join("memory.events"), "oom_kill")
                 + counter(&dir.join("memory.oom_control"), "oom_kill");
+            events.memory_limit_hits += counter(&dir.join("memory.events"), "oom");
+            events.memory_events_v2 |= dir.join("memory.events").exists();
             events.pids_max += counter(&dir.join("pids.events"), "max");
         }
         events
@@ -245,14 +255,23 @@ impl LimitEvents {
         let mut notes = Vec::new();
         let oom = self.oom_kills.saturating_sub(before.oom_kills);
         if oom > 0 {
-            let limit = limits
-                .memory
-                .map(|m| format!(" at limits.memory ({})", crate::config::format_size(m)))
-                .unwrap_or_default();
-            notes.push(format!(
-                "out of memory: the kernel killed {}{limit}",
-                plural(oom, "process", "processes")
-            ));
+            let killed = plural(oom, "process", "processes");
+            let limit = limits.memory.map(crate::config::format_size);
+            let note = match (self.memory_events_v2, limit) {
+                (true, _) if self.memory_limit_hits == before.memory_limit_hits => {
+                    // The runner never reached its own limit: the host ran out.
+                    format!("the host ran out of memory: the kernel killed {killed} of the job")
+                }
+                (true, Some(limit)) => {
+                    format!("out of memory: the kernel killed {killed} at limits.memory ({limit})")
+                }
+                // v1: whose OOM it was cannot be told; name the limit as context only.
+                (false, Some(limit)) => {
+                    format!("out of memory: the kernel killed {killed} (limits.memory {limit})")
+                }
+                (_, None) => format!("out of memory: the kernel killed {killed}"),
+            };
+            notes.push(note);
         }
         let refused = self.pids_max.saturating_sub(before.pids_max);
         if refused > 0 {
@@ -560,7 +579,8 @@ mod tests {
         let none = LimitEvents::read(&dirs);
         assert_eq!(none, LimitEvents::default());
         assert_eq!(none.since(&none, &limits), None);
-        // Hybrid: v1 memory.oom_control and pids.events; v2 without memory.events.
+        // Hybrid: v1 memory.oom_control and pids.events; v2 without memory.events. v1
+        // cannot say whose OOM it was: the limit is named as context.
         fs::write(
             memory.join("memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
@@ -572,25 +592,45 @@ mod tests {
             after,
             LimitEvents {
                 oom_kills: 2,
+                memory_limit_hits: 0,
+                memory_events_v2: false,
                 pids_max: 1
             }
         );
         assert_eq!(
             after.since(&none, &limits).unwrap(),
-            "out of memory: the kernel killed 2 processes at limits.memory (64MiB); \
+            "out of memory: the kernel killed 2 processes (limits.memory 64MiB); \
              limits.pids (64) refused 1 fork"
         );
-        // Pure v2: memory.events (its other keys are not oom_kill).
+        // Pure v2: memory.events, whose `oom` says the runner's own limit was reached.
+        fs::remove_file(memory.join("memory.oom_control")).unwrap();
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 0\noom_kill 0\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let v2_before = LimitEvents::read(&dirs);
         fs::write(
             v2.join("memory.events"),
             "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n",
         )
         .unwrap();
-        let later = LimitEvents::read(&dirs);
-        assert_eq!(later.oom_kills, 3);
+        let v2_after = LimitEvents::read(&dirs);
+        assert!(v2_after.memory_events_v2);
         assert_eq!(
-            later.since(&after, &limits).unwrap(),
+            v2_after.since(&v2_before, &limits).unwrap(),
             "out of memory: the kernel killed 1 process at limits.memory (64MiB)"
+        );
+        // A kill while the runner never reached its limit: the host's OOM.
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let host_oom = LimitEvents::read(&dirs);
+        assert_eq!(
+            host_oom.since(&v2_after, &limits).unwrap(),
+            "the host ran out of memory: the kernel killed 1 process of the job"
         );
     }
 

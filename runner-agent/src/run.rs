@@ -527,12 +527,6 @@ impl Admitted<'_> {
         egress.stop_proxy().await;
         let destroyed = sandbox.destroy().await;
         egress.finish().await;
-        // Reaching the audit budget stops and fails the job; the report is read now, after
-        // the last events were logged, so that its count of unwritten events is final.
-        let interruption = match audit_log.budget_report() {
-            Some(report) => Some(format!("stopped: {report}")),
-            None => interruption,
-        };
 
         let failed_step = outcomes.iter().find(|o| o.failed() && !o.continue_on_error);
         let mut detail = interruption
@@ -599,6 +593,11 @@ impl StepContext<'_> {
         let mut stdout = MaskedWriter::new(tokio::io::stdout(), self.masker);
         for (index, step) in job.steps.iter().enumerate() {
             let label = format!("[{}/{}] {}", index + 1, total, step.name);
+            // Reached as the previous step ended (its end won the race below): no further
+            // step starts.
+            if stop.is_none() {
+                stop = self.audit.budget_report().map(|r| format!("stopped: {r}"));
+            }
             if failed || stop.is_some() {
                 outcomes.push(StepOutcome {
                     name: step.name.clone(),
@@ -630,10 +629,7 @@ impl StepContext<'_> {
                     None
                 }
                 () = self.audit.exhausted() => {
-                    stop = Some(format!(
-                        "stopped: {}",
-                        self.audit.budget_report().unwrap_or_default()
-                    ));
+                    stop = self.audit.budget_report().map(|r| format!("stopped: {r}"));
                     None
                 }
             };

@@ -148,23 +148,19 @@ impl AuditLog {
         }
     }
 
-    /// Why the job was stopped, once the budget has been reached: the limit, and how
-    /// many events were counted but not written.
+    /// Why the job is stopped, once the budget has been reached.
     pub fn budget_report(&self) -> Option<String> {
-        if !self.reached.load(Ordering::SeqCst) {
-            return None;
-        }
-        let mut text = format!(
-            "its audit events reached limits.audit_log ({})",
-            crate::config::format_size(self.budget)
-        );
-        let unwritten = self.unwritten.load(Ordering::SeqCst);
-        if unwritten > 0 {
-            text.push_str(&format!(
-                "; {unwritten} later events were counted in the summary but not written"
-            ));
-        }
-        Some(text)
+        self.reached.load(Ordering::SeqCst).then(|| {
+            format!(
+                "its audit events reached limits.audit_log ({})",
+                crate::config::format_size(self.budget)
+            )
+        })
+    }
+
+    /// Events counted but not written (past the budget and its overrun).
+    pub fn unwritten(&self) -> u64 {
+        self.unwritten.load(Ordering::SeqCst)
     }
 
     /// The tally so far, by destination.
@@ -172,8 +168,22 @@ impl AuditLog {
         self.tally.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The egress summary printed at the end of a job.
+    /// The egress summary printed at the end of a job, with a line for the events that
+    /// were counted but not written, if any.
     pub fn summary(&self) -> String {
+        let unwritten = match self.unwritten() {
+            0 => String::new(),
+            n => format!(
+                "Audit log: {n} events past limits.audit_log ({}) and its {} overrun were \
+                 counted here but not written.\n",
+                crate::config::format_size(self.budget),
+                crate::config::format_size(OVERRUN)
+            ),
+        };
+        self.tally_summary() + &unwritten
+    }
+
+    fn tally_summary(&self) -> String {
         let tally = self.tally();
         if tally.is_empty() {
             return "Egress summary: no connection or lookup was attempted.\n".to_owned();
@@ -289,14 +299,17 @@ mod tests {
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size <= budget + OVERRUN, "{size} bytes written");
         assert!(size > budget + OVERRUN - line, "{size} bytes written");
-        let report = log.budget_report().unwrap();
-        assert!(report.contains("later events were counted in the summary but not written"));
         let written = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
         let total = budget / line + 1 + flood;
         assert_eq!(log.tally()["[2001:db8::1]:80"].denied, total);
+        assert_eq!(log.unwritten(), total - written);
+        let summary = log.summary();
         assert!(
-            report.contains(&format!("; {} later events", total - written)),
-            "{report}"
+            summary.contains(&format!(
+                "Audit log: {} events past limits.audit_log (64KiB) and its 1MiB overrun",
+                total - written
+            )),
+            "{summary}"
         );
         // Already reached: resolves at once.
         log.exhausted().await;

@@ -239,7 +239,7 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     let writer_fd = control.writer.as_raw_fd();
     let keep = control_fd.max(writer_fd) + 1;
     match &oom_order {
-        Some(order) => sys::close_from_except(keep, order.0.as_raw_fd()),
+        Some(order) => sys::close_from_except(keep, order.file.as_raw_fd()),
         None => sys::close_from(keep),
     }
     .stage("close inherited fds")?;
@@ -508,11 +508,18 @@ fn reap(step: Pid) -> io::Result<Option<StepEnd>> {
 /// but a step cannot raise its own before exec (its /proc files belong to the host's root
 /// until it execs in the job's user namespace). So pid 1 keeps a descriptor of its own
 /// `oom_score_adj`, opened while it is still root, sets [`STEP_OOM_SCORE_ADJ`] just
-/// before forking a step (the child inherits it) and 0 again right after (down to 0 is
-/// not below the minimum it started with, so it needs no privilege either). It also makes
-/// a job's processes the first choice of a host-wide OOM, ahead of the host's services.
-/// The job can lower its score again, but not below 0, so only its own processes compete.
-struct OomOrder(File);
+/// before forking a step (the child inherits it) and its own value again right after
+/// (the value it started with, inherited from the agent: going back to it is not below
+/// the minimum inherited with it, so it needs no privilege either). For the few
+/// microseconds of the fork, pid 1 itself is at 1000; an OOM in exactly that window
+/// could still take it. It also makes a job's processes the first choice of a host-wide
+/// OOM, ahead of the host's services. The job can lower its score again, but not below
+/// the minimum the agent passed down, so it can at most tie with init.
+struct OomOrder {
+    file: File,
+    /// pid 1's own value, restored after each fork.
+    own: Vec<u8>,
+}
 
 /// `oom_score_adj` (proc(5)) of a step's processes.
 const STEP_OOM_SCORE_ADJ: &[u8] = b"1000";
@@ -520,16 +527,16 @@ const STEP_OOM_SCORE_ADJ: &[u8] = b"1000";
 impl OomOrder {
     /// Opens pid 1's own `oom_score_adj`; call while still root in the host's namespace.
     fn open() -> io::Result<OomOrder> {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/self/oom_score_adj")
-            .map(OomOrder)
+        let path = "/proc/self/oom_score_adj";
+        let own = std::fs::read(path)?.trim_ascii().to_vec();
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        Ok(OomOrder { file, own })
     }
 
     fn set(&self, value: &[u8]) {
         use std::os::unix::fs::FileExt;
         // Best effort: a failure only loses the order.
-        let _ = self.0.write_at(value, 0);
+        let _ = self.file.write_at(value, 0);
     }
 
     /// Forks with the step's score, then restores pid 1's.
@@ -539,7 +546,7 @@ impl OomOrder {
         }
         let forked = sys::fork();
         if let (Some(order), Ok(Forked::Parent(_)) | Err(_)) = (order, &forked) {
-            order.set(b"0");
+            order.set(&order.own);
         }
         forked
     }
