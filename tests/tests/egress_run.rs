@@ -344,26 +344,27 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
     world.assert_job_left_nothing(&output);
 }
 
-/// A job that floods denied attempts cannot fill the host's disk through its audit log:
-/// it is stopped once its events reach `limits.audit_log`, the log stays within the
-/// budget plus the 1 MiB overrun, every line written is a whole event, nothing reached
-/// the target, and the runner is gone.
-#[test]
-fn a_job_flooding_denials_is_stopped_at_its_audit_budget() {
-    require_privilege!();
+/// Runs a job whose one step loops `python_loop_body` (Python, one attempt per
+/// iteration, indented for a `while` loop) for two minutes unless stopped, under a 1 MiB
+/// audit budget; checks that the job was stopped at the budget, that the log stays within
+/// the budget plus the 1 MiB overrun and holds only whole events, more than 1,000 of
+/// which match `attempt`, and that nothing of the job is left. Returns the net bed so
+/// the caller can check that nothing reached its servers.
+fn flood_is_stopped_at_the_audit_budget(
+    python_setup: &str,
+    python_loop_body: &str,
+    attempt: impl Fn(&serde_json::Value) -> bool,
+) -> NetBed {
     let bed = NetBed::new().expect("net bed");
     let world = World::in_netns(
         bed.host_ns(),
         "limits: { audit_log: 1MiB }",
         &egress_config(),
     );
-    let trap = TRAP_IPS[0];
-    // UDP to a trap, as fast as Python goes, for two minutes unless stopped: each send
-    // is refused by the fence and is one audit event.
     let job = world.job(
         "flood.yaml",
         &format!(
-            "name: flood\nsteps:\n  - name: flood\n    run: |\n      python3 - <<'PY'\n      import socket, time\n      s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n      end = time.time() + 120\n      while time.time() < end:\n          try:\n              s.sendto(b'x', ('{trap}', 9))\n          except OSError:\n              pass\n      print('FLOOD-RAN-OUT')\n      PY\n  - name: never runs\n    run: echo SHOULD-NOT-RUN\n"
+            "name: flood\nsteps:\n  - name: flood\n    run: |\n      python3 - <<'PY'\n      import socket, time\n      {python_setup}\n      end = time.time() + 120\n      while time.time() < end:\n          try:\n              {python_loop_body}\n          except OSError:\n              pass\n      print('FLOOD-RAN-OUT')\n      PY\n  - name: never runs\n    run: echo SHOULD-NOT-RUN\n"
         ),
     );
     let started = std::time::Instant::now();
@@ -396,13 +397,49 @@ fn a_job_flooding_denials_is_stopped_at_its_audit_budget() {
     );
     // Every line is a whole event (read_audit panics on one that is not).
     let events = read_audit(&audit);
-    let denials = events
-        .iter()
-        .filter(|e| e["source"] == "ebpf" && e["verdict"] == "deny" && e["port"] == 9)
-        .count();
-    assert!(denials > 1000, "{denials} denial events");
-    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+    let attempts = events.iter().filter(|e| attempt(e)).count();
+    assert!(attempts > 1000, "{attempts} events of the flood's attempts");
     world.assert_job_left_nothing(&output);
+    bed
+}
+
+/// A job that floods the fence with denied sends cannot fill the host's disk through its
+/// audit log: it is stopped at `limits.audit_log`, and nothing reached the trap.
+#[test]
+fn a_job_flooding_denials_is_stopped_at_its_audit_budget() {
+    require_privilege!();
+    let trap = TRAP_IPS[0];
+    // UDP to a trap: each send is refused by the fence and is one audit event.
+    let bed = flood_is_stopped_at_the_audit_budget(
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        &format!("s.sendto(b'x', ('{trap}', 9))"),
+        |e| e["source"] == "ebpf" && e["verdict"] == "deny" && e["port"] == 9,
+    );
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+}
+
+/// The same through the DNS filter: a stream of lookups of a denied name is answered
+/// locally, one audit event each, until the budget stops the job; the upstream server
+/// never sees the name.
+#[test]
+fn a_job_flooding_the_dns_filter_is_stopped_at_its_audit_budget() {
+    require_privilege!();
+    // A minimal A query for flood.evil.test (RFC 1035 4.1), sent to the resolver the
+    // sandbox was given; replies are not read (the socket's buffer just fills).
+    let bed = flood_is_stopped_at_the_audit_budget(
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]; q = bytes.fromhex('abcd01000001000000000000') + b'\\x05flood\\x04evil\\x04test\\x00' + bytes.fromhex('00010001')",
+        "s.sendto(q, (ns, 53))",
+        |e| {
+            e["source"] == "dns"
+                && e["verdict"] == "deny"
+                && e["host"].as_str().is_some_and(|h| h.starts_with("flood.evil.test"))
+        },
+    );
+    assert!(
+        !bed.dns_hits().iter().any(|h| h.name.contains("evil")),
+        "a denied name reached the upstream server: {:?}",
+        bed.dns_hits()
+    );
 }
 
 /// Reads the agent's stderr until it names the job; returns the job id.
