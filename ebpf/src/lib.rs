@@ -25,10 +25,11 @@
 //! | any packet leaving the runner's sockets not to a listener | dropped by cgroup_skb egress + denial |
 //! | any frame reaching the host-side veth that is not ARP or IPv4 from the runner's address to a listener (spoofed sources, IP fragments, IPv6) | dropped by tc + denial |
 //!
-//! Not covered here: socket families other than inet (vsock, packet in a job-made netns,
-//! ...) and bpf() attempts are not seen by cgroup hooks; they are refused by the kernel's
-//! capability checks and belong to the sandbox's seccomp filter, which is also where
-//! their audit trail must come from. A `lsm_cgroup/socket_create` program would cover them,
+//! Not covered here: socket families other than inet (vsock, packet, alg, ...) and bpf()
+//! attempts are not seen by cgroup hooks. The sandbox's seccomp filter refuses and
+//! records them: every family but unix, inet, inet6 and netlink (vsock needs no
+//! capability and leaves through the hypervisor, outside every network namespace, so
+//! capability checks alone would not do). A `lsm_cgroup/socket_create` program would cover them,
 //! but tracing-class programs (LSM, fentry) cannot be loaded on every kernel this runs on
 //! (the CI kernel refuses them with EPERM), so the fence does not depend on them.
 //!

@@ -442,6 +442,87 @@ fn a_job_flooding_the_dns_filter_is_stopped_at_its_audit_budget() {
     );
 }
 
+/// Socket families other than unix, inet, inet6 and netlink are refused and audited,
+/// whatever the upper half of the register holds: AF_VSOCK in particular, which needs no
+/// capability and on a VM host reaches the hypervisor outside every network namespace.
+/// Netlink keeps working (getaddrinfo and `ip` use it) and causes no denial.
+#[test]
+fn socket_families_outside_the_fence_are_refused_and_audited() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "families.yaml",
+        r#"name: families
+steps:
+  - name: families
+    run: |
+      python3 - <<'PY'
+      import ctypes, socket
+      libc = ctypes.CDLL(None, use_errno=True)
+      for name in ("AF_VSOCK", "AF_ALG", "AF_XDP", "AF_BLUETOOTH", "AF_CAN", "AF_TIPC", "AF_RDS", "AF_KEY"):
+          family = getattr(socket, name, None) or {"AF_XDP": 44, "AF_KEY": 15}[name]
+          for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_RAW):
+              try:
+                  socket.socket(family, kind).close()
+                  print("LEAK-" + name)
+              except OSError:
+                  pass
+      # The same call with garbage in the register's upper half (the kernel reads only the
+      # int): still refused, still recorded.
+      libc.syscall.restype = ctypes.c_long
+      if libc.syscall(ctypes.c_long(41), ctypes.c_long((1 << 32) | 40), ctypes.c_long(1), ctypes.c_long(0)) >= 0:
+          print("LEAK-vsock-high-bits")
+      s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+      s.close()
+      print("NETLINK-OK")
+      PY
+      getent hosts localhost >/dev/null && echo GETENT-OK
+"#,
+    );
+    let (output, events) = world.run_audited(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(!stdout.contains("LEAK"), "{}", describe(&output));
+    assert!(stdout.contains("NETLINK-OK"), "{}", describe(&output));
+    assert!(stdout.contains("GETENT-OK"), "{}", describe(&output));
+    let refused = |call: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["verdict"] == "deny"
+                    && e["comm"] == "python3"
+                    && e["reason"].as_str().is_some_and(|r| {
+                        r.starts_with(&format!("seccomp: {call}")) && r.contains(") refused")
+                    })
+            })
+            .count()
+    };
+    // Four socket types for each, plus the high-bits call for AF_VSOCK.
+    assert_eq!(refused("socket(AF_VSOCK"), 5, "{events:#?}");
+    for family in [
+        "AF_ALG",
+        "AF_XDP",
+        "AF_BLUETOOTH",
+        "AF_CAN",
+        "AF_TIPC",
+        "AF_RDS",
+        "AF_KEY",
+    ] {
+        assert!(
+            refused(&format!("socket({family}")) >= 1,
+            "{family}: {events:#?}"
+        );
+    }
+    assert!(
+        !events.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("AF_NETLINK") || r.contains("family 16"))),
+        "netlink was refused: {events:#?}"
+    );
+    world.assert_job_left_nothing(&output);
+}
+
 /// Reads the agent's stderr until it names the job; returns the job id.
 fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
     use std::io::Read;

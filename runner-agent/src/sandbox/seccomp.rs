@@ -20,8 +20,10 @@
 //! Denied calls never run: the filter hands them to the sandbox init as seccomp user
 //! notifications (seccomp_unotify(2)), and init answers each with `EPERM` and reports it
 //! to the agent, so every attempt lands in the audit log with the process that made it.
-//! Raw and packet sockets are intercepted the same way (the kernel would refuse them
-//! anyway, for want of CAP_NET_RAW, but silently). `clone3` fails with `ENOSYS` because
+//! Raw internet sockets are intercepted the same way (the kernel would refuse them
+//! anyway, for want of CAP_NET_RAW, but silently), and so is every socket family other
+//! than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (see [`ALLOWED_SOCKET_FAMILIES`]:
+//! AF_VSOCK needs no capability and bypasses the network namespace altogether). `clone3` fails with `ENOSYS` because
 //! its flags live in memory a filter cannot read, and C libraries fall back to `clone` on
 //! `ENOSYS`. If init is gone, intercepted calls fail with `ENOSYS`: never run.
 
@@ -143,19 +145,58 @@ fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, 
     )?)
 }
 
+/// A condition on an `int` argument: only its low 32 bits, which are all the kernel
+/// reads. (A 64-bit comparison could be dodged by setting the register's upper half.)
+fn int_condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
+    Ok(SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )?)
+}
+
 /// socket(2)'s type argument without SOCK_NONBLOCK / SOCK_CLOEXEC.
 const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// The socket families a job may create: AF_UNIX (local), AF_INET and AF_INET6 (which
+/// the eBPF fence sees and sends to the proxy) and AF_NETLINK (getaddrinfo, `ip` and
+/// `ss` use it; in the runner's network namespace it shows only the runner's own
+/// interfaces, and changing anything needs CAP_NET_ADMIN over that namespace, which the
+/// job does not hold). Every other family is refused and recorded: the fence's hooks see
+/// only internet sockets, and some families need no capability at all. AF_VSOCK, for
+/// one, talks to the hypervisor on a VM host, outside every network namespace and
+/// every egress rule; AF_ALG, AF_XDP, AF_PACKET, Bluetooth, CAN, TIPC, RDS and the rest
+/// are kernel surface no build needs.
+const ALLOWED_SOCKET_FAMILIES: [i32; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+/// `socket(family, SOCK_RAW, _)`, whatever the type flags.
+fn raw_rule(family: i32) -> Result<SeccompRule, SeccompError> {
+    Ok(SeccompRule::new(vec![
+        int_condition(0, SeccompCmpOp::Eq, family as u64)?,
+        int_condition(
+            1,
+            SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
+            libc::SOCK_RAW as u64,
+        )?,
+    ])?)
+}
 
 /// `socket(family, SOCK_DGRAM, protocol)`, whatever the type flags.
 fn icmp_rule(family: i32, protocol: i32) -> Result<SeccompRule, SeccompError> {
     Ok(SeccompRule::new(vec![
-        condition(0, SeccompCmpOp::Eq, family as u64)?,
-        condition(
+        int_condition(0, SeccompCmpOp::Eq, family as u64)?,
+        int_condition(
             1,
             SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
             libc::SOCK_DGRAM as u64,
         )?,
-        condition(2, SeccompCmpOp::Eq, protocol as u64)?,
+        int_condition(2, SeccompCmpOp::Eq, protocol as u64)?,
     ])?)
 }
 
@@ -175,22 +216,22 @@ pub fn build() -> Result<Filters, SeccompError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
-    // Raw and packet sockets: the kernel refuses them anyway (root inside holds no
-    // CAP_NET_RAW over the runner's network namespace); intercepting them here is what
-    // puts the attempt in the audit log.
     rules.insert(
         libc::SYS_socket,
         vec![
-            SeccompRule::new(vec![condition(
-                0,
-                SeccompCmpOp::Eq,
-                libc::AF_PACKET as u64,
-            )?])?,
-            SeccompRule::new(vec![condition(
-                1,
-                SeccompCmpOp::MaskedEq(SOCK_TYPE_MASK),
-                libc::SOCK_RAW as u64,
-            )?])?,
+            // Any family outside ALLOWED_SOCKET_FAMILIES (see there for why).
+            SeccompRule::new(
+                ALLOWED_SOCKET_FAMILIES
+                    .iter()
+                    .map(|&family| int_condition(0, SeccompCmpOp::Ne, family as u64))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )?,
+            // Raw internet sockets: the kernel refuses them anyway (root inside holds no
+            // CAP_NET_RAW over the runner's network namespace); intercepting them here is
+            // what puts the attempt in the audit log. (Netlink is always SOCK_RAW or
+            // SOCK_DGRAM, hence the family in the rule.)
+            raw_rule(libc::AF_INET)?,
+            raw_rule(libc::AF_INET6)?,
             // ICMP "ping" sockets (datagram ICMP): ping_group_range keeps them from the
             // job already; intercepted for the record, like raw sockets.
             icmp_rule(libc::AF_INET, libc::IPPROTO_ICMP)?,
@@ -234,12 +275,27 @@ pub fn install(filters: &Filters) -> Result<std::os::fd::OwnedFd, SeccompError> 
 pub fn describe(nr: i64, args: &[u64; 6]) -> String {
     let name = syscall_name(nr);
     if nr == libc::SYS_socket {
-        let family = match args[0] as i32 {
-            libc::AF_PACKET => "AF_PACKET".to_owned(),
-            libc::AF_INET => "AF_INET".to_owned(),
-            libc::AF_INET6 => "AF_INET6".to_owned(),
-            other => format!("family {other}"),
-        };
+        const FAMILIES: &[(i32, &str)] = &[
+            (libc::AF_UNIX, "AF_UNIX"),
+            (libc::AF_INET, "AF_INET"),
+            (libc::AF_INET6, "AF_INET6"),
+            (libc::AF_NETLINK, "AF_NETLINK"),
+            (libc::AF_PACKET, "AF_PACKET"),
+            (libc::AF_VSOCK, "AF_VSOCK"),
+            (libc::AF_ALG, "AF_ALG"),
+            (libc::AF_XDP, "AF_XDP"),
+            (libc::AF_BLUETOOTH, "AF_BLUETOOTH"),
+            (libc::AF_CAN, "AF_CAN"),
+            (libc::AF_TIPC, "AF_TIPC"),
+            (libc::AF_RDS, "AF_RDS"),
+            (libc::AF_KEY, "AF_KEY"),
+        ];
+        // The kernel reads the int's low 32 bits; so does the filter.
+        let number = args[0] as u32 as i32;
+        let family = FAMILIES.iter().find(|(f, _)| *f == number).map_or_else(
+            || format!("family {number}"),
+            |(_, name)| (*name).to_owned(),
+        );
         let kind = match ((args[1] & SOCK_TYPE_MASK) as i32, args[2] as i32) {
             (libc::SOCK_RAW, _) => ", SOCK_RAW",
             (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => ", ICMP",
@@ -355,6 +411,12 @@ mod tests {
             "unshare(CLONE_NEWUSER|CLONE_NEWNET)"
         );
         assert_eq!(describe(libc::SYS_bpf, &args), "bpf()");
+        // Families are named by the int's low half, as the kernel reads it.
+        args[0] = (1u64 << 32) | libc::AF_VSOCK as u64;
+        args[1] = libc::SOCK_STREAM as u64;
+        assert_eq!(describe(libc::SYS_socket, &args), "socket(AF_VSOCK)");
+        args[0] = 99;
+        assert_eq!(describe(libc::SYS_socket, &args), "socket(family 99)");
     }
 
     #[test]
