@@ -9,8 +9,10 @@
 //! - an allowed name is resolved upstream only for A and AAAA; other types (TXT, NULL,
 //!   ANY, ...) get an empty NOERROR answer locally;
 //! - the upstream answer is rebuilt, not relayed: only A, AAAA and CNAME records of the
-//!   answer section are kept; addresses in internal ranges (rebinding) are removed unless
-//!   a `cidr` rule lists them.
+//!   answer section are kept; addresses in internal ranges (rebinding) and the addresses
+//!   of the proxy's own network namespace (`policy::addr`, asked of the kernel for each
+//!   address left after the range check) are removed unless a `cidr` rule lists them,
+//!   with a deny event naming the first one removed.
 //!
 //! Every decision is an audit event with source `dns`. Over TCP, every length-prefixed
 //! message of the stream is parsed and decided on its own (RFC 7766 pipelining), so a
@@ -178,7 +180,8 @@ pub fn local_decision(policy: &Policy, wire: &[u8]) -> Local {
 }
 
 /// Rebuilds an upstream answer for the client: A, AAAA and CNAME records only, internal
-/// addresses removed unless a `cidr` rule lists them. Returns the reply, the first
+/// addresses (`special`: ranges and, in the proxy, the host's own addresses) removed
+/// unless a `cidr` rule lists them. Returns the reply, the first
 /// address kept and the first address removed.
 pub fn filter_answer(
     query: &Message,
@@ -450,5 +453,58 @@ mod tests {
         assert_eq!(first, Some("203.0.113.5".parse().unwrap()));
         assert_eq!(removed, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(reply.id(), 42);
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_removed_unless_a_cidr_rule_lists_them() {
+        let q = query("self.example.com.", RecordType::A);
+        let mut upstream = q.clone();
+        upstream.set_message_type(MessageType::Response);
+        let name = Name::from_ascii("self.example.com.").unwrap();
+        for data in [
+            RData::A(rdata::A::new(198, 51, 100, 1)),
+            RData::AAAA(rdata::AAAA("2001:db8:100::1".parse().unwrap())),
+            RData::A(rdata::A::new(203, 0, 113, 5)),
+        ] {
+            upstream.add_answer(Record::from_rdata(name.clone(), 60, data));
+        }
+        let own: [IpAddr; 2] = [
+            "198.51.100.1".parse().unwrap(),
+            "2001:db8:100::1".parse().unwrap(),
+        ];
+        let special = SpecialNets::default().with_local(Arc::new(move |ip| own.contains(&ip)));
+        let (reply, first, removed) = filter_answer(&q, &upstream, &policy(), &special);
+        assert_eq!(reply.answers().len(), 1);
+        assert_eq!(first, Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(removed, Some("198.51.100.1".parse().unwrap()));
+        // Without the check (the ranges alone), both would have been handed out.
+        let (reply, _, removed) = filter_answer(&q, &upstream, &policy(), &SpecialNets::default());
+        assert_eq!((reply.answers().len(), removed), (3, None));
+        // A cidr rule listing the address lets it through.
+        let mut allow = policy_rules();
+        allow.push(RuleConfig {
+            target: RuleTarget::Cidr("198.51.100.1/32".parse().unwrap()),
+            ports: vec![8080],
+            methods: None,
+            paths: None,
+        });
+        let config = EgressConfig {
+            allow,
+            ..EgressConfig::default()
+        };
+        let listed = Policy::new(&config).unwrap();
+        let (reply, first, removed) = filter_answer(&q, &upstream, &listed, &special);
+        assert_eq!(reply.answers().len(), 2);
+        assert_eq!(first, Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(removed, Some("2001:db8:100::1".parse().unwrap()));
+    }
+
+    fn policy_rules() -> Vec<RuleConfig> {
+        vec![RuleConfig {
+            target: RuleTarget::Host("*.example.com".into()),
+            ports: DEFAULT_PORTS.to_vec(),
+            methods: None,
+            paths: None,
+        }]
     }
 }

@@ -40,7 +40,7 @@ use crate::http::{self, Mode};
 use crate::intercept::Interception;
 use crate::limits::Limits;
 use crate::origdst::OriginalDestination;
-use crate::policy::{Decision, Policy, SpecialNets};
+use crate::policy::{Decision, KernelLocalAddresses, LocalAddresses, Policy, SpecialNets};
 use crate::resolve::Resolver;
 use crate::shared::{Shared, Subject};
 
@@ -84,6 +84,7 @@ pub struct ProxyBuilder {
     audit: Arc<dyn AuditSink>,
     limits: Limits,
     internal: Vec<IpNet>,
+    local: Arc<dyn LocalAddresses>,
     origdst: Option<Arc<dyn OriginalDestination>>,
 }
 
@@ -136,10 +137,21 @@ impl ProxyBuilder {
         self
     }
 
-    /// Ranges treated as internal in addition to the built-in ones (the runner pool, the
-    /// host's own addresses).
+    /// Ranges treated as internal in addition to the built-in ones (the runner pool).
+    /// The host's own addresses need no range: every address local to the proxy's network
+    /// namespace is internal, asked of the kernel on each decision (see
+    /// [`ProxyBuilder::local_addresses`]).
     pub fn internal_ranges(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
         self.internal.extend(nets);
+        self
+    }
+
+    /// Which addresses count as the host's own, refused (dialling and in DNS answers)
+    /// unless a `cidr` rule allows them. Default: [`KernelLocalAddresses`], every address
+    /// configured in the network namespace the proxy runs in, at the moment of the
+    /// decision. Replace it only to test.
+    pub fn local_addresses(mut self, local: Arc<dyn LocalAddresses>) -> Self {
+        self.local = local;
         self
     }
 
@@ -157,7 +169,7 @@ impl ProxyBuilder {
             resolver: Resolver::new(self.upstream_dns, self.limits.dns_timeout),
             audit: self.audit,
             limits: self.limits,
-            special: SpecialNets::with_extra(self.internal),
+            special: SpecialNets::with_extra(self.internal).with_local(self.local),
             origdst: self.origdst,
             pool: crate::http::UpstreamPool::default(),
             stopped,
@@ -348,6 +360,7 @@ impl Proxy {
             audit: Arc::new(NullSink),
             limits: Limits::default(),
             internal: Vec::new(),
+            local: Arc::new(KernelLocalAddresses),
             origdst: None,
         }
     }

@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::{EgressConfig, Mode, RuleTarget};
-pub use addr::SpecialNets;
+pub use addr::{is_local_address, KernelLocalAddresses, LocalAddresses, SpecialNets};
 pub use name::{classify_host, normalise_name, Host, HostError};
 use pattern::PathPattern;
 
