@@ -7,6 +7,18 @@
 //! attempt (CONNECT allowed.example, SNI evil.example) never opens a connection to the
 //! shared server at all (THREATS.md "name versus address").
 //!
+//! Plain HTTP inside a tunnel is not spliced: a server behind a shared address picks its
+//! tenant from the Host header, so the bytes are handed to the proxy's HTTP code (mode
+//! `Tunnel` of `crate::http`), which checks every request's Host against the CONNECT
+//! host and port, keep-alive and pipelined requests included. The HTTP/2 cleartext
+//! preface is denied: its requests' authority cannot be checked here. Anything that is
+//! neither TLS nor HTTP (SSH, SMTP, database protocols) is spliced.
+//!
+//! A client that stays silent past `client_first_wait` may be waiting for a
+//! server-speaks-first protocol: the destination is then dialled and its bytes relayed to
+//! the client at once, but the client's direction stays closed until its first bytes
+//! arrive and pass exactly the checks above (late TLS or HTTP must not slip through).
+//!
 //! A tunnel planned for termination (`crate::intercept::plan`) takes the same SNI check
 //! and then, instead of dialling, is handed to `crate::intercept::terminate`; such a
 //! tunnel must start with a TLS ClientHello naming the host, whatever its port, because
@@ -14,19 +26,21 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::audit::{Kind, Source, Verdict};
 use crate::clients::ClientEntry;
+use crate::http::{Mode, Tunneled};
 use crate::intercept::{Interception, Terminated};
+use crate::limits::Limits;
 use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
-use crate::tls::{first_flight, FirstFlight};
-use crate::tunnel::splice;
+use crate::tls::{classify_flight, first_flight, FirstFlight, FlightError, FlightLimits};
+use crate::tunnel::{splice, SpliceOutcome};
 
 /// An allowed tunnel waiting for the client's first flight: checks the SNI against the
 /// decided name, then dials, replays and splices, and records the outcome.
@@ -44,6 +58,36 @@ pub(crate) struct TunnelGate {
     pub intercept: Option<Arc<Interception>>,
 }
 
+/// What a checked first flight leads to.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Replay these bytes (a ClientHello naming the host, or neither TLS nor HTTP) and
+    /// splice, or terminate TLS.
+    Replay(Vec<u8>),
+    /// Serve these bytes and the rest of the stream as HTTP, request by request.
+    Http(Vec<u8>),
+    /// Nothing yet: let the server speak first, then check the client's first bytes.
+    ServerFirst,
+    /// The client closed without sending anything.
+    Closed,
+}
+
+/// How the server-first phase ended (see [`relay_until_client_speaks`]).
+struct Relayed {
+    /// The client's first bytes; empty when it closed or the phase was cut.
+    first: Vec<u8>,
+    /// Bytes relayed from the destination to the client.
+    down: u64,
+    /// Why the phase ended without client bytes, when not by the client closing.
+    cut: Option<String>,
+}
+
+/// One event of the server-first phase.
+enum Step {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+}
+
 impl TunnelGate {
     pub async fn run(
         self,
@@ -53,117 +97,312 @@ impl TunnelGate {
         initial: Vec<u8>,
     ) {
         let start = Instant::now();
-        let limits = &shared.limits;
+        let mut limits = flight_limits(&shared.limits);
+        if self.tls_required || self.intercept.is_some() {
+            limits.wait = shared.limits.client_hello_timeout;
+        }
+        let flight = first_flight(&mut stream, initial, &limits).await;
+        let next = match self.check(flight) {
+            Ok(next) => next,
+            Err(reason) => return self.deny(shared, client, reason),
+        };
+        match next {
+            Next::Closed => {
+                // Nothing to carry: record the (empty) tunnel without dialling.
+                let empty = SpliceOutcome {
+                    up: 0,
+                    down: 0,
+                    cut: None,
+                };
+                self.record_end(shared, client, None, start, &empty);
+            }
+            Next::Http(bytes) => self.serve_http(shared, client, stream, bytes).await,
+            Next::Replay(replay) => {
+                if let Some(interception) = self.intercept {
+                    // Only a ClientHello whose SNI names the host gets here (`check`;
+                    // `plan` never terminates a tunnel to an address).
+                    let target = Terminated {
+                        host: self.host.clone(),
+                        port: self.port,
+                        addrs: self.addrs,
+                        interception,
+                    };
+                    let (kind, origin) = (self.kind, self.origin);
+                    crate::intercept::terminate(
+                        shared, client, kind, stream, replay, target, origin,
+                    )
+                    .await;
+                    return;
+                }
+                let Some((mut server, ip)) = self.dial(shared, client, start).await else {
+                    return;
+                };
+                let outcome =
+                    replay_and_splice(&shared.limits, &mut stream, &mut server, &replay).await;
+                self.record_end(shared, client, Some(ip), start, &outcome);
+            }
+            Next::ServerFirst => self.server_first(shared, client, stream, start).await,
+        }
+    }
+
+    /// Decides on a first flight: the next step, or the reason to deny.
+    fn check(&self, flight: Result<FirstFlight, FlightError>) -> Result<Next, String> {
+        let flight = flight.map_err(|err| err.to_string())?;
+        let must_be_tls = self.intercept.is_some() || self.tls_required;
+        match (flight, &self.host) {
+            (FirstFlight::Tls { bytes, info }, Host::Name(name)) => {
+                match info.sni.as_deref().map(classify_host) {
+                    Some(Ok(Host::Name(sni))) if sni == *name => Ok(Next::Replay(bytes)),
+                    Some(_) => {
+                        let shown: String =
+                            info.sni.unwrap_or_default().chars().take(255).collect();
+                        Err(format!("SNI `{shown}` differs from the CONNECT host"))
+                    }
+                    None => Err("TLS without SNI".to_owned()),
+                }
+            }
+            (FirstFlight::Tls { bytes, .. }, Host::Ip(_)) => Ok(Next::Replay(bytes)),
+            (FirstFlight::Closed, _) => Ok(Next::Closed),
+            (_, Host::Name(_)) if must_be_tls => Err(if self.intercept.is_some() {
+                "no TLS ClientHello on a tunnel whose requests must be visible".to_owned()
+            } else {
+                "no TLS ClientHello on a port-443 tunnel".to_owned()
+            }),
+            (FirstFlight::Http2Preface, _) => Err(
+                "HTTP/2 cleartext preface in a CONNECT tunnel: its requests' authority \
+                 cannot be checked"
+                    .to_owned(),
+            ),
+            (FirstFlight::Http { bytes }, _) => Ok(Next::Http(bytes)),
+            (FirstFlight::Other { bytes }, _) => Ok(Next::Replay(bytes)),
+            (FirstFlight::Silent, _) => Ok(Next::ServerFirst),
+        }
+    }
+
+    /// Where events of this tunnel say it went.
+    fn subject(&self) -> Subject<'_> {
         let mut subject = Subject::new(self.kind);
         subject.host = Some(&self.host);
         subject.port = Some(self.port);
         subject.set_origin(self.origin.as_ref());
-        let wait = if self.tls_required || self.intercept.is_some() {
-            limits.client_hello_timeout
-        } else {
-            limits.client_first_wait
-        };
-        let flight = first_flight(
-            &mut stream,
-            initial,
-            wait,
-            limits.max_client_hello,
-            limits.client_hello_timeout,
-        )
-        .await;
-        let deny = |subject: &Subject<'_>, reason: String| {
-            shared.record(Some(client), subject, &Decision::deny(reason));
-        };
-        let replay = match (flight, &self.host) {
-            (Err(err), _) => return deny(&subject, err.to_string()),
-            (Ok(FirstFlight::Closed), _) => {
-                // Nothing to carry: record the (empty) tunnel without dialling.
-                let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
-                event.bytes_up = Some(0);
-                event.bytes_down = Some(0);
-                event.duration_ms = Some(millis(start.elapsed()));
-                shared.audit.record(event);
-                return;
-            }
-            (Ok(FirstFlight::Tls { bytes, info }), Host::Name(name)) => {
-                let sni = info.sni.as_deref().map(classify_host);
-                match sni {
-                    Some(Ok(Host::Name(sni))) if sni == *name => bytes,
-                    Some(_) => {
-                        let shown: String =
-                            info.sni.unwrap_or_default().chars().take(255).collect();
-                        return deny(
-                            &subject,
-                            format!("SNI `{shown}` differs from the CONNECT host"),
-                        );
-                    }
-                    None => return deny(&subject, "TLS without SNI".to_owned()),
-                }
-            }
-            (Ok(FirstFlight::Tls { bytes, .. }), Host::Ip(_)) => bytes,
-            (Ok(FirstFlight::Other { .. } | FirstFlight::Silent), Host::Name(_))
-                if self.intercept.is_some() || self.tls_required =>
-            {
-                let reason = if self.intercept.is_some() {
-                    "no TLS ClientHello on a tunnel whose requests must be visible"
-                } else {
-                    "no TLS ClientHello on a port-443 tunnel"
-                };
-                return deny(&subject, reason.to_owned());
-            }
-            (Ok(FirstFlight::Other { bytes }), _) => bytes,
-            (Ok(FirstFlight::Silent), _) => Vec::new(),
-        };
-        if let Some(interception) = self.intercept {
-            // Only a ClientHello whose SNI names the host gets here (the arms above; `plan`
-            // never terminates a tunnel to an address).
-            let target = Terminated {
-                host: self.host.clone(),
-                port: self.port,
-                addrs: self.addrs,
-                interception,
-            };
-            let (kind, origin) = (self.kind, self.origin);
-            crate::intercept::terminate(shared, client, kind, stream, replay, target, origin).await;
-            return;
-        }
-        let (mut server, ip) = match shared.dial(&self.addrs, self.port).await {
-            Ok(found) => found,
-            Err(err) => {
-                let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
-                add_reason(&mut event.reason, format!("upstream unreachable: {err}"));
-                event.duration_ms = Some(millis(start.elapsed()));
-                shared.audit.record(event);
-                return;
-            }
-        };
-        subject.ip = Some(ip);
-        let outcome = if server.write_all(&replay).await.is_ok() {
-            let mut outcome = splice(
-                &mut stream,
-                &mut server,
-                limits.idle_timeout,
-                limits.total_timeout,
-            )
-            .await;
-            outcome.up += replay.len() as u64;
-            outcome
-        } else {
-            crate::tunnel::SpliceOutcome {
-                up: 0,
-                down: 0,
-                cut: Some("write to destination failed".to_owned()),
-            }
-        };
+        subject
+    }
+
+    fn deny(&self, shared: &Shared, client: &Arc<ClientEntry>, reason: String) {
+        shared.record(Some(client), &self.subject(), &Decision::deny(reason));
+    }
+
+    /// Records the end of an allowed tunnel with what moved through it.
+    fn record_end(
+        &self,
+        shared: &Shared,
+        client: &Arc<ClientEntry>,
+        ip: Option<IpAddr>,
+        start: Instant,
+        outcome: &SpliceOutcome,
+    ) {
+        let mut subject = self.subject();
+        subject.ip = ip;
         let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
         debug_assert_eq!(event.verdict, Verdict::Allow);
         event.bytes_up = Some(outcome.up);
         event.bytes_down = Some(outcome.down);
         event.duration_ms = Some(millis(start.elapsed()));
         tracing::info!(
-            host = %self.host, %ip, port = self.port, up = outcome.up, down = outcome.down,
+            host = %self.host, ip = ?ip, port = self.port, up = outcome.up, down = outcome.down,
             cut = outcome.cut.as_deref(), "tunnel closed"
         );
         shared.audit.record(event);
     }
+
+    /// Dials the destination; an unreachable one is recorded and gives `None`.
+    async fn dial(
+        &self,
+        shared: &Shared,
+        client: &Arc<ClientEntry>,
+        start: Instant,
+    ) -> Option<(TcpStream, IpAddr)> {
+        match shared.dial(&self.addrs, self.port).await {
+            Ok(found) => Some(found),
+            Err(err) => {
+                let subject = self.subject();
+                let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
+                add_reason(&mut event.reason, format!("upstream unreachable: {err}"));
+                event.duration_ms = Some(millis(start.elapsed()));
+                shared.audit.record(event);
+                None
+            }
+        }
+    }
+
+    /// Serves plain HTTP inside the tunnel: every request is checked against the CONNECT
+    /// host and port and forwarded on its own (`crate::http`, mode `Tunnel`); the events
+    /// are the requests'. The enclosing connection holds the client's slot.
+    async fn serve_http(
+        self,
+        shared: &Arc<Shared>,
+        client: &Arc<ClientEntry>,
+        stream: TcpStream,
+        bytes: Vec<u8>,
+    ) {
+        let target = Tunneled {
+            host: self.host,
+            port: self.port,
+            addrs: self.addrs,
+        };
+        crate::http::serve(
+            Arc::clone(shared),
+            replayed(bytes, stream),
+            Arc::clone(client),
+            None,
+            Mode::Tunnel(Arc::new(target)),
+            self.origin,
+        )
+        .await;
+    }
+
+    /// The server-speaks-first path: dial, relay the destination's bytes to the client,
+    /// and check the client's first bytes, whenever they come, like an early flight.
+    async fn server_first(
+        self,
+        shared: &Arc<Shared>,
+        client: &Arc<ClientEntry>,
+        mut stream: TcpStream,
+        start: Instant,
+    ) {
+        let Some((mut server, ip)) = self.dial(shared, client, start).await else {
+            return;
+        };
+        let limits = &shared.limits;
+        let relayed = match tokio::time::timeout(
+            limits.total_timeout,
+            relay_until_client_speaks(&mut stream, &mut server, limits.idle_timeout),
+        )
+        .await
+        {
+            Ok(relayed) => relayed,
+            Err(_) => Relayed {
+                first: Vec::new(),
+                down: 0,
+                cut: Some("total timeout".to_owned()),
+            },
+        };
+        if relayed.first.is_empty() {
+            let outcome = SpliceOutcome {
+                up: 0,
+                down: relayed.down,
+                cut: relayed.cut,
+            };
+            return self.record_end(shared, client, Some(ip), start, &outcome);
+        }
+        let flight = classify_flight(&mut stream, relayed.first, &flight_limits(limits)).await;
+        match self.check(flight) {
+            Err(reason) => self.deny(shared, client, reason),
+            Ok(Next::Http(bytes)) => {
+                // Requests are forwarded one by one on connections of their own.
+                drop(server);
+                self.serve_http(shared, client, stream, bytes).await;
+            }
+            Ok(Next::Replay(replay)) => {
+                let mut outcome =
+                    replay_and_splice(limits, &mut stream, &mut server, &replay).await;
+                outcome.down += relayed.down;
+                self.record_end(shared, client, Some(ip), start, &outcome);
+            }
+            // `classify_flight` never reports silence or a close.
+            Ok(Next::ServerFirst | Next::Closed) => {
+                self.deny(shared, client, "no first flight".to_owned());
+            }
+        }
+    }
 }
+
+/// The limits of a first flight, from the proxy's.
+fn flight_limits(limits: &Limits) -> FlightLimits {
+    FlightLimits {
+        wait: limits.client_first_wait,
+        max_client_hello: limits.max_client_hello,
+        hello_timeout: limits.client_hello_timeout,
+        max_request_line: limits.max_header_bytes,
+        line_timeout: limits.header_timeout,
+    }
+}
+
+/// Writes the checked first flight to the destination, then splices both ways.
+async fn replay_and_splice(
+    limits: &Limits,
+    stream: &mut TcpStream,
+    server: &mut TcpStream,
+    replay: &[u8],
+) -> SpliceOutcome {
+    if server.write_all(replay).await.is_err() {
+        return SpliceOutcome {
+            up: 0,
+            down: 0,
+            cut: Some("write to destination failed".to_owned()),
+        };
+    }
+    let mut outcome = splice(stream, server, limits.idle_timeout, limits.total_timeout).await;
+    outcome.up += replay.len() as u64;
+    outcome
+}
+
+/// Relays the destination's bytes to the client until the client sends its first bytes
+/// (returned unread by the destination), closes, or nothing moves for `idle`. The
+/// destination's end of stream is passed on as a half-close.
+async fn relay_until_client_speaks(
+    stream: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+) -> Relayed {
+    let mut relayed = Relayed {
+        first: Vec::new(),
+        down: 0,
+        cut: None,
+    };
+    let mut server_open = true;
+    let mut from_client = [0u8; 4096];
+    let mut from_server = vec![0u8; 16 * 1024];
+    loop {
+        let step = tokio::time::timeout(idle, async {
+            tokio::select! {
+                read = stream.read(&mut from_client) => Step::Client(read),
+                read = server.read(&mut from_server), if server_open => Step::Server(read),
+            }
+        })
+        .await;
+        let failed = match step {
+            Err(_) => "idle timeout".to_owned(),
+            Ok(Step::Client(Ok(n))) => {
+                relayed.first = from_client[..n].to_vec();
+                return relayed;
+            }
+            Ok(Step::Server(Ok(0))) => {
+                server_open = false;
+                match stream.shutdown().await {
+                    Ok(()) => continue,
+                    Err(err) => err.to_string(),
+                }
+            }
+            Ok(Step::Server(Ok(n))) => match stream.write_all(&from_server[..n]).await {
+                Ok(()) => {
+                    relayed.down += n as u64;
+                    continue;
+                }
+                Err(err) => err.to_string(),
+            },
+            Ok(Step::Client(Err(err)) | Step::Server(Err(err))) => err.to_string(),
+        };
+        relayed.cut = Some(failed);
+        return relayed;
+    }
+}
+
+/// `stream` with `prefix` put back in front of what it will read.
+fn replayed(prefix: Vec<u8>, stream: TcpStream) -> impl AsyncRead + AsyncWrite + Unpin {
+    let (read, write) = stream.into_split();
+    tokio::io::join(std::io::Cursor::new(prefix).chain(read), write)
+}
+
+#[cfg(test)]
+mod tests;

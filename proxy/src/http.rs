@@ -20,14 +20,17 @@
 //!   destination's, and that address must be one the proxy itself resolved for the name;
 //! - CONNECT: the authority is decided, the tunnel is opened only after the client's
 //!   ClientHello shows an SNI equal to the CONNECT host (port 443 requires TLS; other
-//!   ports check the SNI when the client speaks TLS; see `crate::gate`);
+//!   ports check the SNI when the client speaks TLS; see `crate::gate`); a tunnel whose
+//!   client speaks plain HTTP is served here (mode `Tunnel`): each request's Host (and
+//!   absolute URI authority) must name exactly the CONNECT host and port, a request
+//!   naming anything else is denied and ends the tunnel;
 //! - terminated TLS (`crate::intercept`): the connection was decided for one host and
 //!   port; each request's Host (or absolute URI authority) must name exactly them, the
 //!   policy sees method and path, and the upstream is a TLS connection to an address
 //!   checked when the connection was decided (no new resolution).
 //!
-//! The same [`forward`] serves all three request paths (explicit, transparent,
-//! terminated), so the checks, the credential injection of `crate::intercept` and the
+//! The same [`forward`] serves all four request paths (explicit, transparent,
+//! terminated, tunnelled), so the checks, the credential injection of `crate::intercept` and the
 //! audit events cannot drift apart between them.
 
 use std::borrow::Cow;
@@ -76,6 +79,21 @@ pub(crate) enum Mode {
     },
     /// Requests inside TLS the proxy terminated.
     Terminated(Arc<Terminated>),
+    /// Plain HTTP inside a CONNECT tunnel (`crate::gate`).
+    Tunnel(Arc<Tunneled>),
+}
+
+/// What a CONNECT tunnel that carries plain HTTP was decided for: every request inside
+/// must name exactly this host and port (a shared address serves other tenants under
+/// other names), and upstream connections go only to `addrs`, checked at CONNECT time.
+#[derive(Debug)]
+pub(crate) struct Tunneled {
+    /// The CONNECT host.
+    pub host: Host,
+    /// The CONNECT port.
+    pub port: u16,
+    /// The addresses already checked for host and port.
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Mode {
@@ -234,6 +252,10 @@ pub(crate) async fn serve<S>(
             subject.host = Some(&target.host);
             subject.port = Some(target.port);
         }
+        Mode::Tunnel(target) => {
+            subject.host = Some(&target.host);
+            subject.port = Some(target.port);
+        }
     }
     subject.set_origin(origin.as_ref());
     // A transparent or terminated connection is an attempt to reach one destination even
@@ -351,6 +373,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
             Mode::Explicit => return connect(conn, req).await,
             Mode::Transparent { .. } => "CONNECT on the transparent listener",
             Mode::Terminated(_) => "CONNECT inside terminated TLS",
+            Mode::Tunnel(_) => "CONNECT inside a CONNECT tunnel",
         };
         let decision = Decision::deny(reason);
         conn.shared
@@ -424,7 +447,26 @@ pub(crate) fn http_target(
             }
             Ok((host, target.port))
         }
+        Mode::Tunnel(target) => {
+            let (host, port) = origin_form_target(uri, from_header, parse)?;
+            tunnel_target(target, host, port)
+        }
     }
+}
+
+/// Checks a request inside a CONNECT tunnel against the tunnel's host and port. Strict
+/// on the port: a Host (or absolute URI) without one means 80, the `http` default (RFC
+/// 9110 section 4.2.1), so a tunnel to another port needs the port spelled out, as
+/// clients do for non-default ports.
+fn tunnel_target(target: &Tunneled, host: Host, port: Option<u16>) -> Result<(Host, u16), String> {
+    if host != target.host {
+        return Err(format!("Host `{host}` differs from the CONNECT host"));
+    }
+    let port = port.unwrap_or(80);
+    if port != target.port {
+        return Err(format!("Host port {port} differs from the CONNECT port"));
+    }
+    Ok((host, port))
 }
 
 /// The target of a request to a known destination: the Host header, or the request
@@ -504,12 +546,25 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
+    if let Mode::Tunnel(target) = &conn.mode {
+        // A refused request names the tunnel it came through.
+        subject.host = Some(&target.host);
+        subject.port = Some(target.port);
+    }
     let (host, port) = match http_target(&conn.mode, req.uri(), req.headers()) {
         Ok(target) => target,
         Err(reason) => {
             let decision = Decision::deny(reason);
             shared.record(Some(&client), &subject, &decision);
-            return denied(&decision);
+            let mut response = denied(&decision);
+            if matches!(conn.mode, Mode::Tunnel(_)) {
+                // The tunnel was decided for one host: one request naming another ends
+                // it, so nothing pipelined behind it is read.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return response;
         }
     };
     let view = HttpView {
@@ -523,6 +578,7 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     let addrs: Cow<'_, [IpAddr]> = match &conn.mode {
         // Checked when the connection was decided: no new resolution.
         Mode::Terminated(target) => Cow::Borrowed(&target.addrs),
+        Mode::Tunnel(target) => Cow::Borrowed(&target.addrs),
         Mode::Explicit => match resolve(&shared, &client, &mut subject, (&host, port)).await {
             Ok(addrs) => Cow::Owned(addrs),
             Err(response) => return response,

@@ -14,6 +14,10 @@
 //!   than one server_name extension, or more than one host_name entry (RFC 6066 section 3)
 //!   are all malformed, because two parsers could disagree on which name counts;
 //! - the buffer never exceeds the configured maximum.
+//!
+//! The same module classifies a tunnel's first flight ([`first_flight`],
+//! [`classify_flight`]): TLS, plain HTTP ([`sniff`]), the HTTP/2 cleartext preface, or
+//! something else, so `crate::gate` can check each kind.
 
 use std::time::Duration;
 
@@ -22,6 +26,10 @@ use tls_parser::{
     TlsMessage, TlsMessageHandshake,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub mod sniff;
+
+use sniff::{sniff_plain, Plain};
 
 /// TLS record content type `handshake` (RFC 8446 section 5.1).
 const HANDSHAKE: u8 = 22;
@@ -201,7 +209,14 @@ pub enum FirstFlight {
         /// What the hello said.
         info: ClientHelloInfo,
     },
-    /// Something that is not TLS.
+    /// A complete HTTP/1.x request line, possibly after empty lines (see [`sniff`]).
+    Http {
+        /// Bytes read so far, to be parsed as HTTP.
+        bytes: Vec<u8>,
+    },
+    /// The HTTP/2 cleartext connection preface.
+    Http2Preface,
+    /// Something that is neither TLS nor HTTP.
     Other {
         /// Bytes to replay to the destination.
         bytes: Vec<u8>,
@@ -212,30 +227,116 @@ pub enum FirstFlight {
     Closed,
 }
 
-/// Waits up to `wait` for the client's first bytes (unless `initial` already has some)
-/// and, when they start a TLS handshake record, reads the whole ClientHello.
+/// Why a first flight could not be classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlightError {
+    /// The flight starts a TLS record but is not an acceptable ClientHello.
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    /// What could be an HTTP request line went past the head size limit without ending.
+    #[error("request line longer than {0} bytes")]
+    LineTooLong(usize),
+    /// What could be an HTTP request line did not end in time.
+    #[error("request line not received in time")]
+    LineTimeout,
+    /// The client closed in the middle of what could be an HTTP request line.
+    #[error("connection closed before the request line was complete")]
+    LineTruncated,
+    /// Reading failed.
+    #[error("reading the first bytes failed: {0}")]
+    Io(String),
+}
+
+/// Sizes and times that bound reading a first flight.
+#[derive(Debug, Clone, Copy)]
+pub struct FlightLimits {
+    /// How long to wait for the client's first bytes before calling it silent.
+    pub wait: Duration,
+    /// Largest ClientHello.
+    pub max_client_hello: usize,
+    /// Time allowed for a started ClientHello to complete.
+    pub hello_timeout: Duration,
+    /// Largest first line (with the empty lines before it) of a possible HTTP request.
+    pub max_request_line: usize,
+    /// Time allowed for a started request line to complete.
+    pub line_timeout: Duration,
+}
+
+/// Waits up to `limits.wait` for the client's first bytes (unless `initial` already has
+/// some), then classifies them with [`classify_flight`].
 pub async fn first_flight<S: AsyncRead + Unpin>(
     stream: &mut S,
     initial: Vec<u8>,
-    wait: Duration,
-    max: usize,
-    hello_timeout: Duration,
-) -> Result<FirstFlight, HelloError> {
+    limits: &FlightLimits,
+) -> Result<FirstFlight, FlightError> {
     let mut bytes = initial;
     if bytes.is_empty() {
         let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+        match tokio::time::timeout(limits.wait, stream.read(&mut chunk)).await {
             Err(_) => return Ok(FirstFlight::Silent),
             Ok(Ok(0)) => return Ok(FirstFlight::Closed),
             Ok(Ok(n)) => bytes.extend_from_slice(&chunk[..n]),
-            Ok(Err(err)) => return Err(HelloError::Io(err.to_string())),
+            Ok(Err(err)) => return Err(FlightError::Io(err.to_string())),
         }
     }
-    if bytes[0] != HANDSHAKE {
-        return Ok(FirstFlight::Other { bytes });
+    classify_flight(stream, bytes, limits).await
+}
+
+/// Classifies a flight whose first bytes are in `bytes`, reading more as needed: a TLS
+/// handshake record is read up to the complete ClientHello, a possible HTTP request up to
+/// the end of its first line ([`sniff::sniff_plain`]). Never returns `Silent` or `Closed`.
+/// Used both when the client spoke first and when it answered a server-first protocol,
+/// so that late bytes get the same checks as early ones.
+pub async fn classify_flight<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut bytes: Vec<u8>,
+    limits: &FlightLimits,
+) -> Result<FirstFlight, FlightError> {
+    if bytes.first() == Some(&HANDSHAKE) {
+        let (bytes, info) =
+            read_client_hello(stream, bytes, limits.max_client_hello, limits.hello_timeout).await?;
+        return Ok(FirstFlight::Tls { bytes, info });
     }
-    let (bytes, info) = read_client_hello(stream, bytes, max, hello_timeout).await?;
-    Ok(FirstFlight::Tls { bytes, info })
+    let plain = read_plain(stream, &mut bytes, limits).await?;
+    Ok(match plain {
+        Plain::Http => FirstFlight::Http { bytes },
+        Plain::Http2Preface => FirstFlight::Http2Preface,
+        Plain::Other => FirstFlight::Other { bytes },
+    })
+}
+
+/// Reads into `buf` until [`sniff::sniff_plain`] can tell what it is, within the request
+/// line's size and time limits (exceeding either is an error: fail closed).
+async fn read_plain<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    limits: &FlightLimits,
+) -> Result<Plain, FlightError> {
+    let max = limits.max_request_line;
+    let work = async {
+        loop {
+            if let Some(plain) = sniff_plain(buf) {
+                return Ok(plain);
+            }
+            if buf.len() >= max {
+                return Err(FlightError::LineTooLong(max));
+            }
+            let mut chunk = [0u8; 4096];
+            let room = (max - buf.len()).min(chunk.len());
+            let n = stream
+                .read(&mut chunk[..room])
+                .await
+                .map_err(|e| FlightError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(FlightError::LineTruncated);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    match tokio::time::timeout(limits.line_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(FlightError::LineTimeout),
+    }
 }
 
 #[cfg(test)]

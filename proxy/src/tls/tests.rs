@@ -148,3 +148,151 @@ async fn slow_hello_times_out() {
         .unwrap_err();
     assert_eq!(err, HelloError::Timeout);
 }
+
+// ---------------------------------------------------------------- non-TLS first flights
+
+use sniff::{sniff_plain, Plain};
+
+fn limits() -> FlightLimits {
+    FlightLimits {
+        wait: Duration::from_millis(50),
+        max_client_hello: MAX,
+        hello_timeout: Duration::from_secs(5),
+        max_request_line: 1024,
+        line_timeout: Duration::from_millis(200),
+    }
+}
+
+#[test]
+fn http_request_lines_are_http() {
+    for line in [
+        &b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n"[..],
+        b"GET http://evil.test/ HTTP/1.0\r\n",
+        b"\r\n\r\nGET / HTTP/1.1\r\n",
+        b"\n\nPOST /x HTTP/1.1\n",
+        b"get / http/1.1\r\n",
+        b"GET\t/ HTTP/1.1\r\n",
+        b"GET http://evil.test/\r\n",
+    ] {
+        assert_eq!(sniff_plain(line), Some(Plain::Http), "{line:?}");
+    }
+}
+
+#[test]
+fn the_h2_preface_is_reported() {
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    assert_eq!(sniff_plain(preface), Some(Plain::Http2Preface));
+    assert_eq!(
+        sniff_plain(b"\r\nPRI * HTTP/2.0\r\n"),
+        Some(Plain::Http2Preface)
+    );
+}
+
+#[test]
+fn other_protocols_are_other() {
+    for line in [
+        &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+        b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n",
+        b"EHLO client.example\r\n",
+        b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+        b" GET / HTTP/1.1\r\n",
+        b"{\"json\": 1}",
+    ] {
+        assert_eq!(sniff_plain(line), Some(Plain::Other), "{line:?}");
+    }
+}
+
+#[test]
+fn an_unfinished_candidate_needs_more() {
+    for prefix in [
+        &b""[..],
+        b"\r\n",
+        b"G",
+        b"GET",
+        b"GET /",
+        b"GET / HTTP/1.1",
+        b"\r\nPRI * HTTP/2",
+        b"SSH-2.0-OpenSSH_9.6p1 Ubuntu",
+    ] {
+        assert_eq!(sniff_plain(prefix), None, "{prefix:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_line_sent_slowly_is_still_http() {
+    let (mut client, mut server) = tokio::io::duplex(64);
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for chunk in b"\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".chunks(3) {
+            client.write_all(chunk).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        client
+    });
+    let flight = first_flight(&mut server, Vec::new(), &limits())
+        .await
+        .unwrap();
+    assert!(matches!(flight, FirstFlight::Http { .. }), "{flight:?}");
+    drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn an_endless_or_stalled_request_line_fails_closed() {
+    let (_client, mut server) = tokio::io::duplex(64);
+    let err = classify_flight(&mut server, b"GET / HTTP/1.1".to_vec(), &limits())
+        .await
+        .unwrap_err();
+    assert_eq!(err, FlightError::LineTimeout);
+    let long = [b"GET /".to_vec(), vec![b'a'; 2000]].concat();
+    let err = classify_flight(&mut server, long, &limits())
+        .await
+        .unwrap_err();
+    assert_eq!(err, FlightError::LineTooLong(1024));
+    let (client, mut server) = tokio::io::duplex(64);
+    drop(client);
+    let err = classify_flight(&mut server, b"GET /".to_vec(), &limits())
+        .await
+        .unwrap_err();
+    assert_eq!(err, FlightError::LineTruncated);
+}
+
+#[tokio::test]
+async fn tls_after_silence_is_classified_like_early_tls() {
+    let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+    let flight = first_flight(&mut server, Vec::new(), &limits())
+        .await
+        .unwrap();
+    assert_eq!(flight, FirstFlight::Silent);
+    use tokio::io::AsyncWriteExt;
+    let hello = synthetic_client_hello(&["tenant.test"], 16_384);
+    client.write_all(&hello).await.unwrap();
+    let mut first = vec![0u8; 5];
+    server.read_exact(&mut first).await.unwrap();
+    let flight = classify_flight(&mut server, first, &limits())
+        .await
+        .unwrap();
+    match flight {
+        FirstFlight::Tls { bytes, info } => {
+            assert_eq!(info.sni.as_deref(), Some("tenant.test"));
+            assert_eq!(bytes, hello);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_ssh_banner_after_silence_is_other() {
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    use tokio::io::AsyncWriteExt;
+    let banner = b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n";
+    client.write_all(banner).await.unwrap();
+    let flight = classify_flight(&mut server, Vec::new(), &limits())
+        .await
+        .unwrap();
+    assert_eq!(
+        flight,
+        FirstFlight::Other {
+            bytes: banner.to_vec()
+        }
+    );
+}
