@@ -8,7 +8,11 @@
 //! here never matches. Dot segments (`.`/`..`, RFC 3986 section 5.2.4), their
 //! percent-encoded forms, encoded slashes and backslashes are ambiguous between servers
 //! (path-normalisation confusion is a classic allow-list bypass), so
-//! [`PathPattern::matches`] refuses such paths outright instead of guessing.
+//! [`PathPattern::matches`] refuses such paths outright instead of guessing. So are:
+//! path parameters (`;`: Tomcat, Jetty and Spring read `/a/..;/b` as `/b`), an encoded
+//! `%` (`%252e` is `.` to a server that decodes twice), malformed escapes, escapes that
+//! do not decode to UTF-8 (the overlong `%c0%ae` is `.` to a lenient decoder) and
+//! control characters.
 //!
 //! Matching is the classic greedy wildcard algorithm with one backtrack point, applied
 //! twice: to segments (with `**` as the star) and within a segment (with `*`). It runs in
@@ -75,14 +79,40 @@ impl PathPattern {
 /// Paths that servers may read differently: see the module documentation.
 pub fn is_ambiguous(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%2e")
-        || lower.contains('\\')
+    if ["%2f", "%5c", "%2e", "%25", "\\", ";"]
+        .iter()
+        .any(|bad| lower.contains(bad))
     {
         return true;
     }
-    path.split('/').any(|s| s == "." || s == "..")
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return true;
+    }
+    match percent_decode(path).map(String::from_utf8) {
+        Some(Ok(text)) => text.chars().any(char::is_control),
+        // A malformed escape, or bytes that are not UTF-8.
+        _ => true,
+    }
+}
+
+/// `path` with every `%XX` escape decoded; `None` when a `%` does not start two hex
+/// digits.
+fn percent_decode(path: &str) -> Option<Vec<u8>> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn match_segments(pattern: &[Segment], segs: &[&str]) -> bool {
@@ -171,6 +201,20 @@ mod tests {
             ("/rust-lang/**", "/rust-lang\\..\\evil", false),
             ("/rust-lang/**", "rust-lang/x", false),
             ("/rust-lang/**", "http://evil/rust-lang/x", false),
+            // Path parameters, double and overlong encodings, bad escapes, controls.
+            ("/rust-lang/**", "/rust-lang/..;/evil/one", false),
+            ("/rust-lang/**", "/rust-lang/x/..;/..;/evil/two", false),
+            ("/rust-lang/**", "/rust-lang/.;/evil/eight", false),
+            ("/rust-lang/**", "/rust-lang/a;jsessionid=1", false),
+            ("/rust-lang/**", "/rust-lang/%c0%ae%c0%ae/evil/four", false),
+            ("/rust-lang/**", "/rust-lang/%252e%252e/evil/seven", false),
+            ("/rust-lang/**", "/rust-lang/%zz", false),
+            ("/rust-lang/**", "/rust-lang/%4", false),
+            ("/rust-lang/**", "/rust-lang/a%00b", false),
+            ("/rust-lang/**", "/rust-lang/%u002e%u002e/evil", false),
+            // Legitimate escapes still match.
+            ("/rust-lang/**", "/rust-lang/caf%C3%A9", true),
+            ("/rust-lang/**", "/rust-lang/a%20b", true),
         ] {
             let p = PathPattern::new(pattern).unwrap();
             assert_eq!(p.matches(path), want, "{pattern} vs {path}");
