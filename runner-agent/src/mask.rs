@@ -18,7 +18,11 @@
 //!   as `%XX`), with upper- and lower-case hex digits, and space as `%20` or as `+`
 //!   (the HTML form encoding, where a literal `+` becomes `%2B`);
 //! - the JSON string escaping of the value (RFC 8259 §7, as serde_json writes it), since
-//!   audit lines are JSON.
+//!   audit lines are JSON;
+//! - the value in ASCII lower case: the proxy and the DNS filter normalise names to lower
+//!   case before they decide and record, so a value a job puts into a host name or DNS
+//!   label (`$TOKEN.allowed.example`) reaches the audit log and the egress summary lower
+//!   cased.
 //!
 //! Tiny values: the raw form is always masked, whatever its length, because the
 //! operator declared it secret. Derived forms shorter than 4 characters are skipped:
@@ -183,6 +187,7 @@ pub fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     let mut derived = base64_forms(value);
     derived.extend(percent_forms(value));
     derived.extend(json_form(value));
+    derived.push(Zeroizing::new(value.to_ascii_lowercase()));
     derived.retain(|form| form.len() >= MIN_DERIVED_LEN && form[..] != *value);
     derived.push(Zeroizing::new(value.to_vec()));
     derived
@@ -393,6 +398,28 @@ mod tests {
         assert!(forms
             .iter()
             .all(|f| f == b"A-z.0_~" || !f.starts_with(b"A")));
+    }
+
+    #[test]
+    fn a_lower_cased_value_is_masked_as_names_are_recorded() {
+        let masker = Masker::new([b"SeCrEt-ToKeN-42".as_slice()]);
+        let line = r#"{"host":"secret-token-42.allowed.test","verdict":"deny"}"#;
+        let masked = String::from_utf8(masker.mask(line.as_bytes()).to_vec()).unwrap();
+        assert_eq!(
+            masked,
+            format!(r#"{{"host":"{MASK}.allowed.test","verdict":"deny"}}"#)
+        );
+        // A value without upper case is not listed twice, and a short one gets no
+        // lower-case form (derived forms under 4 bytes are skipped).
+        let lower = forms(b"lower-only-value");
+        assert_eq!(
+            lower
+                .iter()
+                .filter(|f| &f[..] == b"lower-only-value")
+                .count(),
+            1
+        );
+        assert!(!forms(b"AB").iter().any(|f| &f[..] == b"ab"));
     }
 
     #[test]
