@@ -8,3 +8,4 @@ pub mod agent;
 pub mod fence;
 pub mod netbed;
 pub mod privilege;
+pub mod proxy_client;

@@ -933,8 +933,8 @@ pub struct BedProxy {
 
 /// Starts `builder` in the host namespace with the three proxy listeners at
 /// [`PROXY_HTTP`], [`PROXY_TLS`] and [`PROXY_PLAIN`], the bed's DNS server upstream, an
-/// audit sink and a fixed original-destination table; the runner link and the host's own
-/// addresses count as internal.
+/// audit sink and a fixed original-destination table; the runner link counts as internal
+/// (as runner-agent passes its runner pool).
 pub fn start_proxy(bed: &NetBed, builder: ProxyBuilder) -> BedProxy {
     let audit = Arc::new(MemorySink::default());
     let origdst = Arc::new(FixedTable::default());
@@ -947,8 +947,7 @@ pub fn start_proxy(bed: &NetBed, builder: ProxyBuilder) -> BedProxy {
         .internal_ranges([
             RUNNER_NET.parse().expect("valid"),
             "2001:db8:2::/64".parse().expect("valid"),
-            "198.51.100.1/32".parse().expect("valid"),
-            "2001:db8:100::1/128".parse().expect("valid"),
+            // Not the host's own addresses: egress-proxy detects and refuses them itself.
         ])
         .original_destination(origdst.clone());
     let proxy = bed.host().run(builder.start()).expect("starting the proxy");

@@ -7,48 +7,30 @@
 //! client that stays silent past the first-flight wait must get exactly the same checks
 //! when it finally speaks; server-speaks-first protocols keep working.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use egress_proxy::audit::{AuditEvent, Kind, MemorySink, Verdict};
-use egress_proxy::config::PolicyFile;
+use egress_proxy::audit::{Kind, Verdict};
 use egress_proxy::limits::Limits;
-use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
-use runner_agent_tests::netbed::{self, read_response, NetBed, RUNNER_IP, WEB_IP};
-use runner_agent_tests::require_privilege;
+use runner_agent_tests::netbed::{read_response, NetBed, WEB_IP};
+use runner_agent_tests::proxy_client::{closed, https_get, tunnel, ProxyWorld};
+use runner_agent_tests::{enforce_policy, require_privilege};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-const POLICY: &str = r#"
-upstream_dns: [198.51.100.53]
-egress:
-  mode: enforce
-  allow:
-    - host: allowed.test
+const POLICY: &str = enforce_policy!(
+    r#"    - host: allowed.test
       ports: [80, 443, 8443, 2222]
-"#;
+"#
+);
 
-const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
 /// The port of the bed's server-speaks-first service (started by the test).
 const BANNER_PORT: u16 = 2222;
 /// The first-flight wait of the proxy under test; the tests stay silent for longer.
 const FIRST_WAIT: Duration = Duration::from_millis(200);
 const SILENCE: Duration = Duration::from_millis(500);
 
-struct World {
-    proxy: Option<Proxy>,
-    audit: Arc<MemorySink>,
-    bed: NetBed,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        // Stop the proxy before the bed's runtimes go away.
-        drop(self.proxy.take());
-    }
-}
+type World = ProxyWorld;
 
 fn world() -> World {
     let bed = NetBed::new().expect("building the test bed");
@@ -56,89 +38,9 @@ fn world() -> World {
         client_first_wait: FIRST_WAIT,
         ..Limits::default()
     };
-    let builder = Proxy::builder().limits(limits);
-    let netbed::BedProxy { proxy, audit, .. } = netbed::start_proxy(&bed, builder);
-    let file: PolicyFile =
-        egress_proxy::yaml::parse_str(std::path::Path::new("policy.yaml"), POLICY).unwrap();
-    proxy.set_client(
-        IpAddr::V4(RUNNER_IP),
-        "r-1",
-        "j-1",
-        Arc::new(Policy::new(&file.egress).unwrap()),
-    );
-    World {
-        proxy: Some(proxy),
-        audit,
-        bed,
-    }
-}
-
-impl World {
-    fn wait_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        netbed::wait_for_event(&self.audit, what, pred)
-    }
-
-    fn deny_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        self.wait_event(what, |e| e.verdict == Verdict::Deny && pred(e))
-    }
-
-    /// Asserts nothing reached the traps or the web servers.
-    fn assert_nothing_reached(&self, what: &str) {
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            self.bed.trap_hits().is_empty(),
-            "{what}: trap hit {:?}",
-            self.bed.trap_hits()
-        );
-        assert!(
-            self.bed.web_hits().is_empty(),
-            "{what}: web hit {:?}",
-            self.bed.web_hits()
-        );
-    }
-
-    fn runner<F>(&self, fut: F) -> F::Output
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.bed.runner().run(fut)
-    }
-}
-
-/// From the runner: opens a CONNECT tunnel to `target` through the explicit proxy.
-async fn tunnel(target: &str) -> TcpStream {
-    let mut stream = netbed::connect(EXPLICIT).await.unwrap();
-    let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream.write_all(connect.as_bytes()).await.unwrap();
-    assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
-    stream
-}
-
-/// True when the peer closes (or resets) the connection within five seconds.
-async fn closed(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// TLS to the bed's server through `stream` naming `sni`, then one GET; the response, or
-/// the error that ended the attempt.
-async fn https_get(stream: TcpStream, ca: Vec<u8>, sni: &'static str) -> std::io::Result<String> {
-    let config = netbed::tls_client_config([ca]);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
-    let mut tls = connector.connect(name, stream).await?;
-    let request = format!("GET /secure HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await?;
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let w = World::start(bed, Proxy::builder().limits(limits));
+    w.set_runner_policy(POLICY);
+    w
 }
 
 #[test]

@@ -11,195 +11,87 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use egress_proxy::audit::{AuditEvent, Kind, MemorySink, Source, Verdict};
-use egress_proxy::config::{EgressConfig, PolicyFile};
 use egress_proxy::limits::Limits;
 use egress_proxy::origdst::{FixedTable, Origin};
-use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use runner_agent_tests::netbed::{
-    self, read_response, NetBed, RUNNER_HOST_IP, RUNNER_IP, TRAP6_IP, TRAP_IPS, WEB2_IP, WEB6_IP,
-    WEB_IP,
+    self, read_response, NetBed, RUNNER_IP, TRAP6_IP, TRAP_IPS, WEB2_IP, WEB6_IP, WEB_IP,
 };
-use runner_agent_tests::require_privilege;
+use runner_agent_tests::proxy_client::{
+    answer_ips, closed, dns_query, exchange, https_get, tls_connector, tunnel, udp_dns, ProxyWorld,
+    PROXY_DNS,
+};
+use runner_agent_tests::{enforce_policy, require_privilege};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-const POLICY: &str = r#"
-upstream_dns: [198.51.100.53]
-egress:
-  mode: enforce
-  allow:
-    - host: allowed.test
+const POLICY: &str = enforce_policy!(
+    r#"    - host: allowed.test
     - host: "*.allowed.test"
     - host: second.test
       ports: [8080]
       methods: [GET]
       paths: ["/ok/**"]
-"#;
+"#
+);
 
 const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
 const TLS: SocketAddr = netbed::PROXY_TLS;
 const PLAIN: SocketAddr = netbed::PROXY_PLAIN;
-const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 53);
+const DNS: SocketAddr = PROXY_DNS;
 
-struct World {
-    proxy: Option<Proxy>,
-    audit: Arc<MemorySink>,
-    origdst: Arc<FixedTable>,
-    bed: NetBed,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        // Stop the proxy before the bed's runtimes go away.
-        drop(self.proxy.take());
-    }
-}
-
-fn egress(text: &str) -> EgressConfig {
-    let file: PolicyFile =
-        egress_proxy::yaml::parse_str(std::path::Path::new("policy.yaml"), text).unwrap();
-    file.egress
-}
+type World = ProxyWorld;
 
 fn world_with(limits: Limits) -> World {
     let bed = NetBed::new().expect("building the test bed");
-    let builder = Proxy::builder().dns_listen(DNS).limits(limits);
-    let netbed::BedProxy {
-        proxy,
-        audit,
-        origdst,
-    } = netbed::start_proxy(&bed, builder);
-    proxy.set_client(
-        IpAddr::V4(RUNNER_IP),
-        "r-1",
-        "j-1",
-        Arc::new(Policy::new(&egress(POLICY)).unwrap()),
-    );
-    World {
-        proxy: Some(proxy),
-        audit,
-        origdst,
-        bed,
-    }
+    let w = World::start(bed, Proxy::builder().dns_listen(DNS).limits(limits));
+    w.set_runner_policy(POLICY);
+    w
 }
 
 fn world() -> World {
     world_with(Limits::default())
 }
 
-impl World {
-    fn events(&self) -> Vec<AuditEvent> {
-        self.audit.events()
-    }
-
-    /// Waits up to two seconds for an event matching `pred` (events of tunnels are
-    /// written when the tunnel closes, asynchronously).
-    fn wait_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        netbed::wait_for_event(&self.audit, what, pred)
-    }
-
-    /// Every event matching `pred`, once there are `n` of them (see
-    /// [`netbed::wait_for_events`]).
-    fn wait_events(&self, n: usize, pred: impl Fn(&AuditEvent) -> bool) -> Vec<AuditEvent> {
-        netbed::wait_for_events(&self.audit, n, pred)
-    }
-
-    fn deny_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        self.wait_event(what, |e| e.verdict == Verdict::Deny && pred(e))
-    }
-
-    /// Asserts nothing reached the traps, the web servers or the DNS server with `dns`.
-    fn assert_nothing_reached(&self, what: &str) {
-        // Give stray packets a moment to arrive before looking.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            self.bed.trap_hits().is_empty(),
-            "{what}: trap hit {:?}",
-            self.bed.trap_hits()
-        );
-        assert!(
-            self.bed.web_hits().is_empty(),
-            "{what}: web hit {:?}",
-            self.bed.web_hits()
-        );
-    }
-
-    /// From the runner, sends a synthetic ClientHello naming `names` (split into records
-    /// of `record` bytes, written in `segment`-byte writes) to the transparent TLS
-    /// listener as if headed for `original`:443; true when the proxy then closes.
-    fn hello_to(
-        &self,
-        original: Ipv4Addr,
-        names: &[&'static str],
-        record: usize,
-        segment: usize,
-    ) -> bool {
-        let table = self.origdst.clone();
-        let hello = egress_proxy::tls::synthetic_client_hello(names, record);
-        self.runner(async move {
-            let mut stream = netbed::connect_redirected(
-                &table,
-                TLS,
-                attacker(SocketAddr::new(IpAddr::V4(original), 443)),
-            )
-            .await
-            .unwrap();
-            stream.set_nodelay(true).unwrap();
-            for chunk in hello.chunks(segment) {
-                stream.write_all(chunk).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            closed(&mut stream).await
-        })
-    }
-
-    /// From the runner: CONNECT `name`:443 through the explicit proxy, then an HTTPS GET
-    /// trusting the bed's certificate; returns the raw response.
-    fn https_via_connect(&self, name: &'static str) -> String {
-        let ca = self.bed.ca_der().to_vec();
-        self.runner(async move {
-            let mut stream = netbed::connect(EXPLICIT).await.unwrap();
-            let connect = format!("CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n\r\n");
-            stream.write_all(connect.as_bytes()).await.unwrap();
-            assert_eq!(read_response(&mut stream).await.map(|r| r.0), Some(200));
-            https_get(stream, ca, name).await.unwrap()
-        })
-    }
-
-    fn runner<F>(&self, fut: F) -> F::Output
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.bed.runner().run(fut)
-    }
-}
-
-/// Sends `request` on a new connection to the explicit proxy and reads one response.
-async fn exchange(request: String) -> Option<(u16, String)> {
-    let mut stream = netbed::connect(EXPLICIT).await.ok()?;
-    stream.write_all(request.as_bytes()).await.ok()?;
-    read_response(&mut stream).await
-}
-
-/// True when the peer closes (or resets) the connection within five seconds.
-async fn closed(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
+/// From the runner, sends a synthetic ClientHello naming `names` (split into records of
+/// `record` bytes, written in `segment`-byte writes) to the transparent TLS listener as
+/// if headed for `original`:443; true when the proxy then closes.
+fn hello_to(
+    w: &World,
+    original: Ipv4Addr,
+    names: &[&'static str],
+    record: usize,
+    segment: usize,
+) -> bool {
+    let table = w.origdst.clone();
+    let hello = egress_proxy::tls::synthetic_client_hello(names, record);
+    w.runner(async move {
+        let mut stream = netbed::connect_redirected(
+            &table,
+            TLS,
+            attacker(SocketAddr::new(IpAddr::V4(original), 443)),
+        )
+        .await
+        .unwrap();
+        stream.set_nodelay(true).unwrap();
+        for chunk in hello.chunks(segment) {
+            stream.write_all(chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-    }
+        closed(&mut stream).await
+    })
 }
 
-fn tls_connector(ca_der: &[u8]) -> tokio_rustls::TlsConnector {
-    let config = netbed::tls_client_config([ca_der.to_vec()]);
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+/// From the runner: CONNECT `name`:443 through the explicit proxy, then an HTTPS GET
+/// trusting the bed's certificate; returns the raw response.
+fn https_via_connect(w: &World, name: &'static str) -> String {
+    let ca = w.bed.ca_der().to_vec();
+    w.runner(async move {
+        let stream = tunnel(&format!("{name}:443")).await;
+        https_get(stream, ca, name).await.unwrap()
+    })
 }
 
 /// Opens a connection to a transparent listener after recording, in the fixed
@@ -221,50 +113,6 @@ fn attacker(destination: SocketAddr) -> Origin {
         pid: Some(31337),
         comm: Some("exfil".into()),
     }
-}
-
-async fn https_get(stream: TcpStream, ca: Vec<u8>, name: &'static str) -> std::io::Result<String> {
-    let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
-    let mut tls = tls_connector(&ca).connect(server_name, stream).await?;
-    tls.write_all(
-        format!("GET /secure HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn dns_query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    m.to_vec().unwrap()
-}
-
-async fn udp_dns(wire: Vec<u8>) -> Option<Message> {
-    let socket = UdpSocket::bind((RUNNER_IP, 0)).await.ok()?;
-    socket.send_to(&wire, DNS).await.ok()?;
-    let mut buf = [0u8; 4096];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    Message::from_vec(&buf[..n]).ok()
-}
-
-fn answer_ips(m: &Message) -> Vec<IpAddr> {
-    m.answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Some(IpAddr::V4(Ipv4Addr::from(*a))),
-            RData::AAAA(a) => Some(IpAddr::V6((*a).into())),
-            _ => None,
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- allowed traffic
@@ -306,7 +154,7 @@ fn allowed_http_through_the_forward_proxy() {
 fn allowed_https_through_connect() {
     require_privilege!();
     let w = world();
-    let body = w.https_via_connect("api.allowed.test");
+    let body = https_via_connect(&w, "api.allowed.test");
     assert!(body.contains(&format!("hello from {WEB_IP}")), "{body}");
     let hits = w.bed.web_hits();
     assert_eq!(hits.len(), 1);
@@ -473,7 +321,7 @@ fn sni_must_equal_the_connect_host() {
 fn sni_of_an_allowed_name_toward_another_address_is_denied() {
     require_privilege!();
     let w = world();
-    assert!(w.hello_to(TRAP_IPS[0], &["allowed.test"], 16_384, 16_384));
+    assert!(hello_to(&w, TRAP_IPS[0], &["allowed.test"], 16_384, 16_384));
     let e = w.deny_event("SNI toward attacker", |e| e.kind == Kind::Tls);
     assert_eq!(
         e.reason.as_deref(),
@@ -489,7 +337,10 @@ fn transparent_tls_without_sni_or_with_a_denied_sni_is_refused() {
     require_privilege!();
     let w = world();
     for names in [&[][..], &["evil.test"][..], &["203.0.113.10"][..]] {
-        assert!(w.hello_to(TRAP_IPS[0], names, 16_384, 16_384), "{names:?}");
+        assert!(
+            hello_to(&w, TRAP_IPS[0], names, 16_384, 16_384),
+            "{names:?}"
+        );
     }
     w.deny_event("no SNI", |e| e.reason.as_deref() == Some("no SNI"));
     w.deny_event("evil SNI", |e| {
@@ -510,14 +361,14 @@ fn a_split_client_hello_is_reassembled() {
     let sent = egress_proxy::tls::synthetic_client_hello(&["api.allowed.test"], 5).len() as u64;
     // The synthetic hello offers nothing the server accepts; it answers with an alert
     // and closes.
-    assert!(w.hello_to(WEB_IP, &["api.allowed.test"], 5, 3));
+    assert!(hello_to(&w, WEB_IP, &["api.allowed.test"], 5, 3));
     let e = w.wait_event("split allowed", |e| {
         e.kind == Kind::Tls && e.verdict == Verdict::Allow
     });
     assert_eq!(e.host.as_deref(), Some("api.allowed.test"));
     assert_eq!(e.bytes_up, Some(sent));
     // The same split with a denied name goes nowhere.
-    assert!(w.hello_to(TRAP_IPS[0], &["evil.test"], 5, 3));
+    assert!(hello_to(&w, TRAP_IPS[0], &["evil.test"], 5, 3));
     w.deny_event("split denied", |e| {
         e.kind == Kind::Tls && e.host.as_deref() == Some("evil.test")
     });
@@ -1053,12 +904,7 @@ fn audit_mode_allows_and_records_what_it_would_deny() {
     require_privilege!();
     let w = world();
     let audit_policy = POLICY.replace("mode: enforce", "mode: audit");
-    w.proxy.as_ref().unwrap().set_client(
-        IpAddr::V4(RUNNER_IP),
-        "r-1",
-        "j-1",
-        Arc::new(Policy::new(&egress(&audit_policy)).unwrap()),
-    );
+    w.set_runner_policy(&audit_policy);
     let got = w.runner(exchange(
         "GET http://evil.test/audited HTTP/1.1\r\nHost: evil.test\r\n\r\n".into(),
     ));
@@ -1088,7 +934,7 @@ fn ipv6_destinations_are_served_and_guarded() {
         e.verdict == Verdict::Allow && e.kind == Kind::Http
     });
     assert_eq!(e.ip, Some(IpAddr::V6(WEB6_IP)));
-    let body = w.https_via_connect("v6.allowed.test");
+    let body = https_via_connect(&w, "v6.allowed.test");
     assert!(body.contains(&format!("hello from {WEB6_IP}")), "{body}");
     for (target, reason) in [
         ("[2001:db8:113::10]:443", "address literal not allowed"),

@@ -12,56 +12,48 @@
 //! and the full CLI (runner-agent with its proxy child) refuses the same.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egress_proxy::audit::{AuditEvent, Kind, MemorySink, Source, Verdict};
-use egress_proxy::config::{EgressConfig, PolicyFile};
-use egress_proxy::origdst::{FixedTable, Origin};
-use egress_proxy::policy::Policy;
+use egress_proxy::audit::{Kind, Source, Verdict};
+use egress_proxy::origdst::Origin;
 use egress_proxy::server::Proxy;
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::RecordType;
 use runner_agent_tests::agent::{describe, World as AgentWorld};
-use runner_agent_tests::netbed::{
-    self, read_response, NetBed, DNS_IP, HOST_INET_IP, RUNNER_HOST_IP, RUNNER_IP, RUNNER_NET,
+use runner_agent_tests::netbed::{self, read_response, NetBed, DNS_IP, HOST_INET_IP};
+use runner_agent_tests::proxy_client::{
+    answer_ips, closed, dns_query, exchange, udp_dns, ProxyWorld, PROXY_DNS,
 };
-use runner_agent_tests::require_privilege;
+use runner_agent_tests::{enforce_policy, require_privilege};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::TcpListener;
 
 /// The host namespace's own IPv6 address on the internet link.
 const HOST_INET6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 /// An address added to the host namespace while the proxy runs.
 const LATE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 
-const POLICY: &str = r#"
-upstream_dns: [198.51.100.53]
-egress:
-  mode: enforce
-  allow:
-    - host: allowed.test
+const POLICY: &str = enforce_policy!(
+    r#"    - host: allowed.test
     - host: "*.allowed.test"
-"#;
+"#
+);
 
 /// The same, with `cidr` rules for the host's addresses on port 80.
-const POLICY_WITH_CIDR: &str = r#"
-upstream_dns: [198.51.100.53]
-egress:
-  mode: enforce
-  allow:
-    - host: allowed.test
+const POLICY_WITH_CIDR: &str = enforce_policy!(
+    r#"    - host: allowed.test
     - host: "*.allowed.test"
     - cidr: 198.51.100.1/32
       ports: [80]
     - cidr: 2001:db8:100::1/128
       ports: [80]
-"#;
+"#
+);
 
-const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
 const TLS: SocketAddr = netbed::PROXY_TLS;
 const PLAIN: SocketAddr = netbed::PROXY_PLAIN;
-const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(RUNNER_HOST_IP), 53);
+const DNS: SocketAddr = PROXY_DNS;
 
 /// Body of the host's service: the job must never read it.
 const SECRET: &str = "HOST-SERVICE-SECRET";
@@ -69,25 +61,18 @@ const SECRET: &str = "HOST-SERVICE-SECRET";
 /// Connections the host's service accepted: (its address, first request line).
 type Hits = Arc<Mutex<Vec<(SocketAddr, String)>>>;
 
+/// The bed and its proxy, with the connections the host's service accepted.
 struct World {
-    proxy: Option<Proxy>,
-    audit: Arc<MemorySink>,
-    origdst: Arc<FixedTable>,
+    served: ProxyWorld,
     hits: Hits,
-    bed: NetBed,
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        // Stop the proxy before the bed's runtimes go away.
-        drop(self.proxy.take());
+impl Deref for World {
+    type Target = ProxyWorld;
+
+    fn deref(&self) -> &ProxyWorld {
+        &self.served
     }
-}
-
-fn egress(text: &str) -> EgressConfig {
-    let file: PolicyFile =
-        egress_proxy::yaml::parse_str(std::path::Path::new("policy.yaml"), text).unwrap();
-    file.egress
 }
 
 /// A service on `addr` in the host namespace answering every connection with [`SECRET`].
@@ -135,51 +120,14 @@ fn world(policy: &str) -> World {
             host_service(&bed, SocketAddr::new(ip, port), Arc::clone(&hits));
         }
     }
-    let audit = Arc::new(MemorySink::default());
-    let origdst = Arc::new(FixedTable::default());
-    // Unlike `netbed::start_proxy`, no range for the host's addresses: runner-agent passes
+    // `netbed::start_proxy` lists no range for the host's addresses: runner-agent passes
     // only its runner pool, and the standalone binary nothing.
-    let builder = Proxy::builder()
-        .http_listen(EXPLICIT)
-        .tls_listen(TLS)
-        .plain_http_listen(PLAIN)
-        .dns_listen(DNS)
-        .upstream_dns(vec![bed.dns_addr()])
-        .audit(audit.clone())
-        .internal_ranges([
-            RUNNER_NET.parse().expect("valid"),
-            "2001:db8:2::/64".parse().expect("valid"),
-        ])
-        .original_destination(origdst.clone());
-    let proxy = bed.host().run(builder.start()).expect("starting the proxy");
-    proxy.set_client(
-        IpAddr::V4(RUNNER_IP),
-        "r-1",
-        "j-1",
-        Arc::new(Policy::new(&egress(policy)).unwrap()),
-    );
-    World {
-        proxy: Some(proxy),
-        audit,
-        origdst,
-        hits,
-        bed,
-    }
+    let served = ProxyWorld::start(bed, Proxy::builder().dns_listen(DNS));
+    served.set_runner_policy(policy);
+    World { served, hits }
 }
 
 impl World {
-    fn runner<F>(&self, fut: F) -> F::Output
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.bed.runner().run(fut)
-    }
-
-    fn deny_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        netbed::wait_for_event(&self.audit, what, |e| e.verdict == Verdict::Deny && pred(e))
-    }
-
     /// A deny event of `kind` for dialling `ip` ("internal address").
     fn internal_denied(&self, what: &str, kind: Kind, ip: IpAddr) {
         let e = self.deny_event(what, |e| e.kind == kind && e.ip == Some(ip));
@@ -241,63 +189,12 @@ impl World {
     }
 }
 
-/// Sends `request` on a new connection to the explicit proxy and reads one response.
-async fn exchange(request: String) -> Option<(u16, String)> {
-    let mut stream = netbed::connect(EXPLICIT).await.ok()?;
-    stream.write_all(request.as_bytes()).await.ok()?;
-    read_response(&mut stream).await
-}
-
 fn get(name: &str) -> String {
     format!("GET http://{name}/explicit HTTP/1.1\r\nHost: {name}\r\n\r\n")
 }
 
 fn connect(target: &str) -> String {
     format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")
-}
-
-/// True when the peer closes (or resets) the connection within five seconds.
-async fn closed(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-fn dns_query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    m.to_vec().unwrap()
-}
-
-async fn udp_dns(wire: Vec<u8>) -> Option<Message> {
-    let socket = UdpSocket::bind((RUNNER_IP, 0)).await.ok()?;
-    socket.send_to(&wire, DNS).await.ok()?;
-    let mut buf = [0u8; 4096];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    Message::from_vec(&buf[..n]).ok()
-}
-
-fn answer_ips(m: &Message) -> Vec<IpAddr> {
-    m.answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Some(IpAddr::V4(Ipv4Addr::from(*a))),
-            RData::AAAA(a) => Some(IpAddr::V6((*a).into())),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

@@ -17,29 +17,25 @@
 //! explicit and the transparent HTTP listeners.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use egress_proxy::audit::{AuditEvent, Kind, Verdict};
-use egress_proxy::config::PolicyFile;
 use egress_proxy::intercept::{Credential, Interception, JobCa};
-use egress_proxy::policy::Policy;
 use egress_proxy::server::Proxy;
 use runner_agent_tests::netbed::{
     self, read_response, read_response_with_headers, NetBed, ECHO_PATH, GZIP_PATH, REASON_PATH,
     RUNNER_IP, WEB2_IP, WEB_IP,
 };
-use runner_agent_tests::require_privilege;
+use runner_agent_tests::proxy_client::{self, ProxyWorld};
+use runner_agent_tests::{enforce_policy, require_privilege};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
-const POLICY: &str = r#"
-upstream_dns: [198.51.100.53]
-egress:
-  mode: enforce
-  allow:
-    - host: allowed.test
+const POLICY: &str = enforce_policy!(
+    r#"    - host: allowed.test
       ports: [80, 443]
     - host: "*.allowed.test"
     - host: second.test
@@ -49,7 +45,8 @@ egress:
     - host: xallowed.test
     - host: allowed.test.evil.test
     - host: allowed-test.test
-"#;
+"#
+);
 
 /// The credential's complete header value; it must reach the server and nothing else.
 const VALUE: &str = "Bearer inject-7f3a9c1e55d04b2a";
@@ -61,17 +58,18 @@ const EXPLICIT: SocketAddr = netbed::PROXY_HTTP;
 const TLS: SocketAddr = netbed::PROXY_TLS;
 const PLAIN: SocketAddr = netbed::PROXY_PLAIN;
 
-/// The bed and the proxy; the proxy is dropped first, while the bed's runtimes run.
+/// The bed and the proxy, with the job CA the runner trusts.
 struct World {
-    served: Option<netbed::BedProxy>,
+    served: ProxyWorld,
     /// The job CA's certificate (what the sandbox trusts).
     job_ca: Vec<u8>,
-    bed: NetBed,
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        drop(self.served.take());
+impl Deref for World {
+    type Target = ProxyWorld;
+
+    fn deref(&self) -> &ProxyWorld {
+        &self.served
     }
 }
 
@@ -87,9 +85,7 @@ fn world_with(upstream_roots: Option<String>, header: &str) -> World {
     ] {
         bed.set_name(name, vec![IpAddr::V4(WEB_IP)]);
     }
-    let file: PolicyFile =
-        egress_proxy::yaml::parse_str(std::path::Path::new("policy.yaml"), POLICY).unwrap();
-    let policy = Arc::new(Policy::new(&file.egress).unwrap());
+    let policy = proxy_client::policy(POLICY);
     let ca = JobCa::mint("j-inject", &["allowed.test".into(), "second.test".into()]).unwrap();
     let job_ca = ca.cert_der().to_vec();
     let credential = Credential {
@@ -101,19 +97,15 @@ fn world_with(upstream_roots: Option<String>, header: &str) -> World {
     };
     let roots = upstream_roots.unwrap_or_else(|| bed.ca_pem().to_owned());
     let interception = Interception::new(ca, vec![credential], roots.as_bytes()).unwrap();
-    let served = netbed::start_proxy(&bed, Proxy::builder());
-    served.proxy.set_client_intercepting(
+    let served = ProxyWorld::start(bed, Proxy::builder());
+    served.proxy().set_client_intercepting(
         IpAddr::V4(RUNNER_IP),
         "r-1",
         "j-inject",
         policy,
         Some(Arc::new(interception)),
     );
-    World {
-        served: Some(served),
-        job_ca,
-        bed,
-    }
+    World { served, job_ca }
 }
 
 fn world_with_roots(upstream_roots: Option<String>) -> World {
@@ -134,26 +126,6 @@ enum Trust {
 }
 
 impl World {
-    fn served(&self) -> &netbed::BedProxy {
-        self.served
-            .as_ref()
-            .expect("the proxy runs until the world is dropped")
-    }
-
-    fn events(&self) -> Vec<AuditEvent> {
-        self.served().audit.events()
-    }
-
-    fn wait_event(&self, what: &str, pred: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-        netbed::wait_for_event(&self.served().audit, what, pred)
-    }
-
-    /// Every event matching `pred`, once there are `n` of them (see
-    /// [`netbed::wait_for_events`]).
-    fn wait_events(&self, n: usize, pred: impl Fn(&AuditEvent) -> bool) -> Vec<AuditEvent> {
-        netbed::wait_for_events(&self.served().audit, n, pred)
-    }
-
     /// No request reached the bed's web servers (after a moment for stragglers).
     fn assert_no_request_arrived(&self) {
         std::thread::sleep(Duration::from_millis(100));
@@ -218,7 +190,7 @@ impl World {
         requests: Vec<String>,
     ) -> std::io::Result<Vec<Option<(u16, String)>>> {
         let roots = self.roots(Trust::Both);
-        let table = self.served().origdst.clone();
+        let table = self.origdst.clone();
         self.bed.runner().run(async move {
             let origin = netbed::curl_origin(SocketAddr::new(IpAddr::V4(server), 443));
             let stream = netbed::connect_redirected(&table, TLS, origin).await?;
@@ -238,7 +210,7 @@ impl World {
 
     /// [`World::http`], with the response's headers.
     fn http_with_headers(&self, to: SocketAddr, request: String) -> Option<Reply> {
-        let table = self.served().origdst.clone();
+        let table = self.origdst.clone();
         self.bed.runner().run(async move {
             let mut stream = if to == PLAIN {
                 let original = SocketAddr::new(IpAddr::V4(WEB_IP), 80);
