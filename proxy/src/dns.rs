@@ -305,18 +305,39 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
     };
     let max = shared.limits.max_dns_tcp_per_client;
     let Some(_slot) = client.try_acquire_kind(SlotKind::Dns, max) else {
+        // Recorded like the proxy listeners' cap: queries on this connection are never
+        // read, so this event is all the log will hold of them.
+        shared.record(
+            Some(&client),
+            &Subject::new(Kind::Dns),
+            &Decision::deny("too many DNS connections from this client"),
+        );
         return;
     };
     let idle = shared.limits.header_timeout;
+    let incomplete = || {
+        shared.record(
+            Some(&client),
+            &Subject::new(Kind::Dns),
+            &Decision::deny("incomplete DNS message over TCP"),
+        );
+    };
     loop {
-        let len = match tokio::time::timeout(idle, stream.read_u16()).await {
-            Ok(Ok(len)) => usize::from(len),
+        // A connection that ends or idles between messages ends quietly; one that stops
+        // inside a message (holding a slot with a partial query) is recorded.
+        let first = match tokio::time::timeout(idle, stream.read_u8()).await {
+            Ok(Ok(byte)) => byte,
             _ => return,
         };
+        let second = match tokio::time::timeout(idle, stream.read_u8()).await {
+            Ok(Ok(byte)) => byte,
+            _ => return incomplete(),
+        };
+        let len = usize::from(u16::from_be_bytes([first, second]));
         let mut wire = vec![0u8; len];
         match tokio::time::timeout(idle, stream.read_exact(&mut wire)).await {
             Ok(Ok(_)) => {}
-            _ => return,
+            _ => return incomplete(),
         }
         let Some(reply) = answer(&shared, peer, &wire, false).await else {
             continue;

@@ -814,6 +814,48 @@ fn dns_over_tcp_checks_every_pipelined_message() {
     );
 }
 
+/// DNS over TCP beyond the per-client cap, and a partial message left hanging, each leave
+/// a deny event: a query the filter never reads must not vanish from the log.
+#[test]
+fn dns_over_tcp_past_the_cap_and_partial_messages_are_recorded() {
+    require_privilege!();
+    let w = world_with(Limits {
+        max_dns_tcp_per_client: 2,
+        header_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    });
+    let refused = w.runner(async {
+        // Two connections hold the cap with half a message each.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = netbed::connect(DNS).await.unwrap();
+            stream.write_all(&[0x00, 0x40, b'a', b'b']).await.unwrap();
+            held.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A third one's query is never read: no answer.
+        let mut extra = netbed::connect(DNS).await.unwrap();
+        let wire = dns_query(7, "leak.evil.test.", RecordType::A);
+        let mut framed = (wire.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&wire);
+        let _ = extra.write_all(&framed).await;
+        let answered = tokio::time::timeout(Duration::from_secs(2), extra.read_u16()).await;
+        // Keep the held ones open past the header timeout.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        drop(held);
+        !matches!(answered, Ok(Ok(_)))
+    });
+    assert!(refused, "the query past the cap was answered");
+    w.deny_event("over the cap", |e| {
+        e.reason.as_deref() == Some("too many DNS connections from this client")
+    });
+    let partial = w.wait_events(2, |e| {
+        e.verdict == Verdict::Deny && e.reason.as_deref() == Some("incomplete DNS message over TCP")
+    });
+    assert_eq!(partial.len(), 2);
+    assert!(w.bed.dns_hits().is_empty(), "{:?}", w.bed.dns_hits());
+}
+
 #[test]
 fn dns_shaped_responses_and_outside_resolvers_go_nowhere() {
     require_privilege!();
