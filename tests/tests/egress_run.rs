@@ -445,7 +445,8 @@ fn a_job_flooding_the_dns_filter_is_stopped_at_its_audit_budget() {
 /// Socket families other than unix, inet, inet6 and netlink are refused and audited,
 /// whatever the upper half of the register holds: AF_VSOCK in particular, which needs no
 /// capability and on a VM host reaches the hypervisor outside every network namespace.
-/// Netlink keeps working (getaddrinfo and `ip` use it) and causes no denial.
+/// Netlink route, sock_diag and generic keep working (getaddrinfo and `ip` use them) and
+/// cause no denial; its other protocols (host device events among them) are refused.
 #[test]
 fn socket_families_outside_the_fence_are_refused_and_audited() {
     require_privilege!();
@@ -473,9 +474,15 @@ steps:
       libc.syscall.restype = ctypes.c_long
       if libc.syscall(ctypes.c_long(41), ctypes.c_long((1 << 32) | 40), ctypes.c_long(1), ctypes.c_long(0)) >= 0:
           print("LEAK-vsock-high-bits")
-      s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-      s.close()
+      for protocol in (0, 4, 16):  # route, sock_diag, generic
+          socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol).close()
       print("NETLINK-OK")
+      for protocol in (15, 9, 6, 11):  # kobject_uevent, audit, xfrm, connector
+          try:
+              socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol).close()
+              print("LEAK-netlink-%d" % protocol)
+          except OSError:
+              pass
       PY
       getent hosts localhost >/dev/null && echo GETENT-OK
 "#,
@@ -514,11 +521,22 @@ steps:
             "{family}: {events:#?}"
         );
     }
+    // Host device events (kobject_uevent), audit, xfrm and connector are refused and
+    // recorded; route, sock_diag and generic (and getent's own netlink) are not.
+    for protocol in [15, 9, 6, 11] {
+        assert_eq!(
+            refused(&format!("socket(AF_NETLINK, SOCK_RAW, protocol {protocol}")),
+            1,
+            "netlink protocol {protocol}: {events:#?}"
+        );
+    }
     assert!(
-        !events.iter().any(|e| e["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("AF_NETLINK") || r.contains("family 16"))),
-        "netlink was refused: {events:#?}"
+        !events.iter().any(|e| e["reason"].as_str().is_some_and(|r| {
+            ["protocol 0)", "protocol 4)", "protocol 16)", "family 16"]
+                .iter()
+                .any(|p| r.contains(p))
+        })),
+        "an allowed netlink protocol was refused: {events:#?}"
     );
     world.assert_job_left_nothing(&output);
 }

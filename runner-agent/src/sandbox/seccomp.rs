@@ -23,7 +23,8 @@
 //! Raw internet sockets are intercepted the same way (the kernel would refuse them
 //! anyway, for want of CAP_NET_RAW, but silently), and so is every socket family other
 //! than AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (see [`ALLOWED_SOCKET_FAMILIES`]:
-//! AF_VSOCK needs no capability and bypasses the network namespace altogether). `clone3` fails with `ENOSYS` because
+//! AF_VSOCK needs no capability and bypasses the network namespace altogether), and every
+//! netlink protocol but route, sock_diag and generic ([`ALLOWED_NETLINK_PROTOCOLS`]). `clone3` fails with `ENOSYS` because
 //! its flags live in memory a filter cannot read, and C libraries fall back to `clone` on
 //! `ENOSYS`. If init is gone, intercepted calls fail with `ENOSYS`: never run.
 
@@ -175,6 +176,18 @@ const ALLOWED_SOCKET_FAMILIES: [i32; 4] = [
     libc::AF_NETLINK,
 ];
 
+/// The netlink protocols a job may open: NETLINK_ROUTE (addresses and routes of the
+/// runner's own namespace: getaddrinfo, `ip`), NETLINK_SOCK_DIAG (`ss`) and
+/// NETLINK_GENERIC. Others are refused and recorded: NETLINK_KOBJECT_UEVENT would hand
+/// the job the host's device events (the runner's network namespace belongs to the
+/// host's user namespace, so the kernel's filter lets them through), and audit, xfrm,
+/// connector, netfilter and the rest are kernel surface a build does not need.
+const ALLOWED_NETLINK_PROTOCOLS: [i32; 3] = [
+    libc::NETLINK_ROUTE,
+    libc::NETLINK_SOCK_DIAG,
+    libc::NETLINK_GENERIC,
+];
+
 /// `socket(family, SOCK_RAW, _)`, whatever the type flags.
 fn raw_rule(family: i32) -> Result<SeccompRule, SeccompError> {
     Ok(SeccompRule::new(vec![
@@ -232,6 +245,16 @@ pub fn build() -> Result<Filters, SeccompError> {
             // SOCK_DGRAM, hence the family in the rule.)
             raw_rule(libc::AF_INET)?,
             raw_rule(libc::AF_INET6)?,
+            // Netlink protocols outside ALLOWED_NETLINK_PROTOCOLS (see there).
+            SeccompRule::new(
+                std::iter::once(int_condition(0, SeccompCmpOp::Eq, libc::AF_NETLINK as u64))
+                    .chain(
+                        ALLOWED_NETLINK_PROTOCOLS
+                            .iter()
+                            .map(|&protocol| int_condition(2, SeccompCmpOp::Ne, protocol as u64)),
+                    )
+                    .collect::<Result<Vec<_>, _>>()?,
+            )?,
             // ICMP "ping" sockets (datagram ICMP): ping_group_range keeps them from the
             // job already; intercepted for the record, like raw sockets.
             icmp_rule(libc::AF_INET, libc::IPPROTO_ICMP)?,
@@ -301,6 +324,9 @@ pub fn describe(nr: i64, args: &[u64; 6]) -> String {
             (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => ", ICMP",
             _ => "",
         };
+        if number == libc::AF_NETLINK {
+            return format!("socket({family}{kind}, protocol {})", args[2] as u32);
+        }
         return format!("socket({family}{kind})");
     }
     if nr == libc::SYS_clone || nr == libc::SYS_unshare {
@@ -417,6 +443,13 @@ mod tests {
         assert_eq!(describe(libc::SYS_socket, &args), "socket(AF_VSOCK)");
         args[0] = 99;
         assert_eq!(describe(libc::SYS_socket, &args), "socket(family 99)");
+        args[0] = libc::AF_NETLINK as u64;
+        args[1] = libc::SOCK_RAW as u64;
+        args[2] = libc::NETLINK_KOBJECT_UEVENT as u64;
+        assert_eq!(
+            describe(libc::SYS_socket, &args),
+            "socket(AF_NETLINK, SOCK_RAW, protocol 15)"
+        );
     }
 
     #[test]
