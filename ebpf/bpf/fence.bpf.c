@@ -188,18 +188,23 @@ static __always_inline int decide4(const struct fence_config *cfg, struct bpf_so
 	if (cfg->allow_loopback && is_loopback4(addr))
 		return ALLOW;
 	if (ctx->type == SOCK_STREAM) {
-		if (addr == cfg->proxy_addr) {
-			if (is_proxy_tcp_port(cfg, port)) {
-				count(FENCE_CNT_ALLOWED_PROXY);
-				return ALLOW;
-			}
-			d->reason = FENCE_REASON_PROXY_PORT;
-			return DENY;
+		if (addr == cfg->proxy_addr && is_proxy_tcp_port(cfg, port)) {
+			count(FENCE_CNT_ALLOWED_PROXY);
+			return ALLOW;
 		}
+		/* Port 53 goes to the DNS filter whatever the address, the host side's
+		 * included: it is the resolver in the runner's resolv.conf, and the C
+		 * library retries a truncated UDP answer over TCP to it. */
 		if (port == 53) {
 			*new_port = cfg->dns_port;
 			count(FENCE_CNT_REDIRECT_DNS);
-		} else if (port == 443) {
+			return ALLOW;
+		}
+		if (addr == cfg->proxy_addr) {
+			d->reason = FENCE_REASON_PROXY_PORT;
+			return DENY;
+		}
+		if (port == 443) {
 			*new_port = cfg->tls_port;
 			count(FENCE_CNT_REDIRECT_TLS);
 		} else if (cfg->other_tcp == FENCE_OTHER_TCP_HTTP) {

@@ -10,9 +10,9 @@
 //! | what the job does | result |
 //! | --- | --- |
 //! | TCP to the proxy address on a listener port | allowed as is |
+//! | TCP to port 53, any address (the proxy address, the runner's resolver, included) | redirected to the DNS filter (TCP) |
 //! | TCP to the proxy address, any other port | EPERM + denial |
 //! | TCP to anything else, port 443 | redirected to the transparent TLS listener |
-//! | TCP to anything else, port 53 | redirected to the DNS filter (TCP) |
 //! | TCP to anything else, other ports | redirected to the transparent HTTP listener ([`OtherTcp::HttpListener`], default) or EPERM + denial ([`OtherTcp::Deny`]) |
 //! | UDP to port 53 anywhere (connect, sendto, sendmsg, sendmmsg) | redirected to the DNS filter; replies appear to come from the server asked |
 //! | any other UDP | EPERM + denial |

@@ -62,6 +62,12 @@ fn proxy_ports_are_reachable_and_tcp_is_redirected_with_its_original_destination
             to: SocketAddr::V6(SocketAddrV6::new(TARGET.to_ipv6_mapped(), 443, 0, 0)),
             send: "mapped".into(),
         },
+        // DNS over TCP to the resolver of the runner's resolv.conf (the host side), as the
+        // C library does after a truncated UDP answer: to the DNS filter too.
+        Op::Connect {
+            to: sa(PROXY_ADDR, 53),
+            send: "tcp-dns-resolver".into(),
+        },
     ];
     let report = world.probe(&ops, Placement::UserNsRoot).expect("probe");
     let o = &report.outcomes;
@@ -99,6 +105,12 @@ fn proxy_ports_are_reachable_and_tcp_is_redirected_with_its_original_destination
         o[3].detail
     );
     assert!(
+        o[5].detail
+            .contains(&format!("peer={PROXY_ADDR}:53 reply=proxy:{DNS_PORT}")),
+        "{}",
+        o[5].detail
+    );
+    assert!(
         o[4].detail.contains(&format!("reply=proxy:{TLS_PORT}")),
         "{}",
         o[4].detail
@@ -111,6 +123,7 @@ fn proxy_ports_are_reachable_and_tcp_is_redirected_with_its_original_destination
         (2, sa(TARGET, 8080)),
         (3, sa(OTHER_DNS, 53)),
         (4, sa(TARGET, 443)),
+        (5, sa(PROXY_ADDR, 53)),
     ];
     for (i, want) in expect {
         let peer = local_of(&o[i].detail);
@@ -145,7 +158,7 @@ fn proxy_ports_are_reachable_and_tcp_is_redirected_with_its_original_destination
     let counters = fence.counters().expect("counters");
     assert_eq!(counters.redirected_tls, 2);
     assert_eq!(counters.redirected_http, 1);
-    assert_eq!(counters.redirected_dns, 1);
+    assert_eq!(counters.redirected_dns, 2);
     assert_eq!(counters.denied_total(), 0);
     fence.detach().expect("detach");
 }
