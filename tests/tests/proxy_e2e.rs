@@ -998,6 +998,27 @@ fn ipv6_destinations_are_served_and_guarded() {
         .unwrap();
     assert!(answer_ips(&reply).is_empty());
     w.deny_event("ula answer", |e| e.ip == Some("fd00::1".parse().unwrap()));
+    // An allowed name whose AAAA is the IPv4-mapped form of a trap (DESIGN.md 6: forms
+    // that embed IPv4 are refused, whatever address they carry): no answer, no dial.
+    let mapped: IpAddr = "::ffff:203.0.113.10".parse().unwrap();
+    w.bed.set_name("mapped.allowed.test", vec![mapped]);
+    let reply = w
+        .runner(udp_dns(dns_query(
+            7,
+            "mapped.allowed.test.",
+            RecordType::AAAA,
+        )))
+        .unwrap();
+    assert!(answer_ips(&reply).is_empty(), "{reply:?}");
+    w.deny_event("mapped answer", |e| e.ip == Some(mapped));
+    let got = w.runner(exchange(
+        "CONNECT mapped.allowed.test:443 HTTP/1.1\r\n\r\n".into(),
+    ));
+    assert_eq!(got.map(|r| r.0), Some(403));
+    w.deny_event("mapped dial", |e| {
+        e.host.as_deref() == Some("mapped.allowed.test")
+            && e.reason.as_deref() == Some("internal address")
+    });
     // An allowed SNI toward the IPv6 trap, through the transparent listener.
     let table = w.origdst.clone();
     let closed_early = w.runner(async move {

@@ -7,8 +7,11 @@
 //! unspecified and loopback addresses, ULA (RFC 4193), link- and site-local, multicast,
 //! discard-only (RFC 6666), and every form that embeds an IPv4 address and so could lead
 //! to one of the above: IPv4-compatible (RFC 4291 2.5.5.1), NAT64 (RFC 6052, RFC 8215),
-//! 6to4 (RFC 3056) and Teredo (RFC 4380). IPv4-mapped addresses are judged as the IPv4
-//! address they carry (callers canonicalise first; [`is_special`] does it again).
+//! 6to4 (RFC 3056) and Teredo (RFC 4380), and IPv4-mapped addresses (RFC 4291 2.5.5.2)
+//! as they come, whatever IPv4 address they carry: an AAAA record has no business
+//! holding one, and DESIGN.md lists every embedding form. (An address literal the job
+//! writes in mapped form is canonicalised to IPv4 by the caller before it gets here, and
+//! a `cidr` rule that covers the IPv4 address still allows its mapped form.)
 //!
 //! Documentation ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) are
 //! deliberately *not* special: they are not internal to anyone, and the test bed of
@@ -180,6 +183,11 @@ impl SpecialNets {
     /// The ranges are looked at first, so the local check runs only for addresses that
     /// are otherwise dialable.
     pub fn contains(&self, ip: IpAddr) -> bool {
+        if let IpAddr::V6(v6) = ip {
+            if v6.to_ipv4_mapped().is_some() {
+                return true;
+            }
+        }
         let ip = ip.to_canonical();
         self.nets.iter().any(|n| n.contains(&ip))
             || self.local.as_ref().is_some_and(|l| l.is_local(ip))
@@ -217,7 +225,7 @@ mod tests {
             ("::1", true),
             ("::", true),
             ("::ffff:127.0.0.1", true),
-            ("::ffff:198.51.100.10", false),
+            ("::ffff:198.51.100.10", true),
             ("::127.0.0.1", true),
             ("64:ff9b::7f00:1", true),
             ("2002:7f00:1::", true),
