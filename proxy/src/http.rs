@@ -575,6 +575,14 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     if let Some(response) = refusal(&shared, &client, &mut subject, (&host, port), &decision) {
         return response;
     }
+    // Port 443 is TLS only, as for CONNECT and the transparent listeners: a plain request
+    // there would carry a bound credential in clear text to a port the operator allowed
+    // for HTTPS.
+    if port == 443 && !conn.mode.tls() {
+        let decision = Decision::deny("plain HTTP to port 443, which takes TLS only");
+        shared.record(Some(&client), &subject, &decision);
+        return denied(&decision);
+    }
     let addrs: Cow<'_, [IpAddr]> = match &conn.mode {
         // Checked when the connection was decided: no new resolution.
         Mode::Terminated(target) => Cow::Borrowed(&target.addrs),

@@ -386,6 +386,24 @@ fn plain_http_to_a_bound_host_carries_the_credential_too() {
     w.assert_value_never_logged();
 }
 
+/// Plain HTTP to port 443 is refused before anything is dialled: with a bound host it
+/// would carry the credential in clear text to the port the operator allowed for HTTPS
+/// (found by an attack run from a sandbox: `curl -x $HTTP_PROXY http://bound:443/`).
+#[test]
+fn plain_http_to_port_443_is_refused_and_carries_nothing() {
+    require_privilege!();
+    let w = world();
+    let explicit = "GET http://allowed.test:443/clear HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n";
+    let reply = w.http(EXPLICIT, explicit.into());
+    assert_eq!(reply.map(|r| r.0), Some(403));
+    w.deny_event("plain to 443", |e| {
+        e.reason.as_deref() == Some("plain HTTP to port 443, which takes TLS only")
+            && e.port == Some(443)
+    });
+    assert!(w.bed.web_hits().is_empty(), "{:?}", w.bed.web_hits());
+    w.assert_value_never_logged();
+}
+
 /// The one request the bed's servers saw, to `path`, after `request` went through
 /// terminated TLS to the bound host and was answered.
 fn the_hit_of(w: &World, path: &str, request: String) -> netbed::WebHit {
