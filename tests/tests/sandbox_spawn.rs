@@ -15,18 +15,26 @@ use runner_agent_tests::require_privilege;
 
 /// Runs `script` with `sh -c` as the sandbox init would be started, in `cgroup`; returns
 /// what it printed and how it ended.
+///
+/// The script first waits for its stdin to close, which happens once `spawn` has
+/// returned: `spawn` treats a child that is already gone when exec has closed the report
+/// pipe as one that never ran (the programs it starts wait for input first), so a script
+/// that could end before that check would make the test race.
 fn run_in(cgroup: &TestCgroup, new_netns: bool, script: &str) -> (String, WaitStatus) {
     let (mut out_read, out_write) = std::io::pipe().unwrap();
-    let stdin = std::fs::File::open("/dev/null").unwrap();
+    let (stdin, hold) = std::io::pipe().unwrap();
     let dir = std::fs::File::open(&cgroup.path).unwrap();
+    let script = format!("read _held; {script}");
     let child = spawn(&SpawnRequest {
         program: Path::new("/bin/sh"),
-        args: &["-c", script],
+        args: &["-c", &script],
         stdio: [stdin.as_fd(), out_write.as_fd(), out_write.as_fd()],
         cgroup: dir.as_fd(),
         new_netns,
     })
     .expect("spawn /bin/sh");
+    drop(hold);
+    drop(stdin);
     drop(out_write);
     let mut output = String::new();
     out_read.read_to_string(&mut output).unwrap();
