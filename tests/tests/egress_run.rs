@@ -541,6 +541,57 @@ steps:
     world.assert_job_left_nothing(&output);
 }
 
+/// Every refused system call is recorded, however many came before: init once stopped
+/// reporting after 10,000, so a job could make 10,000 harmless refused calls and then try
+/// the one it cared about unseen.
+#[test]
+fn refusals_past_ten_thousand_are_still_recorded() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "many.yaml",
+        r#"name: many
+steps:
+  - name: many refusals
+    run: |
+      python3 - <<'PY'
+      import ctypes, socket
+      libc = ctypes.CDLL(None, use_errno=True)
+      for _ in range(10050):
+          libc.syscall(321, 0, 0, 0)  # bpf(2)
+      try:
+          socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+          print("LEAK-vsock")
+      except OSError:
+          print("VSOCK-REFUSED")
+      PY
+"#,
+    );
+    let (output, events) = world.run_audited(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(stdout.contains("VSOCK-REFUSED"), "{}", describe(&output));
+    let refused = |call: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["verdict"] == "deny"
+                    && e["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with(&format!("seccomp: {call}")))
+            })
+            .count()
+    };
+    assert_eq!(refused("bpf()"), 10050);
+    assert_eq!(
+        refused("socket(AF_VSOCK)"),
+        1,
+        "the last refusal was not recorded"
+    );
+    world.assert_job_left_nothing(&output);
+}
+
 /// Reads the agent's stderr until it names the job; returns the job id.
 fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
     use std::io::Read;

@@ -78,7 +78,10 @@ struct Control {
 
 impl Control {
     fn from_stdin() -> io::Result<Control> {
-        let fd = nix::unistd::dup(io::stdin().as_fd()).map_err(io::Error::from)?;
+        // Close-on-exec (F_DUPFD_CLOEXEC): a step must never hold the control socket, or
+        // it could read the next step's script and environment and forge init's messages.
+        // (`exec_step` also closes everything above stderr, whatever the flags.)
+        let fd = io::stdin().as_fd().try_clone_to_owned()?;
         let writer = File::from(fd.try_clone()?);
         Ok(Control {
             reader: BufReader::new(File::from(fd)),
@@ -254,10 +257,7 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     nix::sys::prctl::set_no_new_privs().stage("no_new_privs")?;
     let filters = seccomp::build().stage("build seccomp filter")?;
     let listener = seccomp::install(&filters).stage("install seccomp filter")?;
-    let mut notifier = Notifier {
-        listener,
-        reported: 0,
-    };
+    let mut notifier = Notifier { listener };
 
     // SIGCHLD is read from a signalfd so that a step's exit, its timeout, an intercepted
     // system call and the agent closing the socket are all waited for in one poll.
@@ -331,15 +331,10 @@ fn hung_up(fd: &PollFd<'_>) -> bool {
         .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }
 
-/// At most this many intercepted calls are reported per job; past it they are still
-/// refused but only counted, so a job cannot flood the agent through this channel.
-const MAX_REPORTED_DENIALS: u64 = 10_000;
-
 /// The supervisor of the seccomp filter: answers every intercepted call with `EPERM`
 /// and reports it to the agent.
 struct Notifier {
     listener: OwnedFd,
-    reported: u64,
 }
 
 impl Notifier {
@@ -354,14 +349,14 @@ impl Notifier {
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
         let _ = sys::deny_notification(self.listener.as_fd(), notification.id, libc::EPERM);
-        self.reported += 1;
-        if self.reported <= MAX_REPORTED_DENIALS {
-            let _ = control.send(&FromInit::Denied {
-                pid: notification.pid,
-                comm,
-                call: seccomp::describe(notification.nr, &notification.args),
-            });
-        }
+        // Every refusal is reported: the agent's audit budget (limits.audit_log) is what
+        // bounds a job that keeps trying, by stopping it. A write to the agent that blocks
+        // holds the next answer back, and with it the job's next intercepted call.
+        let _ = control.send(&FromInit::Denied {
+            pid: notification.pid,
+            comm,
+            call: seccomp::describe(notification.nr, &notification.args),
+        });
     }
 }
 
@@ -558,6 +553,13 @@ fn exec_step(step: &StepRequest) -> ! {
     let _ = SigSet::empty().thread_set_mask();
     if let Ok(null) = File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(null);
+    }
+    // The step gets stdin (/dev/null), stdout and stderr (the output pipe) and nothing
+    // else of init's: not the control socket, not the seccomp listener, not the
+    // oom_score_adj handle. Closing them here does not depend on each being close-on-exec.
+    if let Err(e) = sys::close_from(3) {
+        eprintln!("runner: cannot close init's descriptors: {e}");
+        std::process::exit(1);
     }
     if let Err(e) = nix::unistd::chdir(&step.cwd) {
         eprintln!(
