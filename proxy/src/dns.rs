@@ -200,7 +200,8 @@ pub fn filter_answer(
             _ => continue,
         };
         if let Some(ip) = ip {
-            if special.contains(ip) && !policy.lists_address(ip) {
+            // The cheap rule lookup first: `contains` may ask the kernel (a bind).
+            if !policy.lists_address(ip) && special.contains(ip) {
                 removed.get_or_insert(ip);
                 continue;
             }
@@ -303,25 +304,21 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
         shared.record_unknown_client(Kind::Dns, peer);
         return;
     };
+    let deny = |reason: &str| {
+        shared.record(
+            Some(&client),
+            &Subject::new(Kind::Dns),
+            &Decision::deny(reason),
+        );
+    };
     let max = shared.limits.max_dns_tcp_per_client;
     let Some(_slot) = client.try_acquire_kind(SlotKind::Dns, max) else {
         // Recorded like the proxy listeners' cap: queries on this connection are never
         // read, so this event is all the log will hold of them.
-        shared.record(
-            Some(&client),
-            &Subject::new(Kind::Dns),
-            &Decision::deny("too many DNS connections from this client"),
-        );
-        return;
+        return deny("too many DNS connections from this client");
     };
     let idle = shared.limits.header_timeout;
-    let incomplete = || {
-        shared.record(
-            Some(&client),
-            &Subject::new(Kind::Dns),
-            &Decision::deny("incomplete DNS message over TCP"),
-        );
-    };
+    let incomplete = || deny("incomplete DNS message over TCP");
     loop {
         // A connection that ends or idles between messages ends quietly; one that stops
         // inside a message (holding a slot with a partial query) is recorded.

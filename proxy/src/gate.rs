@@ -28,13 +28,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::audit::{Kind, Source, Verdict};
 use crate::clients::ClientEntry;
 use crate::http::{Mode, Tunneled};
-use crate::intercept::{Interception, Terminated};
+use crate::intercept::{replayed, Interception, Terminated};
 use crate::limits::Limits;
 use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
@@ -137,8 +137,10 @@ impl TunnelGate {
                 let Some((mut server, ip)) = self.dial(shared, client, start).await else {
                     return;
                 };
+                let total = shared.limits.total_timeout;
                 let outcome =
-                    replay_and_splice(&shared.limits, &mut stream, &mut server, &replay).await;
+                    replay_and_splice(&shared.limits, total, &mut stream, &mut server, &replay)
+                        .await;
                 self.record_end(shared, client, Some(ip), start, &outcome);
             }
             Next::ServerFirst => self.server_first(shared, client, stream, start).await,
@@ -304,8 +306,10 @@ impl TunnelGate {
                 self.serve_http(shared, client, stream, bytes).await;
             }
             Ok(Next::Replay(replay)) => {
+                // The server-first relay already used part of the tunnel's total time.
+                let total = limits.total_timeout.saturating_sub(start.elapsed());
                 let mut outcome =
-                    replay_and_splice(limits, &mut stream, &mut server, &replay).await;
+                    replay_and_splice(limits, total, &mut stream, &mut server, &replay).await;
                 outcome.down += relayed.down;
                 self.record_end(shared, client, Some(ip), start, &outcome);
             }
@@ -328,9 +332,11 @@ fn flight_limits(limits: &Limits) -> FlightLimits {
     }
 }
 
-/// Writes the checked first flight to the destination, then splices both ways.
+/// Writes the checked first flight to the destination, then splices both ways for at
+/// most `total`.
 async fn replay_and_splice(
     limits: &Limits,
+    total: Duration,
     stream: &mut TcpStream,
     server: &mut TcpStream,
     replay: &[u8],
@@ -342,7 +348,7 @@ async fn replay_and_splice(
             cut: Some("write to destination failed".to_owned()),
         };
     }
-    let mut outcome = splice(stream, server, limits.idle_timeout, limits.total_timeout).await;
+    let mut outcome = splice(stream, server, limits.idle_timeout, total).await;
     outcome.up += replay.len() as u64;
     outcome
 }
@@ -396,12 +402,6 @@ async fn relay_until_client_speaks(
         relayed.cut = Some(failed);
         return relayed;
     }
-}
-
-/// `stream` with `prefix` put back in front of what it will read.
-fn replayed(prefix: Vec<u8>, stream: TcpStream) -> impl AsyncRead + AsyncWrite + Unpin {
-    let (read, write) = stream.into_split();
-    tokio::io::join(std::io::Cursor::new(prefix).chain(read), write)
 }
 
 #[cfg(test)]

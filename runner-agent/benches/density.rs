@@ -224,24 +224,12 @@ impl Bench {
         config.max_concurrent = options.runners;
         let cli_dir = tmp.join("cli");
         std::fs::create_dir_all(&cli_dir)?;
-        let cli_job = cli_dir.join("idle.yaml");
-        let cli_config = cli_dir.join("host.yaml");
-        std::fs::write(
-            &cli_job,
+        let (cli_job, cli_config) = common::write_cli_files(
+            &cli_dir,
             // Ended by SIGTERM after the reading (the CLI then cancels the job).
             "name: density\nsteps:\n  - name: idle\n    run: \"echo up; sleep 600\"\n",
-        )
-        .context("write job file")?;
-        std::fs::write(
-            &cli_config,
-            format!(
-                "state_dir: {}\nrun_dir: {}\nrunner:\n  max_concurrent: {}\n",
-                cli_dir.join("state").display(),
-                cli_dir.join("run").display(),
-                options.runners
-            ),
-        )
-        .context("write host config")?;
+            &format!("runner:\n  max_concurrent: {}\n", options.runners),
+        )?;
         Ok(Bench {
             options,
             runtime: tokio::runtime::Runtime::new().context("tokio runtime")?,

@@ -196,22 +196,11 @@ mod ours {
         /// Writes the job file and a host config whose state_dir and run_dir are under
         /// `dir`.
         pub fn prepare(dir: &Path) -> Result<Cli> {
-            let job = dir.join("true.yaml");
-            let config = dir.join("host.yaml");
-            std::fs::write(
-                &job,
+            let (job, config) = crate::common::write_cli_files(
+                dir,
                 "name: bench\nsteps:\n  - name: true\n    run: \"true\"\n",
-            )
-            .context("write job file")?;
-            std::fs::write(
-                &config,
-                format!(
-                    "state_dir: {}\nrun_dir: {}\n",
-                    dir.join("state").display(),
-                    dir.join("run").display()
-                ),
-            )
-            .context("write host config")?;
+                "",
+            )?;
             Ok(Cli { job, config })
         }
 

@@ -233,11 +233,13 @@ impl LimitEvents {
     pub fn read(dirs: &[PathBuf]) -> LimitEvents {
         let mut events = LimitEvents::default();
         for dir in dirs {
-            events.oom_kills += counter(&dir.join("memory.events"), "oom_kill")
-                + counter(&dir.join("memory.oom_control"), "oom_kill");
-            events.memory_limit_hits += counter(&dir.join("memory.events"), "oom");
-            events.memory_events_v2 |= dir.join("memory.events").exists();
-            events.pids_max += counter(&dir.join("pids.events"), "max");
+            if let Ok(memory) = fs::read_to_string(dir.join("memory.events")) {
+                events.memory_events_v2 = true;
+                events.oom_kills += counter(&memory, "oom_kill");
+                events.memory_limit_hits += counter(&memory, "oom");
+            }
+            events.oom_kills += counter_in(&dir.join("memory.oom_control"), "oom_kill");
+            events.pids_max += counter_in(&dir.join("pids.events"), "max");
         }
         events
     }
@@ -287,14 +289,16 @@ impl LimitEvents {
 
 /// The value of `key` in a flat keyed file (`key value` lines); 0 when the file or the
 /// key is missing.
-fn counter(path: &Path, key: &str) -> u64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let (k, v) = line.split_once(' ')?;
-                (k == key).then(|| v.trim().parse().ok()).flatten()
-            })
+fn counter_in(path: &Path, key: &str) -> u64 {
+    fs::read_to_string(path).map_or(0, |text| counter(&text, key))
+}
+
+/// The value of `key` in the text of a flat keyed file; 0 when the key is missing.
+fn counter(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
         })
         .unwrap_or(0)
 }

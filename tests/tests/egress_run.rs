@@ -18,6 +18,18 @@ fn egress_config() -> String {
     )
 }
 
+/// The deny events of system calls the sandbox's seccomp filter refused whose reason
+/// starts with `seccomp: {call}` (a call as `describe` names it, or a prefix of one).
+fn seccomp_denials<'a>(
+    events: &'a [serde_json::Value],
+    call: &str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    let prefix = format!("seccomp: {call}");
+    events.iter().filter(move |e| {
+        e["verdict"] == "deny" && e["reason"].as_str().is_some_and(|r| r.starts_with(&prefix))
+    })
+}
+
 /// Lets packets in flight reach the recorders before they are read.
 fn settle() {
     std::thread::sleep(Duration::from_millis(300));
@@ -317,13 +329,8 @@ fn socket_level_attacks_get_nowhere_and_are_audited() {
         "socket(AF_INET, SOCK_RAW)",
         "socket(AF_PACKET, SOCK_RAW)",
     ] {
-        let found = events.iter().any(|e| {
-            e["verdict"] == "deny"
-                && e["comm"] == "python3"
-                && e["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains(&format!("seccomp: {call} refused")))
-        });
+        let found =
+            seccomp_denials(&events, &format!("{call} refused")).any(|e| e["comm"] == "python3");
         assert!(found, "no deny event for {call}: {events:#?}");
     }
     // A connection that is not HTTP is recorded with where it was headed.
@@ -494,14 +501,12 @@ steps:
     assert!(stdout.contains("NETLINK-OK"), "{}", describe(&output));
     assert!(stdout.contains("GETENT-OK"), "{}", describe(&output));
     let refused = |call: &str| {
-        events
-            .iter()
+        seccomp_denials(&events, call)
             .filter(|e| {
-                e["verdict"] == "deny"
-                    && e["comm"] == "python3"
-                    && e["reason"].as_str().is_some_and(|r| {
-                        r.starts_with(&format!("seccomp: {call}")) && r.contains(") refused")
-                    })
+                e["comm"] == "python3"
+                    && e["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains(") refused"))
             })
             .count()
     };
@@ -572,17 +577,7 @@ steps:
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert!(stdout.contains("VSOCK-REFUSED"), "{}", describe(&output));
-    let refused = |call: &str| {
-        events
-            .iter()
-            .filter(|e| {
-                e["verdict"] == "deny"
-                    && e["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.starts_with(&format!("seccomp: {call}")))
-            })
-            .count()
-    };
+    let refused = |call: &str| seccomp_denials(&events, call).count();
     assert_eq!(refused("bpf()"), 10050);
     assert_eq!(
         refused("socket(AF_VSOCK)"),
@@ -749,13 +744,8 @@ steps:
         "finit_module()",
         "kexec_load()",
     ] {
-        let found = events.iter().any(|e| {
-            e["verdict"] == "deny"
-                && e["comm"].is_string()
-                && e["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with(&format!("seccomp: {call} refused")))
-        });
+        let found =
+            seccomp_denials(&events, &format!("{call} refused")).any(|e| e["comm"].is_string());
         assert!(found, "no deny event for {call}: {events:#?}");
     }
     world.assert_job_left_nothing(&output);

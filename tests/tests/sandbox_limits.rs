@@ -30,8 +30,7 @@ fn assert_failed_cleanly(
     );
     assert!(!stdout.contains("SHOULD-NOT-RUN\n"), "{}", describe(output));
     assert!(host_can_fork());
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    world.assert_left_nothing(&[id]);
+    world.assert_job_left_nothing(output);
     stdout
 }
 

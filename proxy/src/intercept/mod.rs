@@ -37,6 +37,7 @@
 mod ca;
 pub(crate) mod scrub;
 mod serve;
+pub(crate) use serve::replayed;
 #[cfg(test)]
 mod tests;
 

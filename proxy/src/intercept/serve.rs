@@ -81,7 +81,7 @@ pub(crate) async fn terminate(
 }
 
 /// `stream` with `prefix` put back in front of what it will read.
-fn replayed(prefix: Vec<u8>, stream: TcpStream) -> impl AsyncRead + AsyncWrite + Unpin {
+pub(crate) fn replayed(prefix: Vec<u8>, stream: TcpStream) -> impl AsyncRead + AsyncWrite + Unpin {
     let (read, write) = stream.into_split();
     tokio::io::join(std::io::Cursor::new(prefix).chain(read), write)
 }

@@ -183,3 +183,22 @@ pub fn run_privileged(
         }
     }
 }
+
+/// Writes `dir/job.yaml` (`job`) and `dir/host.yaml`: a host config whose state_dir and
+/// run_dir are under `dir`, followed by `host_extra` (more YAML, possibly empty). Returns
+/// the two paths, for `runner-agent run JOB --config HOST`.
+pub fn write_cli_files(dir: &Path, job: &str, host_extra: &str) -> Result<(PathBuf, PathBuf)> {
+    use anyhow::Context;
+    let (job_path, config_path) = (dir.join("job.yaml"), dir.join("host.yaml"));
+    std::fs::write(&job_path, job).context("write job file")?;
+    std::fs::write(
+        &config_path,
+        format!(
+            "state_dir: {}\nrun_dir: {}\n{host_extra}",
+            dir.join("state").display(),
+            dir.join("run").display()
+        ),
+    )
+    .context("write host config")?;
+    Ok((job_path, config_path))
+}

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use egress_proxy::audit::{AuditEvent, Verdict};
@@ -58,13 +58,14 @@ pub struct AuditLog {
     file: Mutex<File>,
     masker: Masker,
     tally: Mutex<BTreeMap<String, Tally>>,
-    /// Bytes of events this job has caused (written or not).
+    /// Bytes of events this job has caused, counted until they pass the budget and its
+    /// overrun (past that, events are only counted in `unwritten`).
     caused: AtomicU64,
     /// Bytes after which the job is stopped.
     budget: u64,
     /// Events counted but not written (past budget + [`OVERRUN`]).
     unwritten: AtomicU64,
-    reached: AtomicBool,
+    /// Woken when `caused` crosses `budget`.
     reached_notify: tokio::sync::Notify,
 }
 
@@ -88,7 +89,6 @@ impl AuditLog {
             caused: AtomicU64::new(0),
             budget,
             unwritten: AtomicU64::new(0),
-            reached: AtomicBool::new(false),
             reached_notify: tokio::sync::Notify::new(),
         })
     }
@@ -96,11 +96,17 @@ impl AuditLog {
     /// Writes one event (within the budget and its overrun; see the module docs) and
     /// counts it under its destination.
     pub fn record(&self, event: &AuditEvent) {
+        let write_limit = self.budget.saturating_add(OVERRUN);
+        if self.caused.load(Ordering::SeqCst) >= write_limit {
+            // Past the overrun every event is only counted: no need to build its line.
+            self.unwritten.fetch_add(1, Ordering::SeqCst);
+            return self.count(&destination(event), event.verdict);
+        }
         let mut line = self.masker.mask_str(&event.to_json());
         line.push('\n');
         let len = line.len() as u64;
         let before = self.caused.fetch_add(len, Ordering::SeqCst);
-        if before + len <= self.budget.saturating_add(OVERRUN) {
+        if before + len <= write_limit {
             if let Err(err) = self
                 .file
                 .lock()
@@ -112,7 +118,8 @@ impl AuditLog {
         } else {
             self.unwritten.fetch_add(1, Ordering::SeqCst);
         }
-        if before + len >= self.budget && !self.reached.swap(true, Ordering::SeqCst) {
+        // `fetch_add` lets exactly one event cross the budget: it wakes the waiters.
+        if before < self.budget && before + len >= self.budget {
             self.reached_notify.notify_waiters();
         }
         self.count(&destination(event), event.verdict);
@@ -141,16 +148,21 @@ impl AuditLog {
             // Created before the check: a Notified future receives notify_waiters() calls
             // made after its creation even before it is first polled (tokio docs).
             let notified = self.reached_notify.notified();
-            if self.reached.load(Ordering::SeqCst) {
+            if self.reached() {
                 return;
             }
             notified.await;
         }
     }
 
+    /// Whether the job's events have reached the budget.
+    fn reached(&self) -> bool {
+        self.caused.load(Ordering::SeqCst) >= self.budget
+    }
+
     /// Why the job is stopped, once the budget has been reached.
     pub fn budget_report(&self) -> Option<String> {
-        self.reached.load(Ordering::SeqCst).then(|| {
+        self.reached().then(|| {
             format!(
                 "its audit events reached limits.audit_log ({})",
                 crate::config::format_size(self.budget)
