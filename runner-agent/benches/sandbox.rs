@@ -16,7 +16,9 @@
 //!   figure a user sees (adds process start, config parsing and the audit log);
 //! - `bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev true`;
 //! - `crun run` on a bundle made at start (see [`crun`]), one container id per
-//!   iteration.
+//!   iteration;
+//! - the kernel floor (see [`floor`]): only the cgroup, namespaces and veth a runner
+//!   must have, around `exec true`, with none of the sandbox's own work.
 //!
 //! Every task runs once per round, in a random order per round, so that drift in the
 //! machine's load and the kernel's deferred clean-up after one task (network namespaces
@@ -529,6 +531,118 @@ mod fence {
     }
 }
 
+mod floor {
+    //! The kernel floor: only the per-runner kernel objects the sandbox must have that
+    //! bwrap does not make, around `exec true`, with none of the sandbox's own work.
+    //!
+    //! A cgroup made as the sandbox makes it (v2 directory with limits, and the v1
+    //! directories on a hybrid host), a child cloned into it with new mount, pid, net,
+    //! uts, ipc and cgroup namespaces, a veth pair to that network namespace configured
+    //! by the agent's own `network::setup`, then a user namespace and `execve("true")`;
+    //! afterwards the veth removed by `network::remove` and the cgroup directories
+    //! removed. No overlay root, no /proc or /dev, no uid map, no seccomp, no eBPF fence,
+    //! no step protocol and no leftover check. Whatever the sandbox does beyond this
+    //! floor is its own cost; the floor is what any design would pay here for a runner
+    //! with its own cgroup and veth.
+    //!
+    //! The child waits on a pipe until the veth is in place (its network namespace must
+    //! still exist when the veth moves in), as init waits for the agent's NetworkReady.
+
+    use std::ffi::CString;
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context, Result};
+    use runner_agent::cgroup::CgroupLayout;
+    use runner_agent::network::{self, RunnerAddresses};
+    use runner_agent::sandbox::SandboxConfig;
+    use runner_agent::sys::spawn::{clone_with_pidfd, Cloned, CLONE_INTO_CGROUP};
+
+    /// The pool slot the floor's veth uses: far from the sandbox's slot 0, so that a
+    /// veth still being freed by one task never shares an address with the next.
+    const SLOT: u32 = 40;
+
+    /// The child's side: wait for the agent, join the v1 cgroups, make the user
+    /// namespace, exec `true`. Raw, async-signal-safe system calls only, on data
+    /// prepared before the clone (see `runner_agent::sys::spawn`).
+    fn child(go: RawFd, v1_tasks: &[RawFd], program: &CString, argv: &[*const libc::c_char]) -> ! {
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        // SAFETY: read, write, unshare, execve and _exit are async-signal-safe and are
+        // given descriptor numbers and pointers into buffers that live across the calls.
+        unsafe {
+            let mut byte = 0u8;
+            if libc::read(go, (&mut byte as *mut u8).cast(), 1) != 1 {
+                libc::_exit(125);
+            }
+            for &tasks in v1_tasks {
+                if libc::write(tasks, b"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(124);
+                }
+            }
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(126);
+            }
+            libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    }
+
+    /// One floor lifecycle; fails unless `true` exited 0 and everything was removed.
+    pub async fn lifecycle(config: &SandboxConfig, name: &str) -> Result<Duration> {
+        let program = CString::new("/usr/bin/true")?;
+        let argv: [*const libc::c_char; 2] = [program.as_ptr(), std::ptr::null()];
+        let host_if = "rafloor0";
+        let addrs = RunnerAddresses::for_slot(config.runner_pool, SLOT)?;
+
+        let started = Instant::now();
+        let layout = CgroupLayout::detect(&config.cgroup_root)?;
+        let cgroup = layout.create(name, &config.limits)?;
+        let result = async {
+            let v2 = std::fs::File::open(&cgroup.v2_dir).context("open the v2 cgroup")?;
+            let v1: Vec<std::fs::File> = cgroup
+                .v1_task_files()
+                .iter()
+                .map(|p| std::fs::OpenOptions::new().write(true).open(p))
+                .collect::<Result<_, _>>()
+                .context("open the v1 tasks files")?;
+            let v1_fds: Vec<RawFd> = v1.iter().map(|f| f.as_raw_fd()).collect();
+            let (go_read, go_write) = std::io::pipe()?;
+            let flags = CLONE_INTO_CGROUP
+                | (libc::CLONE_NEWNS
+                    | libc::CLONE_NEWPID
+                    | libc::CLONE_NEWNET
+                    | libc::CLONE_NEWUTS
+                    | libc::CLONE_NEWIPC
+                    | libc::CLONE_NEWCGROUP) as u64;
+            // SAFETY: the child side only calls `child`, which makes async-signal-safe
+            // system calls and never returns.
+            let cloned = unsafe { clone_with_pidfd(flags, Some(v2.as_fd())) }.context("clone3")?;
+            let child_process = match cloned {
+                Cloned::Child => child(go_read.as_raw_fd(), &v1_fds, &program, &argv),
+                Cloned::Parent(c) => c,
+            };
+            drop(go_read);
+            let veth = network::setup(host_if, addrs, child_process.pid()).await;
+            // Released even when the veth failed, so that the child ends either way.
+            std::io::Write::write_all(&mut &go_write, b"g")?;
+            drop(go_write);
+            let status = child_process.reap().await;
+            veth.context("veth")?;
+            network::remove(host_if).await.context("veth removal")?;
+            Ok::<_, anyhow::Error>(status)
+        }
+        .await;
+        let removed = cgroup.remove();
+        let elapsed = started.elapsed();
+        let status = result?;
+        removed.context("cgroup removal")?;
+        match status {
+            Some(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(elapsed),
+            other => bail!("`true` in the floor's namespaces did not exit 0: {other:?}"),
+        }
+    }
+}
+
 mod bwrap {
     //! The bubblewrap contender: `bwrap --unshare-all --ro-bind / / --proc /proc --dev /dev
     //! true`. --unshare-all gives it new user, ipc, pid, net, uts and cgroup namespaces
@@ -982,6 +1096,8 @@ enum Task {
     CgroupJoin,
     /// The eBPF fence alone.
     Fence,
+    /// The kernel floor.
+    Floor,
 }
 
 /// Every sample taken.
@@ -1000,6 +1116,7 @@ struct Samples {
     join_v1: Vec<Duration>,
     fence_attach: Vec<Duration>,
     fence_removal: Vec<Duration>,
+    floor: Vec<Duration>,
 }
 
 /// What the tasks run against.
@@ -1042,6 +1159,9 @@ impl Bench {
                 s.join_v2.push(v2);
                 s.join_v1.push(v1);
             }
+            Task::Floor => s
+                .floor
+                .push(self.runtime.block_on(floor::lifecycle(&self.config, id))?),
             Task::Fence => {
                 let (attach, removal) = fence::alone(&self.config, id)?;
                 s.fence_attach.push(attach);
@@ -1072,6 +1192,7 @@ fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
         row("bwrap --unshare-all", &s.bwrap),
         row(&crun_name, &s.crun),
         row("runner-agent run (CLI, one-step job)", &s.cli),
+        row("kernel floor (cgroup, namespaces, veth)", &s.floor),
     ];
     println!(
         "\nsandbox create -> exec `true` -> destroy: {} rounds after {} warm-up, \
@@ -1153,6 +1274,7 @@ fn bench(options: options::Options, tmp: &Path) -> Result<()> {
         Task::InitExec,
         Task::CgroupJoin,
         Task::Fence,
+        Task::Floor,
     ];
     if installed("bwrap") {
         tasks.push(Task::Bwrap);

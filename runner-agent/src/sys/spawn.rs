@@ -36,7 +36,7 @@ const CLONE_PIDFD: u64 = 0x0000_1000;
 /// `CLONE_NEWNET` from `<linux/sched.h>`.
 const CLONE_NEWNET: u64 = 0x4000_0000;
 /// `CLONE_INTO_CGROUP` from `<linux/sched.h>` (Linux 5.7): start in `cgroup`.
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// `struct clone_args` from `<linux/sched.h>`, version 2 (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
 #[repr(C)]
@@ -136,13 +136,14 @@ impl Child {
         }
     }
 
-    /// Waits until the child has exited and reaps it.
-    pub async fn reap(&self) {
-        if let Ok(Some(_)) = self.try_reap() {
-            return;
+    /// Waits until the child has exited and reaps it. Returns its exit status, or `None`
+    /// when it had already been reaped or could not be waited for.
+    pub async fn reap(&self) -> Option<WaitStatus> {
+        if let Ok(Some(status)) = self.try_reap() {
+            return Some(status);
         }
         let Ok(pidfd) = self.pidfd.try_clone() else {
-            return;
+            return None;
         };
         // SAFETY: the OwnedFd owns its descriptor for its whole life and as_raw_fd()
         // always returns it; the AsyncFd takes ownership of the OwnedFd, so the
@@ -154,7 +155,7 @@ impl Child {
         if let Ok(exited) = registered {
             let _ = exited.readable().await;
         }
-        let _ = self.try_reap();
+        self.try_reap().ok().flatten()
     }
 
     /// Waits until the child exits and reaps it.
@@ -169,7 +170,7 @@ impl Child {
 }
 
 /// Which side of [`clone_with_pidfd`] the caller is on.
-pub(crate) enum Cloned {
+pub enum Cloned {
     /// In the parent, with the child.
     Parent(Child),
     /// In the child: a copy of the caller's address space with only the calling thread,
@@ -188,7 +189,7 @@ pub(crate) enum Cloned {
 /// whose other threads are gone, possibly holding locks: it may only make
 /// async-signal-safe calls (`signal-safety(7)`; no allocation, no lock, no panic) until
 /// it execs or exits.
-pub(crate) unsafe fn clone_with_pidfd(
+pub unsafe fn clone_with_pidfd(
     flags: u64,
     cgroup: Option<BorrowedFd<'_>>,
 ) -> Result<Cloned, Errno> {
