@@ -355,7 +355,7 @@ impl Notifier {
         let _ = control.send(&FromInit::Denied {
             pid: notification.pid,
             comm,
-            call: seccomp::describe(notification.nr, &notification.args),
+            call: seccomp::describe(notification.arch, notification.nr, &notification.args),
         });
     }
 }

@@ -27,12 +27,21 @@
 //! netlink protocol but route, sock_diag and generic ([`ALLOWED_NETLINK_PROTOCOLS`]). `clone3` fails with `ENOSYS` because
 //! its flags live in memory a filter cannot read, and C libraries fall back to `clone` on
 //! `ENOSYS`. If init is gone, intercepted calls fail with `ENOSYS`: never run.
+//!
+//! The rules are written in the native ABI's numbers, so every call made through another
+//! ABI is intercepted whole, before them ([`foreign_abi_prefix`]): 32-bit calls (`int
+//! 0x80` on x86_64, AArch32 on arm64), whose numbers mean other calls, and on x86_64 the
+//! x32 ABI, whose numbers are the native ones plus `__X32_SYSCALL_BIT` and which kernels
+//! built with x32 support accept under the native architecture tag (seccompiler's rules
+//! would match none of them, so `bpf`, `mount` or `socket(AF_VSOCK)` would pass).
+//! Before, seccompiler's architecture check killed a 32-bit caller outright, which left
+//! no audit record; x32 calls were not checked at all.
 
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// The filter could not be built or installed.
@@ -269,9 +278,73 @@ pub fn build() -> Result<Filters, SeccompError> {
         arch,
     )?;
     Ok(Filters {
-        notify: to_user_notif(deny.try_into()?),
-        clone3: clone3.try_into()?,
+        notify: prefixed(
+            foreign_abi_prefix(libc::SECCOMP_RET_USER_NOTIF),
+            to_user_notif(deny.try_into()?),
+        ),
+        clone3: prefixed(
+            foreign_abi_prefix(libc::SECCOMP_RET_ALLOW),
+            clone3.try_into()?,
+        ),
     })
+}
+
+/// `offsetof(struct seccomp_data, nr)`.
+const DATA_NR: u32 = 0;
+/// `offsetof(struct seccomp_data, arch)`.
+const DATA_ARCH: u32 = 4;
+/// `__AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE | EM_X86_64` from `<linux/audit.h>`.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_NATIVE: u32 = 0xc000_003e;
+/// `__AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE | EM_AARCH64`.
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH_NATIVE: u32 = 0xc000_00b7;
+/// The 32-bit ABI this architecture also runs: `__AUDIT_ARCH_LE | EM_386` (`int 0x80`).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_COMPAT: u32 = 0x4000_0003;
+/// `__AUDIT_ARCH_LE | EM_ARM` (AArch32 processes on arm64).
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH_COMPAT: u32 = 0x4000_0028;
+/// `__X32_SYSCALL_BIT` from `<asm/unistd.h>`: set in the number of every x32 call.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// `BPF_LD | BPF_W | BPF_ABS`: load a word of `seccomp_data`.
+const BPF_LD_W_ABS: u16 = 0x20;
+/// `BPF_JMP | BPF_JEQ | BPF_K`.
+const BPF_JEQ_K: u16 = 0x15;
+/// `BPF_JMP | BPF_JGE | BPF_K` (unsigned).
+const BPF_JGE_K: u16 = 0x35;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// Instructions to put in front of a filter built from native rules: a call made through
+/// the 32-bit ABI, or on x86_64 through x32, returns `foreign` at once; every other call
+/// goes on to the filter, which still checks the architecture itself. The notifying
+/// filter uses `SECCOMP_RET_USER_NOTIF` (refused and reported); the other filters
+/// `SECCOMP_RET_ALLOW`, so that their own architecture check (kill) cannot override that
+/// report (the kernel applies the strictest answer of all the filters).
+fn foreign_abi_prefix(foreign: u32) -> Vec<sock_filter> {
+    vec![
+        insn(BPF_LD_W_ABS, 0, 0, DATA_ARCH),
+        // 32-bit ABI: answer. Otherwise skip the return.
+        insn(BPF_JEQ_K, 0, 1, AUDIT_ARCH_COMPAT),
+        insn(BPF_RET_K, 0, 0, foreign),
+        // Not the native architecture either: on to the filter (which kills it).
+        insn(BPF_JEQ_K, 0, 3, AUDIT_ARCH_NATIVE),
+        insn(BPF_LD_W_ABS, 0, 0, DATA_NR),
+        // x32 numbers (and any other number with that bit, none of them a native call).
+        // On arm64 no native number reaches the bit either.
+        insn(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(BPF_RET_K, 0, 0, foreign),
+    ]
+}
+
+/// `prefix` followed by `program`. Classic BPF jumps are relative and forward only, so
+/// the program's own jumps are unchanged.
+fn prefixed(prefix: Vec<sock_filter>, program: BpfProgram) -> BpfProgram {
+    prefix.into_iter().chain(program).collect()
 }
 
 /// Rewrites every `ret NOTIFY_STAND_IN` into `ret SECCOMP_RET_USER_NOTIF`.
@@ -294,9 +367,31 @@ pub fn install(filters: &Filters) -> Result<std::os::fd::OwnedFd, SeccompError> 
 }
 
 /// What an intercepted call was, for the audit log: `bpf()`, `socket(AF_PACKET)`,
-/// `clone(CLONE_NEWUSER)`...
-pub fn describe(nr: i64, args: &[u64; 6]) -> String {
-    let name = syscall_name(nr);
+/// `clone(CLONE_NEWUSER)`, `x32 socket(AF_VSOCK)`, `32-bit system call 102`... `arch` is
+/// the `AUDIT_ARCH_*` value the kernel gave with the call.
+pub fn describe(arch: u32, nr: i64, args: &[u64; 6]) -> String {
+    if arch == AUDIT_ARCH_COMPAT {
+        // Another numbering altogether; the number is what the record can give.
+        return format!("32-bit system call {nr}");
+    }
+    if arch != AUDIT_ARCH_NATIVE {
+        return format!("system call {nr} of architecture {arch:#x}");
+    }
+    if nr >= 0 && nr as u64 & u64::from(X32_SYSCALL_BIT) != 0 {
+        return format!(
+            "x32 {}",
+            describe_native(nr & !i64::from(X32_SYSCALL_BIT), args)
+        );
+    }
+    describe_native(nr, args)
+}
+
+/// [`describe`] for a call of the native ABI.
+fn describe_native(nr: i64, args: &[u64; 6]) -> String {
+    let Some(name) = syscall_name(nr) else {
+        // Not one the rules name: only a call through another ABI gets here.
+        return format!("system call {nr}");
+    };
     if nr == libc::SYS_socket {
         const FAMILIES: &[(i32, &str)] = &[
             (libc::AF_UNIX, "AF_UNIX"),
@@ -348,7 +443,7 @@ pub fn describe(nr: i64, args: &[u64; 6]) -> String {
     format!("{name}()")
 }
 
-fn syscall_name(nr: i64) -> &'static str {
+fn syscall_name(nr: i64) -> Option<&'static str> {
     const NAMES: &[(libc::c_long, &str)] = &[
         (libc::SYS_bpf, "bpf"),
         (libc::SYS_perf_event_open, "perf_event_open"),
@@ -396,11 +491,7 @@ fn syscall_name(nr: i64) -> &'static str {
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_ioperm, "ioperm"),
     ];
-    NAMES
-        .iter()
-        .find(|(n, _)| *n == nr)
-        .map(|(_, name)| *name)
-        .unwrap_or("syscall")
+    NAMES.iter().find(|(n, _)| *n == nr).map(|(_, name)| *name)
 }
 
 #[cfg(test)]
@@ -428,27 +519,77 @@ mod tests {
         args[0] = libc::AF_PACKET as u64;
         args[1] = libc::SOCK_RAW as u64;
         assert_eq!(
-            describe(libc::SYS_socket, &args),
+            describe(AUDIT_ARCH_NATIVE, libc::SYS_socket, &args),
             "socket(AF_PACKET, SOCK_RAW)"
         );
         args[0] = (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64;
         assert_eq!(
-            describe(libc::SYS_unshare, &args),
+            describe(AUDIT_ARCH_NATIVE, libc::SYS_unshare, &args),
             "unshare(CLONE_NEWUSER|CLONE_NEWNET)"
         );
-        assert_eq!(describe(libc::SYS_bpf, &args), "bpf()");
+        assert_eq!(describe(AUDIT_ARCH_NATIVE, libc::SYS_bpf, &args), "bpf()");
         // Families are named by the int's low half, as the kernel reads it.
         args[0] = (1u64 << 32) | libc::AF_VSOCK as u64;
         args[1] = libc::SOCK_STREAM as u64;
-        assert_eq!(describe(libc::SYS_socket, &args), "socket(AF_VSOCK)");
+        assert_eq!(
+            describe(AUDIT_ARCH_NATIVE, libc::SYS_socket, &args),
+            "socket(AF_VSOCK)"
+        );
         args[0] = 99;
-        assert_eq!(describe(libc::SYS_socket, &args), "socket(family 99)");
+        assert_eq!(
+            describe(AUDIT_ARCH_NATIVE, libc::SYS_socket, &args),
+            "socket(family 99)"
+        );
         args[0] = libc::AF_NETLINK as u64;
         args[1] = libc::SOCK_RAW as u64;
         args[2] = libc::NETLINK_KOBJECT_UEVENT as u64;
         assert_eq!(
-            describe(libc::SYS_socket, &args),
+            describe(AUDIT_ARCH_NATIVE, libc::SYS_socket, &args),
             "socket(AF_NETLINK, SOCK_RAW, protocol 15)"
+        );
+    }
+
+    #[test]
+    fn calls_through_other_abis_are_described_as_such() {
+        let mut args = [0u64; 6];
+        args[0] = libc::AF_VSOCK as u64;
+        let x32 = i64::from(X32_SYSCALL_BIT);
+        assert_eq!(
+            describe(AUDIT_ARCH_NATIVE, x32 | libc::SYS_socket, &args),
+            "x32 socket(AF_VSOCK)"
+        );
+        assert_eq!(
+            describe(AUDIT_ARCH_NATIVE, x32 | 7, &args),
+            "x32 system call 7"
+        );
+        assert_eq!(
+            describe(AUDIT_ARCH_COMPAT, 359, &args),
+            "32-bit system call 359"
+        );
+        assert_eq!(
+            describe(0x1234, 1, &args),
+            "system call 1 of architecture 0x1234"
+        );
+    }
+
+    #[test]
+    fn the_foreign_abi_prefix_keeps_the_filters_jumps_in_range() {
+        // Every jump of the prefix lands inside the prefix or on the filter's first
+        // instruction, and the prefix ends in a return, so nothing falls through wrongly.
+        let prefix = foreign_abi_prefix(libc::SECCOMP_RET_USER_NOTIF);
+        for (at, insn) in prefix.iter().enumerate() {
+            if insn.code & 0x07 == 0x05 {
+                for offset in [insn.jt, insn.jf] {
+                    assert!(at + 1 + offset as usize <= prefix.len(), "jump at {at}");
+                }
+            }
+        }
+        assert_eq!(prefix.last().map(|i| i.code), Some(BPF_RET_K));
+        let filters = build().unwrap();
+        assert_eq!(filters.notify[..prefix.len()], prefix[..]);
+        assert_eq!(
+            filters.clone3[..prefix.len()],
+            foreign_abi_prefix(libc::SECCOMP_RET_ALLOW)[..]
         );
     }
 

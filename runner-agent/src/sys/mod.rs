@@ -272,7 +272,9 @@ pub struct Notification {
     pub id: u64,
     /// The caller (in the supervisor's pid namespace).
     pub pid: u32,
-    /// System call number.
+    /// The `AUDIT_ARCH_*` value of the ABI the call was made through.
+    pub arch: u32,
+    /// System call number (in that ABI's numbering).
     pub nr: i64,
     /// Its arguments.
     pub args: [u64; 6],
@@ -297,6 +299,7 @@ pub fn receive_notification(listener: BorrowedFd<'_>) -> Result<Notification, Er
     Ok(Notification {
         id: notif.id,
         pid: notif.pid,
+        arch: notif.data.arch,
         nr: i64::from(notif.data.nr),
         args: notif.data.args,
     })
