@@ -459,7 +459,13 @@ impl Admitted<'_> {
             max_concurrent: host.runner.max_concurrent,
             limits: cgroup_limits(&resolved.limits),
             disk_bytes: resolved.limits.disk,
-            extra_masks: vec![host.state_dir.clone(), host.run_dir.clone()],
+            // The agent's own state, and this job's audit log wherever --audit-log put it
+            // (a shared log outside state_dir holds other jobs' events).
+            extra_masks: vec![
+                host.state_dir.clone(),
+                host.run_dir.clone(),
+                record.audit_log.clone(),
+            ],
             cgroup_root: PathBuf::from(CGROUP_ROOT),
             init_program: init_program.clone(),
             files,

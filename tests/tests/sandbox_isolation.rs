@@ -142,6 +142,128 @@ steps:
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Removes a host path (file or tree) when dropped.
+struct RemoveOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
+        }
+    }
+}
+
+/// The job's root may change the trees packages install into (the host's root appears as
+/// its own there), but reads the host's files only as the host's "other" users may. Host
+/// files that no mask names, readable by their owner alone: once any of them was readable
+/// inside (TLS keys, other services' state, another agent's secret store).
+#[test]
+fn a_job_reads_the_hosts_files_only_as_anyone_may_and_still_installs_packages() {
+    use std::os::unix::fs::PermissionsExt;
+    require_privilege!();
+    let world = World::new("", "");
+    let tag = format!("ra-private-{}", std::process::id());
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // In an idmapped tree (/var) and in the rest of the host (/srv), and in /etc.
+    let var = std::path::PathBuf::from(format!("/var/lib/{tag}"));
+    let srv = std::path::PathBuf::from(format!("/srv/{tag}"));
+    let etc_key = std::path::PathBuf::from(format!("/etc/{tag}.key"));
+    let _cleanup = RemoveOnDrop(vec![var.clone(), srv.clone(), etc_key.clone()]);
+    for dir in [&var, &srv] {
+        std::fs::create_dir_all(dir.join("closed")).unwrap();
+        std::fs::write(dir.join("closed/inside"), format!("SECRET-closed-{tag}")).unwrap();
+        chmod(&dir.join("closed"), 0o700);
+        std::fs::write(dir.join("key"), format!("SECRET-key-{tag}")).unwrap();
+        chmod(&dir.join("key"), 0o600);
+        std::fs::write(dir.join("group-key"), format!("SECRET-group-{tag}")).unwrap();
+        chmod(&dir.join("group-key"), 0o640);
+        std::fs::write(dir.join("public"), format!("PUBLIC-{tag}")).unwrap();
+        chmod(&dir.join("public"), 0o644);
+    }
+    std::fs::write(&etc_key, format!("SECRET-etc-{tag}")).unwrap();
+    chmod(&etc_key, 0o600);
+
+    let job = world.job(
+        "private.yaml",
+        &format!(
+            r#"name: private
+steps:
+  - name: read the host's private files
+    run: |
+      set +e
+      for dir in {var} {srv}; do
+        for f in key group-key closed/inside public; do cat "$dir/$f"; echo; done
+        ls -A "$dir/closed"
+        cp -a "$dir/key" /tmp/copied && cat /tmp/copied
+        chmod 644 "$dir/key" && cat "$dir/key"
+        grep -rs SECRET "$dir"
+      done
+      cat {etc_key}
+      grep -rs "SECRET-" /etc /var /srv 2>/dev/null | head -3
+      true
+  - name: install a package
+    run: |
+      mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/bin
+      printf 'Package: {tag}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.invalid>\nDescription: probe\n' > /tmp/pkg/DEBIAN/control
+      printf '#!/bin/sh\necho INSTALLED-{tag}\n' > /tmp/pkg/usr/bin/{tag}
+      chmod 755 /tmp/pkg/usr/bin/{tag}
+      dpkg-deb --build /tmp/pkg /tmp/pkg.deb >/dev/null
+      dpkg -i /tmp/pkg.deb >/dev/null
+      {tag}
+      echo "10.9.9.9 {tag}" >> /etc/hosts && grep -q {tag} /etc/hosts && echo ETC-WRITABLE
+  - name: the rest of the host is read-only
+    run: |
+      if touch {srv}/new 2>/dev/null; then echo "wrote into {srv}"; exit 1; fi
+      test "$(stat -c %U /usr/bin)" = root
+      test "$(stat -c %U {srv})" = nobody
+      echo REST-READ-ONLY
+"#,
+            var = var.display(),
+            srv = srv.display(),
+            etc_key = etc_key.display(),
+        ),
+    );
+    let output = world.run(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        !stdout.contains("SECRET-"),
+        "a private host file was read inside:\n{}",
+        describe(&output)
+    );
+    assert_eq!(
+        stdout.matches(&format!("PUBLIC-{tag}")).count(),
+        2,
+        "{}",
+        describe(&output)
+    );
+    for line in [
+        format!("INSTALLED-{tag}"),
+        "ETC-WRITABLE".to_owned(),
+        "REST-READ-ONLY".to_owned(),
+    ] {
+        assert!(stdout.contains(&line), "no {line}:\n{}", describe(&output));
+    }
+    // Nothing of it reached the host.
+    assert!(!std::path::Path::new(&format!("/usr/bin/{tag}")).exists());
+    assert!(!std::fs::read_to_string("/etc/hosts")
+        .unwrap()
+        .contains(&tag));
+    assert_eq!(
+        std::fs::metadata(var.join("key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
+    let left = world.leftovers(&[id]);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// A step holds its stdin, stdout and stderr and nothing else of init's. The control
 /// socket between the agent and init once leaked into every step as fd 3: a step could
 /// read the next step's script and environment (its secrets) and forge init's messages

@@ -25,6 +25,7 @@
 //! its last process.
 
 pub mod init;
+pub mod lower;
 pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;

@@ -6,12 +6,19 @@
 //!
 //! ```text
 //! scratch_dir (tmpfs, size = disk limit)
-//! ├── lower   host root, read-only, nosuid, nodev, idmapped (host 0 → sandbox 0)
+//! ├── lower   host root, read-only, nosuid, nodev, NOT idmapped (host files: nobody)
 //! ├── upper   the writable layer: masks, generated files, /workspace, the job's writes
 //! ├── work    overlayfs work dir
+//! ├── trees/N/{lower,upper,work}
+//! │           one per writable tree (/usr, /etc, /var, /opt...): that tree of the host,
+//! │           read-only and idmapped (host 0 → sandbox 0), with its own upper layer
 //! ├── shm     bound at /dev/shm (mode 1777)
-//! └── merged  overlay(lower, upper) + /proc, /sys, /dev → becomes "/" by pivot_root
+//! └── merged  overlay(lower, upper), each tree's overlay on top at its place,
+//!             + /proc, /sys, /dev → becomes "/" by pivot_root
 //! ```
+//!
+//! Why the host root is not idmapped as a whole, and how the private entries of the
+//! writable trees are found and hidden: [`super::lower`].
 //!
 //! Everything a job can write lives on that one tmpfs, so `limits.disk` bounds all of it
 //! together: the writable layer (which holds /tmp, /var/tmp, $HOME and /workspace) and
@@ -137,8 +144,52 @@ struct Scratch {
     lower: PathBuf,
     upper: PathBuf,
     work: PathBuf,
+    trees: PathBuf,
     shm: PathBuf,
     merged: PathBuf,
+}
+
+/// One overlay of the root filesystem: the main one (the whole host root, at "/") or one
+/// writable tree's (at the tree's path).
+struct Layer {
+    /// Where it appears inside, which is also the host path its lower layer shows.
+    host: PathBuf,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    /// Whether its lower layer is idmapped (host-owned files belong to the job's ids).
+    idmapped: bool,
+}
+
+impl Layer {
+    /// `inside` (absolute, under [`Layer::host`]) in this layer's upper directory.
+    fn upper_path(&self, inside: &Path) -> PathBuf {
+        under(
+            &self.upper,
+            inside.strip_prefix(&self.host).unwrap_or(inside),
+        )
+    }
+
+    /// The owner an upper entry needs to look like the host's `uid`/`gid` through this
+    /// layer: mapped where the lower layer is idmapped, unchanged (so unmapped, `nobody`
+    /// inside) where it is not.
+    fn owner(&self, ids: IdMap, uid: u32, gid: u32) -> (u32, u32) {
+        if self.idmapped {
+            (ids.host(uid), ids.host(gid))
+        } else {
+            (uid, gid)
+        }
+    }
+}
+
+/// The layer that shows `inside`: the deepest whose tree holds it, else the main one
+/// (which is first).
+fn layer_for<'a>(layers: &'a [Layer], inside: &Path) -> &'a Layer {
+    layers
+        .iter()
+        .filter(|l| inside.starts_with(&l.host))
+        .max_by_key(|l| l.host.components().count())
+        .unwrap_or(&layers[0])
 }
 
 /// The outcome of [`build`].
@@ -150,37 +201,85 @@ pub struct BuiltRoot {
 }
 
 /// Builds the root filesystem described by `spec` and returns where it is. `userns` is a
-/// user namespace carrying the sandbox's id mapping (used for the idmapped lower layer).
+/// user namespace carrying the sandbox's id mapping (used for the idmapped trees).
 pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, RootfsError> {
     let ids = IdMap {
         base: spec.id_base,
         count: spec.id_count,
     };
     let scratch = mount_scratch(spec)?;
-    let idmapped = attach_lower(&scratch.lower, userns)?;
-    prepare_upper(spec, &scratch.upper, ids)?;
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        scratch.lower.display(),
-        scratch.upper.display(),
-        scratch.work.display()
-    );
-    do_mount(
-        "overlay",
-        Some(Path::new("overlay")),
-        &scratch.merged,
-        Some("overlay"),
-        MsFlags::MS_NODEV,
-        Some(&options),
-    )?;
+    // The whole host root as its "other" users see it (see `super::lower`).
+    attach_lower(Path::new("/"), &scratch.lower, None)?;
+    let mut layers = vec![Layer {
+        host: PathBuf::from("/"),
+        lower: scratch.lower.clone(),
+        upper: scratch.upper.clone(),
+        work: scratch.work.clone(),
+        idmapped: false,
+    }];
+    for (index, tree) in super::lower::writable_trees(&spec.masked_paths)
+        .into_iter()
+        .enumerate()
+    {
+        let dir = scratch.trees.join(index.to_string());
+        let layer = Layer {
+            lower: dir.join("lower"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            idmapped: false,
+            host: tree,
+        };
+        for d in [&dir, &layer.lower, &layer.upper, &layer.work] {
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(d)
+                .map_err(io_err(d))?;
+        }
+        let idmapped = attach_lower(&layer.host, &layer.lower, Some(userns))?;
+        layers.push(Layer { idmapped, ..layer });
+    }
+    let masks = masks_for(spec, &layers)?;
+    prepare_upper(spec, &layers, &masks, ids)?;
+    for layer in &layers {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            layer.lower.display(),
+            layer.upper.display(),
+            layer.work.display()
+        );
+        do_mount(
+            "overlay",
+            Some(Path::new("overlay")),
+            &under(&scratch.merged, &layer.host),
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(&options),
+        )?;
+    }
     mount_pseudo_filesystems(&scratch.merged, ids, &scratch.shm)?;
     if !spec.secret_files.is_empty() {
         mount_secrets(&scratch.merged, spec, ids)?;
     }
     Ok(BuiltRoot {
         root: scratch.merged,
-        idmapped,
+        idmapped: layers.iter().any(|l| l.idmapped),
     })
+}
+
+/// The configured masks, plus the private entries of the scanned trees whose layer is
+/// idmapped (elsewhere the job is an "other" user of the host's files already).
+fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, RootfsError> {
+    let mut masks = spec.masked_paths.clone();
+    for tree in super::lower::SCANNED_TREES {
+        let tree = Path::new(tree);
+        if !layer_for(layers, tree).idmapped || !tree.is_dir() {
+            continue;
+        }
+        let private =
+            super::lower::private_entries(tree, &spec.masked_paths).map_err(io_err(tree))?;
+        masks.extend(private);
+    }
+    Ok(masks)
 }
 
 fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
@@ -204,6 +303,7 @@ fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
         lower: dir.join("lower"),
         upper: dir.join("upper"),
         work: dir.join("work"),
+        trees: dir.join("trees"),
         shm: dir.join("shm"),
         merged: dir.join("merged"),
     };
@@ -211,6 +311,7 @@ fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
         &scratch.lower,
         &scratch.upper,
         &scratch.work,
+        &scratch.trees,
         &scratch.shm,
         &scratch.merged,
     ] {
@@ -225,19 +326,25 @@ fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
     Ok(scratch)
 }
 
-/// Attaches a read-only clone of the host's root mount at `target`, idmapped when the
-/// filesystem supports it. Returns whether it is idmapped.
-fn attach_lower(target: &Path, userns: BorrowedFd<'_>) -> Result<bool, RootfsError> {
-    let clone = sys::open_tree_clone(Path::new("/")).map_err(|source| RootfsError::Lower {
+/// Attaches a read-only clone of the host's `tree` at `target`, idmapped through `userns`
+/// when given and the filesystem supports it. Returns whether it is idmapped.
+fn attach_lower(
+    tree: &Path,
+    target: &Path,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<bool, RootfsError> {
+    let clone = sys::open_tree_clone(tree).map_err(|source| RootfsError::Lower {
         op: "open_tree",
         source,
     })?;
-    let idmapped = match sys::idmap_read_only(clone.as_fd(), userns) {
-        Ok(()) => true,
-        Err(err) => {
-            // Filesystems without idmap support (for example a host whose root is itself
-            // an overlay) still work, but host-owned files appear as `nobody` inside.
-            tracing::warn!(error = %err, "host root cannot be idmapped; ownership inside will show nobody");
+    let idmapped = match userns.map(|userns| sys::idmap_read_only(clone.as_fd(), userns)) {
+        Some(Ok(())) => true,
+        other => {
+            if let Some(Err(err)) = other {
+                // Filesystems without idmap support (for example a host whose root is
+                // itself an overlay) still work, but the job cannot change the tree.
+                tracing::warn!(tree = %tree.display(), error = %err, "cannot be idmapped; the job will not be able to change it");
+            }
             sys::read_only(clone.as_fd()).map_err(|source| RootfsError::Lower {
                 op: "mount_setattr",
                 source,
@@ -261,17 +368,46 @@ fn under(base: &Path, inside: &Path) -> PathBuf {
     base.join(relative)
 }
 
-/// Fills the writable layer before the overlay is mounted (writing to an upper layer
+/// Fills the writable layers before the overlays are mounted (writing to an upper layer
 /// under a mounted overlay is undefined, see the kernel's overlayfs documentation).
-fn prepare_upper(spec: &SandboxSpec, upper: &Path, ids: IdMap) -> Result<(), RootfsError> {
+fn prepare_upper(
+    spec: &SandboxSpec,
+    layers: &[Layer],
+    masks: &[PathBuf],
+    ids: IdMap,
+) -> Result<(), RootfsError> {
     let root = ids.host(0);
-    chown(upper, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(upper))?;
-    for masked in &spec.masked_paths {
-        mask(upper, masked, ids)?;
+    // "/" belongs to the job's root, so that it can make directories at the top; a tree's
+    // top looks like the host's.
+    let main = &layers[0];
+    chown(
+        &main.upper,
+        Some(Uid::from_raw(root)),
+        Some(Gid::from_raw(root)),
+    )
+    .map_err(nix_io(&main.upper))?;
+    for layer in &layers[1..] {
+        let meta = fs::symlink_metadata(&layer.host).map_err(io_err(&layer.host))?;
+        let (uid, gid) = layer.owner(ids, meta.uid(), meta.gid());
+        fs::set_permissions(
+            &layer.upper,
+            fs::Permissions::from_mode(meta.mode() & 0o7777),
+        )
+        .map_err(io_err(&layer.upper))?;
+        chown(
+            &layer.upper,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(nix_io(&layer.upper))?;
+    }
+    for masked in masks {
+        mask(layer_for(layers, masked), masked, ids)?;
     }
     for (inside, content) in &spec.files {
-        ensure_parents(upper, inside, ids)?;
-        let path = under(upper, inside);
+        let layer = layer_for(layers, inside);
+        ensure_parents(layer, inside, ids)?;
+        let path = layer.upper_path(inside);
         // A regular file replaces whatever the host has there, symlinks included.
         let _ = fs::remove_file(&path);
         fs::write(&path, content).map_err(io_err(&path))?;
@@ -282,16 +418,22 @@ fn prepare_upper(spec: &SandboxSpec, upper: &Path, ids: IdMap) -> Result<(), Roo
     if !spec.secret_files.is_empty() {
         // The mount point of the secrets tmpfs (/run is masked, so this is the only
         // entry of the job's /run).
-        make_root_dir(upper, Path::new(SECRETS_DIR), 0o500, ids)?;
+        make_root_dir(layers, Path::new(SECRETS_DIR), 0o500, ids)?;
     }
-    make_root_dir(upper, &spec.workspace, 0o755, ids)
+    make_root_dir(layers, &spec.workspace, 0o755, ids)
 }
 
-/// Creates `inside` in the upper layer, with its parents as on the host, mode `mode` and
-/// owned by the job's root.
-fn make_root_dir(upper: &Path, inside: &Path, mode: u32, ids: IdMap) -> Result<(), RootfsError> {
-    ensure_parents(upper, inside, ids)?;
-    let dir = under(upper, inside);
+/// Creates `inside` in the upper layer that shows it, with its parents as on the host,
+/// mode `mode` and owned by the job's root.
+fn make_root_dir(
+    layers: &[Layer],
+    inside: &Path,
+    mode: u32,
+    ids: IdMap,
+) -> Result<(), RootfsError> {
+    let layer = layer_for(layers, inside);
+    ensure_parents(layer, inside, ids)?;
+    let dir = layer.upper_path(inside);
     fs::DirBuilder::new()
         .mode(mode)
         .create(&dir)
@@ -300,11 +442,13 @@ fn make_root_dir(upper: &Path, inside: &Path, mode: u32, ids: IdMap) -> Result<(
     chown(&dir, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(&dir))
 }
 
-/// Creates, in the upper layer, the directories leading to `inside`, each with the mode
-/// and (mapped) owner of its host counterpart, so that the merged view looks unchanged.
-fn ensure_parents(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
-    let mut host = PathBuf::from("/");
-    let mut parents: Vec<&std::ffi::OsStr> = inside
+/// Creates, in `layer`'s upper directory, the directories leading to `inside`, each with
+/// the mode and owner of its host counterpart as the layer shows it, so that the merged
+/// view looks unchanged.
+fn ensure_parents(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
+    let mut host = layer.host.clone();
+    let relative = inside.strip_prefix(&layer.host).unwrap_or(inside);
+    let mut parents: Vec<&std::ffi::OsStr> = relative
         .components()
         .filter_map(|c| match c {
             Component::Normal(name) => Some(name),
@@ -314,7 +458,7 @@ fn ensure_parents(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsE
     parents.pop();
     for name in parents {
         host.push(name);
-        let target = under(upper, &host);
+        let target = layer.upper_path(&host);
         if target.exists() {
             continue;
         }
@@ -322,17 +466,14 @@ fn ensure_parents(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsE
             Ok(meta) if meta.is_dir() => (meta.mode() & 0o7777, meta.uid(), meta.gid()),
             _ => (0o755, 0, 0),
         };
+        let (uid, gid) = layer.owner(ids, uid, gid);
         fs::DirBuilder::new()
             .mode(mode)
             .create(&target)
             .map_err(io_err(&target))?;
         fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
-        chown(
-            &target,
-            Some(Uid::from_raw(ids.host(uid))),
-            Some(Gid::from_raw(ids.host(gid))),
-        )
-        .map_err(nix_io(&target))?;
+        chown(&target, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(nix_io(&target))?;
     }
     Ok(())
 }
@@ -341,7 +482,10 @@ fn ensure_parents(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsE
 /// same mode and owner; anything else a whiteout. A path that does not exist on the host,
 /// or that goes through a symlink, needs no mask (the symlink's target is masked itself
 /// when it matters).
-fn mask(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
+///
+/// A masked entry belongs to the job's ids (mapped from its host owner) in every layer, so
+/// that masked homes and scratch directories (/root, /tmp, /run) are the job's to use.
+fn mask(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
     let meta = match fs::symlink_metadata(inside) {
         Ok(meta) => meta,
         Err(_) => return Ok(()),
@@ -351,8 +495,8 @@ fn mask(upper: &Path, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
             return Ok(());
         }
     }
-    ensure_parents(upper, inside, ids)?;
-    let target = under(upper, inside);
+    ensure_parents(layer, inside, ids)?;
+    let target = layer.upper_path(inside);
     if target.symlink_metadata().is_ok() {
         return Ok(()); // masked already (listed twice)
     }
