@@ -347,7 +347,8 @@ mod phases {
         let cgroup = runner_agent::cgroup::RunnerCgroup::from_dirs(&record.cgroup_dirs)
             .context("no cgroup in the record")?;
         let host_if = record.host_if.clone();
-        let veth = tokio::spawn(async move { network::remove(&host_if).await });
+        let owner = record.veth_owner();
+        let veth = tokio::spawn(async move { network::remove(&host_if, &owner).await });
         let killer = cgroup.clone();
         tokio::task::spawn_blocking(move || killer.kill_all(Duration::from_secs(10))).await??;
         clock.lap();
@@ -403,7 +404,13 @@ mod phases {
 
         // 4. Veth, while init starts, joins its v1 cgroups and unshares the other
         // namespaces.
-        network::setup(&record.host_if, record.addresses, init_pid).await?;
+        network::setup(
+            &record.host_if,
+            record.addresses,
+            init_pid,
+            &record.veth_owner(),
+        )
+        .await?;
         clock.lap();
 
         // 5. The rest of init: namespaces, root filesystem, user namespace, seccomp (what
@@ -562,6 +569,9 @@ mod floor {
     /// veth still being freed by one task never shares an address with the next.
     const SLOT: u32 = 40;
 
+    /// The alias of the floor's veth.
+    const OWNER: &str = "runner-agent sandbox bench floor";
+
     /// The child's side: wait for the agent, join the v1 cgroups, make the user
     /// namespace, exec `true`. Raw, async-signal-safe system calls only, on data
     /// prepared before the clone (see `runner_agent::sys::spawn`).
@@ -622,13 +632,15 @@ mod floor {
                 Cloned::Parent(c) => c,
             };
             drop(go_read);
-            let veth = network::setup(host_if, addrs, child_process.pid()).await;
+            let veth = network::setup(host_if, addrs, child_process.pid(), OWNER).await;
             // Released even when the veth failed, so that the child ends either way.
             std::io::Write::write_all(&mut &go_write, b"g")?;
             drop(go_write);
             let status = child_process.reap().await;
             veth.context("veth")?;
-            network::remove(host_if).await.context("veth removal")?;
+            network::remove(host_if, OWNER)
+                .await
+                .context("veth removal")?;
             Ok::<_, anyhow::Error>(status)
         }
         .await;

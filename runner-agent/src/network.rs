@@ -13,6 +13,13 @@
 //! reachable over IPv6 at all), and forwarding is disabled on the host side so that even a
 //! host that routes (docker hosts do) never forwards a runner's packet.
 //!
+//! The host side carries an alias naming the runner that made it ([`setup`]'s `owner`,
+//! `ip link` shows it): two agents on one host have their own run directories but may
+//! name their veths alike, and an agent removes or reports only a veth with its own alias
+//! (or with none: made by an older version, or left between creation and naming). Before
+//! a veth is made, no interface of the host may have an address in the runner's subnet:
+//! two agents sharing a pool would otherwise route each other's runners away.
+//!
 //! The peer is created directly inside the runner's namespace (IFLA_NET_NS_PID in the
 //! peer's attributes), so it never exists on the host under a name that could clash.
 //! Configuring the inside needs a netlink socket opened in that namespace: the short-lived
@@ -28,7 +35,7 @@ use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::AddressMessage;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use tokio::io::AsyncReadExt;
@@ -69,6 +76,21 @@ pub enum NetworkError {
     /// The runner's namespace could not be entered.
     #[error("enter the runner's network namespace: {0}")]
     Enter(std::io::Error),
+    /// Another interface on the host already has an address in the runner's subnet:
+    /// another runner-agent (or anything else) uses the same part of the pool, and a second
+    /// route to it would take traffic away from whoever had it first.
+    #[error(
+        "{interface} already has {address}, in runner subnet {subnet}: another runner-agent on \
+         this host uses the same network.runner_pool (give each agent a pool of its own)"
+    )]
+    SubnetInUse {
+        /// The runner's /30.
+        subnet: Ipv4Net,
+        /// The interface holding an address in it.
+        interface: String,
+        /// That address.
+        address: Ipv4Addr,
+    },
     /// The pool has no subnet for this slot.
     #[error("runner pool {pool} has no /30 number {slot}")]
     PoolExhausted {
@@ -161,17 +183,20 @@ pub async fn setup(
     host_if: &str,
     addrs: RunnerAddresses,
     netns_pid: u32,
+    owner: &str,
 ) -> Result<u32, NetworkError> {
     // Opened here, before the thread: the pair's peer moves into the namespace by this
     // descriptor, so a pid reused meanwhile could not send it elsewhere.
     let netns =
         std::fs::File::open(format!("/proc/{netns_pid}/ns/net")).map_err(NetworkError::Enter)?;
+    subnet_free(addrs.subnet)?;
     let host_if = host_if.to_owned();
+    let owner = owner.to_owned();
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("runner-network".to_owned())
         .spawn(move || {
-            let _ = done.send(setup_on_this_thread(&host_if, addrs, netns));
+            let _ = done.send(setup_on_this_thread(&host_if, addrs, netns, &owner));
         })
         .map_err(NetworkError::Enter)?;
     result
@@ -185,6 +210,7 @@ fn setup_on_this_thread(
     host_if: &str,
     addrs: RunnerAddresses,
     netns: std::fs::File,
+    owner: &str,
 ) -> Result<u32, NetworkError> {
     use std::os::fd::AsRawFd;
 
@@ -210,7 +236,12 @@ fn setup_on_this_thread(
         || format!("address {host_if}"),
     )?;
     host.request(
-        RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).up().build()),
+        RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index)
+                .up()
+                .alias(owner.to_owned())
+                .build(),
+        ),
         0,
         || format!("bring up {host_if}"),
     )?;
@@ -242,6 +273,41 @@ fn setup_on_this_thread(
         )?;
     }
     Ok(index)
+}
+
+/// Fails if an interface of the calling thread's namespace has an IPv4 address in
+/// `subnet` (see the module docs).
+fn subnet_free(subnet: Ipv4Net) -> Result<(), NetworkError> {
+    let addresses =
+        nix::ifaddrs::getifaddrs().map_err(|e| NetworkError::Socket(std::io::Error::from(e)))?;
+    for entry in addresses {
+        let Some(address) = entry.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        let address = address.ip();
+        if subnet.contains(&address) {
+            return Err(NetworkError::SubnetInUse {
+                subnet,
+                interface: entry.interface_name,
+                address,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the link `name` of the calling thread's namespace is `owner`'s (see the module
+/// docs): `None` when there is no such link.
+fn owned_by(name: &str, owner: &str) -> Result<Option<bool>, NetworkError> {
+    let mut socket = RouteSocket::open()?;
+    let Some(link) = socket.link(name)? else {
+        return Ok(None);
+    };
+    let alias = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
+        _ => None,
+    });
+    Ok(Some(alias.is_none_or(|a| a.is_empty() || a == owner)))
 }
 
 /// `NLM_F_CREATE | NLM_F_EXCL`: make it, and fail if it exists.
@@ -283,6 +349,30 @@ impl RouteSocket {
         })
     }
 
+    /// The link called `name`, or `None` when there is none (`RTM_GETLINK`).
+    fn link(&mut self, name: &str) -> Result<Option<LinkMessage>, NetworkError> {
+        let request = LinkUnspec::new_with_name(name).build();
+        let mut found = None;
+        let answer = self.exchange(
+            RouteNetlinkMessage::GetLink(request),
+            0,
+            || format!("look up {name}"),
+            |reply| {
+                if let RouteNetlinkMessage::NewLink(link) = reply {
+                    found = Some(link);
+                }
+            },
+        );
+        match answer {
+            Ok(()) => Ok(found),
+            Err(NetworkError::Netlink {
+                source: rtnetlink::Error::NetlinkError(e),
+                ..
+            }) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends `message` with `NLM_F_REQUEST | NLM_F_ACK | flags` and waits for its
     /// acknowledgement; a refusal becomes an error naming `op`.
     fn request(
@@ -290,6 +380,18 @@ impl RouteSocket {
         message: RouteNetlinkMessage,
         flags: u16,
         op: impl FnOnce() -> String,
+    ) -> Result<(), NetworkError> {
+        self.exchange(message, flags, op, |_| {})
+    }
+
+    /// [`RouteSocket::request`], handing every answer of the request that is not its
+    /// acknowledgement (what a `GET` request returns) to `on_reply`.
+    fn exchange(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        op: impl FnOnce() -> String,
+        mut on_reply: impl FnMut(RouteNetlinkMessage),
     ) -> Result<(), NetworkError> {
         self.sequence += 1;
         let mut request = NetlinkMessage::from(message);
@@ -317,14 +419,18 @@ impl RouteSocket {
                 if reply.header.sequence_number != self.sequence {
                     continue;
                 }
-                if let NetlinkPayload::Error(error) = reply.payload {
-                    return match error.code {
-                        None => Ok(()),
-                        Some(_) => Err(NetworkError::Netlink {
-                            op: op(),
-                            source: rtnetlink::Error::NetlinkError(error),
-                        }),
-                    };
+                match reply.payload {
+                    NetlinkPayload::Error(error) => {
+                        return match error.code {
+                            None => Ok(()),
+                            Some(_) => Err(NetworkError::Netlink {
+                                op: op(),
+                                source: rtnetlink::Error::NetlinkError(error),
+                            }),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(inner) => on_reply(inner),
+                    _ => {}
                 }
             }
         }
@@ -333,7 +439,8 @@ impl RouteSocket {
 
 /// Deletes the host side of a runner's veth (which deletes the pair) and returns once the
 /// pair has left the host's tables, so that no lookup, `ip link` or new device of the same
-/// name sees it any more. A link that is already gone is not an error.
+/// name sees it any more. A link that is already gone is not an error, and one that
+/// `owner` did not make is left alone (module docs).
 ///
 /// Why not simply await the netlink request: the kernel takes the device out of its
 /// tables at the start of the request, then, before it answers, waits for RCU grace
@@ -346,7 +453,11 @@ impl RouteSocket {
 /// if it fails first. The device is named by its index, taken before the child starts: a
 /// late request must never delete a new device that took the name (indexes are not
 /// reused soon; names are, by the next runner of the slot).
-pub async fn remove(host_if: &str) -> Result<(), NetworkError> {
+pub async fn remove(host_if: &str, owner: &str) -> Result<(), NetworkError> {
+    // Another agent's veth of the same name is not ours to delete (module docs).
+    if owned_by(host_if, owner)? != Some(true) {
+        return Ok(());
+    }
     let Some(index) = index_of(host_if)? else {
         return Ok(());
     };
@@ -413,9 +524,10 @@ fn existing_index(name: &str, context: &str) -> Result<u32, NetworkError> {
     })
 }
 
-/// Whether a link called `host_if` exists in the agent's namespace.
-pub fn exists(host_if: &str) -> Result<bool, NetworkError> {
-    Ok(index_of(host_if)?.is_some())
+/// Whether a link called `host_if` and made by `owner` (see the module docs) exists in the
+/// agent's namespace.
+pub fn exists(host_if: &str, owner: &str) -> Result<bool, NetworkError> {
+    Ok(owned_by(host_if, owner)? == Some(true))
 }
 
 #[cfg(test)]

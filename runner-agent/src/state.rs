@@ -93,6 +93,19 @@ pub struct RunnerRecord {
     pub pin_dir: Option<PathBuf>,
 }
 
+impl RunnerRecord {
+    /// The alias its veth's host side carries (`network::setup`'s owner): the runner's
+    /// scratch directory, which no other runner of any agent on the host shares (it is in
+    /// the agent's own run_dir), truncated to the kernel's 255 bytes.
+    pub fn veth_owner(&self) -> String {
+        let mut owner = format!("runner-agent {}", self.scratch_dir.display());
+        while owner.len() > 255 {
+            owner.pop();
+        }
+        owner
+    }
+}
+
 /// The agent's live state directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use runner_agent_tests::agent::{denials_where, describe, job_id, read_audit, World};
+use runner_agent_tests::agent::{denials_where, describe, job_id, read_audit, wait_until, World};
 use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 use serde_json::json;
@@ -661,6 +661,67 @@ steps:
     assert_eq!(refused("32-bit system call 20"), 1, "{events:#?}");
     assert_eq!(refused("32-bit system call 359"), 1, "{events:#?}");
     world.assert_job_left_nothing(&output);
+}
+
+#[test]
+fn a_second_agent_on_the_same_pool_is_refused_and_leaves_the_first_alone() {
+    // Two agents with run directories of their own (so slot locks of their own) but the
+    // same runner pool: their runners get the same veth name and subnet. The second one
+    // used to fail on the name, then delete the first one's veth in its clean-up, cutting
+    // a running job's network while that job went on to succeed.
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let first = World::in_netns(bed.host_ns(), "", &egress_config());
+    let second = World::in_netns(bed.host_ns(), "", &egress_config());
+    let long = first.job(
+        "long.yaml",
+        r#"name: long
+steps:
+  - name: fetch in a loop
+    run: |
+      for i in $(seq 1 10); do
+        curl -fsSk -m 3 -o /dev/null https://allowed.test/first-$i && echo "FETCHED $i"
+        sleep 0.3
+      done
+"#,
+    );
+    let short = second.job(
+        "short.yaml",
+        "name: short\nsteps:\n  - name: never runs\n    run: echo SECOND-RAN\n",
+    );
+    let running = first.spawn(&long);
+    assert!(
+        wait_until(Duration::from_secs(20), || first
+            .host_links()
+            .iter()
+            .any(|l| l.starts_with("ra"))),
+        "the first runner never appeared"
+    );
+    let links_before = first.host_links();
+    let refused = second.run(&short);
+    let links_after = first.host_links();
+    let finished = running.wait_with_output().expect("first agent");
+
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("same network.runner_pool"),
+        "the refusal does not say why: {}",
+        describe(&refused)
+    );
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("SECOND-RAN"));
+    assert_eq!(
+        links_before, links_after,
+        "the second agent changed the host's links"
+    );
+    assert_eq!(finished.status.code(), Some(0), "{}", describe(&finished));
+    let fetched = String::from_utf8_lossy(&finished.stdout)
+        .lines()
+        .filter(|l| l.starts_with("FETCHED "))
+        .count();
+    assert_eq!(fetched, 10, "{}", describe(&finished));
+    first.assert_job_left_nothing(&finished);
+    second.assert_left_nothing(&[]);
 }
 
 /// Reads the agent's stderr until it names the job; returns the job id.

@@ -446,7 +446,15 @@ impl Sandbox {
         );
 
         self.send(&ToInit::Spec(spec)).await?;
-        match network::setup(&self.record.host_if, self.record.addresses, init_pid).await {
+        let owner = self.record.veth_owner();
+        match network::setup(
+            &self.record.host_if,
+            self.record.addresses,
+            init_pid,
+            &owner,
+        )
+        .await
+        {
             Ok(index) => Ok(index),
             Err(err) => Err(self.init_failure_or(err.into()).await),
         }
@@ -770,8 +778,12 @@ pub async fn teardown(
     // The veth goes while the processes die: it depends on none of them, and without it
     // the runner has no network left at all.
     let host_if = record.host_if.clone();
-    let veth =
-        tokio::spawn(async move { network::remove(&host_if).await.map_err(|e| e.to_string()) });
+    let owner = record.veth_owner();
+    let veth = tokio::spawn(async move {
+        network::remove(&host_if, &owner)
+            .await
+            .map_err(|e| e.to_string())
+    });
     let cgroup = RunnerCgroup::from_dirs(&record.cgroup_dirs);
     if let Some(cgroup) = cgroup.clone() {
         note(
@@ -824,7 +836,7 @@ pub fn verify_gone(record: &RunnerRecord, netns_check: NetnsCheck) -> Vec<String
             left.push(format!("cgroup {}", dir.display()));
         }
     }
-    match network::exists(&record.host_if) {
+    match network::exists(&record.host_if, &record.veth_owner()) {
         Ok(true) => left.push(format!("veth {}", record.host_if)),
         Ok(false) => {}
         Err(e) => left.push(format!("veth {} (cannot check: {e})", record.host_if)),
