@@ -226,6 +226,8 @@ pub enum EventError {
 pub struct DenialStream {
     ring: AsyncFd<RingBuf<MapData>>,
     pending: VecDeque<Denial>,
+    /// The runner's counters, for [`DenialStream::lost`].
+    counters: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl std::fmt::Debug for DenialStream {
@@ -247,7 +249,29 @@ impl DenialStream {
         Ok(Self {
             ring,
             pending: VecDeque::new(),
+            counters: None,
         })
+    }
+
+    /// Lets [`DenialStream::lost`] read the runner's `counters` map.
+    pub fn with_counters(mut self, map: MapData) -> Result<Self, EventError> {
+        let array =
+            PerCpuArray::try_from(Map::PerCpuArray(map)).map_err(EventError::ReadCounters)?;
+        self.counters = Some(array);
+        Ok(self)
+    }
+
+    /// Denials so far that the kernel could not put in the ring (it was full), so that no
+    /// event of theirs will come: [`Counters::events_lost`], read without the rest. Zero
+    /// when the stream was made without the counters map.
+    pub fn lost(&self) -> Result<u64, EventError> {
+        let Some(counters) = &self.counters else {
+            return Ok(0);
+        };
+        let values = counters
+            .get(&maps::CNT_EVENTS_LOST, 0)
+            .map_err(EventError::ReadCounters)?;
+        Ok(values.iter().sum())
     }
 
     /// Moves up to [`DRAIN_BATCH`] events from the ring into `pending`. Bounded so that a

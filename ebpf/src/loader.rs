@@ -498,7 +498,13 @@ impl Fence {
     /// called inside a tokio runtime.
     pub fn denials(&mut self) -> Result<DenialStream, FenceError> {
         match self.ebpf.take_map("events") {
-            Some(Map::RingBuf(data)) => Ok(DenialStream::new(data)?),
+            Some(Map::RingBuf(data)) => {
+                // The pinned counters map, opened anew: the stream owns its handle.
+                let counters = pin_name("map", "counters");
+                let counters = MapData::from_pin(self.pin_dir.join(&counters))
+                    .map_err(|source| FenceError::Events(EventError::ReadCounters(source)))?;
+                Ok(DenialStream::new(data)?.with_counters(counters)?)
+            }
             Some(_) => Err(FenceError::Missing("events")),
             None => Err(FenceError::EventsTaken),
         }

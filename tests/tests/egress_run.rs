@@ -425,6 +425,73 @@ fn a_job_flooding_denials_is_stopped_at_its_audit_budget() {
     assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
 }
 
+/// A flood of denials faster than the agent can read them overflows the fence's event
+/// ring: the denials the kernel could not itemise are still refused, and the audit log
+/// itself says how many there were (before, only the summary on stdout did, so the log
+/// looked complete while an attempt made during the flood had no line).
+#[test]
+fn denials_the_fence_could_not_itemise_are_recorded_as_such() {
+    require_privilege!();
+    let trap = TRAP_IPS[0];
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "overflow.yaml",
+        &format!(
+            r#"name: overflow
+steps:
+  - name: flood
+    run: |
+      python3 - <<'PY'
+      import socket, time
+      s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+      end = time.time() + 2
+      while time.time() < end:
+          for _ in range(1000):
+              try:
+                  s.sendto(b'x', ('{trap}', 9))
+              except OSError:
+                  pass
+      print('FLOOD-DONE')
+      PY
+"#
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    settle();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(stdout.contains("FLOOD-DONE"), "{}", describe(&output));
+    // The summary's count of unitemised denials...
+    let summary_lost: u64 = stdout
+        .split(" denials not itemised")
+        .next()
+        .and_then(|before| before.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the flood overflowed nothing:\n{}", describe(&output)));
+    // ...is in the log too, as events that add up to it.
+    let recorded: u64 = events
+        .iter()
+        .filter(|e| {
+            e["source"] == "ebpf"
+                && e["verdict"] == "deny"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("more denials not itemised"))
+        })
+        .map(|e| {
+            e["reason"]
+                .as_str()
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count first")
+        })
+        .sum();
+    assert_eq!(recorded, summary_lost, "{events:#?}");
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+    world.assert_job_left_nothing(&output);
+}
+
 /// The same through the DNS filter: a stream of lookups of a denied name is answered
 /// locally, one audit event each, until the budget stops the job; the upstream server
 /// never sees the name.

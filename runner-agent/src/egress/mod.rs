@@ -110,6 +110,53 @@ pub fn seccomp_event(
     event
 }
 
+/// How often the fence's count of denials it could not itemise is looked at.
+const LOSS_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What of the fence's unitemised denials has been recorded.
+#[derive(Default)]
+struct LossReport {
+    recorded: u64,
+}
+
+impl LossReport {
+    /// Records one event for the denials lost since the last one, if any.
+    fn report(
+        &mut self,
+        stream: &egress_ebpf::DenialStream,
+        log: &audit_log::AuditLog,
+        job: &str,
+        runner: &str,
+    ) {
+        let Ok(lost) = stream.lost() else {
+            return;
+        };
+        if lost > self.recorded {
+            log.record(&lost_event(lost - self.recorded, lost, job, runner));
+            self.recorded = lost;
+        }
+    }
+}
+
+/// The audit event that says `new` more of the fence's denials (`total` in all) were not
+/// itemised. Source `ebpf`, kind `packet`, verdict `deny`: they were all refused.
+pub fn lost_event(
+    new: u64,
+    total: u64,
+    job: &str,
+    runner: &str,
+) -> egress_proxy::audit::AuditEvent {
+    use egress_proxy::audit::{AuditEvent, Kind, Source, Verdict};
+    let mut event = AuditEvent::new(Source::Ebpf, Kind::Packet, Verdict::Deny);
+    event.job = Some(job.to_owned());
+    event.runner = Some(runner.to_owned());
+    event.reason = Some(format!(
+        "{new} more denials not itemised: the fence's event buffer was full \
+         ({total} in all so far; each was refused)"
+    ));
+    event
+}
+
 fn format_time(at: std::time::SystemTime) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
@@ -169,6 +216,12 @@ impl RunnerEgress {
         let denial_log = log.clone();
         let (job, runner_name) = (job_id.to_owned(), runner.clone());
         let denials = tokio::spawn(async move {
+            // Denials the kernel could not itemise (its ring was full) are recorded as
+            // such, so that the log itself says it is incomplete: a job flooding denials
+            // could otherwise hide an attempt among the ones that were never written.
+            let mut lost = LossReport::default();
+            let mut check = tokio::time::interval(LOSS_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     next = stream.next() => match next {
@@ -178,6 +231,7 @@ impl RunnerEgress {
                             return;
                         }
                     },
+                    _ = check.tick() => lost.report(&stream, &denial_log, &job, &runner_name),
                     _ = &mut stop_rx => break,
                 }
             }
@@ -185,6 +239,7 @@ impl RunnerEgress {
             while let Some(denial) = stream.try_next() {
                 denial_log.record(&denial_event(&denial, &job, &runner_name));
             }
+            lost.report(&stream, &denial_log, &job, &runner_name);
         });
         let seccomp = match sandbox.seccomp_denials() {
             Some(mut denied) => {
