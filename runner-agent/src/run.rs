@@ -528,6 +528,8 @@ impl Admitted<'_> {
             masker: &released.masker,
         };
         let (outcomes, interruption) = steps.run(&mut sandbox, deadline).await;
+        // The proxy may have ended during the last step (see AuditLog::fail_job).
+        let interruption = interruption.or_else(|| audit_log.failure());
         let runner = sandbox.runner().to_owned();
         let counters = sandbox.fence_counters();
         egress.stop_proxy().await;
@@ -602,7 +604,11 @@ impl StepContext<'_> {
             // Reached as the previous step ended (its end won the race below): no further
             // step starts.
             if stop.is_none() {
-                stop = self.audit.budget_report().map(|r| format!("stopped: {r}"));
+                stop = self
+                    .audit
+                    .budget_report()
+                    .or_else(|| self.audit.failure())
+                    .map(|r| format!("stopped: {r}"));
             }
             if failed || stop.is_some() {
                 outcomes.push(StepOutcome {

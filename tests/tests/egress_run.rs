@@ -808,7 +808,7 @@ fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
 }
 
 #[test]
-fn killing_the_proxy_mid_job_leaves_the_runner_with_no_way_out() {
+fn killing_the_proxy_mid_job_leaves_the_runner_with_no_way_out_and_fails_the_job() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
     let world = World::in_netns(bed.host_ns(), "", &egress_config());
@@ -849,6 +849,18 @@ steps:
     settle();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("ALL-FAILED"), "{stdout}");
+    // The job does not "succeed" with its proxy gone: it fails, and the log says why.
+    let why = "the runner's proxy ended while the job ran";
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(why), "{stdout}");
+    let events = read_audit(&world.state_dir.join("jobs").join(&id).join("audit.jsonl"));
+    assert!(
+        events.iter().any(|e| e["source"] == "proxy"
+            && e["verdict"] == "deny"
+            && e["job"] == id.as_str()
+            && e["reason"].as_str().is_some_and(|r| r.starts_with(why))),
+        "{events:#?}"
+    );
     let after: Vec<String> = bed
         .web_hits()
         .into_iter()

@@ -22,6 +22,10 @@
 //!   destinations; further ones are counted under one "(other destinations)" row, so a
 //!   job that tries a million addresses costs neither the agent's memory nor a
 //!   million-line summary.
+//!
+//! The log also carries why a job fails for its egress's sake without being cut short
+//! ([`AuditLog::fail_job`]): the runner's proxy ending while the job runs. The step that
+//! runs goes on (without a way out), no further step starts, and the job fails.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -67,6 +71,8 @@ pub struct AuditLog {
     unwritten: AtomicU64,
     /// Woken when `caused` crosses `budget`.
     reached_notify: tokio::sync::Notify,
+    /// Why the job fails ([`AuditLog::fail_job`]).
+    failure: Mutex<Option<String>>,
 }
 
 impl AuditLog {
@@ -90,6 +96,7 @@ impl AuditLog {
             budget,
             unwritten: AtomicU64::new(0),
             reached_notify: tokio::sync::Notify::new(),
+            failure: Mutex::new(None),
         })
     }
 
@@ -168,6 +175,23 @@ impl AuditLog {
                 crate::config::format_size(self.budget)
             )
         })
+    }
+
+    /// Marks the job as failed for `reason` (the first reason given is kept): no further
+    /// step starts (see the module docs).
+    pub fn fail_job(&self, reason: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some(reason);
+        }
+    }
+
+    /// Why the job failed, if [`AuditLog::fail_job`] was called.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Events counted but not written (past the budget and its overrun).

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use egress_proxy::audit::AuditEvent;
+use egress_proxy::audit::{AuditEvent, Kind, Source, Verdict};
 use egress_proxy::config::{EgressConfig, Mode, RuleTarget};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
@@ -36,6 +36,8 @@ pub struct ProxyProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     events: tokio::task::JoinHandle<()>,
+    /// Set by [`ProxyProcess::stop`]: the proxy's end is expected from then on.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ProxyProcess {
@@ -75,12 +77,15 @@ impl ProxyProcess {
             .map_err(|e| ProxyProcessError::NotReady(format!("send configuration: {e}")))?;
 
         let (ready_tx, ready_rx) = oneshot::channel();
-        let events = tokio::spawn(read_events(stdout, log, ready_tx));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let names = (config.job.clone(), config.runner.clone());
+        let events = tokio::spawn(read_events(stdout, log, ready_tx, stopping.clone(), names));
         match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
             Ok(Ok(())) => Ok(ProxyProcess {
                 child,
                 stdin: Some(stdin),
                 events,
+                stopping,
             }),
             Ok(Err(_)) => {
                 let status = child.wait().await.ok();
@@ -105,6 +110,8 @@ impl ProxyProcess {
     /// Stops the proxy (closing its stdin ends it) and waits until every event it wrote
     /// has been logged.
     pub async fn stop(mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         drop(self.stdin.take());
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
             .await
@@ -116,11 +123,18 @@ impl ProxyProcess {
     }
 }
 
-/// Reads the child's stdout: `ready`, then audit events until it closes.
+/// Reads the child's stdout: `ready`, then audit events until it closes. When it closes
+/// after the proxy served and before `stopping` was set, the proxy ended on its own
+/// (killed, or crashed): the runner's connections are refused from then on (the fence
+/// lets nothing else through), and the job fails, with an event (for `names`: job and
+/// runner) that says so, rather
+/// than going on to "succeed" with its network gone and nothing in the log.
 async fn read_events(
     stdout: tokio::process::ChildStdout,
     log: Arc<AuditLog>,
     ready: oneshot::Sender<()>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    names: (String, String),
 ) {
     let mut lines = BufReader::new(stdout).lines();
     let mut ready = Some(ready);
@@ -135,6 +149,18 @@ async fn read_events(
             Ok(event) => log.record(&event),
             Err(err) => tracing::warn!(error = %err, "unreadable event from the proxy"),
         }
+    }
+    let served = ready.is_none();
+    if served && !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        let why =
+            "the runner's proxy ended while the job ran: its connections were refused from then on";
+        tracing::error!("{why}");
+        let mut event = AuditEvent::new(Source::Proxy, Kind::Connect, Verdict::Deny);
+        event.job = Some(names.0);
+        event.runner = Some(names.1);
+        event.reason = Some(why.to_owned());
+        log.record(&event);
+        log.fail_job(why.to_owned());
     }
 }
 
