@@ -157,6 +157,24 @@ impl StepOutcome {
     }
 }
 
+/// Memory of a runner's proxy process: ample for its work (tens of MiB), bounded for a job
+/// that makes it hold much more.
+pub const PROXY_MEMORY: u64 = 512 << 20;
+
+/// Tasks of a runner's proxy process (its tokio workers and blocking threads).
+pub const PROXY_PIDS: u64 = 1024;
+
+/// The limits of a runner's proxy process: its own memory and task bounds, and the job's
+/// CPU share (the proxy works for the job; a job cannot make it spend more CPU than the
+/// job itself may).
+fn proxy_limits(job: &EffectiveLimits) -> CgroupLimits {
+    CgroupLimits {
+        memory: Some(PROXY_MEMORY),
+        pids: Some(PROXY_PIDS),
+        cpus: cgroup_limits(job).cpus,
+    }
+}
+
 /// The cgroup limits of a job's effective limits.
 fn cgroup_limits(limits: &EffectiveLimits) -> CgroupLimits {
     CgroupLimits {
@@ -501,6 +519,7 @@ impl Admitted<'_> {
             // The proxy's configuration takes the credentials and the CA: the agent
             // keeps no copy of either while the job runs.
             interception: interception.map(|i| i.into_proxy_config(released.proxy)),
+            proxy_limits: proxy_limits(&resolved.limits),
         };
         let mut egress =
             match RunnerEgress::start(&mut sandbox, job_id, settings, audit_log.clone()).await {

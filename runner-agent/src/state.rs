@@ -91,6 +91,9 @@ pub struct RunnerRecord {
     /// Where its eBPF fence is pinned.
     #[serde(default)]
     pub pin_dir: Option<PathBuf>,
+    /// The cgroup directories of its proxy process, v2 first, once made (empty before).
+    #[serde(default)]
+    pub proxy_cgroup_dirs: Vec<PathBuf>,
 }
 
 impl RunnerRecord {
@@ -278,6 +281,7 @@ mod tests {
             id_base: ID_BASE,
             netns_inode: None,
             pin_dir: None,
+            proxy_cgroup_dirs: Vec::new(),
         }
     }
 

@@ -791,6 +791,76 @@ steps:
     second.assert_left_nothing(&[]);
 }
 
+/// The cgroup directory (under `root`) a process is in for the hierarchy whose line in
+/// /proc/PID/cgroup matches `hierarchy` ("0::" for v2, or a v1 controller list).
+fn cgroup_of(pid: u32, hierarchy: impl Fn(&str) -> bool, root: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let key = format!("{id}:{controllers}");
+        hierarchy(&key).then(|| std::path::Path::new(root).join(path.trim_start_matches('/')))
+    })
+}
+
+#[test]
+fn the_proxy_runs_in_a_cgroup_of_its_own_with_the_jobs_cpu_share() {
+    // What a job makes its proxy do (lookups, connections, handshakes) costs the proxy's
+    // CPU and memory, not the job's: the proxy runs in a cgroup of its own, with the job's
+    // CPU share and a memory bound, removed with the runner.
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "limits: { cpus: 0.5 }", &egress_config());
+    let job = world.job(
+        "confined.yaml",
+        "name: confined\nsteps:\n  - name: wait\n    run: sleep 3 && echo WAITED\n",
+    );
+    let mut agent = world.spawn(&job);
+    let mut stderr = agent.stderr.take().expect("stderr");
+    let id = wait_for_job_id(&mut stderr);
+    let mut proxy = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            proxy = runner_agent_tests::agent::children_with(agent.id(), "__egress-proxy");
+            proxy.len() == 1
+                && cgroup_of(proxy[0], |k| k == "0:", "/")
+                    .is_some_and(|p| p.to_string_lossy().ends_with("-proxy"))
+        }),
+        "the proxy never reached a cgroup of its own"
+    );
+    let pid = proxy[0];
+    let pure_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (cpu, memory) = if pure_v2 {
+        let dir = cgroup_of(pid, |k| k == "0:", "/sys/fs/cgroup").unwrap();
+        (
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+        )
+    } else {
+        let cpu = cgroup_of(
+            pid,
+            |k| {
+                k.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == "cpu"))
+            },
+            "/sys/fs/cgroup/cpu",
+        )
+        .unwrap();
+        let memory = cgroup_of(pid, |k| k.ends_with(":memory"), "/sys/fs/cgroup/memory").unwrap();
+        (
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            std::fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(),
+        )
+    };
+    assert!(cpu.trim().starts_with("50000"), "cpu limit {cpu:?}");
+    assert_eq!(memory.trim(), (512u64 << 20).to_string());
+    let output = agent.wait_with_output().expect("agent");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("WAITED"));
+    world.assert_left_nothing(&[id]);
+}
+
 /// Reads the agent's stderr until it names the job; returns the job id.
 fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
     use std::io::Read;

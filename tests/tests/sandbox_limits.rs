@@ -115,10 +115,12 @@ fn memory_filled_with_files_costs_the_step_not_the_sandbox() {
     let world = World::new("limits: { memory: 128MiB, disk: 1GiB }", "");
     // Filling the tmpfs puts the memory in files, which count for no process: the OOM
     // killer must still take the step's processes (oom_score_adj 1000) and leave init
-    // (0), so the next step runs.
+    // (0), so the next step runs. The writer holds 32 MiB of its own while it writes, so
+    // that its death leaves the next step room to start (a writer holding nothing left
+    // the cgroup at its limit, and the next step's shell was killed too, now and then).
     let job = world.job(
         "files.yaml",
-        "name: files\nsteps:\n  - name: fill memory with a file\n    continue-on-error: true\n    run: echo \"step score $(cat /proc/self/oom_score_adj)\"; dd if=/dev/zero of=/workspace/big bs=1M status=none; echo SURVIVED\n  - name: after\n    run: rm -f /workspace/big; echo \"AFTER init score $(cat /proc/1/oom_score_adj)\"\n",
+        "name: files\nsteps:\n  - name: fill memory with a file\n    continue-on-error: true\n    run: |\n      echo \"step score $(cat /proc/self/oom_score_adj)\"\n      exec perl -e 'my $hold = \"h\" x (32 << 20); open(my $f, \">\", \"/workspace/big\") or die; my $chunk = \"z\" x (1 << 20); while (1) { print $f $chunk or die } print \"SURVIVED\\n\"'\n  - name: after\n    run: rm -f /workspace/big; echo \"AFTER init score $(cat /proc/1/oom_score_adj)\"\n",
     );
     let output = world.run(&job);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));

@@ -181,6 +181,8 @@ pub enum EgressError {
 /// fence's denials, both writing to the job's audit log.
 pub struct RunnerEgress {
     proxy: Option<proxy_process::ProxyProcess>,
+    /// Moving the proxy into its cgroup ([`crate::sandbox::Sandbox::proxy_cgroup`]).
+    confined: Option<tokio::task::JoinHandle<Result<(), String>>>,
     denials: tokio::task::JoinHandle<()>,
     stop_denials: tokio::sync::oneshot::Sender<()>,
     /// Ends by itself when the sandbox's control channel closes.
@@ -199,6 +201,8 @@ pub struct EgressSettings<'a> {
     pub internal: Vec<ipnet::IpNet>,
     /// TLS interception and credentials for the proxy, when the job needs them.
     pub interception: Option<proxy_child::InterceptConfig>,
+    /// The limits of the proxy's own cgroup.
+    pub proxy_limits: crate::cgroup::CgroupLimits,
 }
 
 impl RunnerEgress {
@@ -265,6 +269,14 @@ impl RunnerEgress {
             intercept: settings.interception,
         };
         let orig_dst = sandbox.orig_dst_fd()?;
+        let proxy_cgroup = match sandbox.proxy_cgroup(&settings.proxy_limits) {
+            Ok(cgroup) => cgroup,
+            Err(err) => {
+                denials.abort();
+                seccomp.abort();
+                return Err(err.into());
+            }
+        };
         let proxy = match proxy_process::ProxyProcess::start(
             settings.program,
             &config,
@@ -280,8 +292,20 @@ impl RunnerEgress {
                 return Err(err.into());
             }
         };
+        // Into its cgroup once it serves, off the runner's start: moving a process waits
+        // for an RCU grace period (several milliseconds; see `crate::sys::spawn`).
+        let proxy_pid = proxy.pid();
+        let confined = tokio::task::spawn_blocking(move || {
+            let pid = proxy_pid.ok_or_else(|| "the proxy has no pid".to_owned())?;
+            for procs in proxy_cgroup.procs_files() {
+                std::fs::write(&procs, pid.to_string())
+                    .map_err(|e| format!("move the proxy into {}: {e}", procs.display()))?;
+            }
+            Ok(())
+        });
         Ok(RunnerEgress {
             proxy: Some(proxy),
+            confined: Some(confined),
             denials,
             stop_denials,
             seccomp,
@@ -296,6 +320,13 @@ impl RunnerEgress {
     /// Stops the proxy after it has logged everything it decided. Call before the
     /// sandbox is destroyed.
     pub async fn stop_proxy(&mut self) {
+        if let Some(confined) = self.confined.take() {
+            match confined.await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => tracing::warn!(%why, "the proxy ran outside its cgroup"),
+                Err(err) => tracing::warn!(%err, "the proxy ran outside its cgroup"),
+            }
+        }
         if let Some(proxy) = self.proxy.take() {
             proxy.stop().await;
         }

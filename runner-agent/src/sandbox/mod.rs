@@ -165,6 +165,8 @@ pub struct Sandbox {
     output: Option<pipe::Receiver>,
     idmapped: bool,
     fence: Option<egress_ebpf::Fence>,
+    /// Where the host's cgroup hierarchies are (for the proxy's cgroup).
+    cgroup_root: PathBuf,
 }
 
 /// What init is told to build for `record` (see [`protocol::SandboxSpec`]): the masks,
@@ -237,6 +239,7 @@ pub fn new_record(
         id_base: ID_BASE + slot * ID_COUNT,
         netns_inode: None,
         pin_dir: Some(config.bpf_pin_root.join(&cgroup_name)),
+        proxy_cgroup_dirs: Vec::new(),
     };
     Ok((record, cgroup_name))
 }
@@ -327,6 +330,7 @@ impl Sandbox {
             output: None,
             idmapped: false,
             fence: None,
+            cgroup_root: config.cgroup_root.clone(),
         };
         let span = tracing::info_span!("runner", runner = %runner, job = %job_id, slot);
         let started =
@@ -473,6 +477,26 @@ impl Sandbox {
     /// The runner's v2 cgroup directory.
     pub fn cgroup_dir(&self) -> &Path {
         &self.record.cgroup_dirs[0]
+    }
+
+    /// Makes the cgroup the runner's proxy process is to run in, with `limits`: a sibling
+    /// of the runner's own (`<runner's>-proxy`), so that neither the fence attached to the
+    /// runner's cgroup nor the kill that ends the job applies to it, but what the job makes
+    /// its proxy do (floods of lookups, connections, handshakes) is bounded and charged
+    /// apart from the host. Recorded before it is made, so that a crashed agent's reaper
+    /// removes it with the runner.
+    pub fn proxy_cgroup(&mut self, limits: &CgroupLimits) -> Result<RunnerCgroup, SandboxError> {
+        let layout = CgroupLayout::detect(&self.cgroup_root)?;
+        let name = self
+            .record
+            .cgroup_dirs
+            .first()
+            .and_then(|dir| dir.file_name())
+            .map(|name| format!("{}-proxy", name.to_string_lossy()))
+            .ok_or_else(|| SandboxError::Init("the runner has no cgroup".into()))?;
+        self.record.proxy_cgroup_dirs = layout.runner_dirs(&name);
+        self.run_dir.write_record(&self.record)?;
+        Ok(layout.create(&name, limits)?)
     }
 
     /// How often the kernel has enforced the runner's memory and pids limits so far.
@@ -806,6 +830,19 @@ pub async fn teardown(
     if let Some(cgroup) = cgroup {
         note(tokio::task::spawn_blocking(move || cgroup.remove().map_err(|e| e.to_string())).await);
     }
+    // The proxy is stopped before the runner is destroyed; a proxy a crashed agent left
+    // behind is killed here.
+    if let Some(proxy) = RunnerCgroup::from_dirs(&record.proxy_cgroup_dirs) {
+        note(
+            tokio::task::spawn_blocking(move || {
+                proxy
+                    .kill_all(KILL_DEADLINE)
+                    .and_then(|()| proxy.remove())
+                    .map_err(|e| format!("proxy cgroup: {e}"))
+            })
+            .await,
+        );
+    }
     note(veth.await);
     match std::fs::remove_dir(&record.scratch_dir) {
         Ok(()) => {}
@@ -831,7 +868,7 @@ pub async fn teardown(
 /// and, with [`NetnsCheck::ScanProcesses`], any process in the runner's network namespace.
 pub fn verify_gone(record: &RunnerRecord, netns_check: NetnsCheck) -> Vec<String> {
     let mut left = Vec::new();
-    for dir in &record.cgroup_dirs {
+    for dir in record.cgroup_dirs.iter().chain(&record.proxy_cgroup_dirs) {
         if dir.exists() {
             left.push(format!("cgroup {}", dir.display()));
         }
