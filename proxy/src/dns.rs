@@ -17,14 +17,25 @@
 //! Every decision is an audit event with source `dns`. Over TCP, every length-prefixed
 //! message of the stream is parsed and decided on its own (RFC 7766 pipelining), so a
 //! second query in the same segment cannot ride on the first.
+//!
+//! The work a client can cause is bounded: DNS-over-TCP connections per client
+//! (`max_dns_tcp_per_client`, one message at a time each), and UDP questions in flight
+//! upstream per listener (`max_dns_udp_in_flight`, each holding an upstream socket). A UDP
+//! question past that cap is dropped and never forwarded; such queries are recorded as a
+//! count, in one deny event per client and second (`Shed`), because one event per
+//! datagram would let the flood grow the log without bound instead.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::audit::{Kind, Source};
 use crate::clients::{ClientEntry, SlotKind};
@@ -41,24 +52,78 @@ pub(crate) async fn answer(
     wire: &[u8],
     udp: bool,
 ) -> Option<Vec<u8>> {
-    let client = shared.clients.get(peer.ip());
-    let Some(client) = client else {
+    match first_step(shared, peer, wire, udp) {
+        Step::Done(reply) => reply,
+        Step::Ask(question) => ask_upstream(shared, question, udp).await,
+    }
+}
+
+/// Where a message stands after the part of the decision that needs no network.
+// Moved once, from `first_step` to its caller: boxing the large variant would only add
+// an allocation per forwarded question.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Decided and recorded; the reply to send, if any.
+    Done(Option<Vec<u8>>),
+    /// An allowed address question, to resolve upstream.
+    Ask(Question),
+}
+
+/// An allowed question and what its answer is recorded against.
+struct Question {
+    client: Arc<ClientEntry>,
+    query: Message,
+    host: Host,
+    decision: Decision,
+}
+
+/// Finds the client and takes the local decision ([`local_decision`]), recording it
+/// unless the question goes upstream. Synchronous, so the UDP listener runs it inline
+/// and only questions that go upstream become tasks (and count against its cap).
+fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step {
+    let Some(client) = shared.clients.get(peer.ip()) else {
         shared.record(
             None,
             &Subject::new(Kind::Dns),
             &Decision::deny(format!("unknown client {}", peer.ip())),
         );
-        return None;
+        return Step::Done(None);
     };
-    let reply = decide(shared, &client, wire).await?;
-    let mut bytes = reply.to_vec().ok()?;
-    if udp && bytes.len() > UDP_MAX {
-        let mut truncated = reply;
-        truncated.take_answers();
-        truncated.set_truncated(true);
-        bytes = truncated.to_vec().ok()?;
+    match local_decision(&client.policy, wire) {
+        Local::Reply {
+            reply,
+            host,
+            decision,
+        } => {
+            let mut subject = Subject::new(Kind::Dns);
+            subject.host = host.as_ref();
+            record(shared, &client, &subject, &decision);
+            Step::Done(reply.and_then(|reply| encode(reply, udp)))
+        }
+        Local::Forward {
+            query,
+            host,
+            decision,
+        } => Step::Ask(Question {
+            client,
+            query,
+            host,
+            decision,
+        }),
     }
-    Some(bytes)
+}
+
+/// The reply in wire form; over UDP, a reply too large loses its answers and carries
+/// the TC bit, so the client asks again over TCP (RFC 1035 section 4.2.1).
+fn encode(reply: Message, udp: bool) -> Option<Vec<u8>> {
+    let bytes = reply.to_vec().ok()?;
+    if !udp || bytes.len() <= UDP_MAX {
+        return Some(bytes);
+    }
+    let mut truncated = reply;
+    truncated.take_answers();
+    truncated.set_truncated(true);
+    truncated.to_vec().ok()
 }
 
 fn record(shared: &Shared, client: &ClientEntry, subject: &Subject<'_>, decision: &Decision) {
@@ -212,24 +277,16 @@ pub fn filter_answer(
     (reply, first_ip, removed)
 }
 
-async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Message> {
-    let (query, host, decision) = match local_decision(&client.policy, wire) {
-        Local::Reply {
-            reply,
-            host,
-            decision,
-        } => {
-            let mut subject = Subject::new(Kind::Dns);
-            subject.host = host.as_ref();
-            record(shared, client, &subject, &decision);
-            return reply;
-        }
-        Local::Forward {
-            query,
-            host,
-            decision,
-        } => (query, host, decision),
-    };
+/// Resolves an allowed question upstream and rebuilds the answer ([`filter_answer`]),
+/// recording the decision with the address handed out (and any address removed).
+async fn ask_upstream(shared: &Shared, question: Question, udp: bool) -> Option<Vec<u8>> {
+    let Question {
+        client,
+        query,
+        host,
+        decision,
+    } = question;
+    let client = &*client;
     let mut subject = Subject::new(Kind::Dns);
     subject.host = Some(&host);
     let question = &query.queries()[0];
@@ -243,7 +300,7 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
             let mut failed = decision.clone();
             failed.reason = Some(err.to_string());
             record(shared, client, &subject, &failed);
-            return Some(reply_to(&query, ResponseCode::ServFail));
+            return encode(reply_to(&query, ResponseCode::ServFail), udp);
         }
     };
     let (reply, first_ip, removed) =
@@ -262,28 +319,137 @@ async fn decide(shared: &Shared, client: &ClientEntry, wire: &[u8]) -> Option<Me
     }
     subject.ip = first_ip;
     record(shared, client, &subject, &decision);
-    Some(reply)
+    encode(reply, udp)
 }
 
+/// How often a UDP listener reports the queries it shed ([`Shed`]).
+const SHED_REPORT: Duration = Duration::from_secs(1);
+
 /// Serves DNS over UDP until the task is dropped.
+///
+/// Whatever is decided locally (denied names, other record types, malformed messages) is
+/// answered inline. A question that goes upstream holds an upstream socket for up to the
+/// DNS timeout, so at most `max_dns_udp_in_flight` of them are in flight at once; one
+/// past that is shed: dropped unanswered and never forwarded. Dropping took about half
+/// the CPU per shed datagram that answering SERVFAIL did in a local flood (no reply to
+/// build and send), and what a resolver does with silence is retry after its timeout, so
+/// a burst that meets the cap ends up delayed rather than failed. Shed queries are counted into
+/// summary events ([`Shed`]), not one event each, so a flood does not flood the log too.
 pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
+    let cap = shared
+        .limits
+        .max_dns_udp_in_flight
+        .min(Semaphore::MAX_PERMITS);
+    let in_flight = Arc::new(Semaphore::new(cap));
+    let mut shed = Shed::new(Arc::clone(&shared), cap);
+    // Questions being asked upstream; aborted with this task, so none outlives the proxy.
+    let mut asking = JoinSet::new();
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
+        let due = shed.due;
+        let received = tokio::select! {
+            // recv_from is cancel safe: a datagram is never half taken.
+            received = socket.recv_from(&mut buf) => received,
+            () = until(due) => {
+                shed.report();
+                continue;
+            }
+        };
+        let (n, peer) = match received {
             Ok(got) => got,
             Err(err) => {
                 tracing::warn!(error = %err, "dns udp receive failed");
                 continue;
             }
         };
-        let wire = buf[..n].to_vec();
+        let question = match first_step(&shared, peer, &buf[..n], true) {
+            Step::Done(Some(reply)) => {
+                let _ = socket.send_to(&reply, peer).await;
+                continue;
+            }
+            Step::Done(None) => continue,
+            Step::Ask(question) => question,
+        };
+        while asking.try_join_next().is_some() {}
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            shed.count(question.client);
+            continue;
+        };
         let shared = Arc::clone(&shared);
         let socket = Arc::clone(&socket);
-        tokio::spawn(async move {
-            if let Some(reply) = answer(&shared, peer, &wire, true).await {
+        asking.spawn(async move {
+            let _permit = permit;
+            if let Some(reply) = ask_upstream(&shared, question, true).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
         });
+    }
+}
+
+/// Completes at `due`; never, without one.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The queries one UDP listener shed since its last report, per client. Reported as one
+/// deny event per client at most every [`SHED_REPORT`], so the log grows by a line a
+/// second under a flood, not a line a datagram, and still says how many were shed and
+/// whose they were. What is pending when the listener stops is reported then.
+struct Shed {
+    shared: Arc<Shared>,
+    cap: usize,
+    /// Client id → (the client, queries shed).
+    pending: HashMap<u64, (Arc<ClientEntry>, u64)>,
+    /// When to report; set by the first query shed after a report.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Shed {
+    fn new(shared: Arc<Shared>, cap: usize) -> Self {
+        Shed {
+            shared,
+            cap,
+            pending: HashMap::new(),
+            due: None,
+        }
+    }
+
+    fn count(&mut self, client: Arc<ClientEntry>) {
+        self.pending.entry(client.id).or_insert((client, 0)).1 += 1;
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + SHED_REPORT);
+    }
+
+    fn report(&mut self) {
+        self.due = None;
+        for (client, count) in self.pending.drain().map(|(_, pending)| pending) {
+            let decision = Decision::deny(format!(
+                "{count} DNS queries over UDP dropped, not forwarded: {} already in flight \
+                 on this listener",
+                self.cap
+            ));
+            let event = event_for(
+                Some(&client),
+                Source::Dns,
+                &Subject::new(Kind::Dns),
+                &decision,
+            );
+            tracing::warn!(
+                runner = event.runner.as_deref(),
+                shed = count,
+                "dns queries shed"
+            );
+            self.shared.audit.record(event);
+        }
+    }
+}
+
+impl Drop for Shed {
+    fn drop(&mut self) {
+        self.report();
     }
 }
 
@@ -351,13 +517,17 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
 }
 
 #[cfg(test)]
+mod udp_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{EgressConfig, RuleConfig, RuleTarget, DEFAULT_PORTS};
     use hickory_proto::op::Query;
     use hickory_proto::rr::{rdata, Name};
 
-    fn policy() -> Policy {
+    /// `*.example.com` on the default ports.
+    pub(super) fn policy() -> Policy {
         Policy::new(&EgressConfig {
             allow: vec![RuleConfig {
                 target: RuleTarget::Host("*.example.com".into()),

@@ -29,17 +29,22 @@
 //!   policy sees method and path, and the upstream is a TLS connection to an address
 //!   checked when the connection was decided (no new resolution).
 //!
+//! Upstream connections are kept for keep-alive: by the client connection that used one
+//! last, then, when that connection ends, in an [`UpstreamPool`] bounded in entries (per
+//! key and in all, least recently used evicted first) and in idle time, because the
+//! connections it holds cost the proxy, not the job that left them.
+//!
 //! The same [`forward`] serves all four request paths (explicit, transparent,
 //! terminated, tunnelled), so the checks, the credential injection of `crate::intercept` and the
 //! audit events cannot drift apart between them.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -60,6 +65,7 @@ use crate::clients::{ClientEntry, ConnSlot};
 use crate::framing::{Recorder, Tail};
 use crate::gate::TunnelGate;
 use crate::intercept::{scrub, Terminated};
+use crate::limits::Limits;
 use crate::origdst::Origin;
 use crate::policy::name::split_authority;
 use crate::policy::{classify_host, Decision, Host, HttpView};
@@ -112,61 +118,133 @@ struct Upstream {
 /// a plain connection is never reused for a request meant for TLS (or the reverse).
 type UpstreamKey = (String, u16, IpAddr, bool);
 
-/// Idle upstream connections, kept per client so that a connection opened for one runner
-/// is never reused for another, and per (name, port, address) so that a reused connection
-/// goes exactly where a new one would.
-#[derive(Default)]
+/// Idle upstream connections kept for reuse (HTTP keep-alive). An entry is taken only by
+/// the client that left it, so a connection opened for one runner is never reused for
+/// another, and only for the same (name, port, address, TLS), so a reused connection goes
+/// exactly where a new one would.
+///
+/// Bounded, because what it holds is the proxy's, not the job's: a job that opens many
+/// names times many connections and then closes its sockets holds nothing, while every
+/// upstream connection left here costs the proxy a descriptor and some 17 KB outside the
+/// job's cgroup. So it keeps at most `max` entries in all and `per_key` per key, evicts
+/// (closes) the least recently used one to make room, and closes any left unused for
+/// `idle_timeout` ([`UpstreamPool::expire`]). A few dozen serve keep-alive well: a busy
+/// client connection keeps its upstream connection itself (`Conn::upstream`), and the pool
+/// only hands it on from one client connection to the next. At that size linear scans
+/// are cheap, and they keep the least-recently-used order a plain queue.
 pub(crate) struct UpstreamPool {
-    idle: std::sync::Mutex<HashMap<PoolKey, Vec<SendRequest<ProxyBody>>>>,
+    /// Least recently used first.
+    idle: std::sync::Mutex<VecDeque<Idle>>,
+    max: usize,
+    per_key: usize,
+    idle_timeout: Duration,
 }
 
-/// (client id, upstream key).
-type PoolKey = (u64, UpstreamKey);
+/// One idle connection: whose, to where, and since when.
+struct Idle {
+    client: u64,
+    key: UpstreamKey,
+    sender: SendRequest<ProxyBody>,
+    since: tokio::time::Instant,
+}
 
-/// Idle connections kept per key, and keys kept in all.
-const POOL_PER_KEY: usize = 16;
-const POOL_KEYS: usize = 4096;
+impl Idle {
+    fn leads_to(&self, client: u64, (host, port, tls): (&str, u16, bool), ip: IpAddr) -> bool {
+        let (h, p, i, t) = &self.key;
+        self.client == client && h == host && *p == port && *i == ip && *t == tls
+    }
+}
 
 impl UpstreamPool {
+    /// An empty pool with the bounds of `limits`.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        UpstreamPool {
+            idle: std::sync::Mutex::new(VecDeque::new()),
+            max: limits.max_idle_upstream,
+            per_key: limits.max_idle_upstream_per_key,
+            idle_timeout: limits.upstream_idle_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the entries that are closed or were idle for the timeout. Dropping the last
+    /// `SendRequest` of a connection ends hyper's connection task, which closes the socket.
+    fn drop_stale(&self, idle: &mut VecDeque<Idle>, now: tokio::time::Instant) {
+        idle.retain(|e| {
+            !e.sender.is_closed() && now.saturating_duration_since(e.since) < self.idle_timeout
+        });
+    }
+
     /// An idle connection of `client` to (host, port, address, TLS), trying `addrs` in
     /// order; returns it with its address.
     fn take(
         &self,
         client: u64,
-        (host, port, tls): (&str, u16, bool),
+        target: (&str, u16, bool),
         addrs: &[IpAddr],
     ) -> Option<(SendRequest<ProxyBody>, IpAddr)> {
-        let &first = addrs.first()?;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // One owned key for every address: only the address differs between lookups.
-        let mut key: PoolKey = (client, (host.to_owned(), port, first, tls));
+        let mut idle = self.lock();
+        self.drop_stale(&mut idle, tokio::time::Instant::now());
         for &ip in addrs {
-            key.1 .2 = ip;
-            let Some(senders) = idle.get_mut(&key) else {
-                continue;
-            };
-            while let Some(sender) = senders.pop() {
-                if sender.is_ready() {
-                    return Some((sender, ip));
+            // Most recent first: the least likely to have been closed by the server.
+            while let Some(at) = idle.iter().rposition(|e| e.leads_to(client, target, ip)) {
+                let Some(entry) = idle.remove(at) else { break };
+                if entry.sender.is_ready() {
+                    return Some((entry.sender, ip));
                 }
+                // Still busy (its client left during a response) or closing: let it go.
             }
-            idle.remove(&key);
         }
         None
     }
 
+    /// Keeps `upstream` for reuse by `client`, making room by closing the least recently
+    /// used connection of the same key, or of any key when the pool is full.
     fn put(&self, client: u64, upstream: Upstream) {
-        if upstream.sender.is_closed() {
+        if upstream.sender.is_closed() || self.max == 0 || self.per_key == 0 {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= POOL_KEYS {
-            idle.clear(); // bounded memory; the cost is a few new connections
+        let now = tokio::time::Instant::now();
+        let mut idle = self.lock();
+        self.drop_stale(&mut idle, now);
+        let same = |e: &Idle| e.client == client && e.key == upstream.key;
+        if idle.iter().filter(|e| same(e)).count() >= self.per_key {
+            if let Some(oldest) = idle.iter().position(same) {
+                idle.remove(oldest);
+            }
         }
-        let senders = idle.entry((client, upstream.key)).or_default();
-        if senders.len() < POOL_PER_KEY {
-            senders.push(upstream.sender);
+        if idle.len() >= self.max {
+            idle.pop_front();
         }
+        idle.push_back(Idle {
+            client,
+            key: upstream.key,
+            sender: upstream.sender,
+            since: now,
+        });
+    }
+
+    /// Closes connections idle for the timeout even when nobody uses the pool any more;
+    /// runs until aborted (with the proxy).
+    pub(crate) async fn expire(pool: Arc<Self>) {
+        // An entry lives at most a quarter longer than the timeout.
+        let period = (pool.idle_timeout / 4).max(Duration::from_millis(50));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let mut idle = pool.lock();
+            pool.drop_stale(&mut idle, tokio::time::Instant::now());
+        }
+    }
+
+    /// Idle connections held now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -887,3 +965,6 @@ fn spawn_tunnel(conn: Arc<Conn>, on_upgrade: hyper::upgrade::OnUpgrade, gate: Tu
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

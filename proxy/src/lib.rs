@@ -23,6 +23,8 @@ pub mod resolve;
 pub mod secret_match;
 pub mod server;
 mod shared;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 mod transparent;
 pub mod tunnel;

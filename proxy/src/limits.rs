@@ -32,6 +32,17 @@ pub struct Limits {
     pub dns_timeout: Duration,
     /// Most DNS-over-TCP connections per client.
     pub max_dns_tcp_per_client: usize,
+    /// Most DNS-over-UDP questions being resolved upstream at once, per DNS listener;
+    /// one past it is dropped unanswered, never sent upstream.
+    pub max_dns_udp_in_flight: usize,
+    /// Most idle upstream connections kept for reuse (HTTP keep-alive), all clients
+    /// together; past it the least recently used one is closed. Meant to stay small:
+    /// each one is the proxy's descriptor and memory, and lookups scan the pool.
+    pub max_idle_upstream: usize,
+    /// Most idle upstream connections kept for one (client, name, port, address).
+    pub max_idle_upstream_per_key: usize,
+    /// An idle upstream connection unused for this long is closed.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +60,10 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             dns_timeout: Duration::from_secs(3),
             max_dns_tcp_per_client: 16,
+            max_dns_udp_in_flight: 256,
+            max_idle_upstream: 64,
+            max_idle_upstream_per_key: 16,
+            upstream_idle_timeout: Duration::from_secs(30),
         }
     }
 }

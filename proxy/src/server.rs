@@ -17,9 +17,10 @@
 //!
 //! Lifecycle: [`ProxyBuilder::start`] binds every listener first (so a port conflict is an
 //! error returned to the caller, not a log line) and then spawns one accept task per
-//! listener. Each accept task owns a `JoinSet` of its connections, so dropping the
-//! [`Proxy`] aborts the accept tasks and with them every connection: nothing keeps serving
-//! after the owner is gone (fail closed).
+//! listener, plus one that closes idle upstream connections once they expire. Each accept
+//! task (and each DNS UDP task) owns a `JoinSet` of its connections (queries), so
+//! dropping the [`Proxy`] aborts the accept tasks and with them every connection: nothing
+//! keeps serving after the owner is gone (fail closed).
 //!
 //! Every TCP connection is matched to a client by source address first; unknown clients
 //! are refused with an audit event, and each client's open connections are capped.
@@ -164,6 +165,7 @@ impl ProxyBuilder {
     /// Binds every listener and starts serving.
     pub async fn start(self) -> Result<Proxy, ProxyError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let pool = Arc::new(http::UpstreamPool::new(&self.limits));
         let shared = Arc::new(Shared {
             clients: Arc::new(ClientTable::default()),
             resolver: Resolver::new(self.upstream_dns, self.limits.dns_timeout),
@@ -171,12 +173,13 @@ impl ProxyBuilder {
             limits: self.limits,
             special: SpecialNets::with_extra(self.internal).with_local(self.local),
             origdst: self.origdst,
-            pool: crate::http::UpstreamPool::default(),
+            pool: Arc::clone(&pool),
             stopped,
         });
         let mut proxy = Proxy {
             shared: Arc::clone(&shared),
             tasks: Vec::new(),
+            expire_idle: tokio::spawn(http::UpstreamPool::expire(pool)),
             http_addrs: Vec::new(),
             tls_addrs: Vec::new(),
             plain_addrs: Vec::new(),
@@ -216,23 +219,7 @@ impl ProxyBuilder {
             }
         }
         for addr in &self.dns {
-            let udp = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| ProxyError::BindUdp {
-                    addr: *addr,
-                    source,
-                })?;
-            let bound = udp.local_addr().map_err(|source| ProxyError::BindUdp {
-                addr: *addr,
-                source,
-            })?;
-            // TCP on the same port as UDP, as resolvers expect (RFC 7766).
-            let tcp = TcpListener::bind(bound)
-                .await
-                .map_err(|source| ProxyError::BindTcp {
-                    addr: bound,
-                    source,
-                })?;
+            let (udp, tcp, bound) = bind_dns(*addr).await?;
             proxy.dns_addrs.push(bound);
             proxy.tasks.push(tokio::spawn(crate::dns::serve_udp(
                 Arc::clone(&shared),
@@ -255,6 +242,36 @@ impl ProxyBuilder {
             )));
         }
         Ok(proxy)
+    }
+}
+
+/// Binds the DNS UDP socket at `addr` and a TCP listener on the same port, as resolvers
+/// expect (RFC 7766). With port 0 the kernel picks the UDP port, and that port may be
+/// taken for TCP (by any connection's ephemeral local port), so a few fresh picks are
+/// tried before giving up.
+async fn bind_dns(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), ProxyError> {
+    const PICKS: usize = 16;
+    let mut picks = 1;
+    loop {
+        let udp_error = |source| ProxyError::BindUdp { addr, source };
+        let udp = UdpSocket::bind(addr).await.map_err(udp_error)?;
+        let bound = udp.local_addr().map_err(udp_error)?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(err)
+                if addr.port() == 0
+                    && err.kind() == std::io::ErrorKind::AddrInUse
+                    && picks < PICKS =>
+            {
+                picks += 1;
+            }
+            Err(source) => {
+                return Err(ProxyError::BindTcp {
+                    addr: bound,
+                    source,
+                })
+            }
+        }
     }
 }
 
@@ -339,6 +356,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
 pub struct Proxy {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// Closes idle upstream connections; apart from `tasks`, which are the listeners
+    /// [`Proxy::wait`] waits on.
+    expire_idle: JoinHandle<()>,
     http_addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     plain_addrs: Vec<SocketAddr>,
@@ -427,6 +447,12 @@ impl Proxy {
         &self.dns_addrs
     }
 
+    /// Idle upstream connections kept for reuse right now.
+    #[cfg(test)]
+    pub(crate) fn idle_upstreams(&self) -> usize {
+        self.shared.pool.len()
+    }
+
     /// Waits until a listener task ends (they only end when aborted or on panic).
     pub async fn wait(&mut self) {
         if let Some(task) = self.tasks.first_mut() {
@@ -440,6 +466,7 @@ impl Drop for Proxy {
         for task in &self.tasks {
             task.abort();
         }
+        self.expire_idle.abort();
         let _ = self.stop.send(true);
         if let Some(path) = &self.control_path {
             let _ = std::fs::remove_file(path);

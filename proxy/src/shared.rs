@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub special: SpecialNets,
     pub origdst: Option<Arc<dyn OriginalDestination>>,
-    pub pool: crate::http::UpstreamPool,
+    pub pool: Arc<crate::http::UpstreamPool>,
     /// Becomes true when the owning `Proxy` is dropped.
     pub stopped: tokio::sync::watch::Receiver<bool>,
 }

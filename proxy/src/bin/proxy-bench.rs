@@ -28,7 +28,6 @@
 //! `cidr` rule for 127.0.0.1, since it refuses loopback otherwise) and both write an
 //! access/audit log line per request.
 
-use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -37,17 +36,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::Parser;
 use egress_proxy::audit::JsonLinesSink;
 use egress_proxy::config::{EgressConfig, RuleConfig, RuleTarget};
 use egress_proxy::policy::{classify_host, Policy};
 use egress_proxy::server::Proxy;
-use hickory_proto::op::{Message, MessageType};
-use hickory_proto::rr::{rdata, RData, Record, RecordType};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Benchmark egress-proxy against Squid and a direct connection.
@@ -306,16 +299,7 @@ async fn start_servers(bulk_mib: u64) -> anyhow::Result<(SocketAddr, SocketAddr,
     tokio::spawn(async move {
         while let Ok((stream, _)) = origin.accept().await {
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"ok\n",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(egress_proxy::testing::serve_ok(stream));
         }
     });
     let bulk = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
@@ -339,32 +323,11 @@ async fn start_servers(bulk_mib: u64) -> anyhow::Result<(SocketAddr, SocketAddr,
     });
     let dns = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let dns_addr = dns.local_addr()?;
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, peer)) = dns.recv_from(&mut buf).await {
-            let Ok(query) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut reply = Message::new();
-            reply
-                .set_id(query.id())
-                .set_message_type(MessageType::Response);
-            for q in query.queries() {
-                reply.add_query(q.clone());
-                if q.query_type() == RecordType::A && q.name().to_ascii().ends_with(".bench.test.")
-                {
-                    reply.add_answer(Record::from_rdata(
-                        q.name().clone(),
-                        300,
-                        RData::A(rdata::A::new(127, 0, 0, 1)),
-                    ));
-                }
-            }
-            if let Ok(bytes) = reply.to_vec() {
-                let _ = dns.send_to(&bytes, peer).await;
-            }
-        }
-    });
+    tokio::spawn(egress_proxy::testing::serve_fixed_dns(
+        dns,
+        ".bench.test.",
+        Ipv4Addr::LOCALHOST,
+    ));
     Ok((origin_addr, bulk_addr, dns_addr))
 }
 

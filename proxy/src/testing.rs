@@ -1,0 +1,54 @@
+//! Stand-ins for the world around the proxy that its own tests and its benchmark share:
+//! not part of the proxy's interface.
+
+use std::net::Ipv4Addr;
+
+use hickory_proto::op::{Message, MessageType};
+use hickory_proto::rr::{rdata, RData, Record, RecordType};
+use tokio::net::UdpSocket;
+
+/// Answers the DNS queries arriving on `socket` until it fails: A questions for names
+/// ending in `suffix` (with its trailing dot, e.g. `".bench.test."`) get `address`, every
+/// other question an empty answer.
+pub async fn serve_fixed_dns(socket: UdpSocket, suffix: &str, address: Ipv4Addr) {
+    let mut buf = [0u8; 1500];
+    while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let mut reply = Message::new();
+        reply
+            .set_id(query.id())
+            .set_message_type(MessageType::Response);
+        for q in query.queries() {
+            reply.add_query(q.clone());
+            if q.query_type() == RecordType::A && q.name().to_ascii().ends_with(suffix) {
+                reply.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    300,
+                    RData::A(rdata::A(address)),
+                ));
+            }
+        }
+        if let Ok(bytes) = reply.to_vec() {
+            let _ = socket.send_to(&bytes, peer).await;
+        }
+    }
+}
+
+/// Serves one HTTP/1.1 keep-alive connection, answering `ok` to every request, until the
+/// client closes it.
+pub async fn serve_ok(stream: tokio::net::TcpStream) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let service = service_fn(|_req| async {
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+            bytes::Bytes::from_static(b"ok\n"),
+        )))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
