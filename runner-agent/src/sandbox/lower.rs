@@ -29,8 +29,9 @@
 //!
 //! The walk stays on the tree's filesystem (another filesystem mounted inside a tree is
 //! not part of the clone that forms the layer, so it appears empty there anyway) and
-//! skips the configured masks. Its cost is one `lstat` per visible entry of the scanned
-//! trees: about 7,000 entries, a few milliseconds, on the development machine.
+//! skips the configured masks and the package managers' own directories
+//! ([`PACKAGE_DIRS`]). Its cost is one `lstat` per visible entry of the scanned trees:
+//! about 3,000 entries, 3 to 4 ms, on the development machine.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -45,6 +46,17 @@ pub const WRITABLE_TREES: &[&str] = &[
 
 /// The trees whose private entries are hidden (see the module docs).
 pub const SCANNED_TREES: &[&str] = &["/etc", "/var", "/opt", "/usr/local"];
+
+/// Package managers' own directories inside the scanned trees, public by construction and
+/// large (`/var/lib/dpkg/info` alone is about 3,000 files, half of a Debian host's
+/// walk): not walked, like `/usr`.
+pub const PACKAGE_DIRS: &[&str] = &[
+    "/var/lib/dpkg/info",
+    "/var/lib/apt/lists",
+    "/var/cache/apt/archives",
+    "/var/cache/man",
+    "/var/lib/flatpak",
+];
 
 /// `S_IROTH | S_IXOTH`.
 const OTHER_READ: u32 = 0o004;

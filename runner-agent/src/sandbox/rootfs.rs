@@ -275,8 +275,13 @@ fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, Rootf
         if !layer_for(layers, tree).idmapped || !tree.is_dir() {
             continue;
         }
-        let private =
-            super::lower::private_entries(tree, &spec.masked_paths).map_err(io_err(tree))?;
+        let skip: Vec<PathBuf> = spec
+            .masked_paths
+            .iter()
+            .cloned()
+            .chain(super::lower::PACKAGE_DIRS.iter().map(PathBuf::from))
+            .collect();
+        let private = super::lower::private_entries(tree, &skip).map_err(io_err(tree))?;
         masks.extend(private);
     }
     Ok(masks)
