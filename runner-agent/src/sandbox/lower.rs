@@ -110,7 +110,8 @@ pub fn private_entries(root: &Path, skip: &[PathBuf]) -> io::Result<Vec<PathBuf>
             if skip.iter().any(|s| path.starts_with(s)) {
                 continue;
             }
-            let meta = match std::fs::symlink_metadata(&path) {
+            // Relative to the open directory (fstatat), not a walk from "/" per entry.
+            let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),

@@ -270,17 +270,17 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
 /// idmapped (elsewhere the job is an "other" user of the host's files already).
 fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, RootfsError> {
     let mut masks = spec.masked_paths.clone();
+    let skip: Vec<PathBuf> = spec
+        .masked_paths
+        .iter()
+        .cloned()
+        .chain(super::lower::PACKAGE_DIRS.iter().map(PathBuf::from))
+        .collect();
     for tree in super::lower::SCANNED_TREES {
         let tree = Path::new(tree);
         if !layer_for(layers, tree).idmapped || !tree.is_dir() {
             continue;
         }
-        let skip: Vec<PathBuf> = spec
-            .masked_paths
-            .iter()
-            .cloned()
-            .chain(super::lower::PACKAGE_DIRS.iter().map(PathBuf::from))
-            .collect();
         let private = super::lower::private_entries(tree, &skip).map_err(io_err(tree))?;
         masks.extend(private);
     }
