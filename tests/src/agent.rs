@@ -179,6 +179,34 @@ impl World {
         cmd
     }
 
+    /// Runs `runner-agent run JOB --config HOST` in a private mount namespace in which the
+    /// shell snippet `setup` ran first (`unshare -m --propagation private`): a host with
+    /// other mounts than this one (a filesystem mounted inside /var, a btrfs /opt), without
+    /// touching this host's own.
+    pub fn run_with_mounts(&self, setup: &str, job: &Path) -> Output {
+        let netns = fs::File::open(format!("/run/netns/{}", self.netns)).expect("open netns");
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!("set -e\n{setup}\nexec \"$0\" \"$@\""))
+            .arg(agent_binary())
+            .args(["run", &job.to_string_lossy(), "--config"])
+            .arg(&self.config)
+            .env("CI", "true")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        // SAFETY: the closure only calls setns(2) on a descriptor opened before fork,
+        // which is async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().expect("run runner-agent under unshare")
+    }
+
     /// Runs `runner-agent run JOB --config HOST` and waits for it.
     pub fn run(&self, job: &Path) -> Output {
         self.run_command(job, &[])

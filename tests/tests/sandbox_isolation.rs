@@ -142,6 +142,12 @@ steps:
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Sets `path`'s permission bits.
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
 /// Removes a host path (file or tree) when dropped.
 struct RemoveOnDrop(Vec<std::path::PathBuf>);
 
@@ -163,9 +169,6 @@ fn a_job_reads_the_hosts_files_only_as_anyone_may_and_still_installs_packages() 
     require_privilege!();
     let world = World::new("", "");
     let tag = format!("ra-private-{}", std::process::id());
-    let chmod = |path: &std::path::Path, mode: u32| {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
     // In an idmapped tree (/var) and in the rest of the host (/srv), and in /etc.
     let var = std::path::PathBuf::from(format!("/var/lib/{tag}"));
     let srv = std::path::PathBuf::from(format!("/srv/{tag}"));
@@ -262,6 +265,117 @@ steps:
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
     let left = world.leftovers(&[id]);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// What the layers show of a tree is what its clone holds, and that is what is judged:
+/// files under a filesystem mounted inside /var (the clone shows what lies under the
+/// mount; the live tree, once walked instead, showed the mount's content), a btrfs
+/// subvolume (part of the same mount with a device number of its own, once skipped) and
+/// a tree whose top is closed to other users (/opt at 0700, once never judged). Each was
+/// read inside by an attack run from a sandbox. The host's mounts are made in a private
+/// mount namespace of the agent's, so this host's own stay as they are.
+#[test]
+fn private_files_under_mounts_in_subvolumes_and_closed_trees_stay_hidden() {
+    require_privilege!();
+    let world = World::new("", "");
+    let tag = format!("ra-under-{}", std::process::id());
+    let under_tmpfs = std::path::PathBuf::from(format!("/var/lib/{tag}-tmpfs"));
+    let under_bind = std::path::PathBuf::from(format!("/var/lib/{tag}-bind"));
+    let public = std::path::PathBuf::from(format!("/var/lib/{tag}-public"));
+    let _cleanup = RemoveOnDrop(vec![
+        under_tmpfs.clone(),
+        under_bind.clone(),
+        public.clone(),
+    ]);
+    for dir in [&under_tmpfs, &under_bind] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("under"), format!("SECRET-under-{tag}")).unwrap();
+        chmod(&dir.join("under"), 0o600);
+    }
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::write(public.join("readme"), format!("PUBLIC-{tag}")).unwrap();
+
+    // 1. Files under mounts in /var.
+    let job = world.job(
+        "mounts.yaml",
+        &format!(
+            "name: mounts\nsteps:\n  - name: read\n    run: |\n      set +e\n      cat {t}/under {b}/under\n      true\n",
+            t = under_tmpfs.display(),
+            b = under_bind.display()
+        ),
+    );
+    let output = world.run_with_mounts(
+        &format!(
+            "mount -t tmpfs -o mode=0755 none {t}\nmount --bind {p} {b}",
+            t = under_tmpfs.display(),
+            b = under_bind.display(),
+            p = public.display()
+        ),
+        &job,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(!stdout.contains("SECRET-"), "{}", describe(&output));
+
+    // 2. /opt closed to other users: what is under it is private, whatever its own mode.
+    let job = world.job(
+        "closed.yaml",
+        "name: closed\nsteps:\n  - name: read\n    run: |\n      set +e\n      cat /opt/app/token /opt/top-token\n      true\n",
+    );
+    let output = world.run_with_mounts(
+        &format!(
+            "mount -t tmpfs -o mode=0700 none /opt\nmkdir -m 755 /opt/app\necho SECRET-closed-{tag} > /opt/app/token\necho SECRET-top-{tag} > /opt/top-token\nchmod 644 /opt/app/token /opt/top-token"
+        ),
+        &job,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(!stdout.contains("SECRET-"), "{}", describe(&output));
+
+    // 3. A btrfs /opt with a 0700 subvolume holding a 0600 file, beside a plain 0700
+    // directory and a 0600 file; a public file shows that /opt itself is there.
+    if std::process::Command::new("mkfs.btrfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mkfs.btrfs is missing (scripts/setup.sh installs btrfs-progs)"
+        );
+        println!("skipped the btrfs part: no mkfs.btrfs (package btrfs-progs)");
+        return;
+    }
+    let image = world.dir.path().join("opt.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let mkfs = std::process::Command::new("mkfs.btrfs")
+        .args(["-q", "-f"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "mkfs.btrfs: {mkfs:?}");
+    let job = world.job(
+        "btrfs.yaml",
+        "name: btrfs\nsteps:\n  - name: read\n    run: |\n      set +e\n      cat /opt/public /opt/machines/key /opt/plain/key /opt/top-key\n      true\n",
+    );
+    let output = world.run_with_mounts(
+        &format!(
+            "mount -o loop {image} /opt\nbtrfs subvolume create /opt/machines >/dev/null\necho SECRET-subvolume-{tag} > /opt/machines/key\nmkdir /opt/plain\necho SECRET-plain-{tag} > /opt/plain/key\necho SECRET-top-{tag} > /opt/top-key\necho PUBLIC-btrfs-{tag} > /opt/public\nchmod 600 /opt/machines/key /opt/plain/key /opt/top-key\nchmod 700 /opt/machines /opt/plain\nchmod 644 /opt/public\nchmod 755 /opt",
+            image = image.display()
+        ),
+        &job,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(!stdout.contains("SECRET-"), "{}", describe(&output));
+    assert!(
+        stdout.contains(&format!("PUBLIC-btrfs-{tag}")),
+        "{}",
+        describe(&output)
+    );
 }
 
 /// A step holds its stdin, stdout and stderr and nothing else of init's. The control

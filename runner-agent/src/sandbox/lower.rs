@@ -27,14 +27,17 @@
 //! what packages put there, which is public; they are not walked (they hold most of a
 //! system's files, and the walk is paid at every runner's start).
 //!
-//! The walk stays on the tree's filesystem (another filesystem mounted inside a tree is
-//! not part of the clone that forms the layer, so it appears empty there anyway) and
+//! The walk goes through the clone that forms the layer, not the live host tree: the clone
+//! holds no other mount, so where the host has a filesystem mounted inside a tree, the
+//! job sees (and the walk judges) what lies under it, and a btrfs subvolume, part of the
+//! same mount with a device number of its own, is walked like any directory. A tree whose
+//! top is itself private (`/opt` at 0700) gets no layer and is hidden whole. The walk
 //! skips the configured masks and the package managers' own directories
 //! ([`PACKAGE_DIRS`]). Its cost is one `lstat` per visible entry of the scanned trees:
 //! about 3,000 entries, 3 to 4 ms, on the development machine.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The trees of the host's root a job may change (through an idmapped layer of their own),
@@ -63,13 +66,27 @@ const OTHER_READ: u32 = 0o004;
 const OTHER_SEARCH: u32 = 0o001;
 
 /// The writable trees present here: real directories (not symlinks), not hidden whole by
-/// a mask in `masked` (the tree itself or one of its ancestors).
+/// a mask in `masked` (the tree itself or one of its ancestors), and open to the host's
+/// other users (see [`private_trees`]).
 pub fn writable_trees(masked: &[PathBuf]) -> Vec<PathBuf> {
     WRITABLE_TREES
         .iter()
         .map(PathBuf::from)
         .filter(|tree| {
-            std::fs::symlink_metadata(tree).is_ok_and(|meta| meta.is_dir())
+            std::fs::symlink_metadata(tree).is_ok_and(|meta| meta.is_dir() && !private(&meta))
+                && !masked.iter().any(|mask| tree.starts_with(mask))
+        })
+        .collect()
+}
+
+/// The writable trees that are private as a whole (say `/opt` at mode 0700): they get no
+/// idmapped layer, and are hidden like any private directory.
+pub fn private_trees(masked: &[PathBuf]) -> Vec<PathBuf> {
+    WRITABLE_TREES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|tree| {
+            std::fs::symlink_metadata(tree).is_ok_and(|meta| meta.is_dir() && private(&meta))
                 && !masked.iter().any(|mask| tree.starts_with(mask))
         })
         .collect()
@@ -89,13 +106,18 @@ fn private(meta: &std::fs::Metadata) -> bool {
     }
 }
 
-/// The entries under `root` (which itself is not judged) that the host's "other" users
-/// could not read, in walk order. Directories among them are not entered; nor are other
-/// filesystems, nor the paths in `skip` and below. An entry that vanishes during the walk
-/// is ignored; any other error fails the walk, since a tree that could not be read whole
-/// must not be shown.
+/// The entries at and under `root` that the host's "other" users could not read, in walk
+/// order: `root` alone when it is private itself. Directories among them are not entered;
+/// nor are the paths in `skip` and below. `root` should be a mount that holds no other
+/// (the clone that forms a layer): every entry is judged, whatever its device, since a
+/// btrfs subvolume reports a device of its own while being part of the same mount. An
+/// entry that vanishes during the walk is ignored; any other error fails the walk, since a
+/// tree that could not be read whole must not be shown.
 pub fn private_entries(root: &Path, skip: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
-    let device = std::fs::symlink_metadata(root)?.dev();
+    let top = std::fs::symlink_metadata(root)?;
+    if private(&top) {
+        return Ok(vec![root.to_owned()]);
+    }
     let mut found = Vec::new();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {
@@ -116,9 +138,6 @@ pub fn private_entries(root: &Path, skip: &[PathBuf]) -> io::Result<Vec<PathBuf>
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
             };
-            if meta.dev() != device {
-                continue;
-            }
             if private(&meta) {
                 found.push(path);
             } else if meta.is_dir() {
@@ -142,6 +161,7 @@ mod tests {
     fn private_entries_are_found_and_not_entered() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
+        chmod(r, 0o755);
         std::fs::create_dir_all(r.join("public/deeper")).unwrap();
         std::fs::write(r.join("public/readable"), "x").unwrap();
         std::fs::write(r.join("public/deeper/key"), "x").unwrap();
@@ -168,6 +188,17 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn a_private_root_is_hidden_whole() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("public"), "x").unwrap();
+        chmod(root.path(), 0o700);
+        assert_eq!(
+            private_entries(root.path(), &[]).unwrap(),
+            vec![root.path().to_owned()]
+        );
     }
 
     #[test]

@@ -170,15 +170,27 @@ impl Layer {
         )
     }
 
-    /// The owner an upper entry needs to look like the host's `uid`/`gid` through this
-    /// layer: mapped where the lower layer is idmapped, unchanged (so unmapped, `nobody`
-    /// inside) where it is not.
-    fn owner(&self, ids: IdMap, uid: u32, gid: u32) -> (u32, u32) {
-        if self.idmapped {
-            (ids.host(uid), ids.host(gid))
-        } else {
-            (uid, gid)
-        }
+    /// `inside` (absolute, under [`Layer::host`]) in this layer's lower directory: the
+    /// clone of the host's tree that the job sees, which is what masks must be made from.
+    /// Not the live host path: there, a filesystem mounted inside the tree shows its own
+    /// content, while the clone (which holds no other mount) shows what lies under it.
+    fn lower_path(&self, inside: &Path) -> PathBuf {
+        under(
+            &self.lower,
+            inside.strip_prefix(&self.host).unwrap_or(inside),
+        )
+    }
+
+    /// Metadata of `inside` as this layer's lower directory shows it (not following a
+    /// final symlink), or `None` when it has no such entry or the way to it goes through
+    /// a symlink (whose target is judged where it lives).
+    fn lower_entry(&self, inside: &Path) -> Option<fs::Metadata> {
+        let path = self.lower_path(inside);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        let parent = path.parent()?;
+        let lower = fs::canonicalize(&self.lower).ok()?;
+        let relative = parent.strip_prefix(&self.lower).ok()?;
+        (fs::canonicalize(parent).ok()? == lower.join(relative)).then_some(meta)
     }
 }
 
@@ -267,9 +279,12 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
 }
 
 /// The configured masks, plus the private entries of the scanned trees whose layer is
-/// idmapped (elsewhere the job is an "other" user of the host's files already).
+/// idmapped (elsewhere the job is an "other" user of the host's files already), found in
+/// what the layer shows ([`Layer::lower_path`]), and the writable trees that are private
+/// as a whole (they get no layer of their own; see `super::lower::writable_trees`).
 fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, RootfsError> {
     let mut masks = spec.masked_paths.clone();
+    masks.extend(super::lower::private_trees(&spec.masked_paths));
     let skip: Vec<PathBuf> = spec
         .masked_paths
         .iter()
@@ -278,11 +293,21 @@ fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, Rootf
         .collect();
     for tree in super::lower::SCANNED_TREES {
         let tree = Path::new(tree);
-        if !layer_for(layers, tree).idmapped || !tree.is_dir() {
+        let layer = layer_for(layers, tree);
+        let root = layer.lower_path(tree);
+        if !layer.idmapped || !root.is_dir() {
             continue;
         }
-        let private = super::lower::private_entries(tree, &skip).map_err(io_err(tree))?;
-        masks.extend(private);
+        let skip: Vec<PathBuf> = skip
+            .iter()
+            .filter(|s| s.starts_with(&layer.host))
+            .map(|s| layer.lower_path(s))
+            .collect();
+        let private = super::lower::private_entries(&root, &skip).map_err(io_err(tree))?;
+        masks.extend(private.iter().map(|found| {
+            let relative = found.strip_prefix(&layer.lower).unwrap_or(found);
+            layer.host.join(relative)
+        }));
     }
     Ok(masks)
 }
@@ -392,8 +417,8 @@ fn prepare_upper(
     )
     .map_err(nix_io(&main.upper))?;
     for layer in &layers[1..] {
-        let meta = fs::symlink_metadata(&layer.host).map_err(io_err(&layer.host))?;
-        let (uid, gid) = layer.owner(ids, meta.uid(), meta.gid());
+        let meta = fs::symlink_metadata(&layer.lower).map_err(io_err(&layer.lower))?;
+        let (uid, gid) = (meta.uid(), meta.gid());
         fs::set_permissions(
             &layer.upper,
             fs::Permissions::from_mode(meta.mode() & 0o7777),
@@ -411,7 +436,7 @@ fn prepare_upper(
     }
     for (inside, content) in &spec.files {
         let layer = layer_for(layers, inside);
-        ensure_parents(layer, inside, ids)?;
+        ensure_parents(layer, inside)?;
         let path = layer.upper_path(inside);
         // A regular file replaces whatever the host has there, symlinks included.
         let _ = fs::remove_file(&path);
@@ -437,7 +462,7 @@ fn make_root_dir(
     ids: IdMap,
 ) -> Result<(), RootfsError> {
     let layer = layer_for(layers, inside);
-    ensure_parents(layer, inside, ids)?;
+    ensure_parents(layer, inside)?;
     let dir = layer.upper_path(inside);
     fs::DirBuilder::new()
         .mode(mode)
@@ -448,9 +473,10 @@ fn make_root_dir(
 }
 
 /// Creates, in `layer`'s upper directory, the directories leading to `inside`, each with
-/// the mode and owner of its host counterpart as the layer shows it, so that the merged
+/// the mode and owner its counterpart has in the layer's lower directory (ids as that
+/// shows them: mapped where it is idmapped, the host's own where not), so that the merged
 /// view looks unchanged.
-fn ensure_parents(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
+fn ensure_parents(layer: &Layer, inside: &Path) -> Result<(), RootfsError> {
     let mut host = layer.host.clone();
     let relative = inside.strip_prefix(&layer.host).unwrap_or(inside);
     let mut parents: Vec<&std::ffi::OsStr> = relative
@@ -467,11 +493,10 @@ fn ensure_parents(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), Rootfs
         if target.exists() {
             continue;
         }
-        let (mode, uid, gid) = match fs::symlink_metadata(&host) {
+        let (mode, uid, gid) = match fs::symlink_metadata(layer.lower_path(&host)) {
             Ok(meta) if meta.is_dir() => (meta.mode() & 0o7777, meta.uid(), meta.gid()),
             _ => (0o755, 0, 0),
         };
-        let (uid, gid) = layer.owner(ids, uid, gid);
         fs::DirBuilder::new()
             .mode(mode)
             .create(&target)
@@ -491,16 +516,10 @@ fn ensure_parents(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), Rootfs
 /// A masked entry belongs to the job's ids (mapped from its host owner) in every layer, so
 /// that masked homes and scratch directories (/root, /tmp, /run) are the job's to use.
 fn mask(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
-    let meta = match fs::symlink_metadata(inside) {
-        Ok(meta) => meta,
-        Err(_) => return Ok(()),
+    let Some(meta) = layer.lower_entry(inside) else {
+        return Ok(());
     };
-    if let Ok(canonical) = fs::canonicalize(inside.parent().unwrap_or(Path::new("/"))) {
-        if Some(canonical.as_path()) != inside.parent() {
-            return Ok(());
-        }
-    }
-    ensure_parents(layer, inside, ids)?;
+    ensure_parents(layer, inside)?;
     let target = layer.upper_path(inside);
     if target.symlink_metadata().is_ok() {
         return Ok(()); // masked already (listed twice)
@@ -512,12 +531,15 @@ fn mask(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
             .create(&target)
             .map_err(io_err(&target))?;
         fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
-        chown(
-            &target,
-            Some(Uid::from_raw(ids.host(meta.uid()))),
-            Some(Gid::from_raw(ids.host(meta.gid()))),
-        )
-        .map_err(nix_io(&target))?;
+        // An idmapped lower shows host ids already mapped to the job's; through the
+        // plain one they are the host's own, mapped here.
+        let (uid, gid) = if layer.idmapped {
+            (meta.uid(), meta.gid())
+        } else {
+            (ids.host(meta.uid()), ids.host(meta.gid()))
+        };
+        chown(&target, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(nix_io(&target))?;
         sys::set_xattr(&target, c"trusted.overlay.opaque", b"y").map_err(nix_io(&target))?;
     } else {
         // A whiteout is a character device 0:0 (overlayfs documentation, "whiteouts").
