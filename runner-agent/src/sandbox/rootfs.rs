@@ -185,12 +185,20 @@ impl Layer {
     /// final symlink), or `None` when it has no such entry or the way to it goes through
     /// a symlink (whose target is judged where it lives).
     fn lower_entry(&self, inside: &Path) -> Option<fs::Metadata> {
-        let path = self.lower_path(inside);
-        let meta = fs::symlink_metadata(&path).ok()?;
-        let parent = path.parent()?;
-        let lower = fs::canonicalize(&self.lower).ok()?;
-        let relative = parent.strip_prefix(&self.lower).ok()?;
-        (fs::canonicalize(parent).ok()? == lower.join(relative)).then_some(meta)
+        let relative = inside.strip_prefix(&self.host).unwrap_or(inside);
+        let mut ancestor = self.lower.clone();
+        let mut components = relative.components().peekable();
+        while let Some(component) = components.next() {
+            ancestor.push(component);
+            let meta = fs::symlink_metadata(&ancestor).ok()?;
+            if components.peek().is_none() {
+                return Some(meta);
+            }
+            if meta.file_type().is_symlink() {
+                return None;
+            }
+        }
+        None
     }
 }
 
@@ -291,25 +299,36 @@ fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, Rootf
         .cloned()
         .chain(super::lower::PACKAGE_DIRS.iter().map(PathBuf::from))
         .collect();
+    // Sequential: init must be single-threaded again right after (setns into the user
+    // namespace refuses a process with other threads, even ones still exiting).
     for tree in super::lower::SCANNED_TREES {
-        let tree = Path::new(tree);
-        let layer = layer_for(layers, tree);
-        let root = layer.lower_path(tree);
-        if !layer.idmapped || !root.is_dir() {
-            continue;
-        }
-        let skip: Vec<PathBuf> = skip
-            .iter()
-            .filter(|s| s.starts_with(&layer.host))
-            .map(|s| layer.lower_path(s))
-            .collect();
-        let private = super::lower::private_entries(&root, &skip).map_err(io_err(tree))?;
-        masks.extend(private.iter().map(|found| {
-            let relative = found.strip_prefix(&layer.lower).unwrap_or(found);
-            layer.host.join(relative)
-        }));
+        masks.extend(walk_tree(layers, Path::new(tree), &skip)?);
     }
     Ok(masks)
+}
+
+/// The private entries of the scanned `tree`, as paths inside, found in what its layer
+/// shows; none when the layer is not idmapped (the job is an "other" user there already)
+/// or the tree is absent.
+fn walk_tree(layers: &[Layer], tree: &Path, skip: &[PathBuf]) -> Result<Vec<PathBuf>, RootfsError> {
+    let layer = layer_for(layers, tree);
+    let root = layer.lower_path(tree);
+    if !layer.idmapped || !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let skip: Vec<PathBuf> = skip
+        .iter()
+        .filter(|s| s.starts_with(&layer.host))
+        .map(|s| layer.lower_path(s))
+        .collect();
+    let private = super::lower::private_entries(&root, &skip).map_err(io_err(tree))?;
+    Ok(private
+        .iter()
+        .map(|found| {
+            let relative = found.strip_prefix(&layer.lower).unwrap_or(found);
+            layer.host.join(relative)
+        })
+        .collect())
 }
 
 fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
