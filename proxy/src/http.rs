@@ -521,7 +521,8 @@ pub(crate) fn http_target(
             // Domain fronting: the TLS server name was decided, the request must not
             // name another host (or port) behind it.
             if host != target.host || port.is_some_and(|p| p != target.port) {
-                return Err("Host differs from the TLS server name".to_owned());
+                let asked = port.map_or_else(|| host.to_string(), |p| format!("{host}:{p}"));
+                return Err(format!("Host `{asked}` differs from the TLS server name"));
             }
             Ok((host, target.port))
         }
@@ -624,10 +625,22 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    if let Mode::Tunnel(target) = &conn.mode {
-        // A refused request names the tunnel it came through.
-        subject.host = Some(&target.host);
-        subject.port = Some(target.port);
+    // A request refused before its own target is known names what its connection was
+    // decided for: the tunnel, the TLS server name, or the address the client dialled.
+    match &conn.mode {
+        Mode::Tunnel(target) => {
+            subject.host = Some(&target.host);
+            subject.port = Some(target.port);
+        }
+        Mode::Terminated(target) => {
+            subject.host = Some(&target.host);
+            subject.port = Some(target.port);
+        }
+        Mode::Transparent { original } => {
+            subject.ip = Some(original.ip());
+            subject.port = Some(original.port());
+        }
+        Mode::Explicit => {}
     }
     let (host, port) = match http_target(&conn.mode, req.uri(), req.headers()) {
         Ok(target) => target,

@@ -750,13 +750,21 @@ fn a_host_header_differing_from_the_tls_name_is_denied_inside_terminated_tls() {
         .expect("TLS with the job CA");
     assert_eq!(got.len(), 2);
     for response in &got {
-        assert_refused(response, 403, "Host differs from the TLS server name");
+        assert_refused(response, 403, "differs from the TLS server name");
     }
+    // The event names the host asked for and the connection's TLS name and port.
     let e = deny_at(&w, "/fronted");
     assert_eq!(e.kind, Kind::Http);
     assert_eq!(
         e.reason.as_deref(),
-        Some("Host differs from the TLS server name")
+        Some("Host `api.allowed.test` differs from the TLS server name")
+    );
+    assert_eq!(e.host.as_deref(), Some("allowed.test"));
+    assert_eq!(e.port, Some(443));
+    let e = deny_at(&w, "/other-port");
+    assert_eq!(
+        e.reason.as_deref(),
+        Some("Host `allowed.test:8443` differs from the TLS server name")
     );
     w.assert_no_request_arrived();
 }
