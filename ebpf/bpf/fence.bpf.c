@@ -190,6 +190,10 @@ static __always_inline int decide4(const struct fence_config *cfg, struct bpf_so
 	if (ctx->type == SOCK_STREAM) {
 		if (addr == cfg->proxy_addr && is_proxy_tcp_port(cfg, port)) {
 			count(FENCE_CNT_ALLOWED_PROXY);
+			/* The explicit proxy learns which process connected the same way the
+			 * transparent listeners do (its destination is the proxy itself). */
+			if (port == cfg->explicit_port)
+				remember(ctx->sk, addr, port);
 			return ALLOW;
 		}
 		/* Port 53 goes to the DNS filter whatever the address, the host side's

@@ -39,7 +39,10 @@
 //! Each row is exercised by the privileged tests in `tests/tests/ebpf_*.rs`.
 //!
 //! Redirected TCP connections keep their original destination, which the proxy reads
-//! with [`OriginalDestinations::lookup`] using the peer address of the accepted socket.
+//! with [`OriginalDestinations::lookup`] using the peer address of the accepted socket,
+//! with the process that connected. Connections straight to the explicit proxy port are
+//! recorded the same way (their destination is the proxy itself), so that the explicit
+//! proxy's events name the process too.
 //!
 //! # Use from the agent
 //!

@@ -906,6 +906,7 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
     let shared = Arc::clone(&conn.shared);
     let client = Arc::clone(&conn.client);
     let mut subject = Subject::new(Kind::Connect);
+    subject.set_origin(conn.origin.as_ref());
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     let target = authority
         .as_deref()
@@ -939,7 +940,7 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
         addrs,
         decision,
         tls_required: port == 443,
-        origin: None,
+        origin: conn.origin.clone(),
         intercept,
     };
     spawn_tunnel(conn, hyper::upgrade::on(&mut req), gate);

@@ -323,7 +323,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
         let task = async move {
             match kind {
                 Listener::Http => {
-                    http::serve(shared, stream, client, Some(slot), Mode::Explicit, None).await
+                    // The destination is this listener; the lookup says which process
+                    // connected, where the table knows it (the runner-agent fence does).
+                    let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
+                    http::serve(shared, stream, client, Some(slot), Mode::Explicit, origin).await
                 }
                 Listener::Plain => {
                     let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));

@@ -148,8 +148,14 @@ fn proxy_ports_are_reachable_and_tcp_is_redirected_with_its_original_destination
             "arrived at the stand-in: {peer}"
         );
     }
-    // A direct connection to a listener has no original destination.
-    assert_eq!(orig.lookup(local_of(&o[0].detail)).expect("lookup"), None);
+    // A direct connection to the explicit proxy is recorded too, so that the proxy can
+    // name the process: its destination is the proxy itself.
+    let direct = orig
+        .lookup_entry(local_of(&o[0].detail))
+        .expect("lookup")
+        .expect("the explicit proxy's connection recorded");
+    assert_eq!(direct.destination, sa(PROXY_ADDR, EXPLICIT_PORT));
+    assert_eq!(direct.pid, report.pid);
     assert!(
         world.recorder.seen().is_empty(),
         "reached the internet: {:?}",

@@ -861,6 +861,51 @@ fn the_proxy_runs_in_a_cgroup_of_its_own_with_the_jobs_cpu_share() {
     world.assert_left_nothing(&[id]);
 }
 
+#[test]
+fn decisions_of_the_explicit_proxy_name_the_process() {
+    // A job that honours HTTP(S)_PROXY talks to the proxy's own address; the fence
+    // records which process connected, as it does for redirected connections, so the
+    // explicit proxy's events say who tried what (they had no pid or command name).
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "explicit.yaml",
+        r#"name: explicit
+steps:
+  - name: through the proxy
+    run: |
+      curl -fsS -o /dev/null http://allowed.test/explicit-ok
+      if curl -fsS -m 5 -o /dev/null http://evil.test/explicit-denied; then exit 1; fi
+      if curl -fsSk -m 5 -o /dev/null https://evil.test/connect-denied; then exit 1; fi
+      echo DONE
+"#,
+    );
+    let (output, events) = world.run_audited(&job);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let of = |kind: &str, host: &str, verdict: &str| {
+        events
+            .iter()
+            .find(|e| {
+                e["source"] == "proxy"
+                    && e["kind"] == kind
+                    && e["host"] == host
+                    && e["verdict"] == verdict
+            })
+            .unwrap_or_else(|| panic!("no {verdict} {kind} event for {host}: {events:#?}"))
+    };
+    for event in [
+        of("http", "allowed.test", "allow"),
+        of("http", "evil.test", "deny"),
+        of("connect", "evil.test", "deny"),
+    ] {
+        assert_eq!(event["comm"], "curl", "{event:#}");
+        assert!(event["pid"].as_u64().is_some_and(|p| p > 1), "{event:#}");
+    }
+    assert_eq!(bed.trap_hits(), vec![], "something reached a trap");
+    world.assert_job_left_nothing(&output);
+}
+
 /// Reads the agent's stderr until it names the job; returns the job id.
 fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
     use std::io::Read;
