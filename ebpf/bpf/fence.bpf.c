@@ -442,6 +442,31 @@ int fence_sock_create(struct bpf_sock *sk)
  * Packet-level decision shared by the cgroup_skb backstop and the tc program. `off` is
  * where the IP header starts. Returns 1 to pass.
  */
+/*
+ * A datagram leaving for the DNS filter: publish where its socket was headed and which
+ * process opened it (written by connect4/sendmsg4 when they redirected it), keyed by its
+ * source like the TCP entries of sockops, so that the filter's events name the process.
+ * A UDP socket has its port only once it sends (connect() on an unbound one binds later),
+ * hence here rather than at connect time.
+ */
+static __always_inline void publish_datagram(struct __sk_buff *skb, __u32 saddr, __u16 sport)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return;
+	struct orig_dst *o = bpf_sk_storage_get(&sock_orig, sk, 0, 0);
+	if (!o)
+		return;
+	struct orig_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.addr = saddr;
+	key.port = sport;
+	bpf_map_update_elem(&orig_dst, &key, o, BPF_ANY);
+}
+
 static __always_inline int packet_ok(struct __sk_buff *skb, __u32 off, __u16 l3proto, __u8 hook,
 				     int check_source)
 {
@@ -479,8 +504,11 @@ static __always_inline int packet_ok(struct __sk_buff *skb, __u32 off, __u16 l3p
 		if (ip.daddr == cfg->proxy_addr) {
 			if (ip.protocol == IPPROTO_TCP && is_proxy_tcp_port(cfg, dport))
 				return 1;
-			if (ip.protocol == IPPROTO_UDP && dport == cfg->dns_port)
+			if (ip.protocol == IPPROTO_UDP && dport == cfg->dns_port) {
+				if (!check_source) /* cgroup egress, where the socket is known */
+					publish_datagram(skb, ip.saddr, bpf_ntohs(ports[0]));
 				return 1;
+			}
 			d.reason = FENCE_REASON_PROXY_PORT;
 		} else {
 			d.reason = FENCE_REASON_DESTINATION;

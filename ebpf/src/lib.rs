@@ -41,8 +41,10 @@
 //! Redirected TCP connections keep their original destination, which the proxy reads
 //! with [`OriginalDestinations::lookup`] using the peer address of the accepted socket,
 //! with the process that connected. Connections straight to the explicit proxy port are
-//! recorded the same way (their destination is the proxy itself), so that the explicit
-//! proxy's events name the process too.
+//! recorded the same way (their destination is the proxy itself), and so is every
+//! datagram leaving for the DNS filter (published by the cgroup egress program, where the
+//! socket's source port is known), so that the explicit proxy's and the DNS filter's
+//! events name the process too.
 //!
 //! # Use from the agent
 //!

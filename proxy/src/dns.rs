@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 
 use crate::audit::{Kind, Source};
 use crate::clients::{ClientEntry, SlotKind};
+use crate::origdst::Origin;
 use crate::policy::{normalise_name, Decision, Host, Policy, SpecialNets};
 use crate::shared::{event_for, Shared, Subject};
 
@@ -75,6 +76,8 @@ struct Question {
     query: Message,
     host: Host,
     decision: Decision,
+    /// The process that asked, when the original-destination table knows it.
+    origin: Option<Origin>,
 }
 
 /// Finds the client and takes the local decision ([`local_decision`]), recording it
@@ -89,6 +92,9 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
         );
         return Step::Done(None);
     };
+    // Which process asked: the fence records the runner's datagrams and connections to
+    // the filter as they leave (absent in standalone use).
+    let origin = shared.origdst.as_ref().and_then(|o| o.lookup_peer(peer));
     match local_decision(&client.policy, wire) {
         Local::Reply {
             reply,
@@ -97,6 +103,7 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
         } => {
             let mut subject = Subject::new(Kind::Dns);
             subject.host = host.as_ref();
+            subject.set_origin(origin.as_ref());
             record(shared, &client, &subject, &decision);
             Step::Done(reply.and_then(|reply| encode(reply, udp)))
         }
@@ -109,6 +116,7 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
             query,
             host,
             decision,
+            origin,
         }),
     }
 }
@@ -285,10 +293,12 @@ async fn ask_upstream(shared: &Shared, question: Question, udp: bool) -> Option<
         query,
         host,
         decision,
+        origin,
     } = question;
     let client = &*client;
     let mut subject = Subject::new(Kind::Dns);
     subject.host = Some(&host);
+    subject.set_origin(origin.as_ref());
     let question = &query.queries()[0];
     let upstream = match shared
         .resolver

@@ -41,6 +41,13 @@ pub trait OriginalDestination: Send + Sync {
     /// implementation knows it; `None` when the destination is unknown (the connection is
     /// then denied).
     fn lookup(&self, stream: &TcpStream) -> Option<Origin>;
+
+    /// The same for a peer known by its address alone (a datagram's sender): where its
+    /// socket was headed and which process opened it, when the implementation knows.
+    fn lookup_peer(&self, peer: SocketAddr) -> Option<Origin> {
+        let _ = peer;
+        None
+    }
 }
 
 /// A table keyed by the client's source address and port.

@@ -906,6 +906,43 @@ steps:
     world.assert_job_left_nothing(&output);
 }
 
+#[test]
+fn decisions_of_the_dns_filter_name_the_process() {
+    // Lookups reach the DNS filter redirected by the fence (UDP and TCP); their events
+    // name the process that asked, as the proxy's do (they had no pid or command name).
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "lookups.yaml",
+        r#"name: lookups
+steps:
+  - name: look up
+    run: |
+      python3 - <<'PY'
+      import socket
+      socket.getaddrinfo("allowed.test", 443, socket.AF_INET)
+      try:
+          socket.getaddrinfo("evil.test", 443, socket.AF_INET)
+      except socket.gaierror:
+          print("EVIL-NOT-FOUND")
+      PY
+"#,
+    );
+    let (output, events) = world.run_audited(&job);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("EVIL-NOT-FOUND"));
+    for (host, verdict) in [("allowed.test", "allow"), ("evil.test", "deny")] {
+        let event = events
+            .iter()
+            .find(|e| e["source"] == "dns" && e["host"] == host && e["verdict"] == verdict)
+            .unwrap_or_else(|| panic!("no {verdict} dns event for {host}: {events:#?}"));
+        assert_eq!(event["comm"], "python3", "{event:#}");
+        assert!(event["pid"].as_u64().is_some_and(|p| p > 1), "{event:#}");
+    }
+    world.assert_job_left_nothing(&output);
+}
+
 /// Reads the agent's stderr until it names the job; returns the job id.
 fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
     use std::io::Read;
