@@ -268,10 +268,7 @@ impl DenialStream {
         let Some(counters) = &self.counters else {
             return Ok(0);
         };
-        let values = counters
-            .get(&maps::CNT_EVENTS_LOST, 0)
-            .map_err(EventError::ReadCounters)?;
-        Ok(values.iter().sum())
+        sum_counter(counters, maps::CNT_EVENTS_LOST)
     }
 
     /// Moves up to [`DRAIN_BATCH`] events from the ring into `pending`. Bounded so that a
@@ -352,10 +349,7 @@ impl Counters {
 
     /// Reads the `counters` per-CPU array.
     pub(crate) fn read(map: &PerCpuArray<&MapData, u64>) -> Result<Self, EventError> {
-        let sum = |index: u32| -> Result<u64, EventError> {
-            let values = map.get(&index, 0).map_err(EventError::ReadCounters)?;
-            Ok(values.iter().sum())
-        };
+        let sum = |index: u32| sum_counter(map, index);
         let mut denied = Vec::with_capacity(Hook::ALL.len());
         for hook in Hook::ALL {
             denied.push((hook, sum(hook.index())?));
@@ -369,6 +363,15 @@ impl Counters {
             events_lost: sum(maps::CNT_EVENTS_LOST)?,
         })
     }
+}
+
+/// Counter `index` of a `counters` per-CPU array, summed over CPUs.
+fn sum_counter<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+    index: u32,
+) -> Result<u64, EventError> {
+    let values = map.get(&index, 0).map_err(EventError::ReadCounters)?;
+    Ok(values.iter().sum())
 }
 
 #[cfg(test)]

@@ -335,8 +335,9 @@ impl RunnerCgroup {
     }
 
     /// The `cgroup.procs` files a process's pid is written to in order to move it into
-    /// the runner. The sandbox does not move processes (see [`Self::v1_task_files`]); the
-    /// benchmark uses these to show what a move costs.
+    /// the cgroup. The runner's own processes are never moved (see
+    /// [`Self::v1_task_files`]); the proxy is, into its cgroup, off the runner's start, and
+    /// the benchmark uses these to show what a move costs.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs().iter().map(|d| d.join("cgroup.procs")).collect()
     }

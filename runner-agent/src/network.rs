@@ -296,9 +296,9 @@ fn subnet_free(subnet: Ipv4Net) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Whether the link `name` of the calling thread's namespace is `owner`'s (see the module
-/// docs): `None` when there is no such link.
-fn owned_by(name: &str, owner: &str) -> Result<Option<bool>, NetworkError> {
+/// The index of the link `name` of the calling thread's namespace when it is `owner`'s
+/// (see the module docs); `None` when there is no such link or it is another owner's.
+fn owned_link(name: &str, owner: &str) -> Result<Option<u32>, NetworkError> {
     let mut socket = RouteSocket::open()?;
     let Some(link) = socket.link(name)? else {
         return Ok(None);
@@ -307,7 +307,8 @@ fn owned_by(name: &str, owner: &str) -> Result<Option<bool>, NetworkError> {
         LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
         _ => None,
     });
-    Ok(Some(alias.is_none_or(|a| a.is_empty() || a == owner)))
+    let ours = alias.is_none_or(|a| a.is_empty() || a == owner);
+    Ok(ours.then_some(link.header.index))
 }
 
 /// `NLM_F_CREATE | NLM_F_EXCL`: make it, and fail if it exists.
@@ -455,10 +456,7 @@ impl RouteSocket {
 /// reused soon; names are, by the next runner of the slot).
 pub async fn remove(host_if: &str, owner: &str) -> Result<(), NetworkError> {
     // Another agent's veth of the same name is not ours to delete (module docs).
-    if owned_by(host_if, owner)? != Some(true) {
-        return Ok(());
-    }
-    let Some(index) = index_of(host_if)? else {
+    let Some(index) = owned_link(host_if, owner)? else {
         return Ok(());
     };
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelLink({
@@ -527,7 +525,7 @@ fn existing_index(name: &str, context: &str) -> Result<u32, NetworkError> {
 /// Whether a link called `host_if` and made by `owner` (see the module docs) exists in the
 /// agent's namespace.
 pub fn exists(host_if: &str, owner: &str) -> Result<bool, NetworkError> {
-    Ok(owned_by(host_if, owner)? == Some(true))
+    Ok(owned_link(host_if, owner)?.is_some())
 }
 
 #[cfg(test)]

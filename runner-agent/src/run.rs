@@ -547,8 +547,6 @@ impl Admitted<'_> {
             masker: &released.masker,
         };
         let (outcomes, interruption) = steps.run(&mut sandbox, deadline).await;
-        // The proxy may have ended during the last step (see AuditLog::fail_job).
-        let interruption = interruption.or_else(|| audit_log.failure());
         let runner = sandbox.runner().to_owned();
         let counters = sandbox.fence_counters();
         egress.stop_proxy().await;
@@ -724,6 +722,10 @@ impl StepContext<'_> {
                 elapsed,
                 continue_on_error: step.continue_on_error,
             });
+        }
+        // The proxy may have ended during the last step (see AuditLog::fail_job).
+        if stop.is_none() {
+            stop = self.audit.failure().map(|r| format!("stopped: {r}"));
         }
         (outcomes, stop)
     }

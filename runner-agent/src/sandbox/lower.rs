@@ -65,31 +65,24 @@ pub const PACKAGE_DIRS: &[&str] = &[
 const OTHER_READ: u32 = 0o004;
 const OTHER_SEARCH: u32 = 0o001;
 
-/// The writable trees present here: real directories (not symlinks), not hidden whole by
-/// a mask in `masked` (the tree itself or one of its ancestors), and open to the host's
-/// other users (see [`private_trees`]).
-pub fn writable_trees(masked: &[PathBuf]) -> Vec<PathBuf> {
-    WRITABLE_TREES
-        .iter()
-        .map(PathBuf::from)
-        .filter(|tree| {
-            std::fs::symlink_metadata(tree).is_ok_and(|meta| meta.is_dir() && !private(&meta))
-                && !masked.iter().any(|mask| tree.starts_with(mask))
-        })
-        .collect()
-}
-
-/// The writable trees that are private as a whole (say `/opt` at mode 0700): they get no
-/// idmapped layer, and are hidden like any private directory.
-pub fn private_trees(masked: &[PathBuf]) -> Vec<PathBuf> {
-    WRITABLE_TREES
-        .iter()
-        .map(PathBuf::from)
-        .filter(|tree| {
-            std::fs::symlink_metadata(tree).is_ok_and(|meta| meta.is_dir() && private(&meta))
-                && !masked.iter().any(|mask| tree.starts_with(mask))
-        })
-        .collect()
+/// The writable trees present here, as real directories (not symlinks) not hidden whole
+/// by a mask in `masked` (the tree itself or one of its ancestors): those open to the
+/// host's other users, which get a layer of their own, and those private as a whole (say
+/// `/opt` at mode 0700), which get none and are hidden like any private directory.
+pub fn writable_trees(masked: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut open = Vec::new();
+    let mut closed = Vec::new();
+    for tree in WRITABLE_TREES.iter().map(PathBuf::from) {
+        if masked.iter().any(|mask| tree.starts_with(mask)) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&tree) {
+            Ok(meta) if meta.is_dir() && private(&meta) => closed.push(tree),
+            Ok(meta) if meta.is_dir() => open.push(tree),
+            _ => {}
+        }
+    }
+    (open, closed)
 }
 
 /// Whether the host's "other" users could not read `meta`'s entry: a directory they can
@@ -204,8 +197,12 @@ mod tests {
     #[test]
     fn masked_and_symlinked_trees_get_no_layer() {
         let trees = writable_trees(&[PathBuf::from("/opt"), PathBuf::from("/")]);
-        assert!(trees.is_empty(), "a mask of / hides every tree: {trees:?}");
-        let trees = writable_trees(&[PathBuf::from("/opt")]);
+        assert_eq!(
+            trees,
+            (vec![], vec![]),
+            "a mask of / hides every tree: {trees:?}"
+        );
+        let (trees, _) = writable_trees(&[PathBuf::from("/opt")]);
         assert!(!trees.contains(&PathBuf::from("/opt")));
         for tree in &trees {
             let meta = std::fs::symlink_metadata(tree).unwrap();

@@ -165,8 +165,8 @@ pub struct Sandbox {
     output: Option<pipe::Receiver>,
     idmapped: bool,
     fence: Option<egress_ebpf::Fence>,
-    /// Where the host's cgroup hierarchies are (for the proxy's cgroup).
-    cgroup_root: PathBuf,
+    /// The host's cgroup hierarchies (the proxy's cgroup is made in them too).
+    layout: CgroupLayout,
 }
 
 /// What init is told to build for `record` (see [`protocol::SandboxSpec`]): the masks,
@@ -330,7 +330,7 @@ impl Sandbox {
             output: None,
             idmapped: false,
             fence: None,
-            cgroup_root: config.cgroup_root.clone(),
+            layout: layout.clone(),
         };
         let span = tracing::info_span!("runner", runner = %runner, job = %job_id, slot);
         let started =
@@ -486,7 +486,6 @@ impl Sandbox {
     /// apart from the host. Recorded before it is made, so that a crashed agent's reaper
     /// removes it with the runner.
     pub fn proxy_cgroup(&mut self, limits: &CgroupLimits) -> Result<RunnerCgroup, SandboxError> {
-        let layout = CgroupLayout::detect(&self.cgroup_root)?;
         let name = self
             .record
             .cgroup_dirs
@@ -494,9 +493,9 @@ impl Sandbox {
             .and_then(|dir| dir.file_name())
             .map(|name| format!("{}-proxy", name.to_string_lossy()))
             .ok_or_else(|| SandboxError::Init("the runner has no cgroup".into()))?;
-        self.record.proxy_cgroup_dirs = layout.runner_dirs(&name);
+        self.record.proxy_cgroup_dirs = self.layout.runner_dirs(&name);
         self.run_dir.write_record(&self.record)?;
-        Ok(layout.create(&name, limits)?)
+        Ok(self.layout.create(&name, limits)?)
     }
 
     /// How often the kernel has enforced the runner's memory and pids limits so far.

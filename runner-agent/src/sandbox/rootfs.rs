@@ -162,12 +162,14 @@ struct Layer {
 }
 
 impl Layer {
+    /// `inside` (absolute, under [`Layer::host`]) relative to the layer's top.
+    fn relative<'p>(&self, inside: &'p Path) -> &'p Path {
+        inside.strip_prefix(&self.host).unwrap_or(inside)
+    }
+
     /// `inside` (absolute, under [`Layer::host`]) in this layer's upper directory.
     fn upper_path(&self, inside: &Path) -> PathBuf {
-        under(
-            &self.upper,
-            inside.strip_prefix(&self.host).unwrap_or(inside),
-        )
+        under(&self.upper, self.relative(inside))
     }
 
     /// `inside` (absolute, under [`Layer::host`]) in this layer's lower directory: the
@@ -175,19 +177,15 @@ impl Layer {
     /// Not the live host path: there, a filesystem mounted inside the tree shows its own
     /// content, while the clone (which holds no other mount) shows what lies under it.
     fn lower_path(&self, inside: &Path) -> PathBuf {
-        under(
-            &self.lower,
-            inside.strip_prefix(&self.host).unwrap_or(inside),
-        )
+        under(&self.lower, self.relative(inside))
     }
 
     /// Metadata of `inside` as this layer's lower directory shows it (not following a
     /// final symlink), or `None` when it has no such entry or the way to it goes through
     /// a symlink (whose target is judged where it lives).
     fn lower_entry(&self, inside: &Path) -> Option<fs::Metadata> {
-        let relative = inside.strip_prefix(&self.host).unwrap_or(inside);
         let mut ancestor = self.lower.clone();
-        let mut components = relative.components().peekable();
+        let mut components = self.relative(inside).components().peekable();
         while let Some(component) = components.next() {
             ancestor.push(component);
             let meta = fs::symlink_metadata(&ancestor).ok()?;
@@ -237,10 +235,8 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
         work: scratch.work.clone(),
         idmapped: false,
     }];
-    for (index, tree) in super::lower::writable_trees(&spec.masked_paths)
-        .into_iter()
-        .enumerate()
-    {
+    let (open_trees, closed_trees) = super::lower::writable_trees(&spec.masked_paths);
+    for (index, tree) in open_trees.into_iter().enumerate() {
         let dir = scratch.trees.join(index.to_string());
         let layer = Layer {
             lower: dir.join("lower"),
@@ -258,7 +254,7 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
         let idmapped = attach_lower(&layer.host, &layer.lower, Some(userns))?;
         layers.push(Layer { idmapped, ..layer });
     }
-    let masks = masks_for(spec, &layers)?;
+    let masks = masks_for(spec, &layers, closed_trees)?;
     prepare_upper(spec, &layers, &masks, ids)?;
     for layer in &layers {
         let options = format!(
@@ -289,10 +285,15 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
 /// The configured masks, plus the private entries of the scanned trees whose layer is
 /// idmapped (elsewhere the job is an "other" user of the host's files already), found in
 /// what the layer shows ([`Layer::lower_path`]), and the writable trees that are private
-/// as a whole (they get no layer of their own; see `super::lower::writable_trees`).
-fn masks_for(spec: &SandboxSpec, layers: &[Layer]) -> Result<Vec<PathBuf>, RootfsError> {
+/// as a whole, `closed_trees` (they get no layer of their own; see
+/// `super::lower::writable_trees`).
+fn masks_for(
+    spec: &SandboxSpec,
+    layers: &[Layer],
+    closed_trees: Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, RootfsError> {
     let mut masks = spec.masked_paths.clone();
-    masks.extend(super::lower::private_trees(&spec.masked_paths));
+    masks.extend(closed_trees);
     let skip: Vec<PathBuf> = spec
         .masked_paths
         .iter()
@@ -325,8 +326,9 @@ fn walk_tree(layers: &[Layer], tree: &Path, skip: &[PathBuf]) -> Result<Vec<Path
     Ok(private
         .iter()
         .map(|found| {
-            let relative = found.strip_prefix(&layer.lower).unwrap_or(found);
-            layer.host.join(relative)
+            layer
+                .host
+                .join(found.strip_prefix(&layer.lower).unwrap_or(found))
         })
         .collect())
 }
@@ -408,6 +410,22 @@ fn attach_lower(
     Ok(idmapped)
 }
 
+/// Gives the existing `path` mode `mode` and owner `uid`:`gid` (the mode is set apart
+/// from the creation, which the umask trims).
+fn set_mode_owner(path: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), RootfsError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
+    chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(nix_io(path))
+}
+
+/// Creates the directory `path` with mode `mode`, owned by `uid`:`gid`.
+fn make_dir(path: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), RootfsError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(io_err(path))?;
+    set_mode_owner(path, mode, uid, gid)
+}
+
 /// The path of `inside` (absolute, inside the sandbox) below `base`.
 fn under(base: &Path, inside: &Path) -> PathBuf {
     let relative: PathBuf = inside
@@ -437,18 +455,7 @@ fn prepare_upper(
     .map_err(nix_io(&main.upper))?;
     for layer in &layers[1..] {
         let meta = fs::symlink_metadata(&layer.lower).map_err(io_err(&layer.lower))?;
-        let (uid, gid) = (meta.uid(), meta.gid());
-        fs::set_permissions(
-            &layer.upper,
-            fs::Permissions::from_mode(meta.mode() & 0o7777),
-        )
-        .map_err(io_err(&layer.upper))?;
-        chown(
-            &layer.upper,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-        )
-        .map_err(nix_io(&layer.upper))?;
+        set_mode_owner(&layer.upper, meta.mode() & 0o7777, meta.uid(), meta.gid())?;
     }
     for masked in masks {
         mask(layer_for(layers, masked), masked, ids)?;
@@ -482,13 +489,8 @@ fn make_root_dir(
 ) -> Result<(), RootfsError> {
     let layer = layer_for(layers, inside);
     ensure_parents(layer, inside)?;
-    let dir = layer.upper_path(inside);
-    fs::DirBuilder::new()
-        .mode(mode)
-        .create(&dir)
-        .map_err(io_err(&dir))?;
     let root = ids.host(0);
-    chown(&dir, Some(Uid::from_raw(root)), Some(Gid::from_raw(root))).map_err(nix_io(&dir))
+    make_dir(&layer.upper_path(inside), mode, root, root)
 }
 
 /// Creates, in `layer`'s upper directory, the directories leading to `inside`, each with
@@ -497,8 +499,8 @@ fn make_root_dir(
 /// view looks unchanged.
 fn ensure_parents(layer: &Layer, inside: &Path) -> Result<(), RootfsError> {
     let mut host = layer.host.clone();
-    let relative = inside.strip_prefix(&layer.host).unwrap_or(inside);
-    let mut parents: Vec<&std::ffi::OsStr> = relative
+    let mut parents: Vec<&std::ffi::OsStr> = layer
+        .relative(inside)
         .components()
         .filter_map(|c| match c {
             Component::Normal(name) => Some(name),
@@ -516,13 +518,7 @@ fn ensure_parents(layer: &Layer, inside: &Path) -> Result<(), RootfsError> {
             Ok(meta) if meta.is_dir() => (meta.mode() & 0o7777, meta.uid(), meta.gid()),
             _ => (0o755, 0, 0),
         };
-        fs::DirBuilder::new()
-            .mode(mode)
-            .create(&target)
-            .map_err(io_err(&target))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
-        chown(&target, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-            .map_err(nix_io(&target))?;
+        make_dir(&target, mode, uid, gid)?;
     }
     Ok(())
 }
@@ -544,12 +540,6 @@ fn mask(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
         return Ok(()); // masked already (listed twice)
     }
     if meta.is_dir() {
-        let mode = meta.mode() & 0o7777;
-        fs::DirBuilder::new()
-            .mode(mode)
-            .create(&target)
-            .map_err(io_err(&target))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(io_err(&target))?;
         // An idmapped lower shows host ids already mapped to the job's; through the
         // plain one they are the host's own, mapped here.
         let (uid, gid) = if layer.idmapped {
@@ -557,8 +547,7 @@ fn mask(layer: &Layer, inside: &Path, ids: IdMap) -> Result<(), RootfsError> {
         } else {
             (ids.host(meta.uid()), ids.host(meta.gid()))
         };
-        chown(&target, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-            .map_err(nix_io(&target))?;
+        make_dir(&target, meta.mode() & 0o7777, uid, gid)?;
         sys::set_xattr(&target, c"trusted.overlay.opaque", b"y").map_err(nix_io(&target))?;
     } else {
         // A whiteout is a character device 0:0 (overlayfs documentation, "whiteouts").
