@@ -34,7 +34,6 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::audit::{Kind, Source};
@@ -76,8 +75,9 @@ struct Question {
     query: Message,
     host: Host,
     decision: Decision,
-    /// The process that asked, when the original-destination table knows it.
-    origin: Option<Origin>,
+    /// Who asked: looked up for the record only once the question goes upstream (a
+    /// question shed at the cap costs no lookup).
+    peer: SocketAddr,
 }
 
 /// Finds the client and takes the local decision ([`local_decision`]), recording it
@@ -92,9 +92,6 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
         );
         return Step::Done(None);
     };
-    // Which process asked: the fence records the runner's datagrams and connections to
-    // the filter as they leave (absent in standalone use).
-    let origin = shared.origdst.as_ref().and_then(|o| o.lookup_peer(peer));
     match local_decision(&client.policy, wire) {
         Local::Reply {
             reply,
@@ -103,6 +100,7 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
         } => {
             let mut subject = Subject::new(Kind::Dns);
             subject.host = host.as_ref();
+            let origin = asker(shared, peer);
             subject.set_origin(origin.as_ref());
             record(shared, &client, &subject, &decision);
             Step::Done(reply.and_then(|reply| encode(reply, udp)))
@@ -116,9 +114,15 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
             query,
             host,
             decision,
-            origin,
+            peer,
         }),
     }
+}
+
+/// Which process sent `peer`'s message: the fence records the runner's datagrams and
+/// connections to the filter as they leave (nothing in standalone use).
+fn asker(shared: &Shared, peer: SocketAddr) -> Option<Origin> {
+    shared.origdst.as_ref().and_then(|o| o.lookup_peer(peer))
 }
 
 /// The reply in wire form; over UDP, a reply too large loses its answers and carries
@@ -293,9 +297,10 @@ async fn ask_upstream(shared: &Shared, question: Question, udp: bool) -> Option<
         query,
         host,
         decision,
-        origin,
+        peer,
     } = question;
     let client = &*client;
+    let origin = asker(shared, peer);
     let mut subject = Subject::new(Kind::Dns);
     subject.host = Some(&host);
     subject.set_origin(origin.as_ref());
@@ -346,11 +351,7 @@ const SHED_REPORT: Duration = Duration::from_secs(1);
 /// a burst that meets the cap ends up delayed rather than failed. Shed queries are counted into
 /// summary events ([`Shed`]), not one event each, so a flood does not flood the log too.
 pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
-    let cap = shared
-        .limits
-        .max_dns_udp_in_flight
-        .min(Semaphore::MAX_PERMITS);
-    let in_flight = Arc::new(Semaphore::new(cap));
+    let cap = shared.limits.max_dns_udp_in_flight;
     let mut shed = Shed::new(Arc::clone(&shared), cap);
     // Questions being asked upstream; aborted with this task, so none outlives the proxy.
     let mut asking = JoinSet::new();
@@ -380,15 +381,15 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             Step::Done(None) => continue,
             Step::Ask(question) => question,
         };
+        // Finished questions leave the set here, so what it holds is what is in flight.
         while asking.try_join_next().is_some() {}
-        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+        if asking.len() >= cap {
             shed.count(question.client);
             continue;
-        };
+        }
         let shared = Arc::clone(&shared);
         let socket = Arc::clone(&socket);
         asking.spawn(async move {
-            let _permit = permit;
             if let Some(reply) = ask_upstream(&shared, question, true).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
@@ -550,7 +551,8 @@ mod tests {
         .unwrap()
     }
 
-    fn query(name: &str, rtype: RecordType) -> Message {
+    /// A query for `name` of type `rtype`, id 42.
+    pub(super) fn query(name: &str, rtype: RecordType) -> Message {
         let mut m = Message::new();
         m.set_id(42)
             .set_message_type(MessageType::Query)

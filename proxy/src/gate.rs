@@ -52,7 +52,7 @@ pub(crate) struct TunnelGate {
     pub decision: Decision,
     /// Whether the client must speak TLS (CONNECT to port 443).
     pub tls_required: bool,
-    /// The connecting process, when known (transparent connections).
+    /// The connecting process, when the original-destination table knew it.
     pub origin: Option<Origin>,
     /// Terminate TLS with this interception instead of splicing.
     pub intercept: Option<Arc<Interception>>,

@@ -89,6 +89,29 @@ pub(crate) enum Mode {
     Tunnel(Arc<Tunneled>),
 }
 
+impl Mode {
+    /// Names in `subject` what a connection of this mode was decided for: the address
+    /// the client dialled, the TLS server name, or the tunnel's host (and the port);
+    /// nothing for the explicit proxy, whose connections name none until a request does.
+    fn name_target<'a>(&'a self, subject: &mut Subject<'a>) {
+        match self {
+            Mode::Explicit => {}
+            Mode::Transparent { original } => {
+                subject.ip = Some(original.ip().to_canonical());
+                subject.port = Some(original.port());
+            }
+            Mode::Terminated(target) => {
+                subject.host = Some(&target.host);
+                subject.port = Some(target.port);
+            }
+            Mode::Tunnel(target) => {
+                subject.host = Some(&target.host);
+                subject.port = Some(target.port);
+            }
+        }
+    }
+}
+
 /// What a CONNECT tunnel that carries plain HTTP was decided for: every request inside
 /// must name exactly this host and port (a shared address serves other tenants under
 /// other names), and upstream connections go only to `addrs`, checked at CONNECT time.
@@ -320,21 +343,7 @@ pub(crate) async fn serve<S>(
     let no_request = requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
     // Where the connection was headed, for events about the connection as a whole.
     let mut subject = Subject::new(Kind::Http);
-    match &mode {
-        Mode::Explicit => {}
-        Mode::Transparent { original } => {
-            subject.ip = Some(original.ip().to_canonical());
-            subject.port = Some(original.port());
-        }
-        Mode::Terminated(target) => {
-            subject.host = Some(&target.host);
-            subject.port = Some(target.port);
-        }
-        Mode::Tunnel(target) => {
-            subject.host = Some(&target.host);
-            subject.port = Some(target.port);
-        }
-    }
+    mode.name_target(&mut subject);
     subject.set_origin(origin.as_ref());
     // A transparent or terminated connection is an attempt to reach one destination even
     // when no request came; an explicit proxy connection names none until it sends one.
@@ -454,8 +463,10 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
             Mode::Tunnel(_) => "CONNECT inside a CONNECT tunnel",
         };
         let decision = Decision::deny(reason);
-        conn.shared
-            .record(Some(&conn.client), &Subject::new(Kind::Http), &decision);
+        let mut subject = Subject::new(Kind::Http);
+        conn.mode.name_target(&mut subject);
+        subject.set_origin(conn.origin.as_ref());
+        conn.shared.record(Some(&conn.client), &subject, &decision);
         return denied(&decision);
     }
     forward(conn, req).await
@@ -614,6 +625,9 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     subject.method = Some(&method);
     subject.path = Some(&path);
     subject.set_origin(conn.origin.as_ref());
+    // A request refused before its own target is known names what its connection was
+    // decided for.
+    conn.mode.name_target(&mut subject);
     if req.headers().contains_key(header::TRANSFER_ENCODING) && conn.tail.take_conflict() {
         // RFC 9112 section 6.1: reject rather than guess; see crate::framing.
         let decision = Decision::deny("both Content-Length and Transfer-Encoding");
@@ -624,23 +638,6 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
-    }
-    // A request refused before its own target is known names what its connection was
-    // decided for: the tunnel, the TLS server name, or the address the client dialled.
-    match &conn.mode {
-        Mode::Tunnel(target) => {
-            subject.host = Some(&target.host);
-            subject.port = Some(target.port);
-        }
-        Mode::Terminated(target) => {
-            subject.host = Some(&target.host);
-            subject.port = Some(target.port);
-        }
-        Mode::Transparent { original } => {
-            subject.ip = Some(original.ip());
-            subject.port = Some(original.port());
-        }
-        Mode::Explicit => {}
     }
     let (host, port) = match http_target(&conn.mode, req.uri(), req.headers()) {
         Ok(target) => target,

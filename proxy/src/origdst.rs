@@ -37,16 +37,14 @@ impl From<SocketAddr> for Origin {
 
 /// Looks up the original destination of an accepted, redirected connection.
 pub trait OriginalDestination: Send + Sync {
-    /// The destination the client asked for, with the connecting process when the
-    /// implementation knows it; `None` when the destination is unknown (the connection is
-    /// then denied).
-    fn lookup(&self, stream: &TcpStream) -> Option<Origin>;
+    /// Where the socket of `peer` (a connection's or a datagram's source) was headed, with
+    /// the process that opened it when the implementation knows; `None` when unknown (a
+    /// transparent connection is then denied).
+    fn lookup_peer(&self, peer: SocketAddr) -> Option<Origin>;
 
-    /// The same for a peer known by its address alone (a datagram's sender): where its
-    /// socket was headed and which process opened it, when the implementation knows.
-    fn lookup_peer(&self, peer: SocketAddr) -> Option<Origin> {
-        let _ = peer;
-        None
+    /// [`OriginalDestination::lookup_peer`] for an accepted connection.
+    fn lookup(&self, stream: &TcpStream) -> Option<Origin> {
+        self.lookup_peer(stream.peer_addr().ok()?)
     }
 }
 
@@ -78,8 +76,7 @@ impl FixedTable {
 }
 
 impl OriginalDestination for FixedTable {
-    fn lookup(&self, stream: &TcpStream) -> Option<Origin> {
-        let peer = stream.peer_addr().ok()?;
+    fn lookup_peer(&self, peer: SocketAddr) -> Option<Origin> {
         if let Some(found) = self
             .map
             .read()

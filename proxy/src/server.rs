@@ -321,32 +321,28 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener)
         let span =
             tracing::info_span!("conn", %peer, runner = client.runner.as_deref(), listener = ?kind);
         let task = async move {
+            // Where the connection was headed and which process opened it, where the table
+            // knows (the runner-agent fence records redirected connections and those to
+            // the explicit listener, whose destination is this listener itself).
+            let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
             match kind {
                 Listener::Http => {
-                    // The destination is this listener; the lookup says which process
-                    // connected, where the table knows it (the runner-agent fence does).
-                    let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
                     http::serve(shared, stream, client, Some(slot), Mode::Explicit, origin).await
                 }
-                Listener::Plain => {
-                    let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
-                    match origin {
-                        Some(origin) => {
-                            let mode = Mode::Transparent {
-                                original: origin.destination,
-                            };
-                            http::serve(shared, stream, client, Some(slot), mode, Some(origin))
-                                .await
-                        }
-                        None => shared.record(
-                            Some(&client),
-                            &Subject::new(Kind::Http),
-                            &Decision::deny("original destination unknown"),
-                        ),
+                Listener::Plain => match origin {
+                    Some(origin) => {
+                        let mode = Mode::Transparent {
+                            original: origin.destination,
+                        };
+                        http::serve(shared, stream, client, Some(slot), mode, Some(origin)).await
                     }
-                }
+                    None => shared.record(
+                        Some(&client),
+                        &Subject::new(Kind::Http),
+                        &Decision::deny("original destination unknown"),
+                    ),
+                },
                 Listener::Tls => {
-                    let origin = shared.origdst.as_ref().and_then(|o| o.lookup(&stream));
                     crate::transparent::serve_tls(shared, stream, client, slot, origin).await
                 }
             }

@@ -52,3 +52,13 @@ pub async fn serve_ok(stream: tokio::net::TcpStream) {
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
+
+/// Waits (up to 20 s, then panics naming `what`) until `done` holds, looking every 10 ms:
+/// for state another task reaches, without asserting how long it takes.
+pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 
 use crate::audit::{Kind, MemorySink, Source, Verdict};
@@ -19,26 +19,13 @@ use crate::server::Proxy;
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let mut m = super::tests::query(name, RecordType::A);
+    m.set_id(id).set_recursion_desired(true);
     m.to_vec().unwrap()
 }
 
 fn allow_example_com() -> Arc<Policy> {
     Arc::new(super::tests::policy())
-}
-
-/// Polls `done` until it holds; fails after a deadline far beyond what any step needs.
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The queries the summary events say were shed, and how many such events there are.
@@ -104,7 +91,7 @@ async fn udp_queries_past_the_cap_are_dropped_and_counted_not_forwarded() {
         let name = format!("q{id}.example.com.");
         client.send(&query(id as u16, &name)).await.unwrap();
     }
-    wait_until("the first queries to reach the upstream", || {
+    crate::testing::wait_until("the first queries to reach the upstream", || {
         forwarded() >= CAP
     })
     .await;
@@ -139,7 +126,7 @@ async fn udp_queries_past_the_cap_are_dropped_and_counted_not_forwarded() {
     assert_eq!(sockets.len(), CAP, "upstream sockets");
 
     // Every shed query is in the log, in summary events rather than one event each.
-    wait_until("the shed queries to be recorded", || {
+    crate::testing::wait_until("the shed queries to be recorded", || {
         shed_events(&audit).0 >= EXTRA
     })
     .await;

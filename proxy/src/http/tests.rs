@@ -148,20 +148,10 @@ impl World {
     /// its upstream connection to the pool).
     async fn clients_gone(&self) {
         let client = self.proxy.clients().get(LOOPBACK).unwrap();
-        wait_until("the proxy to end every client connection", || {
+        crate::testing::wait_until("the proxy to end every client connection", || {
             client.active() == 0
         })
         .await;
-    }
-}
-
-/// Polls `done` until it holds; fails after a deadline far beyond what any step needs,
-/// so a bound that does not hold fails the test rather than hanging it.
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -188,7 +178,7 @@ async fn idle_upstream_connections_are_capped_per_key_and_in_all() {
     drop(clients);
     w.clients_gone().await;
     assert!(w.proxy.idle_upstreams() <= per_key, "per-key cap");
-    wait_until("the origin to see the extra connections closed", || {
+    crate::testing::wait_until("the origin to see the extra connections closed", || {
         w.open() <= per_key
     })
     .await;
@@ -202,7 +192,7 @@ async fn idle_upstream_connections_are_capped_per_key_and_in_all() {
     }
     w.clients_gone().await;
     assert!(w.proxy.idle_upstreams() <= max, "cap in all");
-    wait_until("the origin to see the evicted connections closed", || {
+    crate::testing::wait_until("the origin to see the evicted connections closed", || {
         w.open() <= max
     })
     .await;
@@ -226,7 +216,7 @@ async fn idle_upstream_connections_expire() {
         drop(w.client(&format!("n{i}.allowed.test")).await);
     }
     w.clients_gone().await;
-    wait_until("idle connections to expire", || {
+    crate::testing::wait_until("idle connections to expire", || {
         w.proxy.idle_upstreams() == 0 && w.open() == 0
     })
     .await;

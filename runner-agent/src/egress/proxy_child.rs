@@ -106,10 +106,6 @@ struct FenceLookup(egress_ebpf::OriginalDestinations);
 
 impl egress_proxy::origdst::OriginalDestination for FenceLookup {
     /// The fence also recorded which process connected: it goes into the audit events.
-    fn lookup(&self, stream: &tokio::net::TcpStream) -> Option<egress_proxy::origdst::Origin> {
-        self.lookup_peer(stream.peer_addr().ok()?)
-    }
-
     /// Datagrams to the DNS filter are recorded too, as they leave the runner's socket.
     fn lookup_peer(&self, peer: std::net::SocketAddr) -> Option<egress_proxy::origdst::Origin> {
         let entry = self.0.lookup_entry(peer).ok().flatten()?;
