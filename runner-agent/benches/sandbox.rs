@@ -388,7 +388,7 @@ mod phases {
         clock.lap();
 
         // 3. Spawn init (in its netns and v2 cgroup) and send the spec Sandbox::start sends.
-        let spec = sandbox::init_spec(record, config, &cgroup);
+        let spec = sandbox::init_spec(record, config, &cgroup, sandbox::private_entries(config)?);
         let spawned = sandbox::spawn_init(&config.init_program, &cgroup)?;
         let init_pid = spawned.child.pid();
         spawned.control.set_nonblocking(true)?;

@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use runner_agent::cgroup::{CgroupLimits, CGROUP_ROOT};
-use runner_agent::config::{HostConfig, DEFAULT_LIMITS};
 use runner_agent::sandbox::SandboxConfig;
 
 pub mod stats {
@@ -132,24 +130,11 @@ impl Drop for ReapGuard {
 /// The sandbox configuration `runner-agent run` would build with the built-in host
 /// config and default limits, with state under `run_dir`.
 pub fn sandbox_config(run_dir: &Path, state_dir: &Path) -> SandboxConfig {
-    let host = HostConfig::builtin_default();
-    SandboxConfig {
-        run_dir: run_dir.to_owned(),
-        runner_pool: host.network.runner_pool,
-        max_concurrent: host.runner.max_concurrent,
-        limits: CgroupLimits {
-            memory: Some(DEFAULT_LIMITS.memory),
-            pids: Some(DEFAULT_LIMITS.pids),
-            cpus: Some(DEFAULT_LIMITS.cpus),
-        },
-        disk_bytes: DEFAULT_LIMITS.disk,
-        extra_masks: vec![state_dir.to_owned(), run_dir.to_owned()],
-        cgroup_root: PathBuf::from(CGROUP_ROOT),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_runner-agent")),
-        files: Vec::new(),
-        secret_files: Vec::new(),
-        bpf_pin_root: PathBuf::from(runner_agent::sandbox::BPF_PIN_ROOT),
-    }
+    SandboxConfig::builtin(
+        run_dir,
+        state_dir,
+        PathBuf::from(env!("CARGO_BIN_EXE_runner-agent")),
+    )
 }
 
 /// The common entry of a privileged bench: without root, says so and succeeds (benches

@@ -25,7 +25,7 @@
 //! directories without other-read or other-search (hidden whole, not entered). `/usr`
 //! outside `/usr/local`, and the library and binary directories, are taken to hold only
 //! what packages put there, which is public; they are not walked (they hold most of a
-//! system's files, and the walk is paid at every runner's start).
+//! system's files, and a walk is paid whenever a tree changed).
 //!
 //! The walk goes through the clone that forms the layer, not the live host tree: the clone
 //! holds no other mount, so where the host has a filesystem mounted inside a tree, the
@@ -34,10 +34,12 @@
 //! top is itself private (`/opt` at 0700) gets no layer and is hidden whole. The walk
 //! skips the configured masks and the package managers' own directories
 //! ([`PACKAGE_DIRS`]). Its cost is one `lstat` per visible entry of the scanned trees:
-//! about 3,000 entries, 3 to 4 ms, on the development machine.
+//! about 3,000 entries, 3 to 4 ms, on the development machine. The agent walks (in
+//! `super::private`, which remembers each tree's answer until inotify reports a change in
+//! it) and hands init the list; init masks what it names.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The trees of the host's root a job may change (through an idmapped layer of their own),
@@ -106,7 +108,15 @@ fn private(meta: &std::fs::Metadata) -> bool {
 /// btrfs subvolume reports a device of its own while being part of the same mount. An
 /// entry that vanishes during the walk is ignored; any other error fails the walk, since a
 /// tree that could not be read whole must not be shown.
-pub fn private_entries(root: &Path, skip: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+///
+/// `watch` is called for every directory before it is listed (`root` included) and for
+/// every non-directory with more than one link before it is judged, so that a watcher it
+/// installs sees any later change of what the walk concluded (see `super::private`).
+pub fn private_entries(
+    root: &Path,
+    skip: &[PathBuf],
+    watch: &mut dyn FnMut(&Path) -> io::Result<()>,
+) -> io::Result<Vec<PathBuf>> {
     let top = std::fs::symlink_metadata(root)?;
     if private(&top) {
         return Ok(vec![root.to_owned()]);
@@ -114,10 +124,14 @@ pub fn private_entries(root: &Path, skip: &[PathBuf]) -> io::Result<Vec<PathBuf>
     let mut found = Vec::new();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {
+        let context = |e: io::Error, path: &Path| {
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        };
+        watch(&dir).map_err(|e| context(e, &dir))?;
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+            Err(e) => return Err(context(e, &dir)),
         };
         for entry in entries {
             let entry = entry?;
@@ -126,11 +140,21 @@ pub fn private_entries(root: &Path, skip: &[PathBuf]) -> io::Result<Vec<PathBuf>
                 continue;
             }
             // Relative to the open directory (fstatat), not a walk from "/" per entry.
-            let meta = match entry.metadata() {
+            let mut meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+                Err(e) => return Err(context(e, &path)),
             };
+            if !meta.is_dir() && meta.nlink() > 1 {
+                // Its mode may be changed through another link, in a directory nobody
+                // watches: watch the file itself, then judge what it is now.
+                watch(&path).map_err(|e| context(e, &path))?;
+                meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(context(e, &path)),
+                };
+            }
             if private(&meta) {
                 found.push(path);
             } else if meta.is_dir() {
@@ -171,7 +195,7 @@ mod tests {
         chmod(&r.join("skipped/key"), 0o600);
         std::os::unix::fs::symlink("/nonexistent", r.join("public/link")).unwrap();
 
-        let mut found = private_entries(r, &[r.join("skipped")]).unwrap();
+        let mut found = private_entries(r, &[r.join("skipped")], &mut |_| Ok(())).unwrap();
         found.sort();
         let mut expected = vec![
             r.join("closed"),
@@ -189,7 +213,7 @@ mod tests {
         std::fs::write(root.path().join("public"), "x").unwrap();
         chmod(root.path(), 0o700);
         assert_eq!(
-            private_entries(root.path(), &[]).unwrap(),
+            private_entries(root.path(), &[], &mut |_| Ok(())).unwrap(),
             vec![root.path().to_owned()]
         );
     }

@@ -26,6 +26,7 @@
 
 pub mod init;
 pub mod lower;
+pub mod private;
 pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;
@@ -169,18 +170,64 @@ pub struct Sandbox {
     layout: CgroupLayout,
 }
 
-/// What init is told to build for `record` (see [`protocol::SandboxSpec`]): the masks,
-/// the generated files (hostname, hosts, resolv.conf pointing at the DNS filter, then
-/// `config.files`), the workspace and the file secrets.
-pub fn init_spec(
-    record: &RunnerRecord,
-    config: &SandboxConfig,
-    cgroup: &RunnerCgroup,
-) -> SandboxSpec {
+impl SandboxConfig {
+    /// What `runner-agent run` builds from the built-in host config with default limits,
+    /// with live state under `run_dir`, the agent's state in `state_dir` (both masked),
+    /// no generated files or secrets, and `init_program` as init (for benches, tests and
+    /// programs embedding the agent).
+    pub fn builtin(run_dir: &Path, state_dir: &Path, init_program: PathBuf) -> SandboxConfig {
+        let host = crate::config::HostConfig::builtin_default();
+        let limits = crate::config::DEFAULT_LIMITS;
+        SandboxConfig {
+            run_dir: run_dir.to_owned(),
+            runner_pool: host.network.runner_pool,
+            max_concurrent: host.runner.max_concurrent,
+            limits: CgroupLimits {
+                memory: Some(limits.memory),
+                pids: Some(limits.pids),
+                cpus: Some(limits.cpus),
+            },
+            disk_bytes: limits.disk,
+            extra_masks: vec![state_dir.to_owned(), run_dir.to_owned()],
+            cgroup_root: PathBuf::from(crate::cgroup::CGROUP_ROOT),
+            init_program,
+            files: Vec::new(),
+            secret_files: Vec::new(),
+            bpf_pin_root: PathBuf::from(BPF_PIN_ROOT),
+        }
+    }
+}
+
+/// The host paths every runner of `config` hides: [`MASKED_PATHS`] and the configured
+/// extra masks, sorted.
+pub fn masked_paths(config: &SandboxConfig) -> Vec<PathBuf> {
     let mut masked: Vec<PathBuf> = MASKED_PATHS.iter().map(PathBuf::from).collect();
     masked.extend(config.extra_masks.iter().cloned());
     masked.sort();
     masked.dedup();
+    masked
+}
+
+/// The private entries of the host's scanned trees that a runner of `config` hides, as
+/// of now (`private::host_private_entries`; remembered between runners of this process).
+pub fn private_entries(config: &SandboxConfig) -> Result<Vec<PathBuf>, SandboxError> {
+    private::host_private_entries(&masked_paths(config)).map_err(|e| SandboxError::Setup {
+        stage: "finding the host's private files".to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// What init is told to build for `record` (see [`protocol::SandboxSpec`]): the masks
+/// (`private_entries` among them, from [`private_entries`]), the generated files
+/// (hostname, hosts, resolv.conf pointing at the DNS filter, then `config.files`), the
+/// workspace and the file secrets.
+pub fn init_spec(
+    record: &RunnerRecord,
+    config: &SandboxConfig,
+    cgroup: &RunnerCgroup,
+    private_entries: Vec<PathBuf>,
+) -> SandboxSpec {
+    let masked = masked_paths(config);
     let mut files = vec![
         (
             PathBuf::from("/etc/hostname"),
@@ -208,6 +255,7 @@ pub fn init_spec(
         scratch_dir: record.scratch_dir.clone(),
         scratch_bytes: config.disk_bytes,
         masked_paths: masked,
+        private_entries,
         files,
         workspace: PathBuf::from(WORKSPACE),
         secret_files: config.secret_files.clone(),
@@ -353,6 +401,11 @@ impl Sandbox {
         layout: &CgroupLayout,
         cgroup_name: &str,
     ) -> Result<(), SandboxError> {
+        // Finding the host's private files (a walk of the scanned trees unless remembered
+        // from an earlier runner of this process) runs while init starts too: init needs
+        // the list only once it builds the root filesystem.
+        let private_config = config.clone();
+        let private_task = tokio::task::spawn_blocking(move || private_entries(&private_config));
         let cgroup = layout.create(cgroup_name, &config.limits)?;
         // Loading and verifying the fence's programs runs while init starts: it is attached
         // before init is told the network is ready, so before any process of the job
@@ -368,7 +421,10 @@ impl Sandbox {
         let fence_task = tokio::task::spawn_blocking(move || {
             egress_ebpf::Fence::attach(&v2_dir, fence_config, &pin_dir)
         });
-        let host_index = match self.start_init_and_network(config, &cgroup).await {
+        let host_index = match self
+            .start_init_and_network(config, &cgroup, private_task)
+            .await
+        {
             Ok(index) => index,
             Err(err) => {
                 // Failed before the fence was needed: let the load finish (and pin) so
@@ -418,8 +474,8 @@ impl Sandbox {
         &mut self,
         config: &SandboxConfig,
         cgroup: &RunnerCgroup,
+        private_task: tokio::task::JoinHandle<Result<Vec<PathBuf>, SandboxError>>,
     ) -> Result<u32, SandboxError> {
-        let spec = init_spec(&self.record, config, cgroup);
         let SpawnedInit {
             child,
             control: agent_end,
@@ -449,7 +505,16 @@ impl Sandbox {
                 .map_err(|e| SandboxError::Init(format!("pipe: {e}")))?,
         );
 
-        self.send(&ToInit::Spec(spec)).await?;
+        let private = private_task
+            .await
+            .map_err(|e| SandboxError::Init(format!("private files task: {e}")))??;
+        self.send(&ToInit::Spec(init_spec(
+            &self.record,
+            config,
+            cgroup,
+            private,
+        )))
+        .await?;
         let owner = self.record.veth_owner();
         match network::setup(
             &self.record.host_if,

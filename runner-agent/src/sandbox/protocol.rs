@@ -124,6 +124,9 @@ pub struct SandboxSpec {
     pub scratch_bytes: u64,
     /// Host paths hidden in the sandbox: directories appear empty, files absent.
     pub masked_paths: Vec<PathBuf>,
+    /// The private entries of the scanned trees, found by the agent
+    /// (`super::private`), hidden like `masked_paths`.
+    pub private_entries: Vec<PathBuf>,
     /// Files written into the writable layer (path inside, content).
     pub files: Vec<(PathBuf, String)>,
     /// The job's workspace directory inside, created empty.

@@ -254,7 +254,7 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
         let idmapped = attach_lower(&layer.host, &layer.lower, Some(userns))?;
         layers.push(Layer { idmapped, ..layer });
     }
-    let masks = masks_for(spec, &layers, closed_trees)?;
+    let masks = masks_for(spec, closed_trees);
     prepare_upper(spec, &layers, &masks, ids)?;
     for layer in &layers {
         let options = format!(
@@ -282,55 +282,14 @@ pub fn build(spec: &SandboxSpec, userns: BorrowedFd<'_>) -> Result<BuiltRoot, Ro
     })
 }
 
-/// The configured masks, plus the private entries of the scanned trees whose layer is
-/// idmapped (elsewhere the job is an "other" user of the host's files already), found in
-/// what the layer shows ([`Layer::lower_path`]), and the writable trees that are private
-/// as a whole, `closed_trees` (they get no layer of their own; see
-/// `super::lower::writable_trees`).
-fn masks_for(
-    spec: &SandboxSpec,
-    layers: &[Layer],
-    closed_trees: Vec<PathBuf>,
-) -> Result<Vec<PathBuf>, RootfsError> {
+/// The configured masks, the private entries of the scanned trees the agent found
+/// (`super::private`), and the writable trees that are private as a whole,
+/// `closed_trees` (they get no layer of their own; see `super::lower::writable_trees`).
+fn masks_for(spec: &SandboxSpec, closed_trees: Vec<PathBuf>) -> Vec<PathBuf> {
     let mut masks = spec.masked_paths.clone();
     masks.extend(closed_trees);
-    let skip: Vec<PathBuf> = spec
-        .masked_paths
-        .iter()
-        .cloned()
-        .chain(super::lower::PACKAGE_DIRS.iter().map(PathBuf::from))
-        .collect();
-    // Sequential: init must be single-threaded again right after (setns into the user
-    // namespace refuses a process with other threads, even ones still exiting).
-    for tree in super::lower::SCANNED_TREES {
-        masks.extend(walk_tree(layers, Path::new(tree), &skip)?);
-    }
-    Ok(masks)
-}
-
-/// The private entries of the scanned `tree`, as paths inside, found in what its layer
-/// shows; none when the layer is not idmapped (the job is an "other" user there already)
-/// or the tree is absent.
-fn walk_tree(layers: &[Layer], tree: &Path, skip: &[PathBuf]) -> Result<Vec<PathBuf>, RootfsError> {
-    let layer = layer_for(layers, tree);
-    let root = layer.lower_path(tree);
-    if !layer.idmapped || !root.is_dir() {
-        return Ok(Vec::new());
-    }
-    let skip: Vec<PathBuf> = skip
-        .iter()
-        .filter(|s| s.starts_with(&layer.host))
-        .map(|s| layer.lower_path(s))
-        .collect();
-    let private = super::lower::private_entries(&root, &skip).map_err(io_err(tree))?;
-    Ok(private
-        .iter()
-        .map(|found| {
-            layer
-                .host
-                .join(found.strip_prefix(&layer.lower).unwrap_or(found))
-        })
-        .collect())
+    masks.extend(spec.private_entries.iter().cloned());
+    masks
 }
 
 fn mount_scratch(spec: &SandboxSpec) -> Result<Scratch, RootfsError> {
