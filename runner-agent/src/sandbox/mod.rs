@@ -211,7 +211,12 @@ pub fn masked_paths(config: &SandboxConfig) -> Vec<PathBuf> {
 /// The private entries of the host's scanned trees that a runner of `config` hides, as
 /// of now (`private::host_private_entries`; remembered between runners of this process).
 pub fn private_entries(config: &SandboxConfig) -> Result<Vec<PathBuf>, SandboxError> {
-    private::host_private_entries(&masked_paths(config)).map_err(|e| SandboxError::Setup {
+    private_entries_of(&masked_paths(config))
+}
+
+/// [`private_entries`] given the masks ([`masked_paths`]).
+fn private_entries_of(masked: &[PathBuf]) -> Result<Vec<PathBuf>, SandboxError> {
+    private::host_private_entries(masked).map_err(|e| SandboxError::Setup {
         stage: "finding the host's private files".to_owned(),
         message: e.to_string(),
     })
@@ -404,8 +409,8 @@ impl Sandbox {
         // Finding the host's private files (a walk of the scanned trees unless remembered
         // from an earlier runner of this process) runs while init starts too: init needs
         // the list only once it builds the root filesystem.
-        let private_config = config.clone();
-        let private_task = tokio::task::spawn_blocking(move || private_entries(&private_config));
+        let masked = masked_paths(config);
+        let private_task = tokio::task::spawn_blocking(move || private_entries_of(&masked));
         let cgroup = layout.create(cgroup_name, &config.limits)?;
         // Loading and verifying the fence's programs runs while init starts: it is attached
         // before init is told the network is ready, so before any process of the job

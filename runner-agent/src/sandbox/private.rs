@@ -276,11 +276,15 @@ pub fn host_trees(masked: &[PathBuf]) -> Vec<ScannedTree> {
         .collect()
 }
 
-/// What the walk skips: the configured masks (hidden anyway) and the package managers'
-/// directories (`lower::PACKAGE_DIRS`).
+/// What the walk skips: the configured masks that are directories (hidden whole anyway,
+/// and often busy: `/var/log`, `/var/tmp`), and the package managers' directories
+/// (`lower::PACKAGE_DIRS`). Masks of files are not skipped: a file is no walk, and
+/// `runner-agent run` masks each job's own audit log, which would otherwise make every
+/// job's skip list, and so the remembered answers, different.
 pub fn skipped(masked: &[PathBuf]) -> Vec<PathBuf> {
     masked
         .iter()
+        .filter(|mask| mask.symlink_metadata().is_ok_and(|m| m.is_dir()))
         .cloned()
         .chain(lower::PACKAGE_DIRS.iter().map(PathBuf::from))
         .collect()
@@ -498,6 +502,22 @@ mod tests {
         assert_eq!(
             sorted(entries.current().unwrap()),
             vec![host.path("layer/a/new/key"), host.path("layer/b/linked")]
+        );
+    }
+
+    #[test]
+    fn masked_directories_are_skipped_and_masked_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, missing) = (dir.path().join("audit.jsonl"), dir.path().join("missing"));
+        std::fs::write(&file, "").unwrap();
+        let skip = skipped(&[dir.path().to_owned(), file, missing]);
+        assert_eq!(skip[0], dir.path());
+        assert_eq!(
+            &skip[1..],
+            &lower::PACKAGE_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()[..]
         );
     }
 
