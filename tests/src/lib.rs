@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod fence;
+pub mod host_files;
 pub mod netbed;
 pub mod privilege;
 pub mod proxy_client;

@@ -3,6 +3,7 @@
 //! can neither change the host root nor load kernel code, call bpf() or mount.
 
 use runner_agent_tests::agent::{describe, job_id, World, HOST_MARKER_IF};
+use runner_agent_tests::host_files::{chmod, RemoveOnDrop};
 use runner_agent_tests::require_privilege;
 
 /// Every check prints `OK <name>` as its last act; a check that fails stops the step
@@ -140,23 +141,6 @@ steps:
     let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
     let left = world.leftovers(&[id]);
     assert!(left.is_empty(), "left behind: {left:?}");
-}
-
-/// Sets `path`'s permission bits.
-fn chmod(path: &std::path::Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
-}
-
-/// Removes a host path (file or tree) when dropped.
-struct RemoveOnDrop(Vec<std::path::PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
-        }
-    }
 }
 
 /// The job's root may change the trees packages install into (the host's root appears as
@@ -374,6 +358,69 @@ fn private_files_under_mounts_in_subvolumes_and_closed_trees_stay_hidden() {
     assert!(
         stdout.contains(&format!("PUBLIC-btrfs-{tag}")),
         "{}",
+        describe(&output)
+    );
+}
+
+/// Private host files whose names are not UTF-8, or hold a newline, a comma or a colon,
+/// in the scanned trees: hidden like any other (and the job still runs).
+#[test]
+fn private_files_with_odd_names_are_hidden() {
+    use std::os::unix::ffi::OsStrExt;
+    require_privilege!();
+    let world = World::new("", "");
+    let tag = format!("rt7n{}", std::process::id());
+    let base = std::path::PathBuf::from(format!("/var/lib/{tag}"));
+    let _cleanup = RemoveOnDrop(vec![base.clone()]);
+    std::fs::create_dir_all(&base).unwrap();
+    chmod(&base, 0o755);
+    let names: Vec<Vec<u8>> = vec![
+        b"new\nline".to_vec(),
+        b"comma,colon:key".to_vec(),
+        b"back\\slash".to_vec(),
+        b" lead-space".to_vec(),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let path = base.join(std::ffi::OsStr::from_bytes(name));
+        std::fs::write(&path, format!("SECRET-odd{i}-{tag}\n")).unwrap();
+        chmod(&path, 0o600);
+    }
+    let job = world.job(
+        "odd.yaml",
+        &format!(
+            "name: odd\nsteps:\n  - name: read\n    run: |\n      set +e\n      ls -A {b} | od -c | head\n      cat {b}/* {b}/*/* 2>&1\n      echo STEP-RAN\n      true\n",
+            b = base.display()
+        ),
+    );
+    let output = world.run(&job);
+    println!("{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stdout.contains("SECRET-"),
+        "private files with odd names were read:\n{}",
+        describe(&output)
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+
+    // Then one private file (or directory) whose name is not UTF-8: any host user who can
+    // create a file somewhere in /var (a service's upload directory, /var/crash at 1777
+    // on Ubuntu) creates it.
+    let dir = base.join(std::ffi::OsStr::from_bytes(b"closed-\xfe-dir"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("inside"), format!("SECRET-odddir-{tag}\n")).unwrap();
+    chmod(&dir, 0o700);
+    let output = world.run(&job);
+    println!("{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stdout.contains("SECRET-"),
+        "private files with odd names were read:\n{}",
+        describe(&output)
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "one private directory with a non-UTF-8 name in /var stops every job on the host:\n{}",
         describe(&output)
     );
 }

@@ -1,35 +1,20 @@
 //! An agent process that runs runner after runner remembers which host files are private
 //! (`sandbox::private`) instead of walking the host's trees for each runner. What changes
 //! between two runners must still count for the second: a file made private, created
-//! private, or made private through a hard link elsewhere is not readable in the next
-//! runner, and a file made public again is.
+//! private, or made private through a hard link elsewhere (also one made after the
+//! walk) is not readable in the next runner, and a file made public again is.
 //!
 //! Drives the library (`Sandbox::create`, `run_step`, `destroy`) in one process, as a
 //! long-running agent would; `runner-agent run` walks once per job. The sandboxes are
 //! made inside a network namespace of the test's own.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use runner_agent::sandbox::protocol::{StepEnd, StepRequest};
 use runner_agent::sandbox::{Sandbox, SandboxConfig};
 use runner_agent_tests::agent::agent_binary;
+use runner_agent_tests::host_files::{chmod, RemoveOnDrop};
 use runner_agent_tests::require_privilege;
-
-fn chmod(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Removes the listed host paths (files or trees) when the test ends, however it ends.
-struct RemoveOnDrop(Vec<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
-        }
-    }
-}
 
 /// Runs `script` as root in a fresh sandbox and returns what it printed.
 async fn run_in_fresh_sandbox(config: &SandboxConfig, job: &str, script: &str) -> String {
@@ -63,10 +48,12 @@ fn changes_between_runners_of_one_agent_count_for_the_next_runner() {
     let dir = PathBuf::from(format!("/etc/{tag}"));
     // A second name for `linked`, outside every scanned tree but on the same filesystem.
     let other_name = PathBuf::from(format!("/srv/{tag}-link"));
-    let _cleanup = RemoveOnDrop(vec![dir.clone(), other_name.clone()]);
+    // A second name for `single`, made only after the third runner.
+    let late_name = PathBuf::from(format!("/srv/{tag}-late-link"));
+    let _cleanup = RemoveOnDrop(vec![dir.clone(), other_name.clone(), late_name.clone()]);
     std::fs::create_dir(&dir).unwrap();
     chmod(&dir, 0o755);
-    for name in ["later", "linked", "public"] {
+    for name in ["later", "linked", "public", "single"] {
         std::fs::write(dir.join(name), format!("CONTENT-{name}-{tag}\n")).unwrap();
         chmod(&dir.join(name), 0o644);
     }
@@ -76,7 +63,7 @@ fn changes_between_runners_of_one_agent_count_for_the_next_runner() {
     std::fs::create_dir(&run_dir).unwrap();
     let config = SandboxConfig::builtin(&run_dir, &state.path().join("state"), agent_binary());
     let script = format!(
-        "set +e\nid -u\nfor f in later linked public new; do cat /etc/{tag}/$f 2>&1; done\ntrue\n"
+        "set +e\nid -u\nfor f in later linked public new single; do cat /etc/{tag}/$f 2>&1; done\ntrue\n"
     );
 
     // One thread in a network namespace of its own, with a runtime on it (threads it
@@ -101,12 +88,18 @@ fn changes_between_runners_of_one_agent_count_for_the_next_runner() {
             chmod(&dir.join("later"), 0o644);
             chmod(&other_name, 0o644);
             let public_again = run_in_fresh_sandbox(&config, "j-private-3", &script).await;
-            (before, private, public_again)
+
+            // A second name made now (only the file itself hears of that), then a chmod
+            // through it, outside every scanned tree.
+            std::fs::hard_link(dir.join("single"), &late_name).unwrap();
+            chmod(&late_name, 0o600);
+            let late_link = run_in_fresh_sandbox(&config, "j-private-4", &script).await;
+            (before, private, public_again, late_link)
         })
     })
     .join()
     .expect("sandbox thread");
-    let (before, private, public_again) = outputs;
+    let (before, private, public_again, late_link) = outputs;
 
     for name in ["later", "linked", "public"] {
         assert!(
@@ -132,4 +125,9 @@ fn changes_between_runners_of_one_agent_count_for_the_next_runner() {
         );
     }
     assert!(!public_again.contains("CONTENT-new-"), "{public_again}");
+    assert!(
+        !late_link.contains("CONTENT-single-"),
+        "single, made private through a hard link made after the walk, was read:\n{late_link}"
+    );
+    assert!(late_link.contains("CONTENT-public-"), "{late_link}");
 }

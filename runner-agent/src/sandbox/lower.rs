@@ -39,7 +39,7 @@
 //! it) and hands init the list; init masks what it names.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The trees of the host's root a job may change (through an idmapped layer of their own),
@@ -110,8 +110,8 @@ fn private(meta: &std::fs::Metadata) -> bool {
 /// tree that could not be read whole must not be shown.
 ///
 /// `watch` is called for every directory before it is listed (`root` included) and for
-/// every non-directory with more than one link before it is judged, so that a watcher it
-/// installs sees any later change of what the walk concluded (see `super::private`).
+/// every other entry but symlinks before it is judged, so that a watcher it installs
+/// sees any later change of what the walk concluded (see `super::private`).
 pub fn private_entries(
     root: &Path,
     skip: &[PathBuf],
@@ -139,22 +139,23 @@ pub fn private_entries(
             if skip.iter().any(|s| path.starts_with(s)) {
                 continue;
             }
+            // The type from the directory entry itself where the filesystem gives it.
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(context(e, &path)),
+            };
+            if !kind.is_dir() && !kind.is_symlink() {
+                // Its mode may be changed through another link, made at any time in a
+                // directory nobody watches: watch the file itself before judging it.
+                watch(&path).map_err(|e| context(e, &path))?;
+            }
             // Relative to the open directory (fstatat), not a walk from "/" per entry.
-            let mut meta = match entry.metadata() {
+            let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(context(e, &path)),
             };
-            if !meta.is_dir() && meta.nlink() > 1 {
-                // Its mode may be changed through another link, in a directory nobody
-                // watches: watch the file itself, then judge what it is now.
-                watch(&path).map_err(|e| context(e, &path))?;
-                meta = match entry.metadata() {
-                    Ok(meta) => meta,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(context(e, &path)),
-                };
-            }
             if private(&meta) {
                 found.push(path);
             } else if meta.is_dir() {

@@ -7,7 +7,7 @@
 //! runner's root filesystem together, and its answer almost never changes. So the agent
 //! walks each tree once, through a clone of the mount that forms its layer (what the job
 //! will see: no other mount in it, see `super::lower`), and puts an inotify watch on every
-//! directory before listing it and on every multiply linked file before judging it. The
+//! directory before listing it and on every other entry but symlinks before judging it. The
 //! next runner's start reads the queued events first: a tree in which anything was
 //! created, deleted, renamed, chmod'ed, chown'ed or touched is walked again; the others
 //! give their remembered answer. init is handed the list in its spec and masks what it
@@ -23,8 +23,13 @@
 //! - a watch is put on a directory *before* it is listed, so nothing can change between
 //!   what the walk read and what is watched.
 //! - a mode is changed through one of the entry's names, and inotify tells the directory
-//!   of *that* name. A file with other links (in a directory that may not be watched)
-//!   gets a watch of its own; a directory cannot have other links.
+//!   of *that* name, which may be one nobody watches: a hard link can be made in `/srv`
+//!   at any time (and making it tells only the file's own watchers), then a chmod
+//!   through it. So every file gets a watch of its own, which hears every change of its
+//!   inode whatever name was used; a directory cannot have other links.
+//! - inotify hears what the local kernel does. A filesystem changed behind the kernel's
+//!   back (a network filesystem changed by another machine, the lower layer of a host
+//!   whose own root is an overlay) is not seen until its tree is walked again.
 //! - a tree's answer is tied to the mount it was read from (the device and inode of the
 //!   cloned mount's root): a filesystem mounted over a writable tree after the walk
 //!   changes them, and the tree is walked again. Mounts *inside* a tree do not matter:
@@ -38,8 +43,9 @@
 //! long-running agent walks once; `runner-agent run`, one job per process, walks once per
 //! job, overlapped with init's start (`Sandbox::create`). Watches are not removed when a
 //! tree is walked again (the kernel gives an inode already watched the same descriptor
-//! back, and drops the watch of a deleted directory itself): at most one per directory
-//! and linked file that ever existed in the trees while the agent ran.
+//! back, and drops the watch of a deleted inode itself): at most one per directory and
+//! file of the trees (about 3,000 on the development machine; each holds its inode in
+//! memory). Past `fs.inotify.max_user_watches` a tree is walked at every start instead.
 
 use std::collections::HashMap;
 use std::io;
@@ -494,6 +500,21 @@ mod tests {
             entries.current().unwrap(),
             vec![host.path("layer/b/linked")]
         );
+
+        // A second name made after the walk (which only the file itself hears), then a
+        // chmod through it.
+        write(&host.path("layer/a/single"), 0o644);
+        assert_eq!(
+            entries.current().unwrap(),
+            vec![host.path("layer/b/linked")]
+        );
+        std::fs::hard_link(host.path("layer/a/single"), host.path("outside/late")).unwrap();
+        chmod(&host.path("outside/late"), 0o600);
+        assert_eq!(
+            sorted(entries.current().unwrap()),
+            vec![host.path("layer/a/single"), host.path("layer/b/linked")]
+        );
+        std::fs::remove_file(host.path("layer/a/single")).unwrap();
 
         // A new directory is watched too.
         std::fs::create_dir(host.path("layer/a/new")).unwrap();

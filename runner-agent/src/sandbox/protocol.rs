@@ -123,9 +123,11 @@ pub struct SandboxSpec {
     /// Size of the scratch tmpfs (the writable layer), bytes.
     pub scratch_bytes: u64,
     /// Host paths hidden in the sandbox: directories appear empty, files absent.
+    #[serde(with = "byte_paths")]
     pub masked_paths: Vec<PathBuf>,
     /// The private entries of the scanned trees, found by the agent
     /// (`super::private`), hidden like `masked_paths`.
+    #[serde(with = "byte_paths")]
     pub private_entries: Vec<PathBuf>,
     /// Files written into the writable layer (path inside, content).
     pub files: Vec<(PathBuf, String)>,
@@ -134,6 +136,31 @@ pub struct SandboxSpec {
     /// Secrets delivered as files, on a read-only tmpfs at `SECRETS_DIR`.
     #[serde(default)]
     pub secret_files: Vec<SecretFile>,
+}
+
+/// Paths as byte strings (JSON arrays of numbers): a host's file names need not be UTF-8,
+/// which JSON strings must be, and one private file with such a name anywhere in a
+/// scanned tree must not stop every runner.
+mod byte_paths {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(paths: &[PathBuf], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(paths.iter().map(|p| p.as_os_str().as_bytes()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<PathBuf>, D::Error> {
+        let raw: Vec<Vec<u8>> = Vec::deserialize(deserializer)?;
+        Ok(raw
+            .into_iter()
+            .map(|bytes| PathBuf::from(OsString::from_vec(bytes)))
+            .collect())
+    }
 }
 
 /// One step to run.
@@ -242,6 +269,37 @@ pub enum FromInit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_that_are_not_utf8_round_trip() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/var/lib/closed-\xfe-dir"));
+        let spec = SandboxSpec {
+            runner: "r-0".into(),
+            id_base: 1,
+            id_count: 2,
+            v1_tasks: Vec::new(),
+            scratch_dir: "/run/s".into(),
+            scratch_bytes: 3,
+            masked_paths: vec![odd.clone(), "/etc/ssh".into()],
+            private_entries: vec!["/etc/new\nline".into(), odd.clone()],
+            files: Vec::new(),
+            workspace: "/workspace".into(),
+            secret_files: Vec::new(),
+        };
+        let line = serde_json::to_string(&ToInit::Spec(spec)).unwrap();
+        let Ok(ToInit::Spec(back)) = serde_json::from_str::<ToInit>(&line) else {
+            panic!("no spec back from {line}");
+        };
+        assert_eq!(
+            back.masked_paths,
+            vec![odd.clone(), PathBuf::from("/etc/ssh")]
+        );
+        assert_eq!(
+            back.private_entries,
+            vec![PathBuf::from("/etc/new\nline"), odd]
+        );
+    }
 
     #[test]
     fn messages_round_trip_as_single_lines() {
