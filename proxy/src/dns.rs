@@ -98,10 +98,13 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
             host,
             decision,
         } => {
-            let mut subject = Subject::new(Kind::Dns);
-            subject.host = host.as_ref();
             let origin = asker(shared, peer);
-            subject.set_origin(origin.as_ref());
+            let mut subject = message_subject(origin.as_ref());
+            subject.host = host.as_ref();
+            if host.is_some() {
+                // About a name: `ip` is for the answer's address, and there is none.
+                (subject.ip, subject.port) = (None, None);
+            }
             record(shared, &client, &subject, &decision);
             Step::Done(reply.and_then(|reply| encode(reply, udp)))
         }
@@ -119,10 +122,24 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
     }
 }
 
-/// Which process sent `peer`'s message: the fence records the runner's datagrams and
-/// connections to the filter as they leave (nothing in standalone use).
+/// Which process sent `peer`'s message, and where to: the fence records the runner's
+/// datagrams and connections to the filter as they leave (nothing in standalone use).
 fn asker(shared: &Shared, peer: SocketAddr) -> Option<Origin> {
     shared.origdst.as_ref().and_then(|o| o.lookup_peer(peer))
+}
+
+/// The subject of a decision about a message or connection rather than a name: the
+/// process that sent it and the address and port it sent it to (the resolver the job
+/// addressed; its traffic to any :53 is redirected here), so that even a message no name
+/// could be read from says who tried to reach what.
+fn message_subject(origin: Option<&Origin>) -> Subject<'_> {
+    let mut subject = Subject::new(Kind::Dns);
+    subject.set_origin(origin);
+    if let Some(origin) = origin {
+        subject.ip = Some(origin.destination.ip());
+        subject.port = Some(origin.destination.port());
+    }
+    subject
 }
 
 /// The reply in wire form; over UDP, a reply too large loses its answers and carries
@@ -217,11 +234,7 @@ pub fn local_decision(policy: &Policy, wire: &[u8]) -> Local {
     }
     if query.queries().len() != 1 {
         let reply = reply_to(&query, ResponseCode::FormErr);
-        return local_reply(
-            Some(reply),
-            None,
-            "DNS message without exactly one question",
-        );
+        return local_reply(Some(reply), None, question_count_reason(&query));
     }
     let question = &query.queries()[0];
     let name = match normalise_name(&question.name().to_ascii()) {
@@ -255,6 +268,32 @@ pub fn local_decision(policy: &Policy, wire: &[u8]) -> Local {
         decision,
     }
 }
+
+/// Why a message without exactly one question is refused, naming the questions it has
+/// (at most [`NAMED_QUESTIONS`]): a second question is a way to carry data, and the log
+/// must show what it carried.
+fn question_count_reason(query: &Message) -> String {
+    let queries = query.queries();
+    if queries.is_empty() {
+        return "DNS message without a question".to_owned();
+    }
+    let mut names: Vec<String> = queries
+        .iter()
+        .take(NAMED_QUESTIONS)
+        .map(|q| q.name().to_ascii())
+        .collect();
+    if queries.len() > NAMED_QUESTIONS {
+        names.push("...".to_owned());
+    }
+    format!(
+        "DNS message with {} questions (one allowed): {}",
+        queries.len(),
+        names.join(" ")
+    )
+}
+
+/// How many questions of a refused multi-question message its event names.
+const NAMED_QUESTIONS: usize = 4;
 
 /// Rebuilds an upstream answer for the client: A, AAAA and CNAME records only, internal
 /// addresses (`special`: ranges and, in the proxy, the host's own addresses) removed
@@ -481,10 +520,11 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
         shared.record_unknown_client(Kind::Dns, peer);
         return;
     };
+    let origin = asker(&shared, peer);
     let deny = |reason: &str| {
         shared.record(
             Some(&client),
-            &Subject::new(Kind::Dns),
+            &message_subject(origin.as_ref()),
             &Decision::deny(reason),
         );
     };
@@ -496,13 +536,17 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
     };
     let idle = shared.limits.header_timeout;
     let incomplete = || deny("incomplete DNS message over TCP");
+    let mut messages = 0u64;
     loop {
         // A connection that ends or idles between messages ends quietly; one that stops
-        // inside a message (holding a slot with a partial query) is recorded.
+        // inside a message (holding a slot with a partial query), or that never sent one
+        // (the proxy's listeners record the same), is recorded.
         let first = match tokio::time::timeout(idle, stream.read_u8()).await {
             Ok(Ok(byte)) => byte,
+            _ if messages == 0 => return deny("connection closed before a DNS message"),
             _ => return,
         };
+        messages += 1;
         let second = match tokio::time::timeout(idle, stream.read_u8()).await {
             Ok(Ok(byte)) => byte,
             _ => return incomplete(),
@@ -602,7 +646,23 @@ mod tests {
         ));
         assert_eq!(
             reason(&local_decision(&p, &two.to_vec().unwrap())),
-            Some("DNS message without exactly one question")
+            Some("DNS message with 2 questions (one allowed): a.example.com. b.evil.net.")
+        );
+        for extra in ["c", "d", "e"] {
+            two.add_query(Query::query(
+                Name::from_ascii(format!("{extra}.evil.net.")).unwrap(),
+                RecordType::A,
+            ));
+        }
+        assert_eq!(
+            reason(&local_decision(&p, &two.to_vec().unwrap())),
+            Some("DNS message with 5 questions (one allowed): a.example.com. b.evil.net. c.evil.net. d.evil.net. ...")
+        );
+        let mut none = query("a.example.com.", RecordType::A);
+        none.take_queries();
+        assert_eq!(
+            reason(&local_decision(&p, &none.to_vec().unwrap())),
+            Some("DNS message without a question")
         );
         let mut response = query("a.example.com.", RecordType::A);
         response.set_message_type(MessageType::Response);

