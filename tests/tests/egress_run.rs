@@ -1288,3 +1288,142 @@ fn quiet_and_malformed_attempts_are_audited_with_destination_and_process() {
     }
     assert!(problems.is_empty(), "holes:\n{}", problems.join("\n"));
 }
+
+/// Host config: `allowed.test` for environment `wide`, nothing for `default`.
+fn two_env_config() -> String {
+    format!(
+        "network:\n  upstream_dns: [{DNS_IP}]\nenvironments:\n  default:\n    egress: {{ mode: enforce, allow: [] }}\n  wide:\n    egress:\n      mode: enforce\n      allow:\n        - host: allowed.test\n        - host: \"*.allowed.test\"\n"
+    )
+}
+
+/// A job of an environment that may reach nothing tries to use the proxies and the
+/// addresses of a concurrent runner whose environment allows `allowed.test`: every other
+/// runner's host side (its proxy's explicit, transparent and DNS listeners) and the runner
+/// itself.
+#[test]
+fn a_runner_cannot_use_the_proxy_or_address_of_a_concurrent_runner() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "max_concurrent: 4", &two_env_config());
+    let tag = format!("ra-beside-{}", std::process::id());
+    let wide = world.job(
+        "wide.yaml",
+        &format!(
+            r#"name: wide
+environment: wide
+steps:
+  - name: hold
+    run: |
+      curl -fsS -m 5 http://allowed.test/wide-{tag} >/dev/null && echo WIDE-OK
+      python3 - <<'PY'
+      import socket
+      s = socket.socket()
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      s.bind(("0.0.0.0", 7777))
+      s.listen(5)
+      s.settimeout(12)
+      try:
+          c, _ = s.accept()
+          print("WIDE-ACCEPTED", flush=True)
+      except OSError:
+          pass
+      PY
+"#
+        ),
+    );
+    let narrow = world.job(
+        "narrow.yaml",
+        &format!(
+            r#"name: narrow
+steps:
+  - name: use the neighbour's proxy
+    run: |
+      set +e
+      sleep 3
+      mine=$(awk '/^nameserver/ {{print $2}}' /etc/resolv.conf)
+      echo "MY-HOST-SIDE $mine"
+      prefix=${{mine%.*}}
+      for last in 1 5 9 13 2 6 10 14; do
+        ip="$prefix.$last"
+        [ "$ip" = "$mine" ] && continue
+        for port in 3128 3080 3443 3053; do
+          code=$(curl -s -m 3 -o /dev/null -w '%{{http_code}}' -x "http://$ip:$port" "http://allowed.test/narrow-{tag}" 2>&1)
+          [ "$code" = 200 ] && echo "NEIGHBOUR-PROXY-ANSWERED $ip:$port"
+          echo "tried $ip:$port -> $code"
+        done
+        python3 - "$ip" <<'PY'
+      import socket, sys
+      ip = sys.argv[1]
+      for port in (7777, 22):
+          s = socket.socket(); s.settimeout(2)
+          try:
+              s.connect((ip, port)); s.sendall(b"hi\r\n\r\n")
+              data = s.recv(64)
+              print("tcp", ip, port, "connected", data, flush=True)
+          except OSError as e:
+              print("tcp", ip, port, "refused", e, flush=True)
+          s.close()
+      # DNS straight to the neighbour's DNS filter, for a name only it allows.
+      q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07allowed\x04test\x00\x00\x01\x00\x01"
+      u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+      try:
+          u.sendto(q, (ip, 3053)); r, _ = u.recvfrom(512)
+          if (r[3] & 15) == 0 and r[7] > 0:
+              print("NEIGHBOUR-DNS-ANSWERED", ip, flush=True)
+      except OSError as e:
+          print("dns", ip, "refused", e, flush=True)
+      PY
+      done
+      curl -fsS -m 3 http://allowed.test/own-{tag} >/dev/null && echo "OWN-PROXY-ALLOWED-IT"
+      true
+"#
+        ),
+    );
+    let wide_child = world.spawn(&wide);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (out, events) = world.run_audited(&narrow);
+    let wide_out = wide_child.wait_with_output().unwrap();
+    println!("{}", describe(&out));
+    println!("WIDE:\n{}", describe(&wide_out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let wide_stdout = String::from_utf8_lossy(&wide_out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        wide_stdout.contains("WIDE-OK"),
+        "the wide job did not work: {}",
+        describe(&wide_out)
+    );
+    let mut problems = Vec::new();
+    for line in stdout.lines() {
+        if line.starts_with("NEIGHBOUR-") || line.starts_with("OWN-PROXY-ALLOWED") {
+            problems.push(line.to_owned());
+        }
+    }
+    if wide_stdout.contains("WIDE-ACCEPTED") {
+        problems.push("the wide runner accepted a connection from the narrow one".into());
+    }
+    let web = bed.web_hits();
+    for hit in web.iter().filter(|h| {
+        h.path.contains(&format!("narrow-{tag}")) || h.path.contains(&format!("own-{tag}"))
+    }) {
+        problems.push(format!(
+            "the narrow job's request reached the web server: {hit:?}"
+        ));
+    }
+    // Each kind of attempt is in the narrow job's log as a denial.
+    let mut denied = |what: &str, check: &dyn Fn(&serde_json::Value) -> bool| {
+        if !events.iter().any(|e| e["verdict"] == "deny" && check(e)) {
+            problems.push(format!("no deny event for {what}"));
+        }
+    };
+    denied("the requests through the neighbours' proxies", &|e| {
+        e["host"] == "allowed.test" && e["pid"].is_number()
+    });
+    denied("the connections to the neighbours' port 7777", &|e| {
+        e["port"] == 7777 && e["pid"].is_number()
+    });
+    denied("the DNS questions to the neighbours' filters", &|e| {
+        e["port"] == 3053 && e["pid"].is_number()
+    });
+    assert!(problems.is_empty(), "holes:\n{}", problems.join("\n"));
+}
