@@ -36,8 +36,9 @@
 //!   the clone, like the layer, shows what lies under them.
 //! - a lost event (queue overflow) forgets every answer, and a watch the kernel dropped
 //!   (its directory deleted) forgets its tree's. An error while walking leaves the tree
-//!   unanswered, to be walked again; a watch that cannot be added (the inotify limits)
-//!   leaves the tree to be walked at every start, as before.
+//!   unanswered, to be walked again; a watch that cannot be added (the inotify limits,
+//!   or the agent's own budget of a quarter of them: other services of the host's root
+//!   need theirs) leaves the tree to be walked at every start, as before.
 //!
 //! The instance lives as long as the agent process ([`host_private_entries`]), so a
 //! long-running agent walks once; `runner-agent run`, one job per process, walks once per
@@ -106,6 +107,19 @@ pub struct PrivateEntries {
     /// Which trees (bit i for `trees[i]`) each watch serves: a linked file may be in two.
     owners: HashMap<WatchDescriptor, u64>,
     walks: u64,
+    /// At most this many watches ([`default_watch_budget`]).
+    watch_budget: usize,
+}
+
+/// How many inotify watches the agent allows itself: a quarter of the per-user limit
+/// (`fs.inotify.max_user_watches`, shared with every other process of the host's root,
+/// some of which depend on theirs), and no more than 65,536.
+pub fn default_watch_budget() -> usize {
+    let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(8192);
+    (limit / 4).min(65_536)
 }
 
 impl PrivateEntries {
@@ -128,7 +142,14 @@ impl PrivateEntries {
             answers,
             owners: HashMap::new(),
             walks: 0,
+            watch_budget: default_watch_budget(),
         })
+    }
+
+    /// Sets how many watches this instance may add (see [`default_watch_budget`]).
+    pub fn with_watch_budget(mut self, budget: usize) -> PrivateEntries {
+        self.watch_budget = budget;
+        self
     }
 
     /// The trees and skipped paths this instance answers for.
@@ -233,8 +254,16 @@ impl PrivateEntries {
             .map(|s| in_clone(s))
             .collect();
         let mut watched = true;
-        let (inotify, owners) = (&self.inotify, &mut self.owners);
+        let (inotify, owners, budget) = (&self.inotify, &mut self.owners, self.watch_budget);
         let found = lower::private_entries(&root, &skip, &mut |path: &Path| -> io::Result<()> {
+            if !watched {
+                return Ok(());
+            }
+            if owners.len() >= budget {
+                tracing::warn!(tree = %scanned.tree.display(), budget, "the private-file watches reached their budget; the tree will be walked at every runner's start");
+                watched = false;
+                return Ok(());
+            }
             match inotify.add_watch(path, watched_events()) {
                 Ok(wd) => {
                     *owners.entry(wd).or_insert(0) |= 1 << index;
@@ -243,9 +272,7 @@ impl PrivateEntries {
                 // The per-user watch limit (fs.inotify.max_user_watches): walk this tree
                 // at every start instead.
                 Err(Errno::ENOSPC) => {
-                    if watched {
-                        tracing::warn!(tree = %scanned.tree.display(), "inotify watch limit reached; the tree will be walked at every runner's start");
-                    }
+                    tracing::warn!(tree = %scanned.tree.display(), "inotify watch limit reached; the tree will be walked at every runner's start");
                     watched = false;
                     Ok(())
                 }
@@ -539,6 +566,27 @@ mod tests {
                 .iter()
                 .map(PathBuf::from)
                 .collect::<Vec<_>>()[..]
+        );
+    }
+
+    #[test]
+    fn past_the_watch_budget_a_tree_is_walked_at_every_call_and_still_right() {
+        let Some(host) = Host::if_privileged() else {
+            return;
+        };
+        // Tree a needs four watches (two directories, two files), tree b two: with five,
+        // a is covered and b is not.
+        let mut entries = host.entries().with_watch_budget(5);
+        assert!(entries.current().unwrap().is_empty());
+        let walks = entries.walks();
+        assert!(entries.current().unwrap().is_empty());
+        assert_eq!(entries.walks(), walks + 1, "b is walked again, a is not");
+        // Changed through a name nobody watches, in the tree without a watch on the file.
+        std::fs::hard_link(host.path("layer/b/public"), host.path("outside/l")).unwrap();
+        chmod(&host.path("outside/l"), 0o600);
+        assert_eq!(
+            entries.current().unwrap(),
+            vec![host.path("layer/b/public")]
         );
     }
 
