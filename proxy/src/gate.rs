@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::audit::AuditEvent;
 use crate::audit::{Kind, Source, Verdict};
 use crate::clients::ClientEntry;
 use crate::http::{Mode, Tunneled};
@@ -40,7 +41,7 @@ use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
 use crate::tls::{classify_flight, first_flight, FirstFlight, FlightError, FlightLimits};
-use crate::tunnel::{splice, SpliceOutcome};
+use crate::tunnel::{splice_counted, SpliceOutcome, Traffic};
 
 /// An allowed tunnel waiting for the client's first flight: checks the SNI against the
 /// decided name, then dials, replays and splices, and records the outcome.
@@ -109,12 +110,7 @@ impl TunnelGate {
         match next {
             Next::Closed => {
                 // Nothing to carry: record the (empty) tunnel without dialling.
-                let empty = SpliceOutcome {
-                    up: 0,
-                    down: 0,
-                    cut: None,
-                };
-                self.record_end(shared, client, None, start, &empty);
+                self.open_tunnel(shared, client, None, start).finish(None);
             }
             Next::Http(bytes) => self.serve_http(shared, client, stream, bytes).await,
             Next::Replay(replay) => {
@@ -137,11 +133,18 @@ impl TunnelGate {
                 let Some((mut server, ip)) = self.dial(shared, client, start).await else {
                     return;
                 };
+                let open = self.open_tunnel(shared, client, Some(ip), start);
                 let total = shared.limits.total_timeout;
-                let outcome =
-                    replay_and_splice(&shared.limits, total, &mut stream, &mut server, &replay)
-                        .await;
-                self.record_end(shared, client, Some(ip), start, &outcome);
+                let cut = replay_and_splice(
+                    &shared.limits,
+                    total,
+                    &mut stream,
+                    &mut server,
+                    &replay,
+                    &open.traffic,
+                )
+                .await;
+                open.finish(cut);
             }
             Next::ServerFirst => self.server_first(shared, client, stream, start).await,
         }
@@ -194,27 +197,24 @@ impl TunnelGate {
         shared.record(Some(client), &self.subject(), &Decision::deny(reason));
     }
 
-    /// Records the end of an allowed tunnel with what moved through it.
-    fn record_end(
+    /// The end event of this allowed tunnel, to [`OpenTunnel::finish`] once it ends.
+    fn open_tunnel(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         client: &Arc<ClientEntry>,
         ip: Option<IpAddr>,
         start: Instant,
-        outcome: &SpliceOutcome,
-    ) {
+    ) -> OpenTunnel {
         let mut subject = self.subject();
         subject.ip = ip;
-        let mut event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
+        let event = event_for(Some(client), Source::Proxy, &subject, &self.decision);
         debug_assert_eq!(event.verdict, Verdict::Allow);
-        event.bytes_up = Some(outcome.up);
-        event.bytes_down = Some(outcome.down);
-        event.duration_ms = Some(millis(start.elapsed()));
-        tracing::info!(
-            host = %self.host, ip = ?ip, port = self.port, up = outcome.up, down = outcome.down,
-            cut = outcome.cut.as_deref(), "tunnel closed"
-        );
-        shared.audit.record(event);
+        OpenTunnel {
+            shared: Arc::clone(shared),
+            event: Some(event),
+            start,
+            traffic: Traffic::default(),
+        }
     }
 
     /// Dials the destination; an unreachable one is recorded and gives `None`.
@@ -275,6 +275,7 @@ impl TunnelGate {
         let Some((mut server, ip)) = self.dial(shared, client, start).await else {
             return;
         };
+        let open = self.open_tunnel(shared, client, Some(ip), start);
         let limits = &shared.limits;
         let relayed = match tokio::time::timeout(
             limits.total_timeout,
@@ -289,32 +290,42 @@ impl TunnelGate {
                 cut: Some("total timeout".to_owned()),
             },
         };
+        open.traffic
+            .down
+            .fetch_add(relayed.down, std::sync::atomic::Ordering::Relaxed);
         if relayed.first.is_empty() {
-            let outcome = SpliceOutcome {
-                up: 0,
-                down: relayed.down,
-                cut: relayed.cut,
-            };
-            return self.record_end(shared, client, Some(ip), start, &outcome);
+            return open.finish(relayed.cut);
         }
         let flight = classify_flight(&mut stream, relayed.first, &flight_limits(limits)).await;
         match self.check(flight) {
-            Err(reason) => self.deny(shared, client, reason),
+            Err(reason) => {
+                open.discard();
+                self.deny(shared, client, reason)
+            }
             Ok(Next::Http(bytes)) => {
-                // Requests are forwarded one by one on connections of their own.
+                // Requests are forwarded one by one on connections of their own, and
+                // each is recorded.
                 drop(server);
+                open.discard();
                 self.serve_http(shared, client, stream, bytes).await;
             }
             Ok(Next::Replay(replay)) => {
                 // The server-first relay already used part of the tunnel's total time.
                 let total = limits.total_timeout.saturating_sub(start.elapsed());
-                let mut outcome =
-                    replay_and_splice(limits, total, &mut stream, &mut server, &replay).await;
-                outcome.down += relayed.down;
-                self.record_end(shared, client, Some(ip), start, &outcome);
+                let cut = replay_and_splice(
+                    limits,
+                    total,
+                    &mut stream,
+                    &mut server,
+                    &replay,
+                    &open.traffic,
+                )
+                .await;
+                open.finish(cut);
             }
             // `classify_flight` never reports silence or a close.
             Ok(Next::ServerFirst | Next::Closed) => {
+                open.discard();
                 self.deny(shared, client, "no first flight".to_owned());
             }
         }
@@ -333,24 +344,76 @@ fn flight_limits(limits: &Limits) -> FlightLimits {
 }
 
 /// Writes the checked first flight to the destination, then splices both ways for at
-/// most `total`.
+/// most `total`, counting into `traffic`. Returns why it ended, when not by both sides
+/// closing.
 async fn replay_and_splice(
     limits: &Limits,
     total: Duration,
     stream: &mut TcpStream,
     server: &mut TcpStream,
     replay: &[u8],
-) -> SpliceOutcome {
+    traffic: &Traffic,
+) -> Option<String> {
     if server.write_all(replay).await.is_err() {
-        return SpliceOutcome {
-            up: 0,
-            down: 0,
-            cut: Some("write to destination failed".to_owned()),
-        };
+        return Some("write to destination failed".to_owned());
     }
-    let mut outcome = splice(stream, server, limits.idle_timeout, total).await;
-    outcome.up += replay.len() as u64;
-    outcome
+    traffic
+        .up
+        .fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    splice_counted(stream, server, limits.idle_timeout, total, traffic)
+        .await
+        .cut
+}
+
+/// The end event of an allowed tunnel (kind connect or tls), with what moved through it.
+/// Written by [`OpenTunnel::finish`] when the tunnel ends, or, when it is dropped
+/// unfinished, then: the proxy stopped (at the runner's end its tasks are dropped) with
+/// the tunnel open, and what went through must still be in the log. A tunnel a job held
+/// open until its end used to leave no event at all (found by an attack run).
+struct OpenTunnel {
+    shared: Arc<Shared>,
+    /// The allow event; taken when written.
+    event: Option<AuditEvent>,
+    start: Instant,
+    /// What has moved so far.
+    traffic: Traffic,
+}
+
+impl OpenTunnel {
+    /// Records the tunnel's end; `cut` says why it ended when not by both sides closing.
+    fn finish(mut self, cut: Option<String>) {
+        self.record(self.traffic.outcome(cut), None);
+    }
+
+    /// Drops the tunnel's event unwritten: what happens next is recorded otherwise (a
+    /// refusal, or requests recorded one by one).
+    fn discard(mut self) {
+        self.event = None;
+    }
+
+    fn record(&mut self, outcome: SpliceOutcome, note: Option<&str>) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        event.bytes_up = Some(outcome.up);
+        event.bytes_down = Some(outcome.down);
+        event.duration_ms = Some(millis(self.start.elapsed()));
+        if let Some(note) = note {
+            add_reason(&mut event.reason, note.to_owned());
+        }
+        tracing::info!(
+            host = event.host.as_deref(), ip = ?event.ip, port = event.port, up = outcome.up,
+            down = outcome.down, cut = outcome.cut.as_deref(), "tunnel closed"
+        );
+        self.shared.audit.record(event);
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        let outcome = self.traffic.outcome(None);
+        self.record(outcome, Some("still open when the proxy stopped"));
+    }
 }
 
 /// Relays the destination's bytes to the client until the client sends its first bytes

@@ -178,6 +178,27 @@ async fn pump(
     pump_copy(from, to, count, last, start).await
 }
 
+/// The bytes a tunnel has moved so far, each way, readable while it runs (an open
+/// tunnel's event, written when the proxy stops before the tunnel ends, needs them).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Client to destination.
+    pub up: AtomicU64,
+    /// Destination to client.
+    pub down: AtomicU64,
+}
+
+impl Traffic {
+    /// The counts now, and why the tunnel ended (if it did): the outcome to record.
+    pub fn outcome(&self, cut: Option<String>) -> SpliceOutcome {
+        SpliceOutcome {
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+            cut,
+        }
+    }
+}
+
 /// Copies both ways until both sides close, one side fails, or a limit is hit.
 pub async fn splice(
     client: &mut TcpStream,
@@ -185,27 +206,39 @@ pub async fn splice(
     idle: Duration,
     total: Duration,
 ) -> SpliceOutcome {
-    splice_with(client, server, idle, total, true).await
+    splice_counted(client, server, idle, total, &Traffic::default()).await
 }
 
-/// [`splice`], choosing zero-copy or buffered copying (tests exercise both).
+/// [`splice`], adding what moves to `traffic` as it moves; the outcome's counts are
+/// `traffic`'s at the end (with whatever it held before).
+pub async fn splice_counted(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+    total: Duration,
+    traffic: &Traffic,
+) -> SpliceOutcome {
+    splice_with(client, server, idle, total, true, traffic).await
+}
+
+/// [`splice_counted`], choosing zero-copy or buffered copying (tests exercise both).
 pub async fn splice_with(
     client: &mut TcpStream,
     server: &mut TcpStream,
     idle: Duration,
     total: Duration,
     zero_copy: bool,
+    traffic: &Traffic,
 ) -> SpliceOutcome {
     let start = Instant::now();
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
+    let (up, down) = (&traffic.up, &traffic.down);
     let last = AtomicU64::new(0);
     let (client, server) = (&*client, &*server);
     bound_client_buffers(client);
     let both = async {
         let (a, b) = tokio::join!(
-            pump(client, server, &up, &last, start, zero_copy),
-            pump(server, client, &down, &last, start, zero_copy)
+            pump(client, server, up, &last, start, zero_copy),
+            pump(server, client, down, &last, start, zero_copy)
         );
         a.and(b)
     };
@@ -226,11 +259,7 @@ pub async fn splice_with(
         reason = watchdog => Some(reason.to_owned()),
         () = tokio::time::sleep(total) => Some("total timeout".to_owned()),
     };
-    SpliceOutcome {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        cut,
-    }
+    traffic.outcome(cut)
 }
 
 #[cfg(test)]
@@ -259,7 +288,15 @@ mod tests {
         let (mut server, mut server_far) = pair().await;
         let task = tokio::spawn(async move {
             let (idle, total) = (Duration::from_secs(5), Duration::from_secs(10));
-            splice_with(&mut client, &mut server, idle, total, zero_copy).await
+            splice_with(
+                &mut client,
+                &mut server,
+                idle,
+                total,
+                zero_copy,
+                &Traffic::default(),
+            )
+            .await
         });
         client_far.write_all(b"hello").await.unwrap();
         client_far.shutdown().await.unwrap();
@@ -305,7 +342,15 @@ mod tests {
         let (mut server, server_far) = pair().await;
         let tunnel = tokio::spawn(async move {
             let (idle, total) = (Duration::from_secs(10), Duration::from_secs(60));
-            splice_with(&mut client, &mut server, idle, total, zero_copy).await
+            splice_with(
+                &mut client,
+                &mut server,
+                idle,
+                total,
+                zero_copy,
+                &Traffic::default(),
+            )
+            .await
         });
         let (up, down) = (payload(LEN, 1), payload(LEN, 2));
         let side = |stream: TcpStream, send: Vec<u8>| async move {

@@ -1427,3 +1427,89 @@ steps:
     });
     assert!(problems.is_empty(), "holes:\n{}", problems.join("\n"));
 }
+
+/// Uploads still going when the job ends: a background process trickles a POST to an
+/// allowed host through a transparent TLS tunnel, a CONNECT tunnel and the explicit
+/// proxy, and the step returns while they run.
+const OPEN_AT_THE_END: &str = r#"
+import os, socket, ssl, threading, time
+proxy = os.environ["HTTP_PROXY"].split("://", 1)[1].rstrip("/")
+host, port = proxy.rsplit(":", 1)
+explicit = (host, int(port))
+def trickle(stream, marker):
+    stream.sendall(b"POST /open-" + marker + b" HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 100000000\r\n\r\n")
+    while True:
+        stream.sendall(marker[:1] * 65536)
+        time.sleep(0.05)
+def tls():
+    s = socket.create_connection(("allowed.test", 443), timeout=5)
+    trickle(ssl._create_unverified_context().wrap_socket(s, server_hostname="allowed.test"), b"tls")
+def connect():
+    s = socket.create_connection(explicit, timeout=5)
+    s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    trickle(ssl._create_unverified_context().wrap_socket(s, server_hostname="allowed.test"), b"connect")
+def plain():
+    s = socket.create_connection(explicit, timeout=5)
+    s.sendall(b"POST http://allowed.test/open-explicit HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 100000000\r\n\r\n")
+    while True:
+        s.sendall(b"e" * 65536)
+        time.sleep(0.05)
+for f in (tls, connect, plain):
+    threading.Thread(target=f, daemon=True).start()
+time.sleep(600)
+"#;
+
+/// A connection still open when the job ends is recorded when the runner's proxy stops,
+/// with what went through it: a job that kept tunnels to an allowed host open to its end
+/// (a background uploader) left no event of them at all (found by an attack run).
+#[test]
+fn connections_open_at_the_end_of_the_job_are_recorded() {
+    require_privilege!();
+    let bed = NetBed::new().expect("net bed");
+    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let job = world.job(
+        "open.yaml",
+        &format!(
+            "name: open\nsteps:\n  - name: upload in the background\n    run: |\n      cat > /workspace/up.py <<'PY'\n{}\n      PY\n      setsid python3 /workspace/up.py >/dev/null 2>&1 </dev/null &\n      sleep 3\n",
+            OPEN_AT_THE_END
+                .lines()
+                .map(|l| format!("      {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let paths: Vec<String> = bed.web_hits().into_iter().map(|h| h.path).collect();
+    for (kind, path) in [("tls", "/open-tls"), ("connect", "/open-connect")] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} never reached the server: {paths:?}"
+        );
+        let recorded = events
+            .iter()
+            .find(|e| e["kind"] == kind && e["verdict"] == "allow" && e["host"] == "allowed.test");
+        let Some(event) = recorded else {
+            panic!("no {kind} event for the open tunnel: {events:#?}");
+        };
+        assert_eq!(
+            event["reason"], "still open when the proxy stopped",
+            "{event}"
+        );
+        assert!(event["bytes_up"].as_u64().unwrap_or(0) > 65536, "{event}");
+        assert!(
+            event["pid"].is_number() && event["comm"] == "python3",
+            "{event}"
+        );
+    }
+    assert!(paths.iter().any(|p| p == "/open-explicit"), "{paths:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["path"] == "/open-explicit" && e["verdict"] == "allow"),
+        "{events:#?}"
+    );
+}

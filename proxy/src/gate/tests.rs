@@ -86,3 +86,100 @@ fn other_protocols_are_replayed_and_errors_deny() {
         Err("ClientHello not received in time".to_owned())
     );
 }
+
+/// A tunnel still open when the proxy stops (its runtime shut down, as the proxy process
+/// does when the agent is done with the runner) is recorded then, with the bytes it moved:
+/// a job that held a tunnel open until its end left no event at all.
+#[test]
+fn a_tunnel_open_when_the_proxy_stops_is_recorded_with_what_it_moved() {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::audit::MemorySink;
+    use crate::config::{EgressConfig, RuleConfig, RuleTarget};
+    use crate::server::Proxy;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const SENT: usize = 10_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = Arc::new(MemorySink::default());
+    let received = Arc::new(AtomicU64::new(0));
+    // Both held past the shutdown: the client side stays open all along, and the proxy
+    // is stopped by the shutdown alone.
+    let _held = runtime.block_on(async {
+        let origin = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = origin.local_addr().unwrap().port();
+        let counted = Arc::clone(&received);
+        tokio::spawn(async move {
+            let (mut stream, _) = origin.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                counted.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            std::future::pending::<()>().await
+        });
+        let proxy = Proxy::builder()
+            .http_listen((Ipv4Addr::LOCALHOST, 0).into())
+            .audit(Arc::clone(&sink) as Arc<dyn crate::audit::AuditSink>)
+            .start()
+            .await
+            .unwrap();
+        let config = EgressConfig {
+            allow: vec![RuleConfig {
+                target: RuleTarget::Cidr("127.0.0.1/32".parse().unwrap()),
+                ports: vec![port],
+                methods: None,
+                paths: None,
+            }],
+            ..EgressConfig::default()
+        };
+        proxy.set_default_policy(Some(Arc::new(crate::policy::Policy::new(&config).unwrap())));
+        let mut client = TcpStream::connect(proxy.http_addrs()[0]).await.unwrap();
+        let connect =
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        client.write_all(connect.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(client.read_u8().await.unwrap());
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // Not TLS, not HTTP: spliced as it is.
+        client.write_all(&[0u8; SENT]).await.unwrap();
+        crate::testing::wait_until("the origin has every byte", || {
+            received.load(Ordering::SeqCst) == SENT as u64
+        })
+        .await;
+        assert!(
+            !sink
+                .events()
+                .iter()
+                .any(|e| e.kind == Kind::Connect && e.verdict == Verdict::Allow),
+            "recorded before it ended: {:?}",
+            sink.events()
+        );
+        (proxy, client)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let events = sink.events();
+    let tunnel: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == Kind::Connect && e.verdict == Verdict::Allow)
+        .collect();
+    assert_eq!(tunnel.len(), 1, "{events:?}");
+    assert_eq!(tunnel[0].bytes_up, Some(SENT as u64), "{:?}", tunnel[0]);
+    assert_eq!(
+        tunnel[0].reason.as_deref(),
+        Some("still open when the proxy stopped"),
+        "{:?}",
+        tunnel[0]
+    );
+}

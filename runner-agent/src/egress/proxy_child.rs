@@ -14,7 +14,9 @@
 //!
 //! Audit events go to stdout, one JSON line each, after a first line `ready` that tells
 //! the agent every listener is bound. When stdin closes (the agent is done, or dead), the
-//! process exits: a proxy never outlives its agent.
+//! process exits: a proxy never outlives its agent. It first drops every connection, so
+//! that those still open (a tunnel a job kept open to its end) are recorded with what
+//! went through them.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -153,8 +155,16 @@ pub fn main() -> ! {
         .build()
         .unwrap_or_else(|e| fail(format!("runtime: {e}")));
     runtime.block_on(serve(config, Arc::new(policy), interception, orig_dst));
+    // Shutting the runtime down drops every connection's task: a tunnel or request still
+    // open writes its event then (`egress_proxy` records an open tunnel when it is
+    // dropped), before the process ends. `exit` alone would drop nothing.
+    runtime.shutdown_timeout(SHUTDOWN_WAIT);
     std::process::exit(0)
 }
+
+/// How long the runtime's shutdown waits for blocking work (a DNS exchange, say) after
+/// every task has been dropped.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The proxy's interception from the agent's configuration.
 fn build_interception(config: InterceptConfig) -> Result<Arc<Interception>, String> {
