@@ -135,16 +135,8 @@ impl TunnelGate {
                 };
                 let open = self.open_tunnel(shared, client, Some(ip), start);
                 let total = shared.limits.total_timeout;
-                let cut = replay_and_splice(
-                    &shared.limits,
-                    total,
-                    &mut stream,
-                    &mut server,
-                    &replay,
-                    &open.traffic,
-                )
-                .await;
-                open.finish(cut);
+                open.carry(&shared.limits, total, &mut stream, &mut server, &replay)
+                    .await;
             }
             Next::ServerFirst => self.server_first(shared, client, stream, start).await,
         }
@@ -312,16 +304,8 @@ impl TunnelGate {
             Ok(Next::Replay(replay)) => {
                 // The server-first relay already used part of the tunnel's total time.
                 let total = limits.total_timeout.saturating_sub(start.elapsed());
-                let cut = replay_and_splice(
-                    limits,
-                    total,
-                    &mut stream,
-                    &mut server,
-                    &replay,
-                    &open.traffic,
-                )
-                .await;
-                open.finish(cut);
+                open.carry(limits, total, &mut stream, &mut server, &replay)
+                    .await;
             }
             // `classify_flight` never reports silence or a close.
             Ok(Next::ServerFirst | Next::Closed) => {
@@ -343,28 +327,6 @@ fn flight_limits(limits: &Limits) -> FlightLimits {
     }
 }
 
-/// Writes the checked first flight to the destination, then splices both ways for at
-/// most `total`, counting into `traffic`. Returns why it ended, when not by both sides
-/// closing.
-async fn replay_and_splice(
-    limits: &Limits,
-    total: Duration,
-    stream: &mut TcpStream,
-    server: &mut TcpStream,
-    replay: &[u8],
-    traffic: &Traffic,
-) -> Option<String> {
-    if server.write_all(replay).await.is_err() {
-        return Some("write to destination failed".to_owned());
-    }
-    traffic
-        .up
-        .fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    splice_counted(stream, server, limits.idle_timeout, total, traffic)
-        .await
-        .cut
-}
-
 /// The end event of an allowed tunnel (kind connect or tls), with what moved through it.
 /// Written by [`OpenTunnel::finish`] when the tunnel ends, or, when it is dropped
 /// unfinished, then: the proxy stopped (at the runner's end its tasks are dropped) with
@@ -380,6 +342,27 @@ struct OpenTunnel {
 }
 
 impl OpenTunnel {
+    /// Writes the checked first flight to the destination, then splices both ways for at
+    /// most `total`, and records the tunnel's end.
+    async fn carry(
+        self,
+        limits: &Limits,
+        total: Duration,
+        stream: &mut TcpStream,
+        server: &mut TcpStream,
+        replay: &[u8],
+    ) {
+        if server.write_all(replay).await.is_err() {
+            return self.finish(Some("write to destination failed".to_owned()));
+        }
+        self.traffic
+            .up
+            .fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let spliced =
+            splice_counted(stream, server, limits.idle_timeout, total, &self.traffic).await;
+        self.finish(spliced.cut);
+    }
+
     /// Records the tunnel's end; `cut` says why it ended when not by both sides closing.
     fn finish(mut self, cut: Option<String>) {
         self.record(self.traffic.outcome(cut), None);

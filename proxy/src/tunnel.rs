@@ -267,6 +267,17 @@ mod tests {
     use super::*;
     use nix::sys::socket::getsockopt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// [`splice_with`] with counts of its own.
+    async fn spliced(
+        client: &mut TcpStream,
+        server: &mut TcpStream,
+        idle: Duration,
+        total: Duration,
+        zero_copy: bool,
+    ) -> SpliceOutcome {
+        splice_with(client, server, idle, total, zero_copy, &Traffic::default()).await
+    }
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -288,15 +299,7 @@ mod tests {
         let (mut server, mut server_far) = pair().await;
         let task = tokio::spawn(async move {
             let (idle, total) = (Duration::from_secs(5), Duration::from_secs(10));
-            splice_with(
-                &mut client,
-                &mut server,
-                idle,
-                total,
-                zero_copy,
-                &Traffic::default(),
-            )
-            .await
+            spliced(&mut client, &mut server, idle, total, zero_copy).await
         });
         client_far.write_all(b"hello").await.unwrap();
         client_far.shutdown().await.unwrap();
@@ -342,15 +345,7 @@ mod tests {
         let (mut server, server_far) = pair().await;
         let tunnel = tokio::spawn(async move {
             let (idle, total) = (Duration::from_secs(10), Duration::from_secs(60));
-            splice_with(
-                &mut client,
-                &mut server,
-                idle,
-                total,
-                zero_copy,
-                &Traffic::default(),
-            )
-            .await
+            spliced(&mut client, &mut server, idle, total, zero_copy).await
         });
         let (up, down) = (payload(LEN, 1), payload(LEN, 2));
         let side = |stream: TcpStream, send: Vec<u8>| async move {
