@@ -530,3 +530,26 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A fresh random value with a readable tag (a secret no test could guess).
+pub fn random_value(tag: &str) -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .expect("urandom");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{tag}-{hex}")
+}
+
+impl World {
+    /// `runner-agent secrets set ENV NAME`, the value on stdin.
+    pub fn set_secret(&self, env: &str, name: &str, value: &str) {
+        let config = self.config.to_string_lossy().into_owned();
+        let output = output_with_stdin(
+            &mut self.command(&["secrets", "set", env, name, "--config", &config]),
+            value.as_bytes(),
+        )
+        .expect("secrets set");
+        assert!(output.status.success(), "{}", describe(&output));
+    }
+}

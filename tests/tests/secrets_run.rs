@@ -13,31 +13,10 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use runner_agent_tests::agent::{
-    describe, files_under, job_id, output_with_stdin, wait_until, World,
+    describe, files_under, job_id, output_with_stdin, random_value, wait_until, World,
 };
 use runner_agent_tests::netbed::{NetBed, DNS_IP, ECHO_PATH};
 use runner_agent_tests::require_privilege;
-
-/// A fresh random value with a readable tag.
-fn random_value(tag: &str) -> String {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .expect("urandom");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{tag}-{hex}")
-}
-
-/// `runner-agent secrets set ENV NAME`, the value on stdin.
-fn set_secret(world: &World, env: &str, name: &str, value: &str) {
-    let config = world.config.to_string_lossy().into_owned();
-    let output = output_with_stdin(
-        &mut world.command(&["secrets", "set", env, name, "--config", &config]),
-        value.as_bytes(),
-    )
-    .expect("secrets set");
-    assert!(output.status.success(), "{}", describe(&output));
-}
 
 /// A step that scans the sandbox for the value `P1` + `P2` (given in the step's env) and
 /// prints `LABEL: CLEAN` or `LABEL: FOUND [...]`. It skips only its own process.
@@ -174,10 +153,10 @@ fn with_secrets(world: World) -> (World, Secrets) {
         release_token: random_value("reltoken"),
         gated_token: random_value("gated"),
     };
-    set_secret(&world, "ci", "CI_TOKEN", &secrets.ci_token);
-    set_secret(&world, "ci", "CI_KEY", &secrets.ci_key);
-    set_secret(&world, "release", "RELEASE_TOKEN", &secrets.release_token);
-    set_secret(&world, "gated", "GATED_TOKEN", &secrets.gated_token);
+    world.set_secret("ci", "CI_TOKEN", &secrets.ci_token);
+    world.set_secret("ci", "CI_KEY", &secrets.ci_key);
+    world.set_secret("release", "RELEASE_TOKEN", &secrets.release_token);
+    world.set_secret("gated", "GATED_TOKEN", &secrets.gated_token);
     (world, secrets)
 }
 
