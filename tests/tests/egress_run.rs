@@ -1513,3 +1513,70 @@ fn connections_open_at_the_end_of_the_job_are_recorded() {
         "{events:#?}"
     );
 }
+
+/// The sandbox init's resource limits are out of the job's reach. A job process has init's
+/// credentials inside the user namespace, which is all prlimit(2) asks; a job that lowered
+/// init's descriptor limit had its next step start with init's control socket as stdin
+/// (the step's open of /dev/null failed), forged init's messages into the audit log and
+/// made the agent buffer one endless line; with the limit at 0, refusals lost their
+/// process name (found by an attack run). prlimit on pid 1 is now refused and recorded.
+#[test]
+fn the_init_s_limits_are_out_of_the_jobs_reach() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job(
+        "init-limits.yaml",
+        r#"name: init-limits
+steps:
+  - name: lower init's descriptor limit
+    run: |
+      python3 - <<'PY'
+      import ctypes, resource
+      libc = ctypes.CDLL(None, use_errno=True)
+      for limit in (4, 0):
+          try:
+              resource.prlimit(1, resource.RLIMIT_NOFILE, (limit, limit))
+              print("LOWERED", limit, flush=True)
+          except OSError as e:
+              print("PRLIMIT-REFUSED", e.errno, flush=True)
+      print("OWN", resource.prlimit(0, resource.RLIMIT_NOFILE), flush=True)
+      libc.syscall(321, 0, 0, 0)  # bpf(2): refused, and named
+      PY
+  - name: what stdin is
+    run: |
+      echo "STDIN-IS $(readlink /proc/$$/fd/0)"
+"#,
+    );
+    let (output, events) = world.run_audited(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(!stdout.contains("LOWERED"), "{}", describe(&output));
+    assert_eq!(
+        stdout
+            .matches(&format!("PRLIMIT-REFUSED {}", libc::EPERM))
+            .count(),
+        2,
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        stdout.contains("OWN ("),
+        "own limits unreadable: {}",
+        describe(&output)
+    );
+    assert!(
+        stdout.contains("STDIN-IS /dev/null"),
+        "{}",
+        describe(&output)
+    );
+    let refused: Vec<_> = seccomp_denials(&events, "prlimit64(pid 1)").collect();
+    assert_eq!(refused.len(), 2, "{events:#?}");
+    for event in refused
+        .iter()
+        .chain(seccomp_denials(&events, "bpf()").collect::<Vec<_>>().iter())
+    {
+        assert_eq!(event["comm"], "python3", "{event}");
+        assert!(event["pid"].is_number(), "{event}");
+    }
+    assert_eq!(seccomp_denials(&events, "bpf()").count(), 1, "{events:#?}");
+}

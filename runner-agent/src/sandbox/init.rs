@@ -551,8 +551,13 @@ impl OomOrder {
 fn exec_step(step: &StepRequest) -> ! {
     let _ = nix::unistd::setsid();
     let _ = SigSet::empty().thread_set_mask();
-    if let Ok(null) = File::open("/dev/null") {
-        let _ = nix::unistd::dup2_stdin(null);
+    // Never run a step with init's stdin (the control socket) as its own: if /dev/null
+    // cannot be had, the step does not run.
+    let stdin = File::open("/dev/null")
+        .and_then(|null| nix::unistd::dup2_stdin(null).map_err(io::Error::from));
+    if let Err(e) = stdin {
+        eprintln!("runner: cannot give the step /dev/null as stdin: {e}");
+        std::process::exit(1);
     }
     // The step gets stdin (/dev/null), stdout and stderr (the output pipe) and nothing
     // else of init's: not the control socket, not the seccomp listener, not the

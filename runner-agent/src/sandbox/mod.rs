@@ -811,6 +811,9 @@ pub struct SeccompDenial {
 /// their own channel the moment they arrive (they may come at any time, also between
 /// steps); everything else goes to the sandbox's request/response channel. A task of its
 /// own because reading a line is not cancellation-safe in a `select!`.
+/// The longest line init may send (its messages are a few hundred bytes).
+const MAX_INIT_MESSAGE: usize = 64 * 1024;
+
 async fn read_messages(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     messages: mpsc::UnboundedSender<Result<FromInit, String>>,
@@ -819,7 +822,19 @@ async fn read_messages(
     let mut line = String::new();
     loop {
         line.clear();
-        match reader.read_line(&mut line).await {
+        // Bounded: the agent's memory is outside the runner's cgroup, and whatever speaks
+        // on this socket must not be able to grow it (init's messages are small).
+        let read = (&mut reader)
+            .take(MAX_INIT_MESSAGE as u64 + 1)
+            .read_line(&mut line)
+            .await;
+        if matches!(read, Ok(n) if n > MAX_INIT_MESSAGE) {
+            let _ = messages.send(Err(format!(
+                "a message from the sandbox init longer than {MAX_INIT_MESSAGE} bytes"
+            )));
+            return;
+        }
+        match read {
             Ok(0) => return,
             Ok(_) => match serde_json::from_str::<FromInit>(&line) {
                 Ok(FromInit::Denied { pid, comm, call }) => {
@@ -987,4 +1002,43 @@ fn process_in_netns(inode: u64) -> Option<u32> {
             let link = std::fs::read_link(entry.path().join("ns/net")).ok()?;
             (link.as_os_str() == wanted.as_str()).then_some(pid)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever writes to the control socket cannot make the agent (outside the runner's
+    /// memory limit) buffer an endless line: past the cap the channel is given up.
+    #[tokio::test]
+    async fn a_message_longer_than_the_cap_ends_the_channel() {
+        let (agent, init) = UnixStream::pair().unwrap();
+        let (read, _write) = agent.into_split();
+        let (messages_tx, mut messages) = mpsc::unbounded_channel();
+        let (denials_tx, mut denials) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
+        let writer = tokio::spawn(async move {
+            let mut init = init;
+            let denied = b"{\"msg\":\"denied\",\"pid\":7,\"comm\":\"c\",\"call\":\"bpf()\"}\n";
+            init.write_all(denied).await.unwrap();
+            // Ten times the cap, no newline: written until the reader stops reading.
+            let chunk = vec![b'A'; MAX_INIT_MESSAGE];
+            for _ in 0..10 {
+                if init.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        assert!(
+            denials.recv().await.is_some(),
+            "the message before was read"
+        );
+        match messages.recv().await {
+            Some(Err(why)) => assert!(why.contains("longer than"), "{why}"),
+            other => panic!("expected the channel to be given up, got {other:?}"),
+        }
+        reader.await.unwrap();
+        drop(messages);
+        writer.abort();
+    }
 }

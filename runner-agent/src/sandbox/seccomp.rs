@@ -15,7 +15,12 @@
 //!   `unshare`, `setns`, and `clone` with any `CLONE_NEW*` flag): a job cannot build a
 //!   namespace of its own to hide in;
 //! - `userfaultfd` and `io_uring_*` (large attack surface, and io_uring operations are
-//!   not seen by seccomp at all).
+//!   not seen by seccomp at all);
+//! - `prlimit64` on pid 1, the sandbox init: init has the job's credentials inside its
+//!   user namespace, which is all prlimit(2) asks, and a job that lowered init's
+//!   descriptor limit had its next step start with init's control socket as stdin (it
+//!   forged init's messages and made the agent read one endless line). A job may still
+//!   set its own limits and those of its other processes.
 //!
 //! Denied calls never run: the filter hands them to the sandbox init as seccomp user
 //! notifications (seccomp_unotify(2)), and init answers each with `EPERM` and reports it
@@ -238,6 +243,15 @@ pub fn build() -> Result<Filters, SeccompError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
+    // prlimit64(1, ...): init's limits (see the module docs). pid_t is an int.
+    rules.insert(
+        libc::SYS_prlimit64,
+        vec![SeccompRule::new(vec![int_condition(
+            0,
+            SeccompCmpOp::Eq,
+            1,
+        )?])?],
+    );
     rules.insert(
         libc::SYS_socket,
         vec![
@@ -424,6 +438,9 @@ fn describe_native(nr: i64, args: &[u64; 6]) -> String {
         }
         return format!("socket({family}{kind})");
     }
+    if nr == libc::SYS_prlimit64 {
+        return format!("{name}(pid {})", args[0] as u32 as i32);
+    }
     if nr == libc::SYS_clone || nr == libc::SYS_unshare {
         let flags: Vec<&str> = [
             (libc::CLONE_NEWUSER, "CLONE_NEWUSER"),
@@ -486,6 +503,7 @@ fn syscall_name(nr: i64) -> Option<&'static str> {
         (libc::SYS_io_uring_register, "io_uring_register"),
         (libc::SYS_clone, "clone"),
         (libc::SYS_socket, "socket"),
+        (libc::SYS_prlimit64, "prlimit64"),
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_iopl, "iopl"),
         #[cfg(target_arch = "x86_64")]
@@ -528,6 +546,10 @@ mod tests {
             "unshare(CLONE_NEWUSER|CLONE_NEWNET)"
         );
         assert_eq!(describe(AUDIT_ARCH_NATIVE, libc::SYS_bpf, &args), "bpf()");
+        assert_eq!(
+            describe(AUDIT_ARCH_NATIVE, libc::SYS_prlimit64, &[1, 7, 0, 0, 0, 0]),
+            "prlimit64(pid 1)"
+        );
         // Families are named by the int's low half, as the kernel reads it.
         args[0] = (1u64 << 32) | libc::AF_VSOCK as u64;
         args[1] = libc::SOCK_STREAM as u64;
