@@ -45,7 +45,7 @@
 //! job, overlapped with init's start (`Sandbox::create`). Watches are not removed when a
 //! tree is walked again (the kernel gives an inode already watched the same descriptor
 //! back, and drops the watch of a deleted inode itself): at most one per directory and
-//! file of the trees (about 3,000 on the development machine; each holds its inode in
+//! file of the trees (about 4,000 on the development machine; each holds its inode in
 //! memory). Past `fs.inotify.max_user_watches` a tree is walked at every start instead.
 
 use std::collections::HashMap;
