@@ -1580,3 +1580,94 @@ steps:
     }
     assert_eq!(seccomp_denials(&events, "bpf()").count(), 1, "{events:#?}");
 }
+
+/// The agent's peak resident memory (VmHWM, KiB) while `child` runs, and its output.
+fn peak_memory_while(mut child: std::process::Child) -> (u64, std::process::Output) {
+    let pid = child.id();
+    let mut peak = 0;
+    while child.try_wait().expect("wait").is_none() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        peak = peak.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (peak, child.wait_with_output().expect("output"))
+}
+
+/// Calls the seccomp filter refuses, from 32 processes at once, as fast as they go: each
+/// is recorded (with its process) at the pace the job makes them, and the job is stopped
+/// at its audit budget. The agent's memory, outside every limit of the runner, stays
+/// small: the refusals waited in an unbounded queue, recorded at a fraction of the pace
+/// they came (each looked up every process of the runner), and one such job grew the
+/// agent past 250 MiB and was stopped only after its step ended (found by an attack run).
+#[test]
+fn a_flood_of_refused_calls_is_recorded_at_its_pace_and_stopped_at_the_budget() {
+    require_privilege!();
+    let world = World::new("limits: { audit_log: 16MiB, pids: 512 }", "");
+    let job = world.job(
+        "refusals.yaml",
+        r#"name: refusals
+steps:
+  - name: flood
+    run: |
+      for i in $(seq 32); do
+        python3 -c '
+      import socket, time
+      end = time.time() + 60
+      while time.time() < end:
+          try:
+              socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+          except OSError:
+              pass
+      ' &
+      done
+      wait
+      echo FLOOD-RAN-OUT
+  - name: never runs
+    run: echo SHOULD-NOT-RUN
+"#,
+    );
+    let audit = world.state_dir.join("refusals.jsonl");
+    let child = world.spawn_with(&job, &["--audit-log", &audit.to_string_lossy()]);
+    let (peak_kib, output) = peak_memory_while(child);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        stdout.contains("stopped: its audit events reached limits.audit_log (16MiB)"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!stdout.contains("FLOOD-RAN-OUT"), "{}", describe(&output));
+    assert!(
+        !stdout.contains("SHOULD-NOT-RUN\n"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        peak_kib < 96 * 1024,
+        "the agent grew to {} MiB",
+        peak_kib / 1024
+    );
+    let events = read_audit(&audit);
+    let refusals: Vec<_> = seccomp_denials(&events, "socket(AF_PACKET, SOCK_RAW)").collect();
+    assert!(
+        refusals.len() > 10_000,
+        "{} refusals recorded",
+        refusals.len()
+    );
+    // A refusal recorded after its process ended (the job is killed at the budget) may
+    // have no host pid left to name; nearly all have one.
+    let with_pid = refusals.iter().filter(|e| e["pid"].is_number()).count();
+    assert!(
+        with_pid * 100 >= refusals.len() * 99,
+        "{with_pid} of {} refusals name their process's host pid",
+        refusals.len()
+    );
+    for event in refusals {
+        assert_eq!(event["comm"], "python3", "{event}");
+    }
+    world.assert_job_left_nothing(&output);
+}

@@ -248,10 +248,10 @@ impl RunnerEgress {
         let seccomp = match sandbox.seccomp_denials() {
             Some(mut denied) => {
                 let (log, job, runner) = (log.clone(), job_id.to_owned(), runner.clone());
-                let cgroup_dir = sandbox.cgroup_dir().to_owned();
+                let mut host_pids = crate::sandbox::HostPids::new(sandbox.cgroup_dir());
                 tokio::spawn(async move {
                     while let Some(denial) = denied.recv().await {
-                        let host_pid = crate::sandbox::host_pid_in(&cgroup_dir, denial.pid);
+                        let host_pid = host_pids.host_pid(denial.pid);
                         log.record(&seccomp_event(&denial, host_pid, &job, &runner));
                     }
                 })

@@ -162,7 +162,7 @@ pub struct Sandbox {
     /// Messages from init, read by a task of their own (see `read_messages`).
     messages: Option<mpsc::UnboundedReceiver<Result<FromInit, String>>>,
     /// System calls the sandbox refused, as init reported them.
-    seccomp_denials: Option<mpsc::UnboundedReceiver<SeccompDenial>>,
+    seccomp_denials: Option<mpsc::Receiver<SeccompDenial>>,
     output: Option<pipe::Receiver>,
     idmapped: bool,
     fence: Option<egress_ebpf::Fence>,
@@ -500,7 +500,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Init(format!("socket: {e}")))?;
         let (read, write) = stream.into_split();
         let (messages_tx, messages) = mpsc::unbounded_channel();
-        let (denials_tx, seccomp_denials) = mpsc::unbounded_channel();
+        let (denials_tx, seccomp_denials) = mpsc::channel(DENIALS_QUEUE);
         tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
         self.control = Some(write);
         self.messages = Some(messages);
@@ -632,8 +632,11 @@ impl Sandbox {
         }
     }
 
-    /// The system calls the sandbox refuses, as they happen (taken once).
-    pub fn seccomp_denials(&mut self) -> Option<mpsc::UnboundedReceiver<SeccompDenial>> {
+    /// The system calls the sandbox refuses, as they happen (taken once). The queue is
+    /// bounded ([`DENIALS_QUEUE`]): while it is full, init's reports wait, and so do the
+    /// job's refused calls, so whoever takes it must keep reading it (a job that refuses
+    /// faster than its refusals are recorded is slowed, not queued in the agent's memory).
+    pub fn seccomp_denials(&mut self) -> Option<mpsc::Receiver<SeccompDenial>> {
         self.seccomp_denials.take()
     }
 
@@ -781,19 +784,64 @@ pub fn spawn_init(program: &Path, cgroup: &RunnerCgroup) -> Result<SpawnedInit, 
 /// /proc/PID/status lists its pid in each namespace, outermost first.
 pub fn host_pid_in(cgroup_dir: &Path, inner: u32) -> Option<u32> {
     let procs = std::fs::read_to_string(cgroup_dir.join("cgroup.procs")).ok()?;
-    let inner = inner.to_string();
     procs
         .lines()
         .filter_map(|l| l.trim().parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|status| {
-                    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-                    line.split_whitespace().last().map(|last| last == inner)
-                })
-                .unwrap_or(false)
-        })
+        .find(|&pid| inner_pid_of(pid) == Some(inner))
+}
+
+/// Host pids of a runner's processes by their pid inside, remembered: looking one up
+/// with [`host_pid_in`] reads every process of the runner, which a job refusing calls from
+/// many processes at once made the bottleneck of its audit trail. A remembered pid is
+/// checked before it is used (the host process still has that pid inside a pid namespace
+/// of its own), so a pid reused inside is looked up again.
+#[derive(Debug)]
+pub struct HostPids {
+    cgroup_dir: PathBuf,
+    known: std::collections::HashMap<u32, u32>,
+}
+
+impl HostPids {
+    /// The processes of the runner whose v2 cgroup is `cgroup_dir`.
+    pub fn new(cgroup_dir: &Path) -> HostPids {
+        HostPids {
+            cgroup_dir: cgroup_dir.to_owned(),
+            known: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The host pid of the runner's process `inner`: the live process with that pid
+    /// inside, or else the one last seen with it (a refusal is often recorded after its
+    /// process ended, at the end of a job above all).
+    pub fn host_pid(&mut self, inner: u32) -> Option<u32> {
+        let remembered = self.known.get(&inner).copied();
+        if let Some(host) = remembered {
+            if inner_pid_of(host) == Some(inner) {
+                return Some(host);
+            }
+        }
+        let Some(host) = host_pid_in(&self.cgroup_dir, inner) else {
+            return remembered;
+        };
+        // Bounded: a job may have many processes over its life.
+        if self.known.len() >= 4096 {
+            self.known.clear();
+        }
+        self.known.insert(inner, host);
+        Some(host)
+    }
+}
+
+/// The pid host process `host` has in its innermost pid namespace, if it is in one of
+/// its own (the NSpid line of /proc/PID/status, outermost first, lists more than one).
+fn inner_pid_of(host: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{host}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    let pids: Vec<&str> = line.split_whitespace().skip(1).collect();
+    if pids.len() < 2 {
+        return None;
+    }
+    pids.last()?.parse().ok()
 }
 
 /// A system call the sandbox refused.
@@ -807,17 +855,23 @@ pub struct SeccompDenial {
     pub call: String,
 }
 
-/// Reads init's messages for as long as the socket is open. Refused system calls go to
-/// their own channel the moment they arrive (they may come at any time, also between
-/// steps); everything else goes to the sandbox's request/response channel. A task of its
-/// own because reading a line is not cancellation-safe in a `select!`.
 /// The longest line init may send (its messages are a few hundred bytes).
 const MAX_INIT_MESSAGE: usize = 64 * 1024;
 
+/// How many refused system calls may wait to be recorded (see
+/// [`Sandbox::seccomp_denials`]). A job flooding refused calls once grew the agent by
+/// hundreds of MiB in an unbounded queue, outside every limit of the runner.
+pub const DENIALS_QUEUE: usize = 4096;
+
+/// Reads init's messages for as long as the socket is open. Refused system calls go to
+/// their own channel the moment they arrive (they may come at any time, also between
+/// steps), waiting while it is full; everything else goes to the sandbox's
+/// request/response channel. A task of its own because reading a line is not
+/// cancellation-safe in a `select!`.
 async fn read_messages(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     messages: mpsc::UnboundedSender<Result<FromInit, String>>,
-    denials: mpsc::UnboundedSender<SeccompDenial>,
+    denials: mpsc::Sender<SeccompDenial>,
 ) {
     let mut line = String::new();
     loop {
@@ -838,7 +892,7 @@ async fn read_messages(
             Ok(0) => return,
             Ok(_) => match serde_json::from_str::<FromInit>(&line) {
                 Ok(FromInit::Denied { pid, comm, call }) => {
-                    let _ = denials.send(SeccompDenial { pid, comm, call });
+                    let _ = denials.send(SeccompDenial { pid, comm, call }).await;
                 }
                 Ok(message) => {
                     let _ = messages.send(Ok(message));
@@ -1015,7 +1069,7 @@ mod tests {
         let (agent, init) = UnixStream::pair().unwrap();
         let (read, _write) = agent.into_split();
         let (messages_tx, mut messages) = mpsc::unbounded_channel();
-        let (denials_tx, mut denials) = mpsc::unbounded_channel();
+        let (denials_tx, mut denials) = mpsc::channel(4);
         let reader = tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
         let writer = tokio::spawn(async move {
             let mut init = init;
