@@ -340,6 +340,26 @@ pub fn command(config: Option<&Path>, job: Option<&str>, reject: bool) -> i32 {
 }
 
 /// One line per waiting job: id, name, environment, claims, since and until when.
+/// `text` with its control characters escaped (`\u{1b}`): the listing goes to the
+/// approving operator's terminal, and a job's name (from its job file) or a claim written
+/// by an older agent must not be able to move the cursor, erase a line or retitle the
+/// window there.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn describe_request(request: &ApprovalRequest) -> String {
     let claims = &request.claims;
     let mut parts = Vec::new();
@@ -350,14 +370,14 @@ fn describe_request(request: &ApprovalRequest) -> String {
         ("event", &claims.event),
     ] {
         if let Some(value) = value {
-            parts.push(format!("{label}={value}"));
+            parts.push(format!("{label}={}", printable(value)));
         }
     }
     format!(
         "{}  job `{}` for environment `{}`  [{}]  waiting since {}, refused at {}",
-        request.job,
-        request.name,
-        request.environment,
+        printable(&request.job),
+        printable(&request.name),
+        printable(&request.environment),
         if parts.is_empty() {
             "no claims".to_owned()
         } else {
@@ -428,6 +448,32 @@ mod tests {
             workflow: None,
             event: Some("push".into()),
         }
+    }
+
+    #[test]
+    fn the_listing_shows_control_characters_escaped() {
+        let claims = Claims {
+            workflow: Some(".github/workflows/x\n\u{1b}]0;pwned\u{7}.yaml".into()),
+            ..claims()
+        };
+        let request = new_request(
+            JOB,
+            "deploy\r\u{1b}[2Kj-FAKE  job `fine`",
+            "release",
+            &claims,
+            Duration::from_secs(60),
+        );
+        let line = describe_request(&request);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("job `deploy\\u{d}\\u{1b}[2Kj-FAKE  job `fine``"),
+            "{line}"
+        );
+        assert!(
+            line.contains("workflow=.github/workflows/x\\u{a}\\u{1b}]0;pwned\\u{7}.yaml"),
+            "{line}"
+        );
+        assert_eq!(printable("refs/tags/v1"), "refs/tags/v1");
     }
 
     #[test]

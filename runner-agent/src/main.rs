@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use runner_agent::config::claim_value;
 use runner_agent::config::Claims;
 use runner_agent::egress::proxy_child;
 use runner_agent::run::{self, RunRequest, EXIT_BAD_INPUT};
@@ -31,16 +32,16 @@ enum Command {
         #[arg(long, value_name = "FILE.jsonl")]
         audit_log: Option<PathBuf>,
         /// The repository the job comes from (owner/name).
-        #[arg(long, value_name = "R")]
+        #[arg(long, value_name = "R", value_parser = claim_value)]
         repository: Option<String>,
         /// The git ref the job runs for (refs/heads/main, refs/tags/v1).
-        #[arg(long = "ref", value_name = "REF")]
+        #[arg(long = "ref", value_name = "REF", value_parser = claim_value)]
         git_ref: Option<String>,
         /// The event that triggered the job (push, pull_request, ...).
-        #[arg(long, value_name = "E")]
+        #[arg(long, value_name = "E", value_parser = claim_value)]
         event: Option<String>,
         /// The workflow file (.github/workflows/ci.yaml).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_parser = claim_value)]
         workflow: Option<String>,
     },
     /// Approve a job that waits for approval, or list the waiting jobs.

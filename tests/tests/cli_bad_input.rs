@@ -211,6 +211,33 @@ fn missing_files_and_bad_arguments_exit_64() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// Claims are names and paths: one with a control character (which could rewrite what
+/// the operator approving the job sees) is bad input, refused before anything is made.
+#[test]
+fn claims_with_control_characters_exit_64_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let job = dir.path().join("job.yaml");
+    std::fs::write(&job, "name: j\nsteps:\n  - run: echo ran\n").unwrap();
+    let (job, config) = (job.to_string_lossy(), config.to_string_lossy());
+    for (flag, value) in [
+        ("--ref", "refs/tags/v1\r\u{1b}[2K"),
+        ("--workflow", ".github/workflows/x\n.yaml"),
+        ("--repository", "acme/app\u{7}"),
+        ("--event", "push\u{9b}"),
+    ] {
+        let out = run_agent(dir.path(), &["run", &job, "--config", &config, flag, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("control character"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    }
+    assert!(!dir.path().join("state").exists() && !dir.path().join("run").exists());
+}
+
 #[test]
 fn check_prints_the_effective_policy() {
     let dir = tempfile::tempdir().unwrap();

@@ -157,6 +157,21 @@ pub struct Claims {
     pub event: Option<String>,
 }
 
+/// Checks a claim given on the command line (`--repository`, `--ref`, `--workflow`,
+/// `--event`): names and paths, never control characters. Whoever picks a branch or a
+/// workflow file's name picks the claim, and claims are shown to the operator who
+/// approves a job (`runner-agent approve`): a carriage return or an escape sequence there
+/// could rewrite what the approver sees.
+pub fn claim_value(text: &str) -> Result<String, String> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "contains the control character U+{:04X}; a claim is a name or a path",
+            c as u32
+        )),
+        None => Ok(text.to_owned()),
+    }
+}
+
 /// `match:` of an environment: each field, when given, is a non-empty list of patterns.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClaimMatch {
@@ -310,6 +325,25 @@ impl<'de> Deserialize<'de> for ClaimMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_with_control_characters_are_refused() {
+        assert_eq!(claim_value("refs/tags/v1.2").unwrap(), "refs/tags/v1.2");
+        assert_eq!(
+            claim_value(".github/workflows/ci.yaml").unwrap(),
+            ".github/workflows/ci.yaml"
+        );
+        for bad in [
+            "refs/tags/v1\r",
+            "x\u{1b}[2K",
+            "a\nb",
+            "del\u{7f}",
+            "c1\u{9b}",
+        ] {
+            let err = claim_value(bad).unwrap_err();
+            assert!(err.contains("control character"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn pattern_table() {

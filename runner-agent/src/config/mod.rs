@@ -41,7 +41,7 @@ mod resolve;
 mod testing;
 mod units;
 
-pub use claims::{ClaimMatch, Claims, Pattern};
+pub use claims::{claim_value, ClaimMatch, Claims, Pattern};
 pub use environment::{
     Approval, Delivery, Environment, SecretSpec, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_FORMAT,
 };
