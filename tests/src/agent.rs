@@ -553,3 +553,18 @@ impl World {
         assert!(output.status.success(), "{}", describe(&output));
     }
 }
+
+/// The SHA-256 of `text`, in hex (as `sha256sum` prints it).
+pub fn sha256_hex(text: &str) -> String {
+    let out = output_with_stdin(
+        &mut std::process::Command::new("sha256sum"),
+        text.as_bytes(),
+    )
+    .expect("sha256sum");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}

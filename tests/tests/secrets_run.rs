@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use runner_agent_tests::agent::{
-    describe, files_under, job_id, output_with_stdin, random_value, wait_until, World,
+    describe, files_under, job_id, random_value, sha256_hex, wait_until, World,
 };
 use runner_agent_tests::netbed::{NetBed, DNS_IP, ECHO_PATH};
 use runner_agent_tests::require_privilege;
@@ -158,20 +158,6 @@ fn with_secrets(world: World) -> (World, Secrets) {
     world.set_secret("release", "RELEASE_TOKEN", &secrets.release_token);
     world.set_secret("gated", "GATED_TOKEN", &secrets.gated_token);
     (world, secrets)
-}
-
-fn sha256_hex(text: &str) -> String {
-    let out = output_with_stdin(
-        &mut std::process::Command::new("sha256sum"),
-        text.as_bytes(),
-    )
-    .expect("sha256sum");
-    assert!(out.status.success(), "{}", describe(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// `runner-agent approve ARGS --config HOST` in `world`.
