@@ -93,7 +93,6 @@ pub fn denial_event(
 /// `seccomp:` that names the call.
 pub fn seccomp_event(
     denial: &crate::sandbox::SeccompDenial,
-    host_pid: Option<u32>,
     job: &str,
     runner: &str,
 ) -> egress_proxy::audit::AuditEvent {
@@ -101,7 +100,7 @@ pub fn seccomp_event(
     let mut event = AuditEvent::new(Source::Ebpf, Kind::Socket, Verdict::Deny);
     event.job = Some(job.to_owned());
     event.runner = Some(runner.to_owned());
-    event.pid = host_pid;
+    event.pid = denial.host_pid;
     event.comm = Some(denial.comm.clone());
     event.reason = Some(format!(
         "seccomp: {} refused (pid {} in the sandbox)",
@@ -248,11 +247,9 @@ impl RunnerEgress {
         let seccomp = match sandbox.seccomp_denials() {
             Some(mut denied) => {
                 let (log, job, runner) = (log.clone(), job_id.to_owned(), runner.clone());
-                let mut host_pids = crate::sandbox::HostPids::new(sandbox.cgroup_dir());
                 tokio::spawn(async move {
                     while let Some(denial) = denied.recv().await {
-                        let host_pid = host_pids.host_pid(denial.pid);
-                        log.record(&seccomp_event(&denial, host_pid, &job, &runner));
+                        log.record(&seccomp_event(&denial, &job, &runner));
                     }
                 })
             }

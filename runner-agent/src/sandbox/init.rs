@@ -348,15 +348,18 @@ impl Notifier {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", notification.pid))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
-        let _ = sys::deny_notification(self.listener.as_fd(), notification.id, libc::EPERM);
         // Every refusal is reported: the agent's audit budget (limits.audit_log) is what
         // bounds a job that keeps trying, by stopping it. A write to the agent that blocks
-        // holds the next answer back, and with it the job's next intercepted call.
+        // holds the answer back, and with it the job's intercepted call. Reported before
+        // it is answered, while the caller still waits in the call: the agent looks up
+        // the caller's host pid as the report arrives, and a caller that made its last
+        // call before exiting is usually still there.
         let _ = control.send(&FromInit::Denied {
             pid: notification.pid,
             comm,
             call: seccomp::describe(notification.arch, notification.nr, &notification.args),
         });
+        let _ = sys::deny_notification(self.listener.as_fd(), notification.id, libc::EPERM);
     }
 }
 

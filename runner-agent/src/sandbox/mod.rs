@@ -501,7 +501,12 @@ impl Sandbox {
         let (read, write) = stream.into_split();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (denials_tx, seccomp_denials) = mpsc::channel(DENIALS_QUEUE);
-        tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
+        tokio::spawn(read_messages(
+            BufReader::new(read),
+            messages_tx,
+            denials_tx,
+            HostPids::new(&cgroup.v2_dir),
+        ));
         self.control = Some(write);
         self.messages = Some(messages);
         self.seccomp_denials = Some(seccomp_denials);
@@ -853,6 +858,9 @@ pub struct SeccompDenial {
     pub comm: String,
     /// The call, e.g. `bpf()`.
     pub call: String,
+    /// The caller's pid on the host, looked up as the report arrived (init reports
+    /// before it answers, so the caller is usually still waiting in the call then).
+    pub host_pid: Option<u32>,
 }
 
 /// The longest line init may send (its messages are a few hundred bytes).
@@ -872,6 +880,7 @@ async fn read_messages(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     messages: mpsc::UnboundedSender<Result<FromInit, String>>,
     denials: mpsc::Sender<SeccompDenial>,
+    mut host_pids: HostPids,
 ) {
     let mut line = String::new();
     loop {
@@ -892,7 +901,14 @@ async fn read_messages(
             Ok(0) => return,
             Ok(_) => match serde_json::from_str::<FromInit>(&line) {
                 Ok(FromInit::Denied { pid, comm, call }) => {
-                    let _ = denials.send(SeccompDenial { pid, comm, call }).await;
+                    let host_pid = host_pids.host_pid(pid);
+                    let denial = SeccompDenial {
+                        pid,
+                        comm,
+                        call,
+                        host_pid,
+                    };
+                    let _ = denials.send(denial).await;
                 }
                 Ok(message) => {
                     let _ = messages.send(Ok(message));
@@ -1070,7 +1086,12 @@ mod tests {
         let (read, _write) = agent.into_split();
         let (messages_tx, mut messages) = mpsc::unbounded_channel();
         let (denials_tx, mut denials) = mpsc::channel(4);
-        let reader = tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
+        let reader = tokio::spawn(read_messages(
+            BufReader::new(read),
+            messages_tx,
+            denials_tx,
+            HostPids::new(Path::new("/nonexistent")),
+        ));
         let writer = tokio::spawn(async move {
             let mut init = init;
             let denied = b"{\"msg\":\"denied\",\"pid\":7,\"comm\":\"c\",\"call\":\"bpf()\"}\n";
