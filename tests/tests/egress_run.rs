@@ -1658,16 +1658,29 @@ steps:
         "{} refusals recorded",
         refusals.len()
     );
-    // A refusal recorded after its process ended (the job is killed at the budget) may
-    // have no host pid left to name; nearly all have one.
-    let with_pid = refusals.iter().filter(|e| e["pid"].is_number()).count();
-    assert!(
-        with_pid * 100 >= refusals.len() * 99,
-        "{with_pid} of {} refusals name their process's host pid",
-        refusals.len()
-    );
-    for event in refusals {
+    // Every refusal names its process by host pid (init finds it while the caller waits
+    // in the call), consistently: one host pid for each pid inside, and the other way
+    // round, one per flooding process.
+    let mut host_of_inner = std::collections::BTreeMap::new();
+    for event in &refusals {
         assert_eq!(event["comm"], "python3", "{event}");
+        let host = event["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no pid: {event}"));
+        let reason = event["reason"].as_str().unwrap_or_default();
+        let inner = reason
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no pid inside: {event}"))
+            .to_owned();
+        // Numbered as the host numbers it, not as the sandbox does.
+        assert_ne!(inner, host.to_string(), "{event}");
+        let known = host_of_inner.entry(inner).or_insert(host);
+        assert_eq!(*known, host, "two host pids for one process: {event}");
     }
+    let hosts: std::collections::BTreeSet<_> = host_of_inner.values().collect();
+    assert_eq!(hosts.len(), host_of_inner.len(), "{host_of_inner:?}");
+    assert_eq!(host_of_inner.len(), 32, "{host_of_inner:?}");
     world.assert_job_left_nothing(&output);
 }

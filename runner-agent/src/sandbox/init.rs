@@ -216,6 +216,8 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
         None::<&str>,
     )
     .stage("make mounts private")?;
+    // The host's /proc, while it is still the one mounted here (see `HostPids`).
+    let host_proc = HostPids::open();
     nix::unistd::sethostname(&spec.runner).stage("set hostname")?;
     let userns = make_user_namespace(spec.id_base, spec.id_count).stage("create user namespace")?;
     let built = rootfs::build(&spec, userns.as_fd()).stage("build root filesystem")?;
@@ -241,11 +243,12 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     let control_fd = control.reader.get_ref().as_raw_fd();
     let writer_fd = control.writer.as_raw_fd();
     let keep = control_fd.max(writer_fd) + 1;
-    match &oom_order {
-        Some(order) => sys::close_from_except(keep, order.file.as_raw_fd()),
-        None => sys::close_from(keep),
-    }
-    .stage("close inherited fds")?;
+    let kept: Vec<std::os::fd::RawFd> = oom_order
+        .iter()
+        .map(|order| order.file.as_raw_fd())
+        .chain(host_proc.iter().map(|pids| pids.proc.as_raw_fd()))
+        .collect();
+    sys::close_from_except(keep, &kept).stage("close inherited fds")?;
 
     // No core dumps: with a pipe in core_pattern the kernel hands a crashing job
     // process's memory (its environment's secrets included) to a helper on the host,
@@ -257,7 +260,10 @@ fn inner(control: &mut Control, mut spec: SandboxSpec) -> Result<i32, InitFailur
     nix::sys::prctl::set_no_new_privs().stage("no_new_privs")?;
     let filters = seccomp::build().stage("build seccomp filter")?;
     let listener = seccomp::install(&filters).stage("install seccomp filter")?;
-    let mut notifier = Notifier { listener };
+    let mut notifier = Notifier {
+        listener,
+        host_pids: host_proc,
+    };
 
     // SIGCHLD is read from a signalfd so that a step's exit, its timeout, an intercepted
     // system call and the agent closing the socket are all waited for in one poll.
@@ -335,6 +341,62 @@ fn hung_up(fd: &PollFd<'_>) -> bool {
 /// and reports it to the agent.
 struct Notifier {
     listener: OwnedFd,
+    /// How the caller's host pid is found (`None` where the host's /proc could not be
+    /// opened: the agent then looks it up itself).
+    host_pids: Option<HostPids>,
+}
+
+/// Finds the host pid of a process of the sandbox while it waits in an intercepted call,
+/// so that its refusal names it even when it exits right after (a job's last act often
+/// is): a pidfd for it, opened in init's pid namespace, and that pidfd's `Pid:` line in
+/// the fdinfo of init's own entry in the host's /proc, which numbers pids as the host does
+/// (proc(5), /proc/PID/fdinfo for pidfds). Looking the pid up from the agent instead
+/// raced with the caller's exit.
+///
+/// The descriptor is an `O_PATH` handle on the host's procfs, opened before the root is
+/// switched. It gives init nothing its credentials do not: every entry is checked against
+/// them (the job's uid, unprivileged on the host); init only reads its own. The job
+/// cannot take it: init is not dumpable, so neither ptrace nor pidfd_getfd reach its
+/// descriptors, and steps close every descriptor beyond stdio.
+struct HostPids {
+    proc: OwnedFd,
+}
+
+impl HostPids {
+    /// Opens the host's /proc (call before the sandbox's own is mounted over it).
+    fn open() -> Option<HostPids> {
+        let proc = nix::fcntl::open(
+            "/proc",
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        Some(HostPids { proc })
+    }
+
+    /// The host pid of `pid` (numbered in init's pid namespace), while it exists.
+    fn host_pid(&self, pid: u32) -> Option<u32> {
+        let pidfd = sys::pidfd_open(pid).ok()?;
+        let path = format!("self/fdinfo/{}", pidfd.as_raw_fd());
+        let fd = nix::fcntl::openat(
+            self.proc.as_fd(),
+            path.as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        let mut fdinfo = String::new();
+        std::io::Read::read_to_string(&mut File::from(fd), &mut fdinfo).ok()?;
+        let host: i64 = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        u32::try_from(host).ok().filter(|&host| host > 0)
+    }
 }
 
 impl Notifier {
@@ -348,6 +410,10 @@ impl Notifier {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", notification.pid))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
+        let host_pid = self
+            .host_pids
+            .as_ref()
+            .and_then(|pids| pids.host_pid(notification.pid));
         // Every refusal is reported: the agent's audit budget (limits.audit_log) is what
         // bounds a job that keeps trying, by stopping it. A write to the agent that blocks
         // holds the answer back, and with it the job's intercepted call. Reported before
@@ -356,6 +422,7 @@ impl Notifier {
         // call before exiting is usually still there.
         let _ = control.send(&FromInit::Denied {
             pid: notification.pid,
+            host_pid,
             comm,
             call: seccomp::describe(notification.arch, notification.nr, &notification.args),
         });

@@ -900,8 +900,13 @@ async fn read_messages(
         match read {
             Ok(0) => return,
             Ok(_) => match serde_json::from_str::<FromInit>(&line) {
-                Ok(FromInit::Denied { pid, comm, call }) => {
-                    let host_pid = host_pids.host_pid(pid);
+                Ok(FromInit::Denied {
+                    pid,
+                    host_pid,
+                    comm,
+                    call,
+                }) => {
+                    let host_pid = host_pid.or_else(|| host_pids.host_pid(pid));
                     let denial = SeccompDenial {
                         pid,
                         comm,

@@ -252,6 +252,9 @@ pub enum FromInit {
     Denied {
         /// The caller, as numbered inside the sandbox.
         pid: u32,
+        /// The caller's host pid, when init could tell it.
+        #[serde(default)]
+        host_pid: Option<u32>,
         /// Its command name.
         comm: String,
         /// The call, e.g. `bpf()` or `socket(AF_PACKET, SOCK_RAW)`.

@@ -160,15 +160,31 @@ pub fn close_from(first: RawFd) -> Result<(), Errno> {
     close_range(first, u32::MAX)
 }
 
-/// Closes every descriptor from `first` upwards except `kept` (which may lie anywhere).
-pub fn close_from_except(first: RawFd, kept: RawFd) -> Result<(), Errno> {
-    if kept < first {
-        return close_from(first);
+/// Closes every descriptor from `first` upwards except those in `kept` (which may lie
+/// anywhere).
+pub fn close_from_except(first: RawFd, kept: &[RawFd]) -> Result<(), Errno> {
+    let mut kept: Vec<RawFd> = kept.iter().copied().filter(|&fd| fd >= first).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut from = first;
+    for fd in kept {
+        if fd > from {
+            close_range(from, fd as u32 - 1)?;
+        }
+        from = fd + 1;
     }
-    if kept > first {
-        close_range(first, kept as u32 - 1)?;
+    close_range(from, u32::MAX)
+}
+
+/// A pidfd for process `pid` of the caller's pid namespace (`pidfd_open(2)`).
+pub fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain integer arguments; the kernel returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
     }
-    close_range(kept + 1, u32::MAX)
+    // SAFETY: the call succeeded, so `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn close_range(first: RawFd, last: u32) -> Result<(), Errno> {
