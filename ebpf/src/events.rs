@@ -155,9 +155,19 @@ pub struct Denial {
 }
 
 impl Denial {
-    /// The `reason` text of the audit event: which program refused and why.
+    /// The `reason` text of the audit event: which program refused and why, and for a
+    /// socket refused at creation, which kind of socket (the event has no destination
+    /// that would say it): `sock_create: transport protocol not served (AF_INET
+    /// SOCK_STREAM, protocol 262 MPTCP)`.
     pub fn audit_reason(&self) -> String {
-        format!("{}: {}", self.hook.name(), self.reason.text())
+        let base = format!("{}: {}", self.hook.name(), self.reason.text());
+        if self.hook != Hook::SockCreate {
+            return base;
+        }
+        format!(
+            "{base} ({})",
+            describe_socket(self.family, self.sock_type, self.protocol)
+        )
     }
 
     /// Wall-clock time of the denial, for the audit event's `ts`: the programs stamp
@@ -203,6 +213,42 @@ impl Denial {
             detail: raw.detail,
         })
     }
+}
+
+/// `AF_INET SOCK_DGRAM, protocol 136 UDP-Lite`: a socket's family, type and protocol as
+/// socket(2) was given them, named where they have a usual name.
+fn describe_socket(family: u8, sock_type: u16, protocol: u16) -> String {
+    let family = match family {
+        2 => "AF_INET".to_owned(),
+        10 => "AF_INET6".to_owned(),
+        other => format!("family {other}"),
+    };
+    let sock_type = match sock_type {
+        1 => "SOCK_STREAM".to_owned(),
+        2 => "SOCK_DGRAM".to_owned(),
+        3 => "SOCK_RAW".to_owned(),
+        5 => "SOCK_SEQPACKET".to_owned(),
+        other => format!("type {other}"),
+    };
+    let name = match protocol {
+        0 => "default",
+        1 => "ICMP",
+        6 => "TCP",
+        17 => "UDP",
+        33 => "DCCP",
+        58 => "ICMPv6",
+        132 => "SCTP",
+        136 => "UDP-Lite",
+        255 => "raw",
+        262 => "MPTCP",
+        _ => "",
+    };
+    let protocol = if name.is_empty() {
+        format!("protocol {protocol}")
+    } else {
+        format!("protocol {protocol} {name}")
+    };
+    format!("{family} {sock_type}, {protocol}")
 }
 
 /// Failures reading denials or counters.
@@ -377,6 +423,29 @@ fn sum_counter<T: std::borrow::Borrow<MapData>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_refused_at_creation_says_which() {
+        let raw = RawEvent {
+            tgid: 10,
+            pid: 10,
+            hook: Hook::SockCreate.index() as u8,
+            reason: 4,
+            family: 2,
+            protocol: 262,
+            sock_type: 1,
+            ..RawEvent::default()
+        };
+        let d = Denial::from_raw(&raw).unwrap();
+        assert_eq!(
+            d.audit_reason(),
+            "sock_create: transport protocol not served (AF_INET SOCK_STREAM, protocol 262 MPTCP)"
+        );
+        assert_eq!(
+            describe_socket(10, 2, 77),
+            "AF_INET6 SOCK_DGRAM, protocol 77"
+        );
+    }
 
     #[test]
     fn raw_event_decodes_pid_comm_and_destination() {

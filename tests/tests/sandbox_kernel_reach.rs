@@ -222,18 +222,23 @@ fn more_socket_tricks_get_nowhere() {
             holes.push(format!("no deny event for {t}:{port}"));
         }
     }
-    // MPTCP, MPTCP over IPv6 and UDP-Lite: refused at sock_create, one event each.
-    let created = events
-        .iter()
-        .filter(|e| {
+    // MPTCP, MPTCP over IPv6 and UDP-Lite: refused at sock_create, one event each, each
+    // naming the kind of socket.
+    for kind in [
+        "AF_INET SOCK_STREAM, protocol 262 MPTCP",
+        "AF_INET6 SOCK_STREAM, protocol 262 MPTCP",
+        "AF_INET SOCK_DGRAM, protocol 136 UDP-Lite",
+    ] {
+        let recorded = events.iter().any(|e| {
             e["verdict"] == "deny"
+                && e["pid"].is_number()
                 && e["reason"]
                     .as_str()
-                    .is_some_and(|r| r.starts_with("sock_create"))
-        })
-        .count();
-    if created < 3 {
-        holes.push(format!("only {created} sock_create deny events"));
+                    .is_some_and(|r| r.starts_with("sock_create") && r.contains(kind))
+        });
+        if !recorded {
+            holes.push(format!("no sock_create deny event for {kind}"));
+        }
     }
     assert!(holes.is_empty(), "holes:\n{}", holes.join("\n"));
 }
