@@ -1658,15 +1658,19 @@ steps:
         "{} refusals recorded",
         refusals.len()
     );
-    // Every refusal names its process by host pid (init finds it while the caller waits
-    // in the call), consistently: one host pid for each pid inside, and the other way
-    // round, one per flooding process.
+    // Refusals name their process by host pid (init finds it while the caller waits in
+    // the call), consistently: one host pid for each pid inside, and the other way round,
+    // one per flooding process.
     let mut host_of_inner = std::collections::BTreeMap::new();
+    let mut no_pid = 0;
     for event in &refusals {
         assert_eq!(event["comm"], "python3", "{event}");
-        let host = event["pid"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no pid: {event}"));
+        // A process killed at the budget while waiting in a refused call has no host pid
+        // left to name: at most one per flooding process.
+        let Some(host) = event["pid"].as_u64() else {
+            no_pid += 1;
+            continue;
+        };
         let reason = event["reason"].as_str().unwrap_or_default();
         let inner = reason
             .split("(pid ")
@@ -1682,5 +1686,6 @@ steps:
     let hosts: std::collections::BTreeSet<_> = host_of_inner.values().collect();
     assert_eq!(hosts.len(), host_of_inner.len(), "{host_of_inner:?}");
     assert_eq!(host_of_inner.len(), 32, "{host_of_inner:?}");
+    assert!(no_pid <= 32, "{no_pid} refusals name no process");
     world.assert_job_left_nothing(&output);
 }

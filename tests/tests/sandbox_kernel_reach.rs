@@ -4,12 +4,13 @@
 //! redirected UDP, TCP repair, transparent and free binds, MPTCP and UDP-Lite, netlink
 //! changes to the runner's own network, tun; ptrace, process_vm_readv, pidfd_getfd and
 //! /proc of init, signals to init; and every kernel-reaching call the seccomp filter
-//! refuses. Nothing may reach a trap, each attempt is refused, and each egress attempt
-//! and refused call is in the audit log.
+//! refuses; init's limits, scheduling and kept handles; refusals from threads and from
+//! floods of threads, each naming its process. Nothing may reach a trap, each attempt is
+//! refused, and each egress attempt and refused call is in the audit log.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use runner_agent_tests::agent::{describe, World};
+use runner_agent_tests::agent::{describe, read_audit, World};
 use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 
@@ -360,4 +361,381 @@ fn init_and_kernel_reaching_calls_are_out_of_reach() {
         }
     }
     assert!(holes.is_empty(), "holes:\n{}", holes.join("\n"));
+}
+
+fn seccomp_refusals<'a>(events: &'a [serde_json::Value], call: &str) -> Vec<&'a serde_json::Value> {
+    let prefix = format!("seccomp: {call}");
+    events
+        .iter()
+        .filter(|e| {
+            e["verdict"] == "deny" && e["reason"].as_str().is_some_and(|r| r.starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// A refused call made by a thread other than the main one is as attributable as one
+/// made by the main thread: the event names the host pid of its process. (Found by an attack
+/// run: init's pidfd lookup used the caller's thread id, which pidfd_open refuses for a
+/// thread other than the main one.)
+const THREAD_REFUSAL: &str = r#"
+import socket, threading, os, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def refuse(tag):
+    # name the thread so that its event can be told apart
+    libc.prctl(15, ctypes.c_char_p(tag.encode()), 0, 0, 0)
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        print("LEAK socket created in", tag, flush=True)
+    except OSError as e:
+        print("refused in", tag, e, flush=True)
+refuse("mainthr")
+t = threading.Thread(target=refuse, args=("sidethr",))
+t.start(); t.join()
+print("THREADS-DONE", flush=True)
+"#;
+
+#[test]
+fn a_refusal_from_a_thread_names_its_process() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job(
+        "thread.yaml",
+        &format!(
+            "name: thread\nsteps:\n  - name: refuse from a thread\n    run: |\n      python3 - <<'PY'\n{}\n      PY\n",
+            indent(THREAD_REFUSAL, 6)
+        ),
+    );
+    let (output, events) = world.run_audited(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("THREADS-DONE"), "{}", describe(&output));
+    assert!(!stdout.contains("LEAK"), "{}", describe(&output));
+    let refusals = seccomp_refusals(&events, "socket(AF_PACKET");
+    let main = refusals
+        .iter()
+        .find(|e| e["comm"] == "mainthr")
+        .unwrap_or_else(|| panic!("no main-thread refusal: {refusals:?}"));
+    let side = refusals
+        .iter()
+        .find(|e| e["comm"] == "sidethr")
+        .unwrap_or_else(|| panic!("no side-thread refusal: {refusals:?}"));
+    assert!(main["pid"].is_u64(), "main thread's refusal: {main}");
+    assert!(
+        side["pid"].is_u64(),
+        "a refused call made from a second thread names no process (pid null): {side}\n(main thread: {main})"
+    );
+    assert_eq!(
+        side["pid"], main["pid"],
+        "one process, two host pids: {side} / {main}"
+    );
+    world.assert_job_left_nothing(&output);
+}
+
+/// Refused calls from threads, while the runner holds many processes: neither init nor
+/// the agent's remembered pids name a thread, so every such refusal sends the agent
+/// through every process of the runner, outside the runner's limits. The step's own
+/// timeout (20 s) must still be what ends it, promptly, and the next step must run; every
+/// refusal names its process; and the agent does not spend more than half a CPU on it.
+#[test]
+fn a_thread_flood_with_many_processes_does_not_stretch_a_step_timeout() {
+    require_privilege!();
+    let world = World::new("limits: { pids: 4096, memory: 3GiB, timeout: 3m }", "");
+    let job = world.job(
+        "threadflood.yaml",
+        r#"name: threadflood
+steps:
+  - name: crowd
+    run: |
+      # 1500 idle processes outside the step's process group: they outlive its timeout
+      for i in $(seq 1500); do setsid sleep 600 </dev/null >/dev/null 2>&1 & done
+      sleep 2
+      echo CROWD=$(ls /proc | grep -c '^[0-9]')
+  - name: flood from threads
+    timeout: 20s
+    continue-on-error: true
+    run: |
+      python3 -c '
+      import socket, threading, time
+      def go():
+          while True:
+              try:
+                  socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+              except OSError:
+                  pass
+      for i in range(16):
+          threading.Thread(target=go, daemon=True).start()
+      time.sleep(600)
+      '
+  - name: next
+    run: echo NEXT-STEP-RAN
+"#,
+    );
+    let audit = world.state_dir.join("threadflood.jsonl");
+    let began = Instant::now();
+    let mut child = world.spawn_with(&job, &["--audit-log", &audit.to_string_lossy()]);
+    // The agent's CPU time (utime + stime, ticks), outside every limit of the runner.
+    let agent = child.id();
+    let mut agent_ticks = 0u64;
+    while child.try_wait().expect("wait").is_none() {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{agent}/stat")) {
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let t = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            agent_ticks = agent_ticks.max(t);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().expect("wait");
+    let took = began.elapsed();
+    eprintln!(
+        "agent CPU: {:.1}s over {:.1}s",
+        agent_ticks as f64 / 100.0,
+        took.as_secs_f64()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let events = read_audit(&audit);
+    let refusals = seccomp_refusals(&events, "socket(AF_PACKET");
+    let no_pid = refusals.iter().filter(|e| e["pid"].is_null()).count();
+    eprintln!(
+        "took {:.1}s, {} refusals recorded, {} without a pid",
+        took.as_secs_f64(),
+        refusals.len(),
+        no_pid
+    );
+    let flood_line = stdout
+        .lines()
+        .find(|l| l.contains("flood from threads:"))
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        stdout.contains("NEXT-STEP-RAN"),
+        "the step after a 20 s step never ran (job took {:.1}s; flood step: {flood_line}; {} refusals recorded, {} without pid)\n{}",
+        took.as_secs_f64(),
+        refusals.len(),
+        no_pid,
+        describe(&output)
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "a 20 s step timeout took the job {:.1}s (flood step: {flood_line})",
+        took.as_secs_f64()
+    );
+    assert!(
+        (agent_ticks as f64 / 100.0) < took.as_secs_f64() / 2.0,
+        "the agent spent {:.1}s of CPU over a {:.1}s job recording {} refusals",
+        agent_ticks as f64 / 100.0,
+        took.as_secs_f64(),
+        refusals.len()
+    );
+    // A thread killed at the step's timeout while waiting in a refused call gets no host
+    // pid (it no longer has one to name): at most one per flooding thread.
+    assert!(
+        no_pid <= 16,
+        "{no_pid} of {} refusals name no process",
+        refusals.len()
+    );
+    world.assert_job_left_nothing(&output);
+}
+
+/// The job cannot change how init is scheduled: renice, SCHED_IDLE and an idle I/O
+/// priority on pid 1 are refused and recorded, like prlimit64 (init enforces step
+/// timeouts and answers every refused call; a job that starved it stretched a 2 s step
+/// timeout to 20 s, found by an attack run).
+#[test]
+fn the_job_cannot_change_init_scheduling() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job(
+        "sched.yaml",
+        r#"name: sched
+steps:
+  - name: reschedule init
+    run: |
+      python3 - <<'PY'
+      import os, ctypes
+      libc = ctypes.CDLL(None, use_errno=True)
+      def stat1():
+          f = open("/proc/1/stat").read().rsplit(")", 1)[1].split()
+          # fields after comm: state is index 0 (field 3); nice field 19 -> 16; policy field 41 -> 38
+          return int(f[16]), int(f[38])
+      print("BEFORE nice,policy", stat1(), flush=True)
+      for name, fn in [
+          ("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, 1, 19)),
+          ("sched_setscheduler-idle", lambda: os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))),
+          ("ioprio_set-idle", lambda: (_ for _ in ()).throw(OSError(ctypes.get_errno(), "ioprio")) if libc.syscall(251, 1, 1, 3 << 13) < 0 else None),
+      ]:
+          try:
+              fn(); print("CHANGED", name, flush=True)
+          except OSError as e:
+              print("REFUSED", name, e, flush=True)
+      print("AFTER nice,policy", stat1(), flush=True)
+      PY
+"#,
+    );
+    let (output, events) = world.run_audited(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("AFTER nice,policy"),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        !stdout.contains("CHANGED"),
+        "the job changed init's scheduling:\n{}",
+        stdout
+            .lines()
+            .filter(|l| l.contains("CHANGED") || l.contains("nice,policy"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for call in [
+        "setpriority(which 0, who 1)",
+        "sched_setscheduler(pid 1)",
+        "ioprio_set(which 1, who 1)",
+    ] {
+        let refused = seccomp_refusals(&events, call);
+        assert!(
+            refused
+                .iter()
+                .any(|e| e["comm"] == "python3" && e["pid"].is_number()),
+            "no refusal of {call} recorded: {events:#?}"
+        );
+    }
+    world.assert_job_left_nothing(&output);
+}
+
+/// With init at SCHED_IDLE / nice 19 (if the job can put it there) and the runner's CPUs
+/// held by busy loops that outlive the step, a step's timeout still ends it on time and
+/// the next step starts.
+#[test]
+fn a_starved_init_still_ends_a_step_on_time() {
+    starved_init(true);
+}
+
+/// Control for the test above: the same busy runner and refused calls, init left alone.
+#[test]
+fn control_a_busy_runner_with_init_untouched_ends_a_step_on_time() {
+    starved_init(false);
+}
+
+fn starved_init(touch_init: bool) {
+    require_privilege!();
+    let world = World::new("limits: { cpus: 1, timeout: 2m }", "");
+    let touch = if touch_init {
+        "python3 -c 'import os; os.setpriority(os.PRIO_PROCESS, 1, 19)' || true\n      python3 -c 'import os; os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))' || true\n      kill -STOP 1 || true\n      kill -TSTP 1 || true"
+    } else {
+        "true"
+    };
+    let job = world.job(
+        "starve.yaml",
+        &r#"name: starve
+steps:
+  - name: starve init
+    run: |
+      TOUCH
+      for i in $(seq 16); do setsid sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & done
+  - name: must time out
+    timeout: 2s
+    continue-on-error: true
+    run: |
+      # refused calls, so that init has work, and a long sleep
+      python3 -c '
+      import socket, time
+      end = time.time() + 60
+      while time.time() < end:
+          try: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+          except OSError: pass
+      '
+  - name: next
+    run: echo NEXT-STEP-RAN
+"#
+        .replace("TOUCH", touch),
+    );
+    let began = Instant::now();
+    let output = world.run(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("must time out:"))
+        .unwrap_or("")
+        .to_owned();
+    eprintln!("{line} (job {:.1}s)", began.elapsed().as_secs_f64());
+    let secs: f64 = line
+        .rsplit('(')
+        .next()
+        .and_then(|s| s.trim_end_matches("s)").parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(line.contains("timed out"), "{}", describe(&output));
+    assert!(
+        secs < 4.0,
+        "a 2 s step timeout ended the step after {secs}s"
+    );
+    assert!(stdout.contains("NEXT-STEP-RAN"), "{}", describe(&output));
+    world.assert_job_left_nothing(&output);
+}
+
+/// init's kept handles (the host's /proc, its oom_score_adj, the seccomp listener, the
+/// control socket) stay out of reach of every step process, also through fdinfo and
+/// pidfd_getfd over a wider range of descriptor numbers than earlier tests looked at.
+#[test]
+fn init_kept_handles_are_out_of_reach() {
+    require_privilege!();
+    let world = World::new("", "");
+    let job = world.job(
+        "handles.yaml",
+        r#"name: handles
+steps:
+  - name: reach init handles
+    run: |
+      python3 - <<'PY'
+      import ctypes, os
+      libc = ctypes.CDLL(None, use_errno=True)
+      libc.syscall.restype = ctypes.c_long
+      leaks = []
+      for d in ("/proc/1/fd", "/proc/1/fdinfo", "/proc/1/map_files"):
+          try:
+              leaks.append("listed %s: %s" % (d, os.listdir(d)))
+          except OSError as e:
+              pass
+      for n in range(0, 64):
+          for d in ("fd", "fdinfo"):
+              try:
+                  fd = os.open("/proc/1/%s/%d" % (d, n), os.O_RDONLY | os.O_PATH if d == "fd" else os.O_RDONLY)
+                  leaks.append("opened /proc/1/%s/%d -> %s" % (d, n, os.readlink("/proc/self/fd/%d" % fd)))
+                  os.close(fd)
+              except OSError:
+                  pass
+      pfd = libc.syscall(ctypes.c_long(434), ctypes.c_long(1), ctypes.c_long(0))
+      if pfd >= 0:
+          for n in range(0, 64):
+              r = libc.syscall(ctypes.c_long(438), ctypes.c_long(pfd), ctypes.c_long(n), ctypes.c_long(0))
+              if r >= 0:
+                  leaks.append("pidfd_getfd(init, %d) -> %s" % (n, os.readlink("/proc/self/fd/%d" % r)))
+      # what a step holds itself
+      mine = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+      for n in mine:
+          try:
+              t = os.readlink("/proc/self/fd/%d" % n)
+          except OSError:
+              continue
+          if n > 2 and not t.startswith("/proc/%d/fd" % os.getpid()) and "fd" not in t:
+              leaks.append("step holds fd %d -> %s" % (n, t))
+      ppid_fds = sorted(os.listdir("/proc/%d/fd" % os.getppid()))
+      print("parent bash fds", ppid_fds, flush=True)
+      for l in leaks:
+          print("LEAK", l, flush=True)
+      print("HANDLES-DONE", flush=True)
+      PY
+"#,
+    );
+    let output = world.run(&job);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("HANDLES-DONE"), "{}", describe(&output));
+    let leaks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("LEAK")).collect();
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+    world.assert_job_left_nothing(&output);
 }

@@ -362,6 +362,17 @@ struct HostPids {
     proc: OwnedFd,
 }
 
+/// The process (thread group) of thread `tid`, from the sandbox's /proc.
+fn thread_group(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl HostPids {
     /// Opens the host's /proc (call before the sandbox's own is mounted over it).
     fn open() -> Option<HostPids> {
@@ -376,9 +387,27 @@ impl HostPids {
         Some(HostPids { proc })
     }
 
-    /// The host pid of `pid` (numbered in init's pid namespace), while it exists.
-    fn host_pid(&self, pid: u32) -> Option<u32> {
-        let pidfd = sys::pidfd_open(pid).ok()?;
+    /// The host pid of the process of thread `tid` (numbered in init's pid namespace),
+    /// while it exists. The kernel names the calling *thread*, and pidfd_open(2) takes
+    /// only a process's main thread (EINVAL, or ENOENT on newer kernels, otherwise): for
+    /// another thread, its thread group (the `Tgid:` of its status in the sandbox's
+    /// /proc) is opened instead.
+    ///
+    /// `still_waiting` says whether the caller still waits in its call: only then does
+    /// its thread id name it, so it is asked once the pidfd is open (a pid that ended and
+    /// was given to another process meanwhile must not be named). A caller killed while
+    /// waiting (at a step's timeout, say) gets no host pid.
+    fn host_pid(&self, tid: u32, still_waiting: impl Fn() -> bool) -> Option<u32> {
+        let pidfd = match sys::pidfd_open(tid) {
+            Ok(pidfd) => pidfd,
+            Err(_) => {
+                let group = thread_group(tid).filter(|&group| group != tid)?;
+                sys::pidfd_open(group).ok()?
+            }
+        };
+        if !still_waiting() {
+            return None;
+        }
         let path = format!("self/fdinfo/{}", pidfd.as_raw_fd());
         let fd = nix::fcntl::openat(
             self.proc.as_fd(),
@@ -410,10 +439,11 @@ impl Notifier {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", notification.pid))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
-        let host_pid = self
-            .host_pids
-            .as_ref()
-            .and_then(|pids| pids.host_pid(notification.pid));
+        let host_pid = self.host_pids.as_ref().and_then(|pids| {
+            pids.host_pid(notification.pid, || {
+                sys::notification_valid(self.listener.as_fd(), notification.id)
+            })
+        });
         // Every refusal is reported: the agent's audit budget (limits.audit_log) is what
         // bounds a job that keeps trying, by stopping it. A write to the agent that blocks
         // holds the answer back, and with it the job's intercepted call. Reported before

@@ -501,12 +501,7 @@ impl Sandbox {
         let (read, write) = stream.into_split();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (denials_tx, seccomp_denials) = mpsc::channel(DENIALS_QUEUE);
-        tokio::spawn(read_messages(
-            BufReader::new(read),
-            messages_tx,
-            denials_tx,
-            HostPids::new(&cgroup.v2_dir),
-        ));
+        tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
         self.control = Some(write);
         self.messages = Some(messages);
         self.seccomp_denials = Some(seccomp_denials);
@@ -783,72 +778,6 @@ pub fn spawn_init(program: &Path, cgroup: &RunnerCgroup) -> Result<SpawnedInit, 
     })
 }
 
-/// The host pid of the process numbered `inner` inside the sandbox whose v2 cgroup is
-/// `cgroup_dir`, if it still exists. Every process of a job is in that cgroup (the job
-/// cannot make cgroups: its cgroupfs is read-only), and the NSpid line of
-/// /proc/PID/status lists its pid in each namespace, outermost first.
-pub fn host_pid_in(cgroup_dir: &Path, inner: u32) -> Option<u32> {
-    let procs = std::fs::read_to_string(cgroup_dir.join("cgroup.procs")).ok()?;
-    procs
-        .lines()
-        .filter_map(|l| l.trim().parse::<u32>().ok())
-        .find(|&pid| inner_pid_of(pid) == Some(inner))
-}
-
-/// Host pids of a runner's processes by their pid inside, remembered: looking one up
-/// with [`host_pid_in`] reads every process of the runner, which a job refusing calls from
-/// many processes at once made the bottleneck of its audit trail. A remembered pid is
-/// checked before it is used (the host process still has that pid inside a pid namespace
-/// of its own), so a pid reused inside is looked up again.
-#[derive(Debug)]
-pub struct HostPids {
-    cgroup_dir: PathBuf,
-    known: std::collections::HashMap<u32, u32>,
-}
-
-impl HostPids {
-    /// The processes of the runner whose v2 cgroup is `cgroup_dir`.
-    pub fn new(cgroup_dir: &Path) -> HostPids {
-        HostPids {
-            cgroup_dir: cgroup_dir.to_owned(),
-            known: std::collections::HashMap::new(),
-        }
-    }
-
-    /// The host pid of the runner's process `inner`: the live process with that pid
-    /// inside, or else the one last seen with it (a refusal is often recorded after its
-    /// process ended, at the end of a job above all).
-    pub fn host_pid(&mut self, inner: u32) -> Option<u32> {
-        let remembered = self.known.get(&inner).copied();
-        if let Some(host) = remembered {
-            if inner_pid_of(host) == Some(inner) {
-                return Some(host);
-            }
-        }
-        let Some(host) = host_pid_in(&self.cgroup_dir, inner) else {
-            return remembered;
-        };
-        // Bounded: a job may have many processes over its life.
-        if self.known.len() >= 4096 {
-            self.known.clear();
-        }
-        self.known.insert(inner, host);
-        Some(host)
-    }
-}
-
-/// The pid host process `host` has in its innermost pid namespace, if it is in one of
-/// its own (the NSpid line of /proc/PID/status, outermost first, lists more than one).
-fn inner_pid_of(host: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{host}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    let pids: Vec<&str> = line.split_whitespace().skip(1).collect();
-    if pids.len() < 2 {
-        return None;
-    }
-    pids.last()?.parse().ok()
-}
-
 /// A system call the sandbox refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeccompDenial {
@@ -880,7 +809,6 @@ async fn read_messages(
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     messages: mpsc::UnboundedSender<Result<FromInit, String>>,
     denials: mpsc::Sender<SeccompDenial>,
-    mut host_pids: HostPids,
 ) {
     let mut line = String::new();
     loop {
@@ -906,7 +834,6 @@ async fn read_messages(
                     comm,
                     call,
                 }) => {
-                    let host_pid = host_pid.or_else(|| host_pids.host_pid(pid));
                     let denial = SeccompDenial {
                         pid,
                         comm,
@@ -1091,12 +1018,7 @@ mod tests {
         let (read, _write) = agent.into_split();
         let (messages_tx, mut messages) = mpsc::unbounded_channel();
         let (denials_tx, mut denials) = mpsc::channel(4);
-        let reader = tokio::spawn(read_messages(
-            BufReader::new(read),
-            messages_tx,
-            denials_tx,
-            HostPids::new(Path::new("/nonexistent")),
-        ));
+        let reader = tokio::spawn(read_messages(BufReader::new(read), messages_tx, denials_tx));
         let writer = tokio::spawn(async move {
             let mut init = init;
             let denied = b"{\"msg\":\"denied\",\"pid\":7,\"comm\":\"c\",\"call\":\"bpf()\"}\n";

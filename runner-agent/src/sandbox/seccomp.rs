@@ -16,11 +16,15 @@
 //!   namespace of its own to hide in;
 //! - `userfaultfd` and `io_uring_*` (large attack surface, and io_uring operations are
 //!   not seen by seccomp at all);
-//! - `prlimit64` on pid 1, the sandbox init: init has the job's credentials inside its
-//!   user namespace, which is all prlimit(2) asks, and a job that lowered init's
-//!   descriptor limit had its next step start with init's control socket as stdin (it
-//!   forged init's messages and made the agent read one endless line). A job may still
-//!   set its own limits and those of its other processes.
+//! - the sandbox init's limits and scheduling: `prlimit64`, `sched_setscheduler`,
+//!   `sched_setparam`, `sched_setattr` and `sched_setaffinity` on pid 1, and
+//!   `setpriority` and `ioprio_set` on pid 1, process group 1 or a whole user. Init has
+//!   the job's credentials inside its user namespace, which is all these calls ask: a
+//!   job that lowered init's descriptor limit had its next step start with init's
+//!   control socket as stdin (it forged init's messages and made the agent read one
+//!   endless line), and one that made init SCHED_IDLE at nice 19 stretched a 2 s step
+//!   timeout (which init enforces) to 20 s. A job may still set its own limits and
+//!   priorities and those of its other processes.
 //!
 //! Denied calls never run: the filter hands them to the sandbox init as seccomp user
 //! notifications (seccomp_unotify(2)), and init answers each with `EPERM` and reports it
@@ -171,6 +175,17 @@ fn int_condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompConditi
     )?)
 }
 
+/// The sandbox init's pid inside.
+const INIT_PID: u64 = 1;
+/// setpriority(2)'s `which`.
+const PRIO_PROCESS: u64 = 0;
+const PRIO_PGRP: u64 = 1;
+const PRIO_USER: u64 = 2;
+/// ioprio_set(2)'s `which`.
+const IOPRIO_WHO_PROCESS: u64 = 1;
+const IOPRIO_WHO_PGRP: u64 = 2;
+const IOPRIO_WHO_USER: u64 = 3;
+
 /// socket(2)'s type argument without SOCK_NONBLOCK / SOCK_CLOEXEC.
 const SOCK_TYPE_MASK: u64 = 0xf;
 
@@ -243,15 +258,48 @@ pub fn build() -> Result<Filters, SeccompError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
-    // prlimit64(1, ...): init's limits (see the module docs). pid_t is an int.
-    rules.insert(
+    // Init's limits and scheduling (see the module docs). pid_t and id_t are ints.
+    let on_init = |arg: u8| -> Result<Vec<SeccompRule>, SeccompError> {
+        Ok(vec![SeccompRule::new(vec![int_condition(
+            arg,
+            SeccompCmpOp::Eq,
+            INIT_PID,
+        )?])?])
+    };
+    for nr in [
         libc::SYS_prlimit64,
-        vec![SeccompRule::new(vec![int_condition(
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+        libc::SYS_sched_setaffinity,
+    ] {
+        rules.insert(nr, on_init(0)?);
+    }
+    // setpriority(which, who, ...) and ioprio_set(which, who, ...): pid 1, process
+    // group 1, or every process of a user (init has the job's uid).
+    for (nr, process, group, user) in [
+        (libc::SYS_setpriority, PRIO_PROCESS, PRIO_PGRP, PRIO_USER),
+        (
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            IOPRIO_WHO_PGRP,
+            IOPRIO_WHO_USER,
+        ),
+    ] {
+        let mut on_init_or_user = Vec::new();
+        for which in [process, group] {
+            on_init_or_user.push(SeccompRule::new(vec![
+                int_condition(0, SeccompCmpOp::Eq, which)?,
+                int_condition(1, SeccompCmpOp::Eq, INIT_PID)?,
+            ])?);
+        }
+        on_init_or_user.push(SeccompRule::new(vec![int_condition(
             0,
             SeccompCmpOp::Eq,
-            1,
-        )?])?],
-    );
+            user,
+        )?])?);
+        rules.insert(nr, on_init_or_user);
+    }
     rules.insert(
         libc::SYS_socket,
         vec![
@@ -438,8 +486,19 @@ fn describe_native(nr: i64, args: &[u64; 6]) -> String {
         }
         return format!("socket({family}{kind})");
     }
-    if nr == libc::SYS_prlimit64 {
+    if [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+        libc::SYS_sched_setaffinity,
+    ]
+    .contains(&nr)
+    {
         return format!("{name}(pid {})", args[0] as u32 as i32);
+    }
+    if nr == libc::SYS_setpriority || nr == libc::SYS_ioprio_set {
+        return format!("{name}(which {}, who {})", args[0] as u32, args[1] as u32);
     }
     if nr == libc::SYS_clone || nr == libc::SYS_unshare {
         let flags: Vec<&str> = [
@@ -504,6 +563,12 @@ fn syscall_name(nr: i64) -> Option<&'static str> {
         (libc::SYS_clone, "clone"),
         (libc::SYS_socket, "socket"),
         (libc::SYS_prlimit64, "prlimit64"),
+        (libc::SYS_sched_setscheduler, "sched_setscheduler"),
+        (libc::SYS_sched_setparam, "sched_setparam"),
+        (libc::SYS_sched_setattr, "sched_setattr"),
+        (libc::SYS_sched_setaffinity, "sched_setaffinity"),
+        (libc::SYS_setpriority, "setpriority"),
+        (libc::SYS_ioprio_set, "ioprio_set"),
         #[cfg(target_arch = "x86_64")]
         (libc::SYS_iopl, "iopl"),
         #[cfg(target_arch = "x86_64")]
@@ -549,6 +614,14 @@ mod tests {
         assert_eq!(
             describe(AUDIT_ARCH_NATIVE, libc::SYS_prlimit64, &[1, 7, 0, 0, 0, 0]),
             "prlimit64(pid 1)"
+        );
+        assert_eq!(
+            describe(
+                AUDIT_ARCH_NATIVE,
+                libc::SYS_setpriority,
+                &[2, 0, 19, 0, 0, 0]
+            ),
+            "setpriority(which 2, who 0)"
         );
         // Families are named by the int's low half, as the kernel reads it.
         args[0] = (1u64 << 32) | libc::AF_VSOCK as u64;

@@ -321,6 +321,21 @@ pub fn receive_notification(listener: BorrowedFd<'_>) -> Result<Notification, Er
     })
 }
 
+/// Whether notification `id` is still pending: its caller is still waiting in the call,
+/// so its thread id still names it (SECCOMP_IOCTL_NOTIF_ID_VALID, seccomp_unotify(2)).
+pub fn notification_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: `id` is a u64 that outlives the call; the kernel only reads it.
+    let rc = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+            &mut id as *mut u64,
+        )
+    };
+    rc == 0
+}
+
 /// Answers notification `id`: the call fails with `errno` and is never executed.
 pub fn deny_notification(listener: BorrowedFd<'_>, id: u64, errno: i32) -> Result<(), Errno> {
     let mut resp = libc::seccomp_notif_resp {
