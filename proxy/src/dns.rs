@@ -99,12 +99,7 @@ fn first_step(shared: &Shared, peer: SocketAddr, wire: &[u8], udp: bool) -> Step
             decision,
         } => {
             let origin = asker(shared, peer);
-            let mut subject = message_subject(origin.as_ref());
-            subject.host = host.as_ref();
-            if host.is_some() {
-                // About a name: `ip` is for the answer's address, and there is none.
-                (subject.ip, subject.port) = (None, None);
-            }
+            let subject = dns_subject(host.as_ref(), origin.as_ref());
             record(shared, &client, &subject, &decision);
             Step::Done(reply.and_then(|reply| encode(reply, udp)))
         }
@@ -128,14 +123,16 @@ fn asker(shared: &Shared, peer: SocketAddr) -> Option<Origin> {
     shared.origdst.as_ref().and_then(|o| o.lookup_peer(peer))
 }
 
-/// The subject of a decision about a message or connection rather than a name: the
-/// process that sent it and the address and port it sent it to (the resolver the job
-/// addressed; its traffic to any :53 is redirected here), so that even a message no name
-/// could be read from says who tried to reach what.
-fn message_subject(origin: Option<&Origin>) -> Subject<'_> {
+/// The subject of a DNS decision, naming the process that sent the message (`origin`).
+/// A decision about a name (`host`) leaves `ip` for the answer's address; one about a
+/// message or connection no name was read from has the address and port it was sent to
+/// instead (the resolver the job addressed; its traffic to any :53 is redirected here),
+/// so that it too says who tried to reach what.
+fn dns_subject<'a>(host: Option<&'a Host>, origin: Option<&'a Origin>) -> Subject<'a> {
     let mut subject = Subject::new(Kind::Dns);
     subject.set_origin(origin);
-    if let Some(origin) = origin {
+    subject.host = host;
+    if let (None, Some(origin)) = (host, origin) {
         subject.ip = Some(origin.destination.ip());
         subject.port = Some(origin.destination.port());
     }
@@ -340,9 +337,7 @@ async fn ask_upstream(shared: &Shared, question: Question, udp: bool) -> Option<
     } = question;
     let client = &*client;
     let origin = asker(shared, peer);
-    let mut subject = Subject::new(Kind::Dns);
-    subject.host = Some(&host);
-    subject.set_origin(origin.as_ref());
+    let mut subject = dns_subject(Some(&host), origin.as_ref());
     let question = &query.queries()[0];
     let upstream = match shared
         .resolver
@@ -524,7 +519,7 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
     let deny = |reason: &str| {
         shared.record(
             Some(&client),
-            &message_subject(origin.as_ref()),
+            &dns_subject(None, origin.as_ref()),
             &Decision::deny(reason),
         );
     };

@@ -41,7 +41,7 @@ use crate::origdst::Origin;
 use crate::policy::{classify_host, Decision, Host};
 use crate::shared::{add_reason, event_for, millis, Shared, Subject};
 use crate::tls::{classify_flight, first_flight, FirstFlight, FlightError, FlightLimits};
-use crate::tunnel::{splice_counted, SpliceOutcome, Traffic};
+use crate::tunnel::{splice, SpliceOutcome, Traffic};
 
 /// An allowed tunnel waiting for the client's first flight: checks the SNI against the
 /// decided name, then dials, replays and splices, and records the outcome.
@@ -358,8 +358,7 @@ impl OpenTunnel {
         self.traffic
             .up
             .fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let spliced =
-            splice_counted(stream, server, limits.idle_timeout, total, &self.traffic).await;
+        let spliced = splice(stream, server, limits.idle_timeout, total, &self.traffic).await;
         self.finish(spliced.cut);
     }
 

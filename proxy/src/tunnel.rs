@@ -199,19 +199,10 @@ impl Traffic {
     }
 }
 
-/// Copies both ways until both sides close, one side fails, or a limit is hit.
+/// Copies both ways until both sides close, one side fails, or a limit is hit, adding
+/// what moves to `traffic` as it moves; the outcome's counts are `traffic`'s at the end
+/// (with whatever it held before).
 pub async fn splice(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-    idle: Duration,
-    total: Duration,
-) -> SpliceOutcome {
-    splice_counted(client, server, idle, total, &Traffic::default()).await
-}
-
-/// [`splice`], adding what moves to `traffic` as it moves; the outcome's counts are
-/// `traffic`'s at the end (with whatever it held before).
-pub async fn splice_counted(
     client: &mut TcpStream,
     server: &mut TcpStream,
     idle: Duration,
@@ -221,7 +212,7 @@ pub async fn splice_counted(
     splice_with(client, server, idle, total, true, traffic).await
 }
 
-/// [`splice_counted`], choosing zero-copy or buffered copying (tests exercise both).
+/// [`splice`], choosing zero-copy or buffered copying (tests exercise both).
 pub async fn splice_with(
     client: &mut TcpStream,
     server: &mut TcpStream,
@@ -267,6 +258,7 @@ mod tests {
     use super::*;
     use nix::sys::socket::getsockopt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     /// [`splice_with`] with counts of its own.
     async fn spliced(
@@ -278,7 +270,6 @@ mod tests {
     ) -> SpliceOutcome {
         splice_with(client, server, idle, total, zero_copy, &Traffic::default()).await
     }
-    use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -382,7 +373,7 @@ mod tests {
         let (mut server, _server_far) = pair().await;
         let server_before = getsockopt(&server, sockopt::SndBuf).unwrap();
         let (idle, total) = (Duration::from_millis(50), Duration::from_secs(5));
-        let outcome = splice(&mut client, &mut server, idle, total).await;
+        let outcome = splice(&mut client, &mut server, idle, total, &Traffic::default()).await;
         assert_eq!(outcome.cut.as_deref(), Some("idle timeout"));
         // socket(7): the kernel doubles the value set and getsockopt returns the double.
         assert_eq!(
@@ -409,6 +400,7 @@ mod tests {
             &mut server,
             Duration::from_millis(100),
             Duration::from_secs(10),
+            &Traffic::default(),
         )
         .await;
         assert_eq!(outcome.cut.as_deref(), Some("idle timeout"));

@@ -568,3 +568,42 @@ pub fn sha256_hex(text: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// The deny events of system calls the sandbox's seccomp filter refused whose reason
+/// starts with `seccomp: {call}` (a call as the filter names it, or a prefix of one).
+pub fn seccomp_denials<'a>(
+    events: &'a [serde_json::Value],
+    call: &str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
+    let prefix = format!("seccomp: {call}");
+    events.iter().filter(move |e| {
+        e["verdict"] == "deny" && e["reason"].as_str().is_some_and(|r| r.starts_with(&prefix))
+    })
+}
+
+/// `text` with every line indented by `n` spaces (a script inside a job file's `run: |`).
+pub fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A job named `name` whose one step, `step`, runs `script` with `python3 - ARGS`,
+/// after the shell line `before` (if not empty). `args` are shell words.
+pub fn python_job(name: &str, step: &str, before: &str, args: &str, script: &str) -> String {
+    let before = if before.is_empty() {
+        String::new()
+    } else {
+        format!("      {before}\n")
+    };
+    format!(
+        "name: {name}\nsteps:\n  - name: {step}\n    run: |\n{before}      python3 - {args} <<'PY'\n{}\n      PY\n",
+        indent(script, 6)
+    )
+}
+
+/// The shell line that sets `$host_side` to the host side of the runner's veth (its DNS
+/// filter's address), for [`python_job`]'s `before`.
+pub const HOST_SIDE: &str = "host_side=$(awk '/^nameserver/ {print $2}' /etc/resolv.conf)";

@@ -1039,3 +1039,17 @@ pub fn tls_client_config(roots: impl IntoIterator<Item = Vec<u8>>) -> rustls::Cl
         .with_root_certificates(store)
         .with_no_client_auth()
 }
+
+/// A host config whose `default` environment allows `allowed.test` and `*.allowed.test`
+/// (then `extra_rules`, more lines of its `allow` list) with the bed's DNS server
+/// upstream, followed by `extra_env` (more keys of that environment).
+pub fn allowed_test_config(extra_rules: &str, extra_env: &str) -> String {
+    format!(
+        "network:\n  upstream_dns: [{DNS_IP}]\nenvironments:\n  default:\n    egress:\n      mode: enforce\n      allow:\n        - host: allowed.test\n        - host: \"*.allowed.test\"\n{extra_rules}{extra_env}"
+    )
+}
+
+/// Lets packets in flight reach the bed's recorders before they are read.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(500));
+}

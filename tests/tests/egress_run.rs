@@ -5,41 +5,19 @@
 
 use std::time::Duration;
 
-use runner_agent_tests::agent::{denials_where, describe, job_id, read_audit, wait_until, World};
-use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
+use runner_agent_tests::agent::{
+    denials_where, describe, indent, job_id, python_job, read_audit, seccomp_denials, wait_until,
+    World, HOST_SIDE,
+};
+use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, DNS_IP, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 use serde_json::json;
-
-/// Host config body: the test DNS server upstream, `allowed.test` and its subdomains
-/// allowed, everything else denied.
-fn egress_config() -> String {
-    format!(
-        "network:\n  upstream_dns: [{DNS_IP}]\nenvironments:\n  default:\n    egress:\n      mode: enforce\n      allow:\n        - host: allowed.test\n        - host: \"*.allowed.test\"\n"
-    )
-}
-
-/// The deny events of system calls the sandbox's seccomp filter refused whose reason
-/// starts with `seccomp: {call}` (a call as `describe` names it, or a prefix of one).
-fn seccomp_denials<'a>(
-    events: &'a [serde_json::Value],
-    call: &str,
-) -> impl Iterator<Item = &'a serde_json::Value> {
-    let prefix = format!("seccomp: {call}");
-    events.iter().filter(move |e| {
-        e["verdict"] == "deny" && e["reason"].as_str().is_some_and(|r| r.starts_with(&prefix))
-    })
-}
-
-/// Lets packets in flight reach the recorders before they are read.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(300));
-}
 
 #[test]
 fn clients_that_ignore_the_proxy_still_end_at_it_and_names_decide() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let trap = TRAP_IPS[0];
     let job = world.job(
         "names.yaml",
@@ -235,17 +213,16 @@ sys.exit(1 if leaks else 0)
 fn socket_level_attacks_get_nowhere_and_are_audited() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let trap = TRAP_IPS[0];
     let job = world.job(
         "sockets.yaml",
-        &format!(
-            "name: sockets\nsteps:\n  - name: socket attacks\n    run: |\n      host_side=$(awk '/^nameserver/ {{print $2}}' /etc/resolv.conf)\n      python3 - {trap} $host_side <<'PY'\n{}\n      PY\n",
-            SOCKET_ATTACKS
-                .lines()
-                .map(|l| format!("      {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+        &python_job(
+            "sockets",
+            "socket attacks",
+            HOST_SIDE,
+            &format!("{trap} $host_side"),
+            SOCKET_ATTACKS,
         ),
     );
     let (output, events) = world.run_audited(&job);
@@ -366,7 +343,7 @@ fn flood_is_stopped_at_the_audit_budget(
     let world = World::in_netns(
         bed.host_ns(),
         "limits: { audit_log: 1MiB }",
-        &egress_config(),
+        &allowed_test_config("", ""),
     );
     let job = world.job(
         "flood.yaml",
@@ -434,7 +411,7 @@ fn denials_the_fence_could_not_itemise_are_recorded_as_such() {
     require_privilege!();
     let trap = TRAP_IPS[0];
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "overflow.yaml",
         &format!(
@@ -525,7 +502,7 @@ fn a_job_flooding_the_dns_filter_is_stopped_at_its_audit_budget() {
 fn socket_families_outside_the_fence_are_refused_and_audited() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "families.yaml",
         r#"name: families
@@ -620,7 +597,7 @@ steps:
 fn refusals_past_ten_thousand_are_still_recorded() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "many.yaml",
         r#"name: many
@@ -668,7 +645,7 @@ fn calls_through_other_abis_are_refused_and_audited() {
         return;
     }
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "abis.yaml",
         r#"name: abis
@@ -738,8 +715,8 @@ fn a_second_agent_on_the_same_pool_is_refused_and_leaves_the_first_alone() {
     // a running job's network while that job went on to succeed.
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let first = World::in_netns(bed.host_ns(), "", &egress_config());
-    let second = World::in_netns(bed.host_ns(), "", &egress_config());
+    let first = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let second = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let long = first.job(
         "long.yaml",
         r#"name: long
@@ -810,7 +787,11 @@ fn the_proxy_runs_in_a_cgroup_of_its_own_with_the_jobs_cpu_share() {
     // CPU share and a memory bound, removed with the runner.
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "limits: { cpus: 0.5 }", &egress_config());
+    let world = World::in_netns(
+        bed.host_ns(),
+        "limits: { cpus: 0.5 }",
+        &allowed_test_config("", ""),
+    );
     let job = world.job(
         "confined.yaml",
         "name: confined\nsteps:\n  - name: wait\n    run: sleep 3 && echo WAITED\n",
@@ -868,7 +849,7 @@ fn decisions_of_the_explicit_proxy_name_the_process() {
     // explicit proxy's events say who tried what (they had no pid or command name).
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "explicit.yaml",
         r#"name: explicit
@@ -912,7 +893,7 @@ fn decisions_of_the_dns_filter_name_the_process() {
     // name the process that asked, as the proxy's do (they had no pid or command name).
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "lookups.yaml",
         r#"name: lookups
@@ -963,7 +944,7 @@ fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
 fn killing_the_proxy_mid_job_leaves_the_runner_with_no_way_out_and_fails_the_job() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "failclosed.yaml",
         r#"name: fail-closed
@@ -1066,7 +1047,7 @@ fn every_program_map_and_link_of_a_job_is_freed_after_it() {
 fn privilege_attacks_are_refused_and_audited() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let trap = TRAP_IPS[0];
     // Each attack must fail; the last line proves the script ran to the end.
     let job = world.job(
@@ -1201,18 +1182,17 @@ tcp("tcp6-5432", socket.AF_INET6, (t6, 5432), b"exfil")
 fn quiet_and_malformed_attempts_are_audited_with_destination_and_process() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let (t0, t1) = (TRAP_IPS[0], TRAP_IPS[1]);
     let t6 = runner_agent_tests::netbed::TRAP6_IP;
     let job = world.job(
         "quiet.yaml",
-        &format!(
-            "name: quiet\nsteps:\n  - name: quiet attempts\n    run: |\n      python3 - {t0} {t1} {t6} <<'PY'\n{}\n      PY\n",
-            QUIET_ATTEMPTS
-                .lines()
-                .map(|l| format!("      {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+        &python_job(
+            "quiet",
+            "quiet attempts",
+            "",
+            &format!("{t0} {t1} {t6}"),
+            QUIET_ATTEMPTS,
         ),
     );
     let (output, events) = world.run_audited(&job);
@@ -1469,16 +1449,12 @@ time.sleep(600)
 fn connections_open_at_the_end_of_the_job_are_recorded() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "open.yaml",
         &format!(
             "name: open\nsteps:\n  - name: upload in the background\n    run: |\n      cat > /workspace/up.py <<'PY'\n{}\n      PY\n      setsid python3 /workspace/up.py >/dev/null 2>&1 </dev/null &\n      sleep 3\n",
-            OPEN_AT_THE_END
-                .lines()
-                .map(|l| format!("      {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            indent(OPEN_AT_THE_END, 6)
         ),
     );
     let (output, events) = world.run_audited(&job);

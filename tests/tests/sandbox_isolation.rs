@@ -2,7 +2,7 @@
 //! hostname and network, /sys is read-only, masked host paths are hidden, and root inside
 //! can neither change the host root nor load kernel code, call bpf() or mount.
 
-use runner_agent_tests::agent::{describe, job_id, World, HOST_MARKER_IF};
+use runner_agent_tests::agent::{describe, World, HOST_MARKER_IF};
 use runner_agent_tests::host_files::{chmod, RemoveOnDrop};
 use runner_agent_tests::require_privilege;
 
@@ -138,9 +138,7 @@ steps:
     assert!(!std::fs::read_to_string("/etc/passwd")
         .unwrap()
         .contains("changed"));
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    let left = world.leftovers(&[id]);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    world.assert_job_left_nothing(&output);
 }
 
 /// The job's root may change the trees packages install into (the host's root appears as
@@ -246,9 +244,7 @@ steps:
             & 0o777,
         0o600
     );
-    let id = job_id(&String::from_utf8_lossy(&output.stderr)).expect("job id");
-    let left = world.leftovers(&[id]);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    world.assert_job_left_nothing(&output);
 }
 
 /// What the layers show of a tree is what its clone holds, and that is what is judged:

@@ -10,28 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use runner_agent_tests::agent::{describe, read_audit, World};
-use runner_agent_tests::netbed::{NetBed, DNS_IP, TRAP_IPS};
+use runner_agent_tests::agent::{
+    describe, indent, python_job, read_audit, seccomp_denials, World, HOST_SIDE,
+};
+use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS};
 use runner_agent_tests::require_privilege;
-
-fn egress_config() -> String {
-    format!(
-        "network:\n  upstream_dns: [{DNS_IP}]\nenvironments:\n  default:\n    egress:\n      mode: enforce\n      allow:\n        - host: allowed.test\n        - host: \"*.allowed.test\"\n"
-    )
-}
-
-fn indent(script: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    script
-        .lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn settle() {
-    std::thread::sleep(Duration::from_millis(500));
-}
 
 /// What a job of attacks printed and recorded.
 struct Ran {
@@ -198,13 +181,16 @@ attempt("dev-net-tun", tun)
 fn more_socket_tricks_get_nowhere() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let trap = TRAP_IPS[0];
     let job = world.job(
         "net.yaml",
-        &format!(
-            "name: net\nsteps:\n  - name: socket tricks\n    run: |\n      host_side=$(awk '/^nameserver/ {{print $2}}' /etc/resolv.conf)\n      python3 - {trap} $host_side <<'PY'\n{}\n      PY\n",
-            indent(NET_ATTACKS, 6)
+        &python_job(
+            "net",
+            "socket tricks",
+            HOST_SIDE,
+            &format!("{trap} $host_side"),
+            NET_ATTACKS,
         ),
     );
     let Ran {
@@ -315,7 +301,7 @@ print("PRIV-DONE", flush=True)
 fn init_and_kernel_reaching_calls_are_out_of_reach() {
     require_privilege!();
     let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &egress_config());
+    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
     let job = world.job(
         "priv.yaml",
         &format!(
@@ -363,16 +349,6 @@ fn init_and_kernel_reaching_calls_are_out_of_reach() {
     assert!(holes.is_empty(), "holes:\n{}", holes.join("\n"));
 }
 
-fn seccomp_refusals<'a>(events: &'a [serde_json::Value], call: &str) -> Vec<&'a serde_json::Value> {
-    let prefix = format!("seccomp: {call}");
-    events
-        .iter()
-        .filter(|e| {
-            e["verdict"] == "deny" && e["reason"].as_str().is_some_and(|r| r.starts_with(&prefix))
-        })
-        .collect()
-}
-
 /// A refused call made by a thread other than the main one is as attributable as one
 /// made by the main thread: the event names the host pid of its process. (Found by an attack
 /// run: init's pidfd lookup used the caller's thread id, which pidfd_open refuses for a
@@ -400,16 +376,13 @@ fn a_refusal_from_a_thread_names_its_process() {
     let world = World::new("", "");
     let job = world.job(
         "thread.yaml",
-        &format!(
-            "name: thread\nsteps:\n  - name: refuse from a thread\n    run: |\n      python3 - <<'PY'\n{}\n      PY\n",
-            indent(THREAD_REFUSAL, 6)
-        ),
+        &python_job("thread", "refuse from a thread", "", "", THREAD_REFUSAL),
     );
     let (output, events) = world.run_audited(&job);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("THREADS-DONE"), "{}", describe(&output));
     assert!(!stdout.contains("LEAK"), "{}", describe(&output));
-    let refusals = seccomp_refusals(&events, "socket(AF_PACKET");
+    let refusals = seccomp_denials(&events, "socket(AF_PACKET").collect::<Vec<_>>();
     let main = refusals
         .iter()
         .find(|e| e["comm"] == "mainthr")
@@ -498,7 +471,7 @@ steps:
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let events = read_audit(&audit);
-    let refusals = seccomp_refusals(&events, "socket(AF_PACKET");
+    let refusals = seccomp_denials(&events, "socket(AF_PACKET").collect::<Vec<_>>();
     let no_pid = refusals.iter().filter(|e| e["pid"].is_null()).count();
     eprintln!(
         "took {:.1}s, {} refusals recorded, {} without a pid",
@@ -597,7 +570,7 @@ steps:
         "sched_setscheduler(pid 1)",
         "ioprio_set(which 1, who 1)",
     ] {
-        let refused = seccomp_refusals(&events, call);
+        let refused: Vec<_> = seccomp_denials(&events, call).collect();
         assert!(
             refused
                 .iter()

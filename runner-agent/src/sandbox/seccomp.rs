@@ -177,6 +177,14 @@ fn int_condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompConditi
 
 /// The sandbox init's pid inside.
 const INIT_PID: u64 = 1;
+/// Calls whose first argument is a pid, refused on [`INIT_PID`] (see the module docs).
+const ON_INIT_BY_PID: [i64; 5] = [
+    libc::SYS_prlimit64,
+    libc::SYS_sched_setscheduler,
+    libc::SYS_sched_setparam,
+    libc::SYS_sched_setattr,
+    libc::SYS_sched_setaffinity,
+];
 /// setpriority(2)'s `which`.
 const PRIO_PROCESS: u64 = 0;
 const PRIO_PGRP: u64 = 1;
@@ -259,21 +267,9 @@ pub fn build() -> Result<Filters, SeccompError> {
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
     // Init's limits and scheduling (see the module docs). pid_t and id_t are ints.
-    let on_init = |arg: u8| -> Result<Vec<SeccompRule>, SeccompError> {
-        Ok(vec![SeccompRule::new(vec![int_condition(
-            arg,
-            SeccompCmpOp::Eq,
-            INIT_PID,
-        )?])?])
-    };
-    for nr in [
-        libc::SYS_prlimit64,
-        libc::SYS_sched_setscheduler,
-        libc::SYS_sched_setparam,
-        libc::SYS_sched_setattr,
-        libc::SYS_sched_setaffinity,
-    ] {
-        rules.insert(nr, on_init(0)?);
+    for nr in ON_INIT_BY_PID {
+        let pid_is_init = int_condition(0, SeccompCmpOp::Eq, INIT_PID)?;
+        rules.insert(nr, vec![SeccompRule::new(vec![pid_is_init])?]);
     }
     // setpriority(which, who, ...) and ioprio_set(which, who, ...): pid 1, process
     // group 1, or every process of a user (init has the job's uid).
@@ -486,15 +482,7 @@ fn describe_native(nr: i64, args: &[u64; 6]) -> String {
         }
         return format!("socket({family}{kind})");
     }
-    if [
-        libc::SYS_prlimit64,
-        libc::SYS_sched_setscheduler,
-        libc::SYS_sched_setparam,
-        libc::SYS_sched_setattr,
-        libc::SYS_sched_setaffinity,
-    ]
-    .contains(&nr)
-    {
+    if ON_INIT_BY_PID.contains(&nr) {
         return format!("{name}(pid {})", args[0] as u32 as i32);
     }
     if nr == libc::SYS_setpriority || nr == libc::SYS_ioprio_set {
