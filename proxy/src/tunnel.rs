@@ -21,6 +21,10 @@
 //! machine the whole path used 825-855 CPU ms per GiB before and 490-645 after (direct:
 //! 295-380); figures and the profile behind them are in the README's benchmark section.
 //!
+//! Each direction batches its reads while it streams (`SO_RCVLOWAT`, raised after a
+//! megabyte without a pause and given up after a wait of a millisecond; see [`batching`]):
+//! fewer, larger wake-ups let the sender, the relay and the receiver work side by side.
+//!
 //! A half-close is propagated with `shutdown(SHUT_WR)` so protocols that signal the end of
 //! a request by closing their sending side keep working. The watchdog closes the tunnel
 //! when neither direction moved a byte for `idle`, or when `total` is reached.
@@ -34,6 +38,9 @@ use std::time::{Duration, Instant};
 
 use std::io;
 
+mod batching;
+
+use batching::Batching;
 use nix::fcntl::{fcntl, splice as splice_fd, FcntlArg, OFlag, SpliceFFlags};
 use nix::sys::socket::{setsockopt, shutdown, sockopt, Shutdown};
 use tokio::io::Interest;
@@ -95,8 +102,9 @@ async fn pump_splice(
     // Best effort: a larger pipe means fewer wake-ups per megabyte.
     let _ = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(PIPE as i32));
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut batching = Batching::default();
     loop {
-        from.readable().await?;
+        batching.readable(from).await?;
         let moved = from.try_io(Interest::READABLE, || {
             splice_fd(from, None, &pipe_w, None, PIPE, flags).map_err(io::Error::from)
         });
@@ -109,6 +117,7 @@ async fn pump_splice(
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
         };
+        batching.moved(from, n);
         let mut left = n;
         while left > 0 {
             to.writable().await?;
@@ -134,8 +143,9 @@ async fn pump_copy(
     start: Instant,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; BUF];
+    let mut batching = Batching::default();
     loop {
-        from.readable().await?;
+        batching.readable(from).await?;
         let n = match from.try_read(&mut buf) {
             Ok(0) => {
                 let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(to), Shutdown::Write);
@@ -145,6 +155,7 @@ async fn pump_copy(
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(err) => return Err(err),
         };
+        batching.moved(from, n);
         let mut off = 0;
         while off < n {
             to.writable().await?;
@@ -365,6 +376,51 @@ mod tests {
             (outcome.up, outcome.down, outcome.cut),
             (LEN as u64, LEN as u64, None)
         );
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_after_a_bulk_transfer_is_not_held_back() {
+        for zero_copy in [true, false] {
+            answer_after_bulk(zero_copy).await;
+        }
+    }
+
+    /// A download long enough to batch the downstream direction, then a request and a
+    /// four-byte answer: with the receive mark still raised the answer would wait for
+    /// 128 KiB that never come.
+    async fn answer_after_bulk(zero_copy: bool) {
+        const BULK: usize = 4 * batching::BURST as usize;
+        let (mut client_far, mut client) = pair().await;
+        let (mut server, mut server_far) = pair().await;
+        let tunnel = tokio::spawn(async move {
+            let (idle, total) = (Duration::from_secs(10), Duration::from_secs(60));
+            spliced(&mut client, &mut server, idle, total, zero_copy).await
+        });
+        let origin = tokio::spawn(async move {
+            server_far.write_all(&payload(BULK, 3)).await.unwrap();
+            let mut request = [0u8; 4];
+            server_far.read_exact(&mut request).await.unwrap();
+            assert_eq!(&request, b"next");
+            server_far.write_all(b"pong").await.unwrap();
+            server_far
+        });
+        let mut bulk = vec![0u8; BULK];
+        client_far.read_exact(&mut bulk).await.unwrap();
+        assert!(
+            bulk == payload(BULK, 3),
+            "bulk bytes differ (zero_copy {zero_copy})"
+        );
+        client_far.write_all(b"next").await.unwrap();
+        let mut answer = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), client_far.read_exact(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("the answer was held back (zero_copy {zero_copy})"))
+            .unwrap();
+        assert_eq!(&answer, b"pong");
+        drop(origin.await.unwrap());
+        drop(client_far);
+        let outcome = tunnel.await.unwrap();
+        assert_eq!((outcome.up, outcome.down), (4, BULK as u64 + 4));
     }
 
     #[tokio::test]
