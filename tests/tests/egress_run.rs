@@ -742,6 +742,25 @@ steps:
         "the first runner never appeared"
     );
     let links_before = first.host_links();
+    // The host side of the running runner's veth, in the agent's namespace, has the
+    // veth's largest MTU like the runner's side (sandbox_isolation checks that one).
+    let runner_links: Vec<&String> = links_before
+        .iter()
+        .filter(|l| l.starts_with("ra"))
+        .collect();
+    assert!(!runner_links.is_empty(), "the runner's veth is gone");
+    for link in runner_links {
+        let mtu = std::process::Command::new("ip")
+            .args(["netns", "exec", bed.host_ns(), "cat"])
+            .arg(format!("/sys/class/net/{link}/mtu"))
+            .output()
+            .expect("ip netns exec");
+        assert_eq!(
+            String::from_utf8_lossy(&mtu.stdout).trim(),
+            runner_agent::network::RUNNER_LINK_MTU.to_string(),
+            "mtu of {link}: {mtu:?}"
+        );
+    }
     let refused = second.run(&short);
     let links_after = first.host_links();
     let finished = running.wait_with_output().expect("first agent");

@@ -61,6 +61,9 @@ steps:
       ! awk 'NR>1 && $2=="00000000"' /proc/net/route | grep -q .
       # no IPv6 address on eth0 (not even link-local)
       ! grep -q eth0 /proc/net/if_inet6
+      # the veth's largest MTU: its only peer is the host side (network::RUNNER_LINK_MTU)
+      echo "eth0 mtu: $(cat /sys/class/net/eth0/mtu)"
+      test "$(cat /sys/class/net/eth0/mtu)" = {mtu}
       echo OK network
   - name: read-only sys
     run: |
@@ -119,7 +122,8 @@ steps:
       if ip addr add 10.9.9.9/32 dev eth0 2>/dev/null; then echo "added address"; exit 1; fi
       echo OK mount
 "#,
-            state = world.state_dir.display()
+            state = world.state_dir.display(),
+            mtu = runner_agent::network::RUNNER_LINK_MTU,
         ),
     );
     let output = world.run(&job);

@@ -104,12 +104,15 @@ for dev in (b"lo", b"eth0"):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev)
         return s.sendto(b"exfil-bind", (trap, 9003)) > 0
     attempt("udp-bindtodevice-" + dev.decode(), u)
-# 4. Large UDP datagram (fragments) toward DNS: redirected to the filter, fragments dropped.
+# 4. The largest UDP datagram toward DNS (65,507 bytes; fragmented on a 1500-byte link,
+#    whole on the runner's 65535-byte one): it reaches only the DNS filter. Crafted
+#    fragments need a raw socket; ebpf_attacks injects them at the veth.
 def frag():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     s.settimeout(2)
-    s.sendto(query + b"F" * 30000, (trap, 53))
+    s.sendto(query + b"F" * (65507 - len(query)), (trap, 53))
     try:
         return len(s.recv(600)) > 0 and False
     except OSError:
