@@ -9,8 +9,20 @@ use tokio::net::UdpSocket;
 
 /// Answers the DNS queries arriving on `socket` until it fails: A questions for names
 /// ending in `suffix` (with its trailing dot, e.g. `".bench.test."`) get `address`, every
-/// other question an empty answer.
+/// other question an empty answer. [`serve_dns_table`] with one entry.
 pub async fn serve_fixed_dns(socket: UdpSocket, suffix: &str, address: Ipv4Addr) {
+    serve_dns_table(socket, vec![(suffix.to_owned(), address)]).await;
+}
+
+/// Answers the DNS queries arriving on `socket` until it fails: an A question gets the
+/// address of the first `(suffix, address)` entry whose suffix (with its trailing dot,
+/// e.g. `".bench.test."`, or a whole name such as `"bulk.internet.test."`) ends the name,
+/// compared without regard to ASCII case; every other question gets an empty answer.
+pub async fn serve_dns_table(socket: UdpSocket, table: Vec<(String, Ipv4Addr)>) {
+    let table: Vec<(String, Ipv4Addr)> = table
+        .into_iter()
+        .map(|(suffix, address)| (suffix.to_ascii_lowercase(), address))
+        .collect();
     let mut buf = [0u8; 1500];
     while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
         let Ok(query) = Message::from_vec(&buf[..n]) else {
@@ -22,11 +34,15 @@ pub async fn serve_fixed_dns(socket: UdpSocket, suffix: &str, address: Ipv4Addr)
             .set_message_type(MessageType::Response);
         for q in query.queries() {
             reply.add_query(q.clone());
-            if q.query_type() == RecordType::A && q.name().to_ascii().ends_with(suffix) {
+            if q.query_type() != RecordType::A {
+                continue;
+            }
+            let name = q.name().to_ascii().to_ascii_lowercase();
+            if let Some((_, address)) = table.iter().find(|(suffix, _)| name.ends_with(suffix)) {
                 reply.add_answer(Record::from_rdata(
                     q.name().clone(),
                     300,
-                    RData::A(rdata::A(address)),
+                    RData::A(rdata::A(*address)),
                 ));
             }
         }
