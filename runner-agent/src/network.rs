@@ -33,8 +33,9 @@
 //! as the runner's only peer is the host side and nothing is routed anywhere else, and the
 //! proxy terminates every TCP connection and talks to destinations with the host's own
 //! MTU. A 64 KiB MTU lets a runner's TCP to the proxy use 64 KiB segments, far fewer
-//! packets and ACKs per byte: over such a link a CONNECT tunnel moved about 2,000 MiB/s
-//! instead of 1,400 (measured with a throwaway relay). A side effect: a UDP datagram
+//! packets and ACKs per byte: with it, and with the proxy's receive batching, a job's
+//! CONNECT tunnel runs as fast as a direct routed connection or faster (figures in
+//! proxy/README.md, "CONNECT tunnel throughput"). A side effect: a UDP datagram
 //! (65,507 bytes at most) never needs fragmenting on this link, so the fence's drop of IP
 //! fragments no longer meets anything the runner's own stack sends, and the DNS filter
 //! gets a large query whole (it decides on the header and question at its start).
