@@ -190,10 +190,13 @@ static __always_inline int decide4(const struct fence_config *cfg, struct bpf_so
 	if (ctx->type == SOCK_STREAM) {
 		if (addr == cfg->proxy_addr && is_proxy_tcp_port(cfg, port)) {
 			count(FENCE_CNT_ALLOWED_PROXY);
-			/* The explicit proxy learns which process connected the same way the
-			 * transparent listeners do (its destination is the proxy itself). */
-			if (port == cfg->explicit_port)
-				remember(ctx->sk, addr, port);
+			/* The proxy learns which process connected the same way as for a
+			 * redirected connection, its destination being the proxy itself. Every
+			 * listener port, not only the explicit one: a job connecting straight
+			 * to a transparent or DNS listener must be named in the refusal, and
+			 * must not inherit the entry an earlier socket left under the same
+			 * source port (found by an attack run). */
+			remember(ctx->sk, addr, port);
 			return ALLOW;
 		}
 		/* Port 53 goes to the DNS filter whatever the address, the host side's
@@ -223,6 +226,9 @@ static __always_inline int decide4(const struct fence_config *cfg, struct bpf_so
 	if (ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP) {
 		if (addr == cfg->proxy_addr && port == cfg->dns_port) {
 			count(FENCE_CNT_ALLOWED_PROXY);
+			/* As for TCP above: the filter's events name the sender, never a
+			 * socket that used the same source port before. */
+			remember(ctx->sk, addr, port);
 			return ALLOW;
 		}
 		if (port == 53) {

@@ -23,7 +23,9 @@
 //! upstream per listener (`max_dns_udp_in_flight`, each holding an upstream socket). A UDP
 //! question past that cap is dropped and never forwarded; such queries are recorded as a
 //! count, in one deny event per client and second (`Shed`), because one event per
-//! datagram would let the flood grow the log without bound instead.
+//! datagram would let the flood grow the log without bound instead. Datagrams the kernel
+//! drops before the filter reads them (a full receive queue) are counted from
+//! `SO_RXQ_OVFL` and recorded the same way ([`udp_receive`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -390,18 +392,27 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     // Questions being asked upstream; aborted with this task, so none outlives the proxy.
     let mut asking = JoinSet::new();
     let mut buf = vec![0u8; 4096];
+    udp_receive::prepare(&socket);
+    let mut dropped_before = 0u32;
     loop {
         let due = shed.due;
         let received = tokio::select! {
-            // recv_from is cancel safe: a datagram is never half taken.
-            received = socket.recv_from(&mut buf) => received,
+            // Cancel safe: a datagram is never half taken.
+            received = udp_receive::receive(&socket, &mut buf) => received,
             () = until(due) => {
                 shed.report();
                 continue;
             }
         };
         let (n, peer) = match received {
-            Ok(got) => got,
+            Ok(datagram) => {
+                let dropped =
+                    udp_receive::dropped_since(&mut dropped_before, datagram.dropped_total);
+                if dropped > 0 {
+                    shed.count_dropped(shared.clients.get(datagram.peer.ip()), dropped);
+                }
+                (datagram.len, datagram.peer)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "dns udp receive failed");
                 continue;
@@ -439,17 +450,28 @@ async fn until(due: Option<tokio::time::Instant>) {
     }
 }
 
-/// The queries one UDP listener shed since its last report, per client. Reported as one
-/// deny event per client at most every [`SHED_REPORT`], so the log grows by a line a
-/// second under a flood, not a line a datagram, and still says how many were shed and
-/// whose they were. What is pending when the listener stops is reported then.
+/// The queries one UDP listener shed since its last report, and the datagrams the kernel
+/// dropped before the listener could read them ([`udp_receive`]), per client. Reported as
+/// deny events, one per client and kind at most every [`SHED_REPORT`], so the log grows by
+/// a line or two a second under a flood, not a line a datagram, and still says how many
+/// and whose they were. What is pending when the listener stops is reported then.
 struct Shed {
     shared: Arc<Shared>,
     cap: usize,
-    /// Client id → (the client, queries shed).
-    pending: HashMap<u64, (Arc<ClientEntry>, u64)>,
-    /// When to report; set by the first query shed after a report.
+    /// Client id (`None`: an address no runner has) → what to report.
+    pending: HashMap<Option<u64>, Pending>,
+    /// When to report; set by the first count after a report.
     due: Option<tokio::time::Instant>,
+}
+
+/// What a [`Shed`] reports for one client.
+struct Pending {
+    client: Option<Arc<ClientEntry>>,
+    /// Queries dropped by the listener at its in-flight cap.
+    shed: u64,
+    /// Datagrams the kernel dropped, counted when this client's next one arrived: the
+    /// kernel does not say whose the dropped ones were, only how many.
+    dropped: u64,
 }
 
 impl Shed {
@@ -462,32 +484,60 @@ impl Shed {
         }
     }
 
-    fn count(&mut self, client: Arc<ClientEntry>) {
-        self.pending.entry(client.id).or_insert((client, 0)).1 += 1;
+    fn pending(&mut self, client: Option<Arc<ClientEntry>>) -> &mut Pending {
         self.due
             .get_or_insert_with(|| tokio::time::Instant::now() + SHED_REPORT);
+        self.pending
+            .entry(client.as_ref().map(|c| c.id))
+            .or_insert(Pending {
+                client,
+                shed: 0,
+                dropped: 0,
+            })
+    }
+
+    fn count(&mut self, client: Arc<ClientEntry>) {
+        self.pending(Some(client)).shed += 1;
+    }
+
+    fn count_dropped(&mut self, client: Option<Arc<ClientEntry>>, datagrams: u32) {
+        self.pending(client).dropped += u64::from(datagrams);
     }
 
     fn report(&mut self) {
         self.due = None;
-        for (client, count) in self.pending.drain().map(|(_, pending)| pending) {
-            let decision = Decision::deny(format!(
-                "{count} DNS queries over UDP dropped, not forwarded: {} already in flight \
-                 on this listener",
-                self.cap
-            ));
-            let event = event_for(
-                Some(&client),
-                Source::Dns,
-                &Subject::new(Kind::Dns),
-                &decision,
-            );
-            tracing::warn!(
-                runner = event.runner.as_deref(),
-                shed = count,
-                "dns queries shed"
-            );
-            self.shared.audit.record(event);
+        for (_, pending) in self.pending.drain() {
+            let mut reasons = Vec::new();
+            if pending.shed > 0 {
+                reasons.push(format!(
+                    "{} DNS queries over UDP dropped, not forwarded: {} already in flight \
+                     on this listener",
+                    pending.shed, self.cap
+                ));
+            }
+            if pending.dropped > 0 {
+                reasons.push(format!(
+                    "{} DNS datagrams dropped by the kernel before the filter read them \
+                     (its receive queue was full), not forwarded; counted at this client's \
+                     next datagram",
+                    pending.dropped
+                ));
+            }
+            for reason in reasons {
+                let event = event_for(
+                    pending.client.as_deref(),
+                    Source::Dns,
+                    &Subject::new(Kind::Dns),
+                    &Decision::deny(reason),
+                );
+                tracing::warn!(
+                    runner = event.runner.as_deref(),
+                    shed = pending.shed,
+                    dropped = pending.dropped,
+                    "dns datagrams dropped"
+                );
+                self.shared.audit.record(event);
+            }
         }
     }
 }
@@ -565,6 +615,8 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
         }
     }
 }
+
+mod udp_receive;
 
 #[cfg(test)]
 mod udp_tests;

@@ -291,14 +291,14 @@ impl TunnelGate {
         let flight = classify_flight(&mut stream, relayed.first, &flight_limits(limits)).await;
         match self.check(flight) {
             Err(reason) => {
-                open.discard();
+                open.end_early("the client's first bytes were refused");
                 self.deny(shared, client, reason)
             }
             Ok(Next::Http(bytes)) => {
                 // Requests are forwarded one by one on connections of their own, and
                 // each is recorded.
                 drop(server);
-                open.discard();
+                open.end_early("the client's first bytes were an HTTP request, served on its own");
                 self.serve_http(shared, client, stream, bytes).await;
             }
             Ok(Next::Replay(replay)) => {
@@ -309,7 +309,7 @@ impl TunnelGate {
             }
             // `classify_flight` never reports silence or a close.
             Ok(Next::ServerFirst | Next::Closed) => {
-                open.discard();
+                open.end_early("no first flight");
                 self.deny(shared, client, "no first flight".to_owned());
             }
         }
@@ -367,10 +367,19 @@ impl OpenTunnel {
         self.record(self.traffic.outcome(cut), None);
     }
 
-    /// Drops the tunnel's event unwritten: what happens next is recorded otherwise (a
-    /// refusal, or requests recorded one by one).
-    fn discard(mut self) {
-        self.event = None;
+    /// Ends the tunnel before the client's first flight went through, because what the
+    /// client sent is refused or handled otherwise (recorded by those paths). When the
+    /// destination already sent bytes (a server that speaks first), the tunnel's event is
+    /// written with them and `why`; otherwise it is dropped unwritten. (Dropping it always
+    /// let a job receive any amount from a server-first destination unrecorded: found by
+    /// an attack run.)
+    fn end_early(mut self, why: &str) {
+        let outcome = self.traffic.outcome(None);
+        if outcome.up == 0 && outcome.down == 0 {
+            self.event = None;
+        } else {
+            self.record(outcome, Some(why));
+        }
     }
 
     fn record(&mut self, outcome: SpliceOutcome, note: Option<&str>) {

@@ -607,3 +607,63 @@ pub fn python_job(name: &str, step: &str, before: &str, args: &str, script: &str
 /// The shell line that sets `$host_side` to the host side of the runner's veth (its DNS
 /// filter's address), for [`python_job`]'s `before`.
 pub const HOST_SIDE: &str = "host_side=$(awk '/^nameserver/ {print $2}' /etc/resolv.conf)";
+
+/// The start of a Python attack script run in a job: imports, the explicit proxy's
+/// address (`PH`, `PP`, `E`) from `HTTP_PROXY`, `u16(n)`, `client_hello(names, ext_extra,
+/// record)` (a TLS ClientHello with an SNI list, in records of `record` bytes), and
+/// `raw(addr, data)`, which connects over TCP (from `bind_port`, if given), sends `data` (a
+/// list is sent in parts, `pause` seconds apart) and returns what came back until the
+/// peer closed or was quiet for `wait` seconds, with an error appended (`ERR ...` alone if
+/// the connect failed).
+pub const PY_ATTACK_PRELUDE: &str = r#"
+import os, socket, ssl, struct, sys, time, ctypes
+PROXY = os.environ["HTTP_PROXY"].split("://", 1)[1].rstrip("/")
+PH, PP = PROXY.rsplit(":", 1)
+PP = int(PP)
+E = (PH, PP)
+def u16(n):
+    return struct.pack("!H", n)
+def client_hello(names, ext_extra=b"", record=16384):
+    body = b"\x03\x03" + b"\x07" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    exts = b""
+    if names is not None:
+        lst = b""
+        for n in names:
+            lst += b"\x00" + u16(len(n)) + n
+        sni = u16(len(lst)) + lst
+        exts += b"\x00\x00" + u16(len(sni)) + sni
+    exts += ext_extra
+    body += u16(len(exts)) + exts
+    hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    out = b""
+    for i in range(0, len(hs), record):
+        c = hs[i:i+record]
+        out += b"\x16\x03\x01" + u16(len(c)) + c
+    return out
+def raw(addr, data, wait=1.5, family=socket.AF_INET, pause=0.05, bind_port=None):
+    out = b""
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        if bind_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", bind_port))
+        s.settimeout(5)
+        s.connect(addr)
+    except OSError as e:
+        return ("ERR %s" % e).encode()
+    try:
+        for part in (data if isinstance(data, list) else [data]):
+            s.sendall(part)
+            time.sleep(pause)
+        s.settimeout(wait)
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    except OSError as e:
+        out += (" <%s>" % e).encode()
+    finally:
+        s.close()
+    return out
+"#;

@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::Engine;
-use runner_agent_tests::agent::{describe, random_value, World};
+use runner_agent_tests::agent::{describe, random_value, World, PY_ATTACK_PRELUDE};
 use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 
 /// A job step that writes `script` into the workspace (base64, so YAML quoting cannot
 /// mangle it) and runs it with python3 and `args`.
 fn py_step(name: &str, script: &str, args: &str) -> String {
-    let full = format!("{PRELUDE}\n{script}");
+    let full = format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{script}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(full);
     format!(
         "  - name: {name}\n    run: |\n      echo '{b64}' | base64 -d > /workspace/attack.py\n      python3 /workspace/attack.py {args}\n"
@@ -30,34 +30,6 @@ fn py_step(name: &str, script: &str, args: &str) -> String {
 }
 
 const PRELUDE: &str = r#"
-import os, socket, ssl, struct, sys, time
-PROXY = os.environ["HTTP_PROXY"].split("://", 1)[1].rstrip("/")
-PH, PP = PROXY.rsplit(":", 1)
-PP = int(PP)
-E = (PH, PP)
-def raw(addr, data, wait=1.5, family=socket.AF_INET, pause=0.05):
-    out = b""
-    try:
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(addr)
-    except OSError as e:
-        return ("ERR %s" % e).encode()
-    try:
-        for part in (data if isinstance(data, list) else [data]):
-            s.sendall(part)
-            time.sleep(pause)
-        s.settimeout(wait)
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-    except OSError as e:
-        out += (" <%s>" % e).encode()
-    finally:
-        s.close()
-    return out
 def statuses(out):
     res = []
     for l in out.split(b"\r\n"):
@@ -66,25 +38,6 @@ def statuses(out):
     return " ".join(res)
 def show(label, out):
     print("ATTEMPT", label, "->", statuses(out) or repr(out[:100]), flush=True)
-def u16(n):
-    return struct.pack("!H", n)
-def client_hello(names, ext_extra=b"", record=16384):
-    body = b"\x03\x03" + b"\x07" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-    exts = b""
-    if names is not None:
-        lst = b""
-        for n in names:
-            lst += b"\x00" + u16(len(n)) + n
-        sni = u16(len(lst)) + lst
-        exts += b"\x00\x00" + u16(len(sni)) + sni
-    exts += ext_extra
-    body += u16(len(exts)) + exts
-    hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
-    out = b""
-    for i in range(0, len(hs), record):
-        c = hs[i:i+record]
-        out += b"\x16\x03\x01" + u16(len(c)) + c
-    return out
 "#;
 
 /// Runs a job named `attack-NAME` whose steps are `steps` (YAML, see [`py_step`]) and
