@@ -293,6 +293,38 @@ impl Drop for Conn {
     }
 }
 
+/// A transparent connection still waiting for its first request when the proxy stops:
+/// the task serving it is dropped mid-await, so the code that records how it ended never
+/// runs. It is an attempt to reach its original destination like one that closed before
+/// a request, and is recorded on drop instead of vanishing from the log (an attack run
+/// found a share of its slow connections, closed as the job ended, in no event).
+struct UnservedAtStop {
+    /// Set while the outcome is still unknown, for transparent connections only (an
+    /// explicit proxy connection names no destination until it sends a request).
+    armed: bool,
+    shared: Arc<Shared>,
+    client: Arc<ClientEntry>,
+    mode: Mode,
+    origin: Option<Origin>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for UnservedAtStop {
+    fn drop(&mut self) {
+        if !self.armed || self.requests.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return;
+        }
+        let mut subject = Subject::new(Kind::Http);
+        self.mode.name_target(&mut subject);
+        subject.set_origin(self.origin.as_ref());
+        self.shared.record(
+            Some(&self.client),
+            &subject,
+            &Decision::deny("no request: the connection was still open when the proxy stopped"),
+        );
+    }
+}
+
 /// Serves one accepted connection until it closes or a limit is hit.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
@@ -321,6 +353,14 @@ pub(crate) async fn serve<S>(
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = Arc::clone(&requests);
     let origin = conn.origin.clone();
+    let mut unserved = UnservedAtStop {
+        armed: !matches!(mode, Mode::Explicit),
+        shared: Arc::clone(&shared),
+        client: Arc::clone(&client),
+        mode: mode.clone(),
+        origin: origin.clone(),
+        requests: Arc::clone(&requests),
+    };
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
         counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -340,6 +380,8 @@ pub(crate) async fn serve<S>(
         // Closing our side after the client left first can fail (a TLS close_notify to a
         // closed socket): the connection ended normally all the same.
         .map(|served| served.or_else(|err| if err.is_shutdown() { Ok(()) } else { Err(err) }));
+    // From here on the outcome is recorded below.
+    unserved.armed = false;
     let no_request = requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
     // Where the connection was headed, for events about the connection as a whole.
     let mut subject = Subject::new(Kind::Http);
@@ -977,5 +1019,7 @@ fn spawn_tunnel(conn: Arc<Conn>, on_upgrade: hyper::upgrade::OnUpgrade, gate: Tu
     });
 }
 
+#[cfg(test)]
+mod stop_tests;
 #[cfg(test)]
 mod tests;
