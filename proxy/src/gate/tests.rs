@@ -102,11 +102,7 @@ fn a_tunnel_open_when_the_proxy_stops_is_recorded_with_what_it_moved() {
     use tokio::net::{TcpListener, TcpStream};
 
     const SENT: usize = 10_000;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = crate::testing::one_worker_runtime();
     let sink = Arc::new(MemorySink::default());
     let received = Arc::new(AtomicU64::new(0));
     // Both held past the shutdown: the client side stays open all along, and the proxy

@@ -18,11 +18,7 @@ const STOPPED: &str = "no request: the connection was still open when the proxy 
 
 #[test]
 fn a_transparent_connection_without_a_request_is_recorded_when_the_proxy_stops() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = crate::testing::one_worker_runtime();
     let sink = Arc::new(MemorySink::default());
     let table = Arc::new(FixedTable::default());
     table.set_fallback(Some((Ipv4Addr::new(203, 0, 113, 7), 80).into()));
