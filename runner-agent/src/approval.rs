@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Claims;
+use crate::config::{is_unprintable, Claims};
 use crate::files::{create_private_dir, write_private};
 use crate::record::rfc3339;
 use crate::run::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
@@ -340,17 +340,18 @@ pub fn command(config: Option<&Path>, job: Option<&str>, reject: bool) -> i32 {
 }
 
 /// One line per waiting job: id, name, environment, claims, since and until when.
-/// `text` with its control characters escaped (`\u{1b}`): the listing goes to the
+/// `text` with its control and invisible formatting characters escaped (`\u{1b}`,
+/// `\u{202e}`; [`is_unprintable`]): the listing goes to the
 /// approving operator's terminal, and a job's name (from its job file) or a claim written
 /// by an older agent must not be able to move the cursor, erase a line or retitle the
 /// window there.
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(is_unprintable) {
         return std::borrow::Cow::Borrowed(text);
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if is_unprintable(c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()
@@ -474,6 +475,12 @@ mod tests {
             "{line}"
         );
         assert_eq!(printable("refs/tags/v1"), "refs/tags/v1");
+        // Reordering and invisible characters are escaped too (Trojan Source).
+        assert_eq!(
+            printable("main\u{202e}\u{2066}v1.0\u{200b}\u{2028}"),
+            "main\\u{202e}\\u{2066}v1.0\\u{200b}\\u{2028}"
+        );
+        assert_eq!(printable("prüfen – 構築"), "prüfen – 構築");
     }
 
     #[test]

@@ -225,12 +225,65 @@ fn claims_with_control_characters_exit_64_and_create_nothing() {
         ("--workflow", ".github/workflows/x\n.yaml"),
         ("--repository", "acme/app\u{7}"),
         ("--event", "push\u{9b}"),
+        // Reordering and invisible characters (Trojan Source) would mislead the approver
+        // just as well.
+        ("--ref", "refs/heads/main\u{202e}\u{2066}v1.0"),
+        ("--repository", "acme/app\u{200b}"),
+        ("--workflow", ".github/workflows/x\u{2028}.yaml"),
     ] {
         let out = run_agent(dir.path(), &["run", &job, "--config", &config, flag, value]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{flag}: {stderr}");
         assert!(
-            stderr.contains(flag) && stderr.contains("control character"),
+            stderr.contains(flag)
+                && (stderr.contains("control character")
+                    || stderr.contains("invisible formatting character")),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    }
+    assert!(!dir.path().join("state").exists() && !dir.path().join("run").exists());
+}
+
+/// `text` for a double-quoted YAML scalar, every character outside printable ASCII (and
+/// `"`, `\`) as `\uXXXX`.
+fn yaml_escaped(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c.to_string(),
+            _ => format!("\\u{:04X}", c as u32),
+        })
+        .collect()
+}
+
+#[test]
+fn job_names_with_invisible_formatting_characters_exit_64_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let config = config.to_string_lossy();
+    for name in [
+        "harmless\u{2028}  j-01AAAA  docs-only",
+        "deploy\u{202e}dorp-on",
+        "a\u{2066}b",
+        "zero\u{200b}width",
+    ] {
+        let job = dir.path().join("job.yaml");
+        std::fs::write(
+            &job,
+            format!(
+                "name: \"{}\"\nsteps:\n  - run: echo ran\n",
+                yaml_escaped(name)
+            ),
+        )
+        .unwrap();
+        let out = run_agent(
+            dir.path(),
+            &["run", &job.to_string_lossy(), "--config", &config],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name:?}: {stderr}");
+        assert!(
+            stderr.contains("job.yaml:1:") && stderr.contains("invisible formatting"),
             "{stderr}"
         );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));

@@ -158,14 +158,20 @@ pub struct Claims {
 }
 
 /// Checks a claim given on the command line (`--repository`, `--ref`, `--workflow`,
-/// `--event`): names and paths, never control characters. Whoever picks a branch or a
+/// `--event`): names and paths, never control or invisible formatting characters
+/// ([`super::is_unprintable`]). Whoever picks a branch or a
 /// workflow file's name picks the claim, and claims are shown to the operator who
 /// approves a job (`runner-agent approve`): a carriage return or an escape sequence there
 /// could rewrite what the approver sees.
 pub fn claim_value(text: &str) -> Result<String, String> {
-    match text.chars().find(|c| c.is_control()) {
+    match text.chars().find(|&c| super::is_unprintable(c)) {
         Some(c) => Err(format!(
-            "contains the control character U+{:04X}; a claim is a name or a path",
+            "contains the {} character U+{:04X}; a claim is a name or a path",
+            if c.is_control() {
+                "control"
+            } else {
+                "invisible formatting"
+            },
             c as u32
         )),
         None => Ok(text.to_owned()),
@@ -339,9 +345,15 @@ mod tests {
             "a\nb",
             "del\u{7f}",
             "c1\u{9b}",
+            "refs/heads/main\u{202e}\u{2066}v1.0",
+            "acme/app\u{200b}",
+            "refs/tags/v1\u{2029}",
         ] {
             let err = claim_value(bad).unwrap_err();
-            assert!(err.contains("control character"), "{bad:?}: {err}");
+            assert!(
+                err.contains("control character") || err.contains("invisible formatting character"),
+                "{bad:?}: {err}"
+            );
         }
     }
 

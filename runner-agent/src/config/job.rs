@@ -98,11 +98,12 @@ fn default_step_name(run: &str) -> String {
     format!("Run {}", printable(first, DEFAULT_NAME_CHARS))
 }
 
-/// The first `max` characters of `text`, control characters shown as spaces.
+/// The first `max` characters of `text`, control and invisible formatting characters
+/// shown as spaces.
 fn printable(text: &str, max: usize) -> String {
     text.chars()
         .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if super::is_unprintable(c) { ' ' } else { c })
         .collect()
 }
 

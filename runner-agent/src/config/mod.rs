@@ -52,6 +52,6 @@ pub use host::{
 };
 pub use job::{JobFile, Step, DEFAULT_ENVIRONMENT};
 pub use limits::{EffectiveLimits, Limits, DEFAULT_LIMITS};
-pub use names::{check_environment_name, check_secret_name, IMAGES};
+pub use names::{check_environment_name, check_secret_name, is_unprintable, IMAGES};
 pub use resolve::{render_effective, ResolvedJob};
 pub use units::{format_duration, format_size, parse_size, GIB, KIB, MIB, TIB};

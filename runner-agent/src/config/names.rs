@@ -147,6 +147,26 @@ impl ScalarForm for Text {
     }
 }
 
+/// Whether `c` must never reach an operator's terminal as it is: a control character, or
+/// an invisible formatting character that reorders or hides what is shown around it (the
+/// "Trojan Source" class: bidirectional overrides and isolates, zero-width characters,
+/// line and paragraph separators; found by an attack run on the approval listing).
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
 /// Longest job or step name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
 
@@ -161,9 +181,12 @@ impl ScalarForm for Name {
 
     fn parse(text: &str) -> Result<Self, String> {
         let Text(text) = Text::parse(text)?;
-        if text.chars().any(char::is_control) {
+        if text.chars().any(is_unprintable) {
             return Err(
-                "a name cannot contain control characters (newlines, tabs, escapes)".to_owned(),
+                "a name cannot contain control characters (newlines, tabs, escapes) \
+                 or invisible formatting characters (bidirectional overrides, zero-width \
+                 spaces, line separators)"
+                    .to_owned(),
             );
         }
         if text.chars().count() > MAX_NAME_CHARS {
@@ -341,7 +364,24 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(Name::parse("build & test"), Ok(Name("build & test".into())));
-        for bad in ["a\nb", "a\tb", "\u{1b}[2Jspoof", "x\u{7f}"] {
+        // Visible non-ASCII stays allowed.
+        assert_eq!(
+            Name::parse("prüfen – 構築"),
+            Ok(Name("prüfen – 構築".into()))
+        );
+        for bad in [
+            "a\nb",
+            "a\tb",
+            "\u{1b}[2Jspoof",
+            "x\u{7f}",
+            // Reordering and invisible characters (Trojan Source).
+            "harmless\u{202e}live-no-prod",
+            "a\u{2066}b\u{2069}",
+            "zero\u{200b}width",
+            "line\u{2028}separator",
+            "arabic\u{061c}mark",
+            "bom\u{feff}",
+        ] {
             assert!(
                 Name::parse(bad).unwrap_err().contains("control characters"),
                 "{bad:?}"
