@@ -341,9 +341,13 @@ async fn ask_upstream(shared: &Shared, question: Question, udp: bool) -> Option<
     let origin = asker(shared, peer);
     let mut subject = dns_subject(Some(&host), origin.as_ref());
     let question = &query.queries()[0];
+    // Upstream gets the name in lower case: the letter case the job chose would otherwise
+    // reach the resolver and the allowed zone's servers as it is, a bit per letter of data
+    // even under an exact-name rule (found by an attack run). The job's reply keeps its
+    // question as asked; resolvers compare names without regard to case.
     let upstream = match shared
         .resolver
-        .exchange(question.name(), question.query_type())
+        .exchange(&question.name().to_lowercase(), question.query_type())
         .await
     {
         Ok(upstream) => upstream,

@@ -548,6 +548,12 @@ impl Admitted<'_> {
         };
         let (outcomes, interruption) = steps.run(&mut sandbox, deadline).await;
         let runner = sandbox.runner().to_owned();
+        // Nothing of the job may outlive its proxy: what a background process tries while
+        // no proxy listens would go unrecorded. (A failure here is reported by destroy's
+        // checks below.)
+        if let Err(err) = sandbox.kill_processes().await {
+            tracing::warn!(%err, "could not end the runner's processes before its proxy");
+        }
         let counters = sandbox.fence_counters();
         egress.stop_proxy().await;
         let destroyed = sandbox.destroy().await;

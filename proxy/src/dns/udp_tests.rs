@@ -1,6 +1,7 @@
-//! The bound on UDP queries in flight: a DNS filter on loopback whose upstream never
-//! answers, so every query it forwards stays in flight (and holds its upstream socket)
-//! for the whole test, and a client sending many more queries than the cap.
+//! The UDP listener against an upstream of the test's own. The bound on queries in
+//! flight: an upstream that never answers, so every query forwarded stays in flight (and
+//! holds its upstream socket) for the whole test, and a client sending many more queries
+//! than the cap. And what upstream sees of an allowed query.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,6 +27,26 @@ fn query(id: u16, name: &str) -> Vec<u8> {
 
 fn allow_example_com() -> Arc<Policy> {
     Arc::new(super::tests::policy())
+}
+
+/// An upstream DNS server that never answers and keeps what `note` makes of each query
+/// it receives (the query's bytes and its sender).
+async fn silent_upstream<T: Send + 'static>(
+    note: impl Fn(&[u8], std::net::SocketAddr) -> Option<T> + Send + 'static,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<T>>>) {
+    let upstream = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let noted = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&noted);
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = upstream.recv_from(&mut buf).await {
+            if let Some(item) = note(&buf[..n], from) {
+                seen.lock().unwrap().push(item);
+            }
+        }
+    });
+    (addr, noted)
 }
 
 /// The queries the summary events say were shed, and how many such events there are.
@@ -56,16 +77,7 @@ async fn udp_queries_past_the_cap_are_dropped_and_counted_not_forwarded() {
     const EXTRA: usize = 10 * CAP;
     // Upstream: records the source port of every query and never answers. Each forwarded
     // query comes from a socket of its own, so distinct ports are upstream sockets.
-    let upstream = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    let ports = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&ports);
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        while let Ok((_, from)) = upstream.recv_from(&mut buf).await {
-            seen.lock().unwrap().push(from.port());
-        }
-    });
+    let (upstream_addr, ports) = silent_upstream(|_, from| Some(from.port())).await;
     let forwarded = || ports.lock().unwrap().len();
 
     let audit = Arc::new(MemorySink::default());
@@ -135,4 +147,32 @@ async fn udp_queries_past_the_cap_are_dropped_and_counted_not_forwarded() {
     // One event per second at most: fewer than one per query unless each loopback round
     // trip above took a second.
     assert!(events < EXTRA, "{events} events for {shed} queries");
+}
+
+/// The letter case of an allowed name is not passed on: upstream sees the name in lower
+/// case, however the job spelled it (a bit per letter would otherwise reach the
+/// resolver and the zone's servers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_gets_the_name_in_lower_case() {
+    let (upstream_addr, names) = silent_upstream(|wire, _| {
+        let query = Message::from_vec(wire).ok()?;
+        Some(query.queries().first()?.name().to_ascii())
+    })
+    .await;
+    let proxy = Proxy::builder()
+        .dns_listen((LOOPBACK, 0).into())
+        .upstream_dns(vec![upstream_addr])
+        .audit(Arc::new(MemorySink::default()))
+        .start()
+        .await
+        .unwrap();
+    proxy.set_default_policy(Some(allow_example_com()));
+    let client = UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    client.connect(proxy.dns_addrs()[0]).await.unwrap();
+    client.send(&query(7, "WwW.ExAmPlE.CoM.")).await.unwrap();
+    crate::testing::wait_until("the query to reach the upstream", || {
+        !names.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(names.lock().unwrap()[0], "www.example.com.");
 }

@@ -722,6 +722,21 @@ impl Sandbox {
         Ok(end)
     }
 
+    /// Ends every process of the runner now (`cgroup.kill`, waiting until none is left),
+    /// keeping its network, fence and records for [`Sandbox::destroy`]. Called before the
+    /// runner's proxy stops: a job's background process must not go on trying to connect
+    /// while no proxy is there to record the attempts (found by an attack run; the fence
+    /// let them through to the proxy's ports, where nothing listened any more).
+    pub async fn kill_processes(&self) -> Result<(), SandboxError> {
+        let Some(cgroup) = RunnerCgroup::from_dirs(&self.record.cgroup_dirs) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_DEADLINE))
+            .await
+            .map_err(|e| SandboxError::Init(format!("kill the runner's processes: {e}")))?
+            .map_err(SandboxError::from)
+    }
+
     /// Kills everything, removes every resource of the runner and verifies that none is
     /// left.
     pub async fn destroy(mut self) -> Result<(), SandboxError> {
