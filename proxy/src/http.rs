@@ -90,9 +90,19 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    /// Names in `subject` what a connection of this mode was decided for: the address
-    /// the client dialled, the TLS server name, or the tunnel's host (and the port);
-    /// nothing for the explicit proxy, whose connections name none until a request does.
+    /// The subject of an event about a whole connection of this mode: what it was decided
+    /// for (the address the client dialled, the TLS server name, or the tunnel's host, and
+    /// the port; nothing for the explicit proxy, whose connections name none until a
+    /// request does) and the connecting process.
+    fn connection_subject<'a>(&'a self, origin: Option<&'a Origin>) -> Subject<'a> {
+        let mut subject = Subject::new(Kind::Http);
+        self.name_target(&mut subject);
+        subject.set_origin(origin);
+        subject
+    }
+
+    /// Names in `subject` what a connection of this mode was decided for (see
+    /// [`Mode::connection_subject`]).
     fn name_target<'a>(&'a self, subject: &mut Subject<'a>) {
         match self {
             Mode::Explicit => {}
@@ -314,9 +324,7 @@ impl Drop for UnservedAtStop {
         if !self.armed || self.requests.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             return;
         }
-        let mut subject = Subject::new(Kind::Http);
-        self.mode.name_target(&mut subject);
-        subject.set_origin(self.origin.as_ref());
+        let subject = self.mode.connection_subject(self.origin.as_ref());
         self.shared.record(
             Some(&self.client),
             &subject,
@@ -384,9 +392,7 @@ pub(crate) async fn serve<S>(
     unserved.armed = false;
     let no_request = requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
     // Where the connection was headed, for events about the connection as a whole.
-    let mut subject = Subject::new(Kind::Http);
-    mode.name_target(&mut subject);
-    subject.set_origin(origin.as_ref());
+    let subject = mode.connection_subject(origin.as_ref());
     // A transparent or terminated connection is an attempt to reach one destination even
     // when no request came; an explicit proxy connection names none until it sends one.
     let transparent = !matches!(mode, Mode::Explicit);
@@ -505,9 +511,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
             Mode::Tunnel(_) => "CONNECT inside a CONNECT tunnel",
         };
         let decision = Decision::deny(reason);
-        let mut subject = Subject::new(Kind::Http);
-        conn.mode.name_target(&mut subject);
-        subject.set_origin(conn.origin.as_ref());
+        let subject = conn.mode.connection_subject(conn.origin.as_ref());
         conn.shared.record(Some(&conn.client), &subject, &decision);
         return denied(&decision);
     }

@@ -604,6 +604,28 @@ pub fn python_job(name: &str, step: &str, before: &str, args: &str, script: &str
     )
 }
 
+impl World {
+    /// Runs the [`python_job`] `name` (its one step `step`, `before`, `args`, `script`)
+    /// with an audit log, and returns its output and audit events once packets still in
+    /// flight have been recorded ([`crate::netbed::settle`]).
+    pub fn run_python_audited(
+        &self,
+        name: &str,
+        step: &str,
+        before: &str,
+        args: &str,
+        script: &str,
+    ) -> (Output, Vec<serde_json::Value>) {
+        let job = self.job(
+            &format!("{name}.yaml"),
+            &python_job(name, step, before, args, script),
+        );
+        let audited = self.run_audited(&job);
+        crate::netbed::settle();
+        audited
+    }
+}
+
 /// The shell line that sets `$host_side` to the host side of the runner's veth (its DNS
 /// filter's address), for [`python_job`]'s `before`.
 pub const HOST_SIDE: &str = "host_side=$(awk '/^nameserver/ {print $2}' /etc/resolv.conf)";

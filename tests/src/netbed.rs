@@ -1040,6 +1040,14 @@ pub fn tls_client_config(roots: impl IntoIterator<Item = Vec<u8>>) -> rustls::Cl
         .with_no_client_auth()
 }
 
+/// A fresh bed and an agent world in its host namespace with [`allowed_test_config`]
+/// and nothing more: the start of most attack tests.
+pub fn allowed_test_bed() -> (NetBed, crate::agent::World) {
+    let bed = NetBed::new().expect("net bed");
+    let world = crate::agent::World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    (bed, world)
+}
+
 /// A host config whose `default` environment allows `allowed.test` and `*.allowed.test`
 /// (then `extra_rules`, more lines of its `allow` list) with the bed's DNS server
 /// upstream, followed by `extra_env` (more keys of that environment).

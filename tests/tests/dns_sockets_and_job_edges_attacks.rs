@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use runner_agent_tests::agent::{
-    describe, processes_with, python_job, read_audit, World, HOST_SIDE, PY_ATTACK_PRELUDE,
+    describe, processes_with, read_audit, World, HOST_SIDE, PY_ATTACK_PRELUDE,
 };
-use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, DNS_IP, TRAP_IPS, WEB_IP};
+use runner_agent_tests::netbed::{
+    allowed_test_bed, allowed_test_config, settle, NetBed, DNS_IP, TRAP_IPS, WEB_IP,
+};
 use runner_agent_tests::require_privilege;
 
 const PRELUDE: &str = r#"
@@ -45,16 +47,8 @@ def tcp(label, addr, data, wait=1.5, pause=0.05):
     return out
 "#;
 
-/// A test bed and an agent world in its host namespace, with the `allowed.test` host
-/// config.
-fn bed_and_world() -> (NetBed, World) {
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
-    (bed, world)
-}
-
 /// Runs `script` (after the shared preludes) as the one step, `step`, of a job `name`
-/// (`before` and `args` as for [`python_job`]); returns its output and audit events once
+/// (`before` and `args` as for `python_job`); returns its output and audit events once
 /// packets in flight have been recorded.
 fn run_python(
     world: &World,
@@ -63,19 +57,13 @@ fn run_python(
     (before, args): (&str, &str),
     script: &str,
 ) -> (std::process::Output, Vec<serde_json::Value>) {
-    let job = world.job(
-        &format!("{name}.yaml"),
-        &python_job(
-            name,
-            step,
-            before,
-            args,
-            &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{script}"),
-        ),
-    );
-    let (output, events) = world.run_audited(&job);
-    settle();
-    (output, events)
+    world.run_python_audited(
+        name,
+        step,
+        before,
+        args,
+        &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{script}"),
+    )
 }
 
 /// What reached a trap, the upstream DNS server (a denied name) or a web server (a
@@ -183,7 +171,7 @@ print("DNS-DONE", flush=True)
 #[test]
 fn dns_variants() {
     require_privilege!();
-    let (bed, world) = bed_and_world();
+    let (bed, world) = allowed_test_bed();
     let runner_ip =
         "runner_ip=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)";
     let (output, events) = run_python(
@@ -323,7 +311,7 @@ fn attempts_after_the_last_step_are_recorded() {
 
 fn after_the_last_step(tunnels: usize) {
     require_privilege!();
-    let (bed, world) = bed_and_world();
+    let (bed, world) = allowed_test_bed();
     let script = runner_agent_tests::agent::indent(BACKGROUND, 6);
     let job = world.job(
         "bg.yaml",
@@ -608,7 +596,7 @@ print("SOCK-DONE", flush=True)
 #[test]
 fn socket_tricks() {
     require_privilege!();
-    let (bed, world) = bed_and_world();
+    let (bed, world) = allowed_test_bed();
     let (output, events) = run_python(
         &world,
         "sock",
@@ -645,7 +633,7 @@ fn socket_tricks() {
 #[test]
 fn the_first_instruction_is_fenced_and_recorded() {
     require_privilege!();
-    let (bed, world) = bed_and_world();
+    let (bed, world) = allowed_test_bed();
     let trap = TRAP_IPS[0];
     let script = format!(
         r#"import socket,struct
@@ -719,7 +707,7 @@ for t in threads:
 #[test]
 fn allowed_requests_in_flight_at_the_end_are_recorded() {
     require_privilege!();
-    let (bed, world) = bed_and_world();
+    let (bed, world) = allowed_test_bed();
     let script = runner_agent_tests::agent::indent(SLOW_UPLOADS, 6);
     let job = world.job(
         "up.yaml",

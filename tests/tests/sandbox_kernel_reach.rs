@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use runner_agent_tests::agent::{
     describe, indent, python_job, read_audit, seccomp_denials, World, HOST_SIDE,
 };
-use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS};
+use runner_agent_tests::netbed::{allowed_test_bed, settle, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 
 /// What a job of attacks printed and recorded.
@@ -183,8 +183,7 @@ attempt("dev-net-tun", tun)
 #[test]
 fn more_socket_tricks_get_nowhere() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (bed, world) = allowed_test_bed();
     let trap = TRAP_IPS[0];
     let job = world.job(
         "net.yaml",
@@ -303,8 +302,7 @@ print("PRIV-DONE", flush=True)
 #[test]
 fn init_and_kernel_reaching_calls_are_out_of_reach() {
     require_privilege!();
-    let bed = NetBed::new().expect("net bed");
-    let world = World::in_netns(bed.host_ns(), "", &allowed_test_config("", ""));
+    let (_bed, world) = allowed_test_bed();
     let job = world.job(
         "priv.yaml",
         &format!(

@@ -731,9 +731,10 @@ impl Sandbox {
         let Some(cgroup) = RunnerCgroup::from_dirs(&self.record.cgroup_dirs) else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_DEADLINE))
-            .await
-            .map_err(|e| SandboxError::Init(format!("kill the runner's processes: {e}")))?
+        let killed = tokio::task::spawn_blocking(move || cgroup.kill_all(KILL_DEADLINE)).await;
+        // The blocking task only fails by panicking: pass the panic on.
+        killed
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
             .map_err(SandboxError::from)
     }
 
