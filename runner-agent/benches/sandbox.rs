@@ -28,6 +28,12 @@
 //! into a runner's cgroups (which the sandbox avoids), and the eBPF fence attached and
 //! removed with nothing else running.
 //!
+//! Two more tables read the same samples. "Without create" adds each round's step and
+//! destroy: what would still lie on a job's path if its sandbox had been made in advance
+//! (a warm pool). "CPU time" is each task's user and system time, of this process and
+//! the children it reaped (see [`cpu`]), beside its wall time: divided by the number of
+//! CPUs it is a bound no amount of overlap can beat on this machine.
+//!
 //! Isolation: before any thread exists, the process moves into a network namespace of its
 //! own (unshare(2) `CLONE_NEWNET` applies to the calling thread only, so it must run while
 //! there is just one); every veth the sandboxes create lives there and vanishes with the
@@ -1013,6 +1019,32 @@ mod crun {
     }
 }
 
+mod cpu {
+    //! CPU time spent by a task: user and system time of this process (all its threads)
+    //! and of the children it has reaped (with, recursively, the children they reaped),
+    //! from getrusage(2). The kernel's own workers (which free a network namespace after
+    //! its last process, for bwrap as for us) are not counted, and neither is a detached
+    //! child that nobody here reaps.
+
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use nix::sys::resource::{getrusage, UsageWho};
+
+    fn total(who: UsageWho) -> Result<Duration> {
+        let usage = getrusage(who).context("getrusage")?;
+        let micros = |t: nix::sys::time::TimeVal| {
+            Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+        };
+        Ok(micros(usage.user_time()) + micros(usage.system_time()))
+    }
+
+    /// CPU time used so far by this process and its reaped children.
+    pub fn used() -> Result<Duration> {
+        Ok(total(UsageWho::RUSAGE_SELF)? + total(UsageWho::RUSAGE_CHILDREN)?)
+    }
+}
+
 mod report {
     //! The printed tables.
 
@@ -1045,18 +1077,64 @@ mod report {
             "contender", "median", "p90", "min", "vs bwrap"
         );
         for row in rows {
-            let Some(s) = summarize(&row.sample) else {
+            line(row, base);
+        }
+    }
+
+    /// One row in the comparison table's columns.
+    fn line(row: &Row, base: Option<Summary>) {
+        let Some(s) = summarize(&row.sample) else {
+            return;
+        };
+        println!(
+            "{:<44} {:>10} {:>10} {:>10} {:>9}",
+            row.name,
+            ms(s.median),
+            ms(s.p90),
+            ms(s.min),
+            ratio(s.median, base)
+        );
+    }
+
+    /// CPU time per task next to its wall time: with `cpus` processors, no schedule can
+    /// finish a task's work in less than its CPU time divided by `cpus`.
+    pub fn cpu_time(rows: &[(Row, Vec<Duration>)], cpus: usize, bwrap: Option<&Row>) {
+        let base = bwrap.and_then(|r| summarize(&r.sample));
+        println!(
+            "\nCPU time per task (user + system, this process and its reaped children; \
+             kernel workers not counted), {cpus} cpus"
+        );
+        println!(
+            "{:<44} {:>10} {:>10} {:>16}",
+            "contender", "wall", "cpu", "cpu / cpus"
+        );
+        for (row, cpu) in rows {
+            let (Some(wall), Some(cpu)) = (summarize(&row.sample), summarize(cpu)) else {
                 continue;
             };
+            let bound = cpu.median / cpus.max(1) as u32;
             println!(
-                "{:<44} {:>10} {:>10} {:>10} {:>9}",
+                "{:<44} {:>10} {:>10} {:>10} {:>5}",
                 row.name,
-                ms(s.median),
-                ms(s.p90),
-                ms(s.min),
-                ratio(s.median, base)
+                ms(wall.median),
+                ms(cpu.median),
+                ms(bound),
+                ratio(bound, base)
             );
         }
+        println!("(medians; the last column is that bound against bwrap's median wall time)");
+    }
+
+    /// What is left of our lifecycle when `Sandbox::create` is taken out (per round,
+    /// the step and the destroy together), against bwrap's whole run: the part that no
+    /// sandbox made ahead of time (a warm pool) could take off a job's path.
+    pub fn without_create(after_create: &Row, bwrap: Option<&Row>) {
+        let base = bwrap.and_then(|r| summarize(&r.sample));
+        println!(
+            "
+without create: the part of our lifecycle no sandbox made in advance removes"
+        );
+        line(after_create, base);
     }
 
     /// A breakdown table: each part's median, p90 and share of the sum of medians.
@@ -1129,6 +1207,8 @@ struct Samples {
     fence_attach: Vec<Duration>,
     fence_removal: Vec<Duration>,
     floor: Vec<Duration>,
+    /// CPU time of each timed task (see [`cpu`]).
+    cpu: Vec<(Task, Duration)>,
 }
 
 /// What the tasks run against.
@@ -1144,6 +1224,14 @@ impl Bench {
     fn run(&self, task: Task, id: &str, samples: Option<&mut Samples>) -> Result<()> {
         let mut scratch = Samples::default();
         let s = samples.unwrap_or(&mut scratch);
+        let cpu_before = cpu::used()?;
+        self.run_task(task, id, s)?;
+        let cpu_after = cpu::used()?;
+        s.cpu.push((task, cpu_after.saturating_sub(cpu_before)));
+        Ok(())
+    }
+
+    fn run_task(&self, task: Task, id: &str, s: &mut Samples) -> Result<()> {
         match task {
             Task::Ours => {
                 let (c, st, d) = self.runtime.block_on(ours::lifecycle(&self.config, id))?;
@@ -1189,6 +1277,11 @@ fn phase(timings: &[phases::Timings], index: usize) -> Vec<Duration> {
     timings.iter().map(|t| t[index]).collect()
 }
 
+/// Two samples taken in the same rounds, added round by round.
+fn pairwise_sum(a: &[Duration], b: &[Duration]) -> Vec<Duration> {
+    a.iter().zip(b).map(|(x, y)| *x + *y).collect()
+}
+
 fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
     let crun_name = bench
         .crun
@@ -1213,7 +1306,51 @@ fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
         options.warmup,
         options.settle.as_millis()
     );
-    report::contenders(&rows, (!s.bwrap.is_empty()).then_some(&rows[1]));
+    let fence_total = pairwise_sum(&s.fence_attach, &s.fence_removal);
+    let mirror_total: Vec<Duration> = s.mirror.iter().map(|t| t.iter().sum()).collect();
+    let bwrap = (!s.bwrap.is_empty()).then_some(&rows[1]);
+    report::contenders(&rows, bwrap);
+    let after_create = pairwise_sum(&s.step, &s.destroy);
+    report::without_create(
+        &row("run_step(true) + destroy, per round", &after_create),
+        bwrap,
+    );
+    let cpu_of = |task: Task| -> Vec<Duration> {
+        s.cpu
+            .iter()
+            .filter(|(t, _)| *t == task)
+            .map(|(_, d)| *d)
+            .collect()
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    report::cpu_time(
+        &[
+            (
+                row("runner-agent (Sandbox create+step+destroy)", &s.total),
+                cpu_of(Task::Ours),
+            ),
+            (row("bwrap --unshare-all", &s.bwrap), cpu_of(Task::Bwrap)),
+            (row(&crun_name, &s.crun), cpu_of(Task::Crun)),
+            (
+                row("runner-agent run (CLI, one-step job)", &s.cli),
+                cpu_of(Task::Cli),
+            ),
+            (
+                row("kernel floor (cgroup, namespaces, veth)", &s.floor),
+                cpu_of(Task::Floor),
+            ),
+            (
+                row("the same without the fence (phase mirror)", &mirror_total),
+                cpu_of(Task::Mirror),
+            ),
+            (
+                row("the eBPF fence alone (attach, then reap)", &fence_total),
+                cpu_of(Task::Fence),
+            ),
+        ],
+        cpus,
+        bwrap,
+    );
 
     report::breakdown(
         "runner-agent, timed around each library call",
@@ -1232,8 +1369,7 @@ fn print_results(options: options::Options, bench: &Bench, s: &Samples) {
         "runner-agent, phase by phase (mirror of create/run_step/destroy, without the fence)",
         &named,
     );
-    let totals: Vec<Duration> = s.mirror.iter().map(|t| t.iter().sum()).collect();
-    if let Some(total) = stats::summarize(&totals) {
+    if let Some(total) = stats::summarize(&mirror_total) {
         println!(
             "{:<44} {:>10} {:>10}",
             "total (median, p90)",
