@@ -85,12 +85,7 @@ pub struct ValidatedJob {
 /// Loads and validates the job file and host config (no side effects).
 pub fn validate(job_path: &Path, config: Option<&Path>) -> Result<ValidatedJob, ConfigError> {
     let host = HostConfig::load_or_builtin(config)?;
-    let text = std::fs::read_to_string(job_path).map_err(|source| {
-        ConfigError::from(egress_proxy::yaml::YamlError::Read {
-            path: job_path.to_owned(),
-            source,
-        })
-    })?;
+    let text = JobFile::read(job_path)?;
     let job = JobFile::parse(job_path, &text)?;
     let resolved = host.resolve(&job, job_path, &text)?;
     Ok(ValidatedJob {

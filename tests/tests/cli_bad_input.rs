@@ -199,6 +199,109 @@ fn unknown_environment_points_at_the_job_line() {
     assert!(!dir.path().join("run").exists());
 }
 
+/// Runs the agent in `dir`, failing the test if it has not ended after a minute (a parse
+/// that never ends is the bug these cases guard against).
+fn run_agent_bounded(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(agent_binary())
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run runner-agent");
+    let ended = wait_for_exit(&mut child);
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("runner-agent {args:?} did not end within a minute");
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+fn wait_for_exit(child: &mut std::process::Child) -> bool {
+    runner_agent_tests::agent::wait_until(std::time::Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+}
+
+/// A job file may come from the repository being built: one that never ends, is huge, is
+/// not text, nests flow collections thousands deep (the YAML scanner's time grows with
+/// the square of that depth: 200 KB of `[` once took 36 s) or names a large anchor
+/// hundreds of times (the agent grew by hundreds of MiB) is refused with its place,
+/// without reading, scanning or expanding it all, and creates nothing.
+#[test]
+fn hostile_job_files_are_refused_without_being_read_or_scanned_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let config = config.to_str().unwrap();
+    let deep = dir.path().join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!(
+            "name: x\nsteps:\n  - run: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    )
+    .unwrap();
+    let big = dir.path().join("big.yaml");
+    let mut text = "name: x\nsteps:\n  - run: \"true\"\n".to_owned();
+    text.push_str(&"# padding\n".repeat(120_000));
+    std::fs::write(&big, text).unwrap();
+    let binary = dir.path().join("binary.yaml");
+    std::fs::write(&binary, b"name: x\nsteps:\n  - run: echo \xc3\x28\n").unwrap();
+    // 300 names for a 500 KiB value: 150 MiB once replayed, from a 0.5 MiB file.
+    let aliases = dir.path().join("aliases.yaml");
+    let mut text = format!("name: x\nenv:\n  BIG: &b \"{}\"\n", "x".repeat(500 << 10));
+    for i in 0..300 {
+        text.push_str(&format!("  E{i}: *b\n"));
+    }
+    text.push_str("steps:\n  - run: \"true\"\n");
+    std::fs::write(&aliases, text).unwrap();
+    let cases = [
+        (
+            "/dev/zero",
+            "/dev/zero: the file is larger than 1 MiB".to_owned(),
+        ),
+        (
+            "aliases.yaml",
+            "aliases.yaml:3:8: env.E19: aliases (`*name`) repeat the file's values beyond 9 MiB"
+                .to_owned(),
+        ),
+        (
+            "deep.yaml",
+            "deep.yaml:3:266: more than 256 `[` or `{` open at once (nested too deep)".to_owned(),
+        ),
+        (
+            "big.yaml",
+            "big.yaml: the file is larger than 1 MiB".to_owned(),
+        ),
+        (
+            "binary.yaml",
+            "binary.yaml:3:15: the file is not UTF-8 text".to_owned(),
+        ),
+    ];
+    for (job, expected) in cases {
+        for args in [
+            vec!["run", job, "--config", config],
+            vec!["check", "--config", config, job],
+        ] {
+            let out = run_agent_bounded(dir.path(), &args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(&expected),
+                "{args:?}: expected {expected:?} in {stderr}"
+            );
+            assert!(
+                !dir.path().join("state").exists(),
+                "{job}: state_dir created"
+            );
+            assert!(!dir.path().join("run").exists(), "{job}: run_dir created");
+        }
+    }
+}
+
 #[test]
 fn missing_files_and_bad_arguments_exit_64() {
     let dir = tempfile::tempdir().unwrap();

@@ -66,12 +66,11 @@ impl From<YamlError> for ConfigError {
     }
 }
 
-/// Reads a whole user file, mapping failure to [`ConfigError::Read`].
-pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+/// Reads a whole user file of at most `max_bytes` (see `egress_proxy::yaml::read_text`):
+/// failing to read is [`ConfigError::Read`], a longer file or one that is not UTF-8
+/// [`ConfigError::Parse`].
+pub(crate) fn read_file(path: &Path, max_bytes: u64) -> Result<String, ConfigError> {
+    Ok(egress_proxy::yaml::read_text(path, max_bytes)?)
 }
 
 /// Builds an [`InvalidFile`] at an optional `(line, column)`.

@@ -42,7 +42,7 @@ fn check_bad(path: &Path) -> Result<(), ConfigError> {
         HostConfig::load(path).map(drop)
     } else {
         let host = HostConfig::load(&examples().join("host.yaml"))?;
-        let text = super::error::read_file(path)?;
+        let text = JobFile::read(path)?;
         let job = JobFile::parse(path, &text)?;
         host.resolve(&job, path, &text).map(drop)
     }

@@ -36,6 +36,9 @@ use super::de::{scalar_deserialize, unique_map, EmptyHint, NonEmpty, ScalarForm}
 use super::environment::Environment;
 use super::error::{invalid_at, read_file, ConfigError};
 use super::job::DEFAULT_ENVIRONMENT;
+
+/// The largest host config read (the operator's file; room for very large allow-lists).
+pub const MAX_HOST_CONFIG_BYTES: u64 = 16 << 20;
 use super::limits::Limits;
 use super::locate::value_position;
 use super::names::{EnvironmentName, HostDir, ImageName};
@@ -234,7 +237,7 @@ impl HostConfig {
 
     /// Reads and validates the host config at `path`.
     pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
-        HostConfig::parse(path, &read_file(path)?)
+        HostConfig::parse(path, &read_file(path, MAX_HOST_CONFIG_BYTES)?)
     }
 
     /// The host config at `path` (`--config`), or the built-in one without it.

@@ -30,6 +30,14 @@ use super::units::Timeout;
 /// The environment a job uses when it names none.
 pub const DEFAULT_ENVIRONMENT: &str = "default";
 
+/// The largest job file read. A job file may come from the repository being built, and
+/// the agent parses it as root outside every runner's limits; real ones are a few KiB.
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
+/// What a job file's values may add up to once its aliases (`*name`) are replayed
+/// (`egress_proxy::yaml::parse_str_within`; twenty times the file when that is more).
+pub const MAX_JOB_EXPANSION: usize = 8 << 20;
+
 /// Longest default step name, in characters, after "Run ".
 const DEFAULT_NAME_CHARS: usize = 60;
 
@@ -154,12 +162,17 @@ struct RawJob {
 impl JobFile {
     /// Reads and parses the job file at `path`.
     pub fn load(path: &Path) -> Result<JobFile, ConfigError> {
-        JobFile::parse(path, &read_file(path)?)
+        JobFile::parse(path, &JobFile::read(path)?)
+    }
+
+    /// The text of the job file at `path`, refused beyond [`MAX_JOB_FILE_BYTES`].
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        read_file(path, MAX_JOB_FILE_BYTES)
     }
 
     /// Parses `text`, read from `path` (used for messages and the default name).
     pub fn parse(path: &Path, text: &str) -> Result<JobFile, ConfigError> {
-        let raw: RawJob = egress_proxy::yaml::parse_str(path, text)?;
+        let raw: RawJob = egress_proxy::yaml::parse_str_within(path, text, MAX_JOB_EXPANSION)?;
         let name = match raw.name {
             Some(name) => name.0,
             None => path

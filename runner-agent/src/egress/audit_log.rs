@@ -38,6 +38,11 @@ use egress_proxy::audit::{AuditEvent, Verdict};
 
 use crate::mask::Masker;
 
+/// Whether JSON writes `c` as an escape (RFC 8259 section 7).
+fn needs_json_escape(c: char) -> bool {
+    c == '"' || c == '\\' || c.is_control()
+}
+
 /// Counts of one destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -109,7 +114,7 @@ impl AuditLog {
             self.unwritten.fetch_add(1, Ordering::SeqCst);
             return self.count(&destination(event), event.verdict);
         }
-        let mut line = self.masker.mask_str(&event.to_json());
+        let mut line = self.masked_line(event);
         line.push('\n');
         let len = line.len() as u64;
         let before = self.caused.fetch_add(len, Ordering::SeqCst);
@@ -130,6 +135,62 @@ impl AuditLog {
             self.reached_notify.notify_waiters();
         }
         self.count(&destination(event), event.verdict);
+    }
+
+    /// `event` as a JSON line in which no secret value appears.
+    ///
+    /// The values are masked, not the serialised line: masking across JSON's escapes
+    /// broke the line (a job sending a tab and then a secret's tail made `\t` + tail spell
+    /// the secret, and `\***` is no JSON) and missed a secret that escaping had changed
+    /// (one with a quote in it). A job can still combine an escape with its text so that
+    /// the line spells a secret that no value holds; then the line is built again with
+    /// every character JSON would escape replaced in the job's text, and if even that
+    /// spells one, with the job's text replaced by the mask.
+    fn masked_line(&self, event: &AuditEvent) -> String {
+        let line = self
+            .with_text(event, |text| self.masker.mask_str(text))
+            .to_json();
+        if !self.holds_secret(&line) {
+            return line;
+        }
+        let line = self
+            .with_text(event, |text| {
+                let plain: String = text
+                    .chars()
+                    .map(|c| if needs_json_escape(c) { '\u{fffd}' } else { c })
+                    .collect();
+                self.masker.mask_str(&plain)
+            })
+            .to_json();
+        if !self.holds_secret(&line) {
+            return line;
+        }
+        self.with_text(event, |_| crate::mask::MASK.to_owned())
+            .to_json()
+    }
+
+    /// Whether `text` holds a secret value (or one of its masked forms).
+    fn holds_secret(&self, text: &str) -> bool {
+        self.masker.mask_str(text) != text
+    }
+
+    /// `event` with `rewrite` applied to each text field the job can choose.
+    fn with_text(&self, event: &AuditEvent, rewrite: impl Fn(&str) -> String) -> AuditEvent {
+        let mut event = event.clone();
+        // The job id and runner name are the agent's own names, kept as they are.
+        for field in [
+            &mut event.host,
+            &mut event.method,
+            &mut event.path,
+            &mut event.reason,
+            &mut event.rule,
+            &mut event.comm,
+        ] {
+            if let Some(text) = field.as_mut() {
+                *text = rewrite(text);
+            }
+        }
+        event
     }
 
     fn count(&self, destination: &str, verdict: Verdict) {
@@ -295,13 +356,76 @@ mod tests {
         event
     }
 
+    /// The one line `event` becomes in a log masking `secret`, parsed.
+    fn written(secret: &str, event: &AuditEvent) -> (String, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::create(&path, Masker::new([secret.as_bytes()]), 1 << 20).unwrap();
+        log.record(event);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let value = serde_json::from_str(text.trim_end())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (text, value)
+    }
+
+    /// A job sent a tab, then a secret's tail: JSON's `\t` spelled the secret in the
+    /// line, and masking the line once left `\***`, which is no JSON (found by an attack
+    /// run: `jq` stopped reading the log there).
+    #[test]
+    fn an_escape_next_to_the_jobs_text_neither_breaks_the_line_nor_spells_a_secret() {
+        let secret = "tok-4f9c2b";
+        let mut event = denial(443);
+        event.host = Some(format!("a\n{}", &secret[1..]));
+        event.reason = Some(format!("`a\t{}` is not a valid host name", &secret[1..]));
+        let (text, value) = written(secret, &event);
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(
+            value["reason"],
+            "`a\u{fffd}ok-4f9c2b` is not a valid host name"
+        );
+        assert_eq!(value["host"], "a\u{fffd}ok-4f9c2b");
+        // Text that spells nothing keeps its escapes.
+        event.reason = Some("`a\tb` is not a valid host name".to_owned());
+        event.host = Some("a\nb".to_owned());
+        let (_, value) = written(secret, &event);
+        assert_eq!(value["reason"], "`a\tb` is not a valid host name");
+        assert_eq!(value["host"], "a\nb");
+    }
+
+    /// A secret with a quote is written escaped (`\"`): only masking the value finds it.
+    #[test]
+    fn a_secret_is_masked_in_a_value_whatever_json_makes_of_it() {
+        let secret = "pa\"ss\\77x1";
+        let mut event = denial(80);
+        event.path = Some(format!("/x?{secret}"));
+        event.comm = Some(secret.to_owned());
+        let (text, value) = written(secret, &event);
+        assert!(!text.contains("77x1"), "{text}");
+        assert_eq!(value["path"], "/x?***");
+        assert_eq!(value["comm"], "***");
+    }
+
+    /// Even plain text can spell a secret across the line's own punctuation: then the
+    /// job's text goes whole.
+    #[test]
+    fn a_secret_spelt_across_fields_masks_the_jobs_text_whole() {
+        let secret = "com\",\"ip";
+        let mut event = denial(443);
+        event.host = Some("evil.com".to_owned());
+        let (text, value) = written(secret, &event);
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(value["host"], "***");
+        assert_eq!(value["port"], 443);
+    }
+
     #[tokio::test]
     async fn the_budget_stops_the_job_and_bounds_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let budget = 64 * 1024;
         let log = AuditLog::create(&path, no_secrets(), budget).unwrap();
-        let line = log.masker.mask_str(&denial(80).to_json()).len() as u64 + 1;
+        let line = log.masked_line(&denial(80)).len() as u64 + 1;
         // Below the budget: nothing reached yet.
         for _ in 0..budget / line - 1 {
             log.record(&denial(80));
