@@ -951,10 +951,17 @@ async fn connect(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<ProxyB
     let mut subject = Subject::new(Kind::Connect);
     subject.set_origin(conn.origin.as_ref());
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    // The reason quotes what was asked for, as a bad authority of a request does: the
+    // event has no host or port to say it otherwise.
     let target = authority
         .as_deref()
         .and_then(split_authority)
-        .ok_or_else(|| "CONNECT target is not host:port".to_owned())
+        .ok_or_else(|| {
+            format!(
+                "CONNECT target `{}` is not host:port",
+                authority.as_deref().unwrap_or_default()
+            )
+        })
         .and_then(|(host, port)| {
             let port = port.ok_or_else(|| "CONNECT target has no port".to_owned())?;
             let host = classify_host(host).map_err(|e| e.to_string())?;

@@ -10,8 +10,10 @@
 //! something of the runner is left, and the next start of the agent will reap it.
 //!
 //! Output: step output goes to stdout as it comes, each step between a `==> [i/n] name`
-//! header and a `<== [i/n] name: result` trailer; the agent's own messages go to stderr.
-//! Secret values (and their encoded forms) are masked in everything printed and logged.
+//! header and a `<== [i/n] name: result` trailer, each on a line of its own, with the
+//! job's terminal control sequences shown rather than obeyed (`crate::output`); the
+//! agent's own messages go to stderr. Secret values (and their encoded forms) are masked
+//! in everything printed and logged.
 //!
 //! Order of admission, each a gate the job must pass before the next: the job file and
 //! host config are valid; the claims match the environment's `match`; where the
@@ -647,6 +649,7 @@ impl StepContext<'_> {
                     .map(|t| t.as_millis().max(1) as u64)
                     .unwrap_or(0),
             };
+            let _ = stdout.end_line().await;
             let _ = stdout.write_all(format!("==> {label}\n").as_bytes()).await;
             let _ = stdout.settle().await;
             let limits_before = sandbox.limit_events();
@@ -667,8 +670,9 @@ impl StepContext<'_> {
             // Set only when a signal or the audit budget cut the step short (the job
             // timeout is noted below and keeps its own wording).
             let interrupted = stop.clone().filter(|_| result.is_none());
-            // The step's output has ended: release what the masker held back.
-            let _ = stdout.settle().await;
+            // The step's output has ended: release what the masker held back, and end the
+            // line the job left open, so that the trailer is a line of its own.
+            let _ = stdout.end_line().await;
             let end = match result {
                 Some(Ok(end)) => end,
                 Some(Err(err)) => {

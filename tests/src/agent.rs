@@ -688,4 +688,32 @@ def raw(addr, data, wait=1.5, family=socket.AF_INET, pause=0.05, bind_port=None)
     finally:
         s.close()
     return out
+libc = ctypes.CDLL(None, use_errno=True)
+def setcomm(name):
+    if isinstance(name, str):
+        name = name.encode("latin1")
+    libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)
+def wire_name(labels):
+    return b"".join(bytes([len(l)]) + l for l in labels) + b"\x00"
+def q(labels, qtype=1, qclass=1, flags=0x0100, qid=0x4242, an=0, ns=0, ar=0, extra=b""):
+    return struct.pack("!HHHHHH", qid, flags, 1, an, ns, ar) + wire_name(labels) + struct.pack("!HH", qtype, qclass) + extra
+def udp(label, data, addr, wait=1.0, opts=None, bind_port=None):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for (lvl, opt, val) in (opts or []):
+        s.setsockopt(lvl, opt, val)
+    if bind_port:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", bind_port))
+    s.settimeout(wait)
+    try:
+        s.sendto(data, addr)
+        try:
+            r, src = s.recvfrom(65535)
+            print("ATTEMPT", label, "-> reply rcode", r[3] & 15, "ancount", struct.unpack("!H", r[6:8])[0], "len", len(r), "from", src, flush=True)
+        except OSError as e:
+            print("ATTEMPT", label, "-> no reply", e, flush=True)
+    except OSError as e:
+        print("ATTEMPT", label, "-> refused", e, flush=True)
+    finally:
+        s.close()
 "#;

@@ -16,31 +16,8 @@ use runner_agent_tests::netbed::{
 use runner_agent_tests::require_privilege;
 
 const PRELUDE: &str = r#"
-libc = ctypes.CDLL(None, use_errno=True)
-def setcomm(name):
-    libc.prctl(15, ctypes.c_char_p(name.encode()), 0, 0, 0)
-def wire_name(labels):
-    return b"".join(bytes([len(l)]) + l for l in labels) + b"\x00"
 def L(name):
     return [p.encode() for p in name.split(".")]
-def q(labels, qtype=1, qclass=1, flags=0x0100, qid=0x4242, an=0, ns=0, ar=0, extra=b""):
-    return struct.pack("!HHHHHH", qid, flags, 1, an, ns, ar) + wire_name(labels) + struct.pack("!HH", qtype, qclass) + extra
-def udp(label, data, addr, wait=1.0, opts=None):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for (lvl, opt, val) in (opts or []):
-        s.setsockopt(lvl, opt, val)
-    s.settimeout(wait)
-    try:
-        s.sendto(data, addr)
-        try:
-            r, src = s.recvfrom(65535)
-            print("ATTEMPT", label, "-> reply rcode", r[3] & 15, "ancount", struct.unpack("!H", r[6:8])[0], "from", src, flush=True)
-        except OSError as e:
-            print("ATTEMPT", label, "-> no reply", e, flush=True)
-    except OSError as e:
-        print("ATTEMPT", label, "-> refused", e, flush=True)
-    finally:
-        s.close()
 def tcp(label, addr, data, wait=1.5, pause=0.05):
     out = raw(addr, data, wait=wait, pause=pause)
     print("ATTEMPT", label, "->", repr(out[:120]), flush=True)

@@ -27,22 +27,7 @@ def qname(n):
 def query(n, qid=0x1234, qtype=1):
     return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname(n) + struct.pack("!HH", qtype, 1)
 def udp_send(label, addr, data, bind_port=None, wait=0.5):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if bind_port:
-        s.bind(("0.0.0.0", bind_port))
-    s.settimeout(wait)
-    try:
-        s.sendto(data, addr)
-        try:
-            r, _ = s.recvfrom(65535)
-            print("ATTEMPT", label, "-> reply rcode", r[3] & 15, "len", len(r), flush=True)
-        except OSError as e:
-            print("ATTEMPT", label, "-> no reply", e, flush=True)
-    except OSError as e:
-        print("ATTEMPT", label, "-> refused", e, flush=True)
-    finally:
-        s.close()
+    udp(label, data, addr, wait=wait, bind_port=bind_port)
 def tcp_send(label, addr, data, bind_port=None, wait=1.0):
     out = raw(addr, data, wait=wait, pause=0, bind_port=bind_port)
     print("ATTEMPT", label, "->", repr(out[:80]), flush=True)
