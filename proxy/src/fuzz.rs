@@ -123,7 +123,16 @@ pub fn http_head(data: &[u8]) {
     for mode in [Mode::Explicit, Mode::Transparent { original }] {
         if let Ok((host, port)) = http_target(&mode, &uri, &map) {
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            let _ = policy().check(&host, port, Some(HttpView { method, path }));
+            let overrides = crate::policy::asks_for_another_method_or_path(
+                map.keys().map(|name| name.as_str()),
+                path,
+            );
+            let view = HttpView {
+                method,
+                path,
+                overrides,
+            };
+            let _ = policy().check(&host, port, Some(view));
         }
     }
 }

@@ -510,8 +510,12 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody> 
             Mode::Terminated(_) => "CONNECT inside terminated TLS",
             Mode::Tunnel(_) => "CONNECT inside a CONNECT tunnel",
         };
-        let decision = Decision::deny(reason);
-        let subject = conn.mode.connection_subject(conn.origin.as_ref());
+        // The event names the connection it came on; the method and the reason say what
+        // was asked for through it (an attack run found it recorded as nothing but that).
+        let asked = req.uri().authority().map_or("", |a| a.as_str());
+        let decision = Decision::deny(format!("{reason} (to `{asked}`)"));
+        let mut subject = conn.mode.connection_subject(conn.origin.as_ref());
+        subject.method = Some("CONNECT");
         conn.shared.record(Some(&conn.client), &subject, &decision);
         return denied(&decision);
     }
@@ -704,6 +708,10 @@ async fn forward(conn: Arc<Conn>, req: Request<Incoming>) -> Response<ProxyBody>
     let view = HttpView {
         method: &method,
         path: &path,
+        overrides: crate::policy::asks_for_another_method_or_path(
+            req.headers().keys().map(|name| name.as_str()),
+            &path,
+        ),
     };
     let decision = client.policy.check(&host, port, Some(view));
     if let Some(response) = refusal(&shared, &client, &mut subject, (&host, port), &decision) {

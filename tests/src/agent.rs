@@ -604,6 +604,19 @@ pub fn python_job(name: &str, step: &str, before: &str, args: &str, script: &str
     )
 }
 
+/// A job step `name` that runs the Python `script` (after [`PY_ATTACK_PRELUDE`] and
+/// `prelude`) with `args`: the script is written into the workspace base64-encoded, so
+/// that no YAML or shell quoting can change it.
+pub fn python_step(name: &str, prelude: &str, script: &str, args: &str) -> String {
+    use base64::Engine;
+
+    let full = format!("{PY_ATTACK_PRELUDE}\n{prelude}\n{script}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(full);
+    format!(
+        "  - name: {name}\n    run: |\n      echo '{b64}' | base64 -d > /workspace/attack.py\n      python3 /workspace/attack.py {args}\n"
+    )
+}
+
 impl World {
     /// Runs the [`python_job`] `name` (its one step `step`, `before`, `args`, `script`)
     /// with an audit log, and returns its output and audit events once packets still in
@@ -636,7 +649,11 @@ pub const HOST_SIDE: &str = "host_side=$(awk '/^nameserver/ {print $2}' /etc/res
 /// `raw(addr, data)`, which connects over TCP (from `bind_port`, if given), sends `data` (a
 /// list is sent in parts, `pause` seconds apart) and returns what came back until the
 /// peer closed or was quiet for `wait` seconds, with an error appended (`ERR ...` alone if
-/// the connect failed).
+/// the connect failed). Also: `statuses(out)` (the HTTP status codes in a reply),
+/// `read_all(sock, wait)`, `connect_tunnel(authority)` (a CONNECT through the explicit
+/// proxy: the socket and the reply's head), `setcomm(name)` (the process name the
+/// fence reports), `wire_name(labels)` and `q(labels, ...)` (a DNS query), and
+/// `udp(label, data, addr, ...)` (one datagram, the reply's rcode printed).
 pub const PY_ATTACK_PRELUDE: &str = r#"
 import os, socket, ssl, struct, sys, time, ctypes
 PROXY = os.environ["HTTP_PROXY"].split("://", 1)[1].rstrip("/")
@@ -697,6 +714,34 @@ def wire_name(labels):
     return b"".join(bytes([len(l)]) + l for l in labels) + b"\x00"
 def q(labels, qtype=1, qclass=1, flags=0x0100, qid=0x4242, an=0, ns=0, ar=0, extra=b""):
     return struct.pack("!HHHHHH", qid, flags, 1, an, ns, ar) + wire_name(labels) + struct.pack("!HH", qtype, qclass) + extra
+def statuses(out):
+    res = []
+    for l in out.split(b"\r\n"):
+        if l.startswith(b"HTTP/1.") and len(l.split(b" ")) > 1:
+            res.append(l.split(b" ")[1].decode("latin1"))
+    return " ".join(res)
+def read_all(t, wait):
+    out = b""
+    t.settimeout(wait)
+    try:
+        while True:
+            b = t.recv(65536)
+            if not b:
+                break
+            out += b
+    except (OSError, ssl.SSLError) as e:
+        out += (" <%s>" % e).encode()
+    return out
+def connect_tunnel(authority):
+    s = socket.create_connection(E, timeout=5)
+    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (authority, authority)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        if not b:
+            break
+        head += b
+    return s, head
 def udp(label, data, addr, wait=1.0, opts=None, bind_port=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for (lvl, opt, val) in (opts or []):

@@ -6,8 +6,7 @@
 
 use std::process::Output;
 
-use base64::Engine;
-use runner_agent_tests::agent::{describe, random_value, World, PY_ATTACK_PRELUDE};
+use runner_agent_tests::agent::{describe, python_step, random_value, World};
 use runner_agent_tests::netbed::{allowed_test_config, settle, NetBed, TRAP_IPS, WEB_IP};
 use runner_agent_tests::require_privilege;
 
@@ -16,14 +15,9 @@ def show(label, out):
     print("ATTEMPT", label, "->", repr(out[:90]), flush=True)
 "#;
 
-/// A job step that writes `script` (after the preludes) into the workspace (base64, so
-/// YAML quoting cannot mangle it) and runs it with python3 and `args`.
+/// [`python_step`] with this file's [`PRELUDE`].
 fn py_step(name: &str, script: &str, args: &str) -> String {
-    let full = format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{script}");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(full);
-    format!(
-        "  - name: {name}\n    run: |\n      echo '{b64}' | base64 -d > /workspace/attack.py\n      python3 /workspace/attack.py {args}\n"
-    )
+    python_step(name, PRELUDE, script, args)
 }
 
 /// Runs the job `yaml` with an audit log; returns the output and the raw log lines

@@ -14,28 +14,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use base64::Engine;
-use runner_agent_tests::agent::{describe, random_value, World, PY_ATTACK_PRELUDE};
+use runner_agent_tests::agent::{describe, python_step, random_value, World};
 use runner_agent_tests::netbed::{allowed_test_bed, allowed_test_config, settle, NetBed, TRAP_IPS};
 use runner_agent_tests::require_privilege;
 
-/// A job step that writes `script` into the workspace (base64, so YAML quoting cannot
-/// mangle it) and runs it with python3 and `args`.
+/// [`python_step`] with this file's [`PRELUDE`].
 fn py_step(name: &str, script: &str, args: &str) -> String {
-    let full = format!("{PY_ATTACK_PRELUDE}\n{PRELUDE}\n{script}");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(full);
-    format!(
-        "  - name: {name}\n    run: |\n      echo '{b64}' | base64 -d > /workspace/attack.py\n      python3 /workspace/attack.py {args}\n"
-    )
+    python_step(name, PRELUDE, script, args)
 }
 
 const PRELUDE: &str = r#"
-def statuses(out):
-    res = []
-    for l in out.split(b"\r\n"):
-        if l.startswith(b"HTTP/1.") and len(l.split(b" ")) > 1:
-            res.append(l.split(b" ")[1].decode("latin1"))
-    return " ".join(res)
 def show(label, out):
     print("ATTEMPT", label, "->", statuses(out) or repr(out[:100]), flush=True)
 "#;
@@ -381,25 +369,9 @@ def tls_over(sock, name, reqs, verify=True):
     for r in reqs:
         t.sendall(r)
         time.sleep(0.3)
-    t.settimeout(1.5)
-    try:
-        while True:
-            b = t.recv(65536)
-            if not b:
-                break
-            out += b
-    except (OSError, ssl.SSLError) as e:
-        out += (" <%s>" % e).encode()
-    return out
+    return out + read_all(t, 1.5)
 def via_connect(authority, name, reqs, verify=True):
-    s = socket.create_connection(E, timeout=5)
-    s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (authority, authority)).encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            return head
-        head += b
+    s, head = connect_tunnel(authority)
     if b" 200" not in head.split(b"\r\n")[0]:
         return head
     try:

@@ -203,18 +203,8 @@ fn sending_straight_to_the_listeners_and_floods_of_big_datagrams_are_recorded() 
 const BANNER: usize = 300_000;
 
 const SERVER_FIRST: &str = r#"
-def connect_tunnel(port):
-    s = socket.create_connection(E, timeout=5)
-    s.sendall(("CONNECT allowed.test:%d HTTP/1.1\r\nHost: allowed.test:%d\r\n\r\n" % (port, port)).encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        if not b:
-            break
-        head += b
-    return s, head
 def banner_then(label, then):
-    s, head = connect_tunnel(2222)
+    s, head = connect_tunnel("allowed.test:2222")
     got = 0
     s.settimeout(4)
     try:
@@ -316,15 +306,8 @@ const DOWN: usize = 3 * 1024 * 1024 + 5;
 const BATCH: &str = r#"
 UP = 3 * 1024 * 1024 + 7
 DOWN = 3 * 1024 * 1024 + 5
-def connect_tunnel(port):
-    s = socket.create_connection(E, timeout=5)
-    s.sendall(("CONNECT allowed.test:%d HTTP/1.1\r\nHost: allowed.test:%d\r\n\r\n" % (port, port)).encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    return s
 for round in range(3):
-    s = connect_tunnel(2223)
+    s, _ = connect_tunnel("allowed.test:2223")
     t0 = time.time()
     s.sendall(b"\x00" + b"u" * (UP - 1))
     t1 = time.time()

@@ -124,6 +124,41 @@ pub struct HttpView<'a> {
     pub method: &'a str,
     /// Request path with query.
     pub path: &'a str,
+    /// Whether the request asks the server to take another method or path than the
+    /// request line's ([`asks_for_another_method_or_path`]).
+    pub overrides: bool,
+}
+
+/// Headers by which common servers and frameworks take another method or path than the
+/// request line's (Google APIs, Rails and Rack, Symfony, Laravel, IIS URL Rewrite,
+/// Zend): a rule restricting methods or paths cannot judge a request that carries one.
+pub const OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Whether a request with header names `headers` and target `path` asks the server to
+/// take another method or path: one of [`OVERRIDE_HEADERS`], or a `_method` query
+/// parameter (which Laravel and Symfony read as the method). A `_method` field in a
+/// form body is not seen (bodies are not read).
+pub fn asks_for_another_method_or_path<'a>(
+    mut headers: impl Iterator<Item = &'a str>,
+    path: &str,
+) -> bool {
+    let by_header = headers.any(|name| {
+        OVERRIDE_HEADERS
+            .iter()
+            .any(|known| name.eq_ignore_ascii_case(known))
+    });
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let by_query = query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5fmethod")
+    });
+    by_header || by_query
 }
 
 /// The outcome of one check.
@@ -165,6 +200,7 @@ enum Miss {
     Opaque,
     Method,
     Path,
+    Override,
 }
 
 impl Miss {
@@ -175,6 +211,10 @@ impl Miss {
             Miss::Opaque => "rule restricts methods or paths, which a tunnel hides",
             Miss::Method => "method not allowed",
             Miss::Path => "path not allowed",
+            Miss::Override => {
+                "the request asks for another method or path (an override header or \
+                 `_method`), which a rule restricting methods or paths cannot judge"
+            }
         }
     }
 }
@@ -422,6 +462,9 @@ fn rule_miss(rule: &Rule, port: u16, sight: Sight<'_>) -> Option<Miss> {
                 if !paths.iter().any(|p| p.matches(view.path)) {
                     return Some(Miss::Path);
                 }
+            }
+            if restricted && view.overrides {
+                return Some(Miss::Override);
             }
             None
         }

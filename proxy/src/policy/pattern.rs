@@ -11,8 +11,12 @@
 //! [`PathPattern::matches`] refuses such paths outright instead of guessing. So are:
 //! path parameters (`;`: Tomcat, Jetty and Spring read `/a/..;/b` as `/b`), an encoded
 //! `%` (`%252e` is `.` to a server that decodes twice), malformed escapes, escapes that
-//! do not decode to UTF-8 (the overlong `%c0%ae` is `.` to a lenient decoder) and
-//! control characters.
+//! do not decode to UTF-8 (the overlong `%c0%ae` is `.` to a lenient decoder),
+//! control characters, and characters that stand for one of `. / \\ % ; ? #` once a
+//! server normalises Unicode: every character whose NFKC form holds one (the fullwidth
+//! `．．／` is `../` to a server that applies NFKC, as frameworks and some filesystems
+//! do), and the look-alikes that Windows' "best fit" conversion maps onto them (the
+//! division slash U+2215, the set minus U+2216, ...).
 //!
 //! Matching is the classic greedy wildcard algorithm with one backtrack point, applied
 //! twice: to segments (with `**` as the star) and within a segment (with `*`). It runs in
@@ -89,10 +93,38 @@ pub fn is_ambiguous(path: &str) -> bool {
         return true;
     }
     match percent_decode(path).map(String::from_utf8) {
-        Some(Ok(text)) => text.chars().any(char::is_control),
+        Some(Ok(text)) => text
+            .chars()
+            .any(|c| c.is_control() || stands_for_a_delimiter(c)),
         // A malformed escape, or bytes that are not UTF-8.
         _ => true,
     }
+}
+
+/// ASCII characters that change what a path means (module documentation).
+const PATH_DELIMITERS: &[char] = &['.', '/', '\\', '%', ';', '?', '#'];
+
+/// Look-alikes of [`PATH_DELIMITERS`] that are not NFKC-equivalent to them but that
+/// Windows' best-fit mapping or IDNA turn into one: division slash, fraction slash, big
+/// solidus, set minus, reverse solidus operator, big reverse solidus, ideographic full
+/// stop.
+const BEST_FIT_DELIMITERS: &[char] = &[
+    '\u{2215}', '\u{2044}', '\u{29f8}', '\u{2216}', '\u{29f5}', '\u{29f9}', '\u{3002}',
+];
+
+/// Whether the non-ASCII `c` may become one of [`PATH_DELIMITERS`] on a server.
+fn stands_for_a_delimiter(c: char) -> bool {
+    use unicode_normalization::char::decompose_compatible;
+
+    if c.is_ascii() {
+        return false;
+    }
+    if BEST_FIT_DELIMITERS.contains(&c) {
+        return true;
+    }
+    let mut found = false;
+    decompose_compatible(c, |part| found |= PATH_DELIMITERS.contains(&part));
+    found
 }
 
 /// `path` with every `%XX` escape decoded; `None` when a `%` does not start two hex
@@ -212,9 +244,24 @@ mod tests {
             ("/rust-lang/**", "/rust-lang/%4", false),
             ("/rust-lang/**", "/rust-lang/a%00b", false),
             ("/rust-lang/**", "/rust-lang/%u002e%u002e/evil", false),
-            // Legitimate escapes still match.
+            // Characters a normalising server reads as `.`, `/`, `\\`, `%` or `;` (found
+            // by an attack run: the fullwidth `．．／` passed `/ok/*` as written).
+            ("/ok/*", "/ok/%ef%bc%8e%ef%bc%8e%ef%bc%8fevil", false),
+            ("/ok/*", "/ok/\u{ff0e}\u{ff0e}\u{ff0f}evil", false),
+            ("/ok/**", "/ok/\u{2024}\u{2024}/evil", false),
+            ("/ok/**", "/ok/\u{2025}/evil", false),
+            ("/ok/**", "/ok/x\u{ff3c}..\u{ff3c}evil", false),
+            ("/ok/**", "/ok/a\u{2215}b", false),
+            ("/ok/**", "/ok/a\u{2216}b", false),
+            ("/ok/**", "/ok/%e3%80%82%e3%80%82/evil", false),
+            ("/ok/**", "/ok/\u{ff05}2e\u{ff05}2e/evil", false),
+            ("/ok/**", "/ok/a\u{37e}b", false),
+            ("/ok/**", "/ok/a\u{ff1f}b", false),
+            // Legitimate escapes and other non-ASCII text still match.
             ("/rust-lang/**", "/rust-lang/caf%C3%A9", true),
             ("/rust-lang/**", "/rust-lang/a%20b", true),
+            ("/rust-lang/**", "/rust-lang/\u{65e5}\u{672c}", true),
+            ("/rust-lang/**", "/rust-lang/%EF%BD%81", true),
         ] {
             let p = PathPattern::new(pattern).unwrap();
             assert_eq!(p.matches(path), want, "{pattern} vs {path}");

@@ -104,9 +104,63 @@ fn methods_and_paths() {
         ("GET", "/rust-lang/../evil", Some("path not allowed")),
         ("get", "/rust-lang/cargo", Some("method not allowed")),
     ] {
-        let d = p.check(&gh, 80, Some(HttpView { method, path }));
+        let view = HttpView {
+            method,
+            path,
+            overrides: false,
+        };
+        let d = p.check(&gh, 80, Some(view));
         assert_eq!(d.reason.as_deref(), want, "{method} {path}");
         assert_eq!(d.allowed, want.is_none());
+    }
+}
+
+/// An allowed read carrying `X-HTTP-Method-Override: DELETE` became a write on servers
+/// that honour it (found by an attack run): a restricted rule refuses such requests, an
+/// unrestricted one has nothing to bypass.
+#[test]
+fn override_requests_need_an_unrestricted_rule() {
+    let p = sample();
+    let check = |host: &str, headers: &[&str], path: &str| {
+        let view = HttpView {
+            method: "GET",
+            path,
+            overrides: asks_for_another_method_or_path(headers.iter().copied(), path),
+        };
+        p.check(&classify_host(host).unwrap(), 80, Some(view))
+    };
+    for headers in [
+        &["X-HTTP-Method-Override"][..],
+        &["accept", "x-http-method"],
+        &["X-Method-Override"],
+        &["x-original-url"],
+        &["X-Rewrite-URL"],
+    ] {
+        let d = check("github.com", headers, "/rust-lang/cargo");
+        assert!(!d.allowed, "{headers:?}");
+        assert!(
+            d.reason
+                .as_deref()
+                .unwrap()
+                .contains("another method or path"),
+            "{d:?}"
+        );
+        assert!(
+            check("example.com", headers, "/anything").allowed,
+            "{headers:?}"
+        );
+    }
+    for path in [
+        "/rust-lang/cargo?_method=DELETE",
+        "/rust-lang/cargo?a=1&%5Fmethod=put",
+    ] {
+        assert!(!check("github.com", &[], path).allowed, "{path}");
+    }
+    for path in ["/rust-lang/cargo?method=x", "/rust-lang/cargo?a=_method"] {
+        assert!(
+            check("github.com", &["x-request-id"], path).allowed,
+            "{path}"
+        );
     }
 }
 
