@@ -141,18 +141,26 @@ pub const OVERRIDE_HEADERS: &[&str] = &[
 ];
 
 /// Whether a request with header names `headers` and target `path` asks the server to
-/// take another method or path: one of [`OVERRIDE_HEADERS`], or a `_method` query
-/// parameter (which Laravel and Symfony read as the method). A `_method` field in a
-/// form body is not seen (bodies are not read).
+/// take another method or path: one of [`OVERRIDE_HEADERS`], in any case and with `_`
+/// for any `-` (PHP and CGI servers read `X_HTTP_METHOD_OVERRIDE` as the same header),
+/// or a `_method` query parameter (which Laravel and Symfony read as the method). A
+/// `_method` field in a form body is not seen (bodies are not read).
 pub fn asks_for_another_method_or_path<'a>(
     mut headers: impl Iterator<Item = &'a str>,
     path: &str,
 ) -> bool {
-    let by_header = headers.any(|name| {
-        OVERRIDE_HEADERS
-            .iter()
-            .any(|known| name.eq_ignore_ascii_case(known))
-    });
+    let same = |name: &str, known: &str| {
+        name.len() == known.len()
+            && name.bytes().zip(known.bytes()).all(|(a, b)| {
+                let a = if a == b'_' {
+                    b'-'
+                } else {
+                    a.to_ascii_lowercase()
+                };
+                a == b
+            })
+    };
+    let by_header = headers.any(|name| OVERRIDE_HEADERS.iter().any(|known| same(name, known)));
     let query = path.split_once('?').map_or("", |(_, q)| q);
     let by_query = query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or("");

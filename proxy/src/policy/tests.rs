@@ -135,6 +135,8 @@ fn override_requests_need_an_unrestricted_rule() {
         &["X-Method-Override"],
         &["x-original-url"],
         &["X-Rewrite-URL"],
+        &["X_HTTP_METHOD_OVERRIDE"],
+        &["x-http_method"],
     ] {
         let d = check("github.com", headers, "/rust-lang/cargo");
         assert!(!d.allowed, "{headers:?}");
