@@ -253,7 +253,7 @@ for chan in ("e", "t", "c", "x"):
     jobs.append(("okhead-%s" % chan, chan, req(chan, "HEAD", "/ok/okhead-" + chan, C)))
     # Writes through an allowed read: override headers, a body on GET, the query.
     jobs.append(("leak-override-%s" % chan, chan, req(chan, "GET", "/ok/leak-override-" + chan, "X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: PUT\r\nX-Method-Override: POST\r\nX-Original-URL: /leak-xo-%s\r\nX-Rewrite-URL: /leak-xr-%s\r\n" % (chan, chan) + C)))
-    for i, h in enumerate(["X-HTTP-Method-Override: DELETE", "x-http-method: PUT", "X-Method-Override: POST", "X-Original-URL: /leak-xo", "X-Rewrite-URL: /leak-xr"]):
+    for i, h in enumerate(["X-HTTP-Method-Override: DELETE", "x-http-method: PUT", "X-Method-Override: POST", "X-Original-URL: /leak-xo", "X-Rewrite-URL: /leak-xr", "X_HTTP_METHOD_OVERRIDE: DELETE", "X-Forwarded-Host: tenant.test"]):
         tag = "leak-ovr%d-%s" % (i, chan)
         jobs.append((tag, chan, req(chan, "GET", "/ok/" + tag, h + "\r\n" + C)))
     tag = "leak-ovrq-%s" % chan
@@ -330,12 +330,16 @@ fn method_and_path_rules_hold_on_every_way_in() {
             "control GET on {chan} did not arrive"
         );
     }
-    // An override header asks the server for another method or path: none reaches it
+    // An override header asks the server for another method, path or host: none reaches it
     // (an allowed read with `X-HTTP-Method-Override: DELETE` once did).
     for h in &hits {
-        for name in policy::OVERRIDE_HEADERS {
+        for name in policy::OVERRIDE_HEADERS
+            .iter()
+            .map(|n| n.to_string())
+            .chain(std::iter::once("x_http_method_override".to_owned()))
+        {
             assert!(
-                h.header_values(name).is_empty(),
+                h.header_values(&name).is_empty(),
                 "{name} arrived with {} {}",
                 h.method,
                 h.path
@@ -348,12 +352,12 @@ fn method_and_path_rules_hold_on_every_way_in() {
             e["verdict"] == "deny"
                 && e["reason"]
                     .as_str()
-                    .is_some_and(|r| r.contains("another method or path"))
+                    .is_some_and(|r| r.contains("another method, path or host"))
         })
         .count();
     assert_eq!(
         override_denials,
-        4 * 7,
+        4 * 9,
         "one per override attempt and way in"
     );
     let through = denied_hits(&bed);

@@ -129,15 +129,18 @@ pub struct HttpView<'a> {
     pub overrides: bool,
 }
 
-/// Headers by which common servers and frameworks take another method or path than the
-/// request line's (Google APIs, Rails and Rack, Symfony, Laravel, IIS URL Rewrite,
-/// Zend): a rule restricting methods or paths cannot judge a request that carries one.
+/// Headers by which common servers and frameworks take another method, path or host
+/// than the request's own (Google APIs, Rails and Rack, Symfony, Laravel, IIS URL
+/// Rewrite, Zend; `X-Forwarded-Host` and `X-Host` where a framework trusts them for
+/// routing): a rule restricting methods or paths cannot judge a request that carries one.
 pub const OVERRIDE_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
     "x-original-url",
     "x-rewrite-url",
+    "x-forwarded-host",
+    "x-host",
 ];
 
 /// Whether a request with header names `headers` and target `path` asks the server to
@@ -220,8 +223,8 @@ impl Miss {
             Miss::Method => "method not allowed",
             Miss::Path => "path not allowed",
             Miss::Override => {
-                "the request asks for another method or path (an override header or \
-                 `_method`), which a rule restricting methods or paths cannot judge"
+                "the request asks for another method, path or host (an override header \
+                 or `_method`), which a rule restricting methods or paths cannot judge"
             }
         }
     }

@@ -137,6 +137,8 @@ fn override_requests_need_an_unrestricted_rule() {
         &["X-Rewrite-URL"],
         &["X_HTTP_METHOD_OVERRIDE"],
         &["x-http_method"],
+        &["X-Forwarded-Host"],
+        &["x-host"],
     ] {
         let d = check("github.com", headers, "/rust-lang/cargo");
         assert!(!d.allowed, "{headers:?}");
@@ -144,7 +146,7 @@ fn override_requests_need_an_unrestricted_rule() {
             d.reason
                 .as_deref()
                 .unwrap()
-                .contains("another method or path"),
+                .contains("another method, path or host"),
             "{d:?}"
         );
         assert!(
