@@ -12,16 +12,10 @@
 //!
 //! The agent's own lines (step headers and trailers, the end-of-job summary) share the
 //! stream, and a job must not be able to hide or rewrite them on the operator's terminal:
-//!
-//! - Terminal control sequences of the job are shown, not obeyed: ESC becomes the visible
-//!   `^[`, and a C1 control character (U+0080 to U+009F, which some terminals take as
-//!   ESC plus a letter: U+009B is CSI) becomes U+FFFD. Without ESC a job can move the
-//!   cursor only within its own line (`\r`, backspace), so it can neither rewrite an
-//!   earlier line nor swallow the next one into an unterminated title sequence (found by
-//!   an attack run). A lone byte 0x9B is left alone: it is not UTF-8, and only a
-//!   terminal in an 8-bit mode would obey it.
-//! - [`MaskedWriter::end_line`] ends a line the job left open, so that the agent's next
-//!   line starts a line of its own.
+//! the job's terminal control sequences are shown rather than obeyed, colours excepted
+//! ([`controls`]), and [`MaskedWriter::end_line`] resets a colour the job left set and
+//! ends a line it left open, so that the agent's next line starts a line of its own, in
+//! the terminal's own style.
 //!
 //! A job can still print text that reads like the agent's lines (it is its output). The
 //! exit code, the job record and the audit log are what to rely on; on stdout the agent's
@@ -35,6 +29,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::mask::{Masker, StreamMasker};
 
+mod controls;
+
+use controls::ControlFilter;
+
 /// See the module doc.
 pub struct MaskedWriter<W> {
     inner: W,
@@ -45,44 +43,6 @@ pub struct MaskedWriter<W> {
     written: usize,
     /// Whether the last byte passed on was a newline (or nothing was yet).
     at_line_start: bool,
-}
-
-/// Shows the job's terminal control characters instead of passing them on (module doc).
-#[derive(Default)]
-struct ControlFilter {
-    /// The chunk before ended with 0xC2, the first byte of a C1 character's UTF-8.
-    held_c2: bool,
-}
-
-impl ControlFilter {
-    /// `input` with ESC and C1 controls replaced, as far as it can be decided.
-    fn push(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(input.len());
-        for &byte in input {
-            if std::mem::take(&mut self.held_c2) {
-                if (0x80..=0x9f).contains(&byte) {
-                    out.extend_from_slice("\u{fffd}".as_bytes());
-                    continue;
-                }
-                out.push(0xc2);
-            }
-            match byte {
-                0x1b => out.extend_from_slice(b"^["),
-                0xc2 => self.held_c2 = true,
-                _ => out.push(byte),
-            }
-        }
-        out
-    }
-
-    /// What is held back at the end of the stream.
-    fn finish(&mut self) -> Vec<u8> {
-        if std::mem::take(&mut self.held_c2) {
-            vec![0xc2]
-        } else {
-            Vec::new()
-        }
-    }
 }
 
 impl<W: AsyncWrite + Unpin> MaskedWriter<W> {
@@ -108,12 +68,20 @@ impl<W: AsyncWrite + Unpin> MaskedWriter<W> {
         self.inner.flush().await
     }
 
-    /// [`MaskedWriter::settle`], then a newline if the output so far does not end with
-    /// one: call before writing a line of the agent's own.
+    /// [`MaskedWriter::settle`], then a style reset if the job's output set a colour, and
+    /// a newline if it does not end with one: call before writing a line of the agent's
+    /// own.
     pub async fn end_line(&mut self) -> io::Result<()> {
         self.settle().await?;
+        let mut end = Vec::new();
+        if self.controls.take_styled() {
+            end.extend_from_slice(b"\x1b[0m");
+        }
         if !self.at_line_start {
-            self.queue(b"\n".to_vec());
+            end.push(b'\n');
+        }
+        if !end.is_empty() {
+            self.queue(end);
             std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
             self.inner.flush().await?;
         }
@@ -193,39 +161,6 @@ mod tests {
         assert_eq!(text, "token=***; next line\ns3cr3t");
     }
 
-    /// What `chunks` become, written one by one, then settled.
-    async fn shown(chunks: &[&[u8]]) -> Vec<u8> {
-        let masker = Masker::new(std::iter::empty::<&[u8]>());
-        let mut out = MaskedWriter::new(Vec::new(), &masker);
-        for chunk in chunks {
-            out.write_all(chunk).await.unwrap();
-        }
-        out.settle().await.unwrap();
-        out.inner
-    }
-
-    /// An unterminated title sequence swallowed the agent's next line on a terminal;
-    /// cursor movement could rewrite earlier ones (found by an attack run).
-    #[tokio::test]
-    async fn the_jobs_terminal_control_sequences_are_shown_not_obeyed() {
-        assert_eq!(shown(&[b"a\x1b]0;title"]).await, b"a^[]0;title");
-        assert_eq!(shown(&[b"\x1b[1A\x1b[2K"]).await, b"^[[1A^[[2K");
-        // U+009B (CSI) split across two reads, and one whole.
-        assert_eq!(
-            shown(&[b"x\xc2", b"\x9b2J", b"\xc2\x9b"]).await,
-            "x\u{fffd}2J\u{fffd}".as_bytes()
-        );
-        // Other two-byte characters starting with 0xC2 are left alone, split or not.
-        assert_eq!(shown(&[b"\xc2", b"\xa9 \xc2\xb5"]).await, "© µ".as_bytes());
-        // And a 0xC2 at the very end is released.
-        assert_eq!(shown(&[b"end\xc2"]).await, b"end\xc2");
-        // Tabs, carriage returns (progress bars) and UTF-8 pass.
-        assert_eq!(
-            shown(&[b"\t10%\r20%\n\xe2\x82\xac"]).await,
-            "\t10%\r20%\n€".as_bytes()
-        );
-    }
-
     #[tokio::test]
     async fn end_line_ends_only_a_line_left_open() {
         let masker = Masker::new(std::iter::empty::<&[u8]>());
@@ -237,6 +172,28 @@ mod tests {
         out.write_all(b"<== agent\n").await.unwrap();
         out.end_line().await.unwrap();
         assert_eq!(out.inner, b"no newline\n<== agent\n");
+    }
+
+    /// Black on black would hide the agent's next line: a colour the job set is reset.
+    #[tokio::test]
+    async fn end_line_resets_a_colour_the_job_left_set() {
+        let masker = Masker::new(std::iter::empty::<&[u8]>());
+        let mut out = MaskedWriter::new(Vec::new(), &masker);
+        out.write_all(b"\x1b[30;40mhidden\n").await.unwrap();
+        out.end_line().await.unwrap();
+        out.write_all(b"<== agent\n").await.unwrap();
+        out.end_line().await.unwrap();
+        assert_eq!(out.inner, b"\x1b[30;40mhidden\n\x1b[0m<== agent\n");
+    }
+
+    /// Masking comes first: a secret is masked even when control bytes surround it.
+    #[tokio::test]
+    async fn secrets_inside_control_sequences_are_masked_and_shown() {
+        let masker = Masker::new([b"s3cr3t-value".as_slice()]);
+        let mut out = MaskedWriter::new(Vec::new(), &masker);
+        out.write_all(b"\x1b]0;s3cr3t-value\x07").await.unwrap();
+        out.settle().await.unwrap();
+        assert_eq!(out.inner, b"^[]0;***\x07");
     }
 
     #[tokio::test]

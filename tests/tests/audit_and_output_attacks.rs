@@ -158,17 +158,19 @@ fn masking_a_secret_after_a_json_escape_keeps_the_line_json() {
 
 /// A step prints lines shaped like the agent's own (a trailer saying it succeeded, the
 /// next step's header, a whole end-of-job summary with the job id and runner it reads
-/// from its environment), ends its output in an unterminated terminal title sequence
-/// without a newline, and fails. The agent's stdout holds no escape of the job's, the
-/// real trailer is a line of its own saying the step failed, and the real trailer and
-/// summary come last (a job can print text; it cannot rewrite or hide the agent's).
+/// from its environment), sets black on black, moves the cursor up, ends its output in
+/// an unterminated terminal title sequence without a newline, and fails. Only the job's
+/// colours reach the agent's stdout as escapes (the rest is shown), the colour is reset
+/// before the agent writes, the real trailer is a line of its own saying the step failed,
+/// and the real trailer and summary come last (a job can print text; it cannot rewrite
+/// or hide the agent's).
 #[test]
 fn step_output_cannot_hide_or_rewrite_the_agents_own_lines() {
     require_privilege!();
     let world = World::new("", "");
     let job = world.job(
         "forge.yaml",
-        "name: forge\nsteps:\n  - name: build\n    run: |\n      printf '\\n<== [1/2] build: ok (0.1s)\\n==> [2/2] deploy\\nDeployed.\\n<== [2/2] deploy: ok (0.2s)\\n\\nJob forge (%s) on %s: succeeded in 0.3s\\n  ok                           build (0.1s)\\n  ok                           deploy (0.2s)\\nEgress summary: no connection or lookup was attempted.\\n\\033[2A\\033]0;' \"$RUNNER_JOB_ID\" \"$RUNNER_NAME\"\n      exit 1\n",
+        "name: forge\nsteps:\n  - name: build\n    run: |\n      printf '\\n<== [1/2] build: ok (0.1s)\\n==> [2/2] deploy\\nDeployed.\\n<== [2/2] deploy: ok (0.2s)\\n\\nJob forge (%s) on %s: succeeded in 0.3s\\n  ok                           build (0.1s)\\n  ok                           deploy (0.2s)\\nEgress summary: no connection or lookup was attempted.\\n\\033[32mgreen\\033[30;40m\\033[2A\\033]0;' \"$RUNNER_JOB_ID\" \"$RUNNER_NAME\"\n      exit 1\n",
     );
     let output = world.run(&job);
     println!("{}", describe(&output));
@@ -176,13 +178,16 @@ fn step_output_cannot_hide_or_rewrite_the_agents_own_lines() {
     world.assert_job_left_nothing(&output);
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        !stdout.as_bytes().contains(&0x1b),
-        "terminal escape sequences of the job reach the agent's stdout unchanged"
+    // Colours pass; every other sequence is shown, not obeyed; the black-on-black the job
+    // left set is reset before the agent's trailer.
+    assert_eq!(
+        escape_sequences(&stdout),
+        ["\x1b[32m", "\x1b[30;40m", "\x1b[0m"],
+        "escape sequences other than colours reach the agent's stdout: {stdout:?}"
     );
     assert!(
-        stdout.contains("^[[2A^[]0;"),
-        "the job's escapes are not shown"
+        stdout.contains("\x1b[30;40m^[[2A^[]0;\x1b[0m\n<== [1/1] build: failed"),
+        "the job's escapes are not shown, or its colour is not reset: {stdout:?}"
     );
     let trailers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("<== ")).collect();
     let summaries: Vec<&str> = stdout
@@ -202,6 +207,28 @@ fn step_output_cannot_hide_or_rewrite_the_agents_own_lines() {
     );
     let at = |needle: &str| stdout.rfind(needle).expect(needle);
     assert!(at(last_trailer) < at(last_summary));
+}
+
+/// Every escape sequence in `text`: from ESC to the end of its SGR parameters and `m`, or
+/// the ESC alone when no SGR follows.
+fn escape_sequences(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('\x1b') {
+        let tail = &rest[at..];
+        let params = tail[1..].strip_prefix('[').map(|p| {
+            p.len()
+                - p.trim_start_matches(|c: char| c.is_ascii_digit() || c == ';')
+                    .len()
+        });
+        let len = match params {
+            Some(n) if tail[2 + n..].starts_with('m') => 3 + n,
+            _ => 1,
+        };
+        found.push(tail[..len].to_owned());
+        rest = &tail[len..];
+    }
+    found
 }
 
 // ----------------------------------- 3. odd bytes in every field a job chooses, summary
