@@ -553,6 +553,8 @@ impl Admitted<'_> {
         }
         let counters = sandbox.fence_counters();
         egress.stop_proxy().await;
+        // A proxy that had to be killed at the end fails the job (ProxyProcess::stop).
+        let interruption = interruption.or_else(|| audit_log.failure());
         let destroyed = sandbox.destroy().await;
         egress.finish().await;
 

@@ -20,6 +20,10 @@ use super::proxy_child::{ProxyChildConfig, ORIG_DST_FD, PROXY_ARG, READY_LINE};
 /// How long the proxy may take to bind its listeners.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the proxy may take to stop (recording the connections it still holds) before
+/// it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The proxy process could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyProcessError {
@@ -38,6 +42,9 @@ pub struct ProxyProcess {
     events: tokio::task::JoinHandle<()>,
     /// Set by [`ProxyProcess::stop`]: the proxy's end is expected from then on.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    log: Arc<AuditLog>,
+    /// The job id and runner name, for the events of the proxy's own end.
+    names: (String, String),
 }
 
 impl ProxyProcess {
@@ -79,13 +86,21 @@ impl ProxyProcess {
         let (ready_tx, ready_rx) = oneshot::channel();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let names = (config.job.clone(), config.runner.clone());
-        let events = tokio::spawn(read_events(stdout, log, ready_tx, stopping.clone(), names));
+        let events = tokio::spawn(read_events(
+            stdout,
+            Arc::clone(&log),
+            ready_tx,
+            stopping.clone(),
+            names.clone(),
+        ));
         match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
             Ok(Ok(())) => Ok(ProxyProcess {
                 child,
                 stdin: Some(stdin),
                 events,
                 stopping,
+                log,
+                names,
             }),
             Ok(Err(_)) => {
                 let status = child.wait().await.ok();
@@ -108,18 +123,32 @@ impl ProxyProcess {
     }
 
     /// Stops the proxy (closing its stdin ends it) and waits until every event it wrote
-    /// has been logged.
+    /// has been logged. A proxy that does not end within [`STOP_TIMEOUT`] (hung, or
+    /// stopped by a signal) is killed, and then what it still held never reaches the log:
+    /// an event says so and the job fails, rather than ending "succeeded" with connections
+    /// missing from its log (found by an attack run: a tunnel's whole traffic was).
     pub async fn stop(mut self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         drop(self.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+        let ended = tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !ended {
             let _ = self.child.kill().await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.events).await;
+        let _ = tokio::time::timeout(STOP_TIMEOUT, &mut self.events).await;
+        if !ended {
+            let why = format!(
+                "the runner's proxy did not stop within {}s of the job's end and was killed: \
+                 connections it still held are not in the log",
+                STOP_TIMEOUT.as_secs()
+            );
+            tracing::error!("{why}");
+            let (job, runner) = self.names.clone();
+            self.log.record(&end_event(job, runner, &why));
+            self.log.fail_job(why);
+        }
     }
 }
 
@@ -155,13 +184,18 @@ async fn read_events(
         let why =
             "the runner's proxy ended while the job ran: its connections were refused from then on";
         tracing::error!("{why}");
-        let mut event = AuditEvent::new(Source::Proxy, Kind::Connect, Verdict::Deny);
-        event.job = Some(names.0);
-        event.runner = Some(names.1);
-        event.reason = Some(why.to_owned());
-        log.record(&event);
+        log.record(&end_event(names.0, names.1, why));
         log.fail_job(why.to_owned());
     }
+}
+
+/// The event recording that the proxy of `runner` (job `job`) ended badly, and `why`.
+fn end_event(job: String, runner: String, why: &str) -> AuditEvent {
+    let mut event = AuditEvent::new(Source::Proxy, Kind::Connect, Verdict::Deny);
+    event.job = Some(job);
+    event.runner = Some(runner);
+    event.reason = Some(why.to_owned());
+    event
 }
 
 /// The egress section in its file form (what the proxy parses), from the parsed config.
