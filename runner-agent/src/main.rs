@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use runner_agent::config::claim_value;
 use runner_agent::config::Claims;
+use runner_agent::config::{event_claim, ref_claim, repository_claim, workflow_claim};
 use runner_agent::egress::proxy_child;
 use runner_agent::run::{self, RunRequest, EXIT_BAD_INPUT};
 use runner_agent::sandbox::init;
@@ -32,16 +32,16 @@ enum Command {
         #[arg(long, value_name = "FILE.jsonl")]
         audit_log: Option<PathBuf>,
         /// The repository the job comes from (owner/name).
-        #[arg(long, value_name = "R", value_parser = claim_value)]
+        #[arg(long, value_name = "R", value_parser = repository_claim)]
         repository: Option<String>,
         /// The git ref the job runs for (refs/heads/main, refs/tags/v1).
-        #[arg(long = "ref", value_name = "REF", value_parser = claim_value)]
+        #[arg(long = "ref", value_name = "REF", value_parser = ref_claim)]
         git_ref: Option<String>,
         /// The event that triggered the job (push, pull_request, ...).
-        #[arg(long, value_name = "E", value_parser = claim_value)]
+        #[arg(long, value_name = "E", value_parser = event_claim)]
         event: Option<String>,
         /// The workflow file (.github/workflows/ci.yaml).
-        #[arg(long, value_name = "PATH", value_parser = claim_value)]
+        #[arg(long, value_name = "PATH", value_parser = workflow_claim)]
         workflow: Option<String>,
     },
     /// Approve a job that waits for approval, or list the waiting jobs.

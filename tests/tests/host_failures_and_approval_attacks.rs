@@ -558,7 +558,8 @@ const RELEASE_CLAIMS: &[&str] = &[
     "push",
 ];
 
-/// Odd claim spellings against `match`: each is refused before anything is created.
+/// Odd claim spellings against `match`: each is refused (as bad input, or as not
+/// matching) before anything is created.
 #[test]
 fn odd_claims_are_refused_before_anything_exists() {
     require_privilege!();
@@ -580,8 +581,11 @@ fn odd_claims_are_refused_before_anything_exists() {
         ("--repository", "acme//app"),
         ("--repository", "./acme/app"),
         ("--ref", "refs/tags/v1/../../heads/main"),
-        // Not here: the claim `refs/tags/v*` (glob characters as claim text) matches the
-        // pattern `refs/tags/v*` literally and goes on to the approval gate (observed).
+        // Pattern characters in a claim once matched the same pattern as text.
+        ("--ref", "refs/tags/v*"),
+        ("--ref", "refs/tags/v**"),
+        ("--ref", "refs/tags/../heads/x"),
+        ("--repository", "acme/ap?"),
         ("--ref", "refs/heads/../tags/v1"),
         ("--ref", "REFS/TAGS/V1"),
         ("--ref", ""),

@@ -178,6 +178,104 @@ pub fn claim_value(text: &str) -> Result<String, String> {
     }
 }
 
+/// `--repository`: [`claim_value`], and a path of names (`owner/name`, or deeper for
+/// forges with groups) made of letters, digits, `.`, `_` and `-`, none of them `.` or
+/// `..`. Patterns match claims as text, so a claim must be what it looks like: `acme/*`
+/// or `acme/app/../app` would otherwise be matched by patterns meant for other names.
+pub fn repository_claim(text: &str) -> Result<String, String> {
+    let text = claim_value(text)?;
+    let segments: Vec<&str> = text.split('/').collect();
+    if segments.len() < 2 {
+        return Err(format!("`{text}` is not owner/name"));
+    }
+    for segment in segments {
+        check_path_segment(&text, segment)?;
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+        {
+            return Err(format!(
+                "`{text}` is not a repository name: `{c}` (names hold letters, digits, `.`, `_` and `-`)"
+            ));
+        }
+    }
+    Ok(text)
+}
+
+/// `--ref`: [`claim_value`], and a full git ref that `git check-ref-format` accepts
+/// (git-check-ref-format(1)): under `refs/`, no empty component, none starting with `.`
+/// or ending with `.lock`, no `..`, `@{`, space, `~ ^ : ? * [ \`, and not ending with
+/// `.` or `/`. A claim `refs/tags/v*` or `refs/tags/../heads/x` would otherwise be
+/// matched, as text, by patterns meant for real tags.
+pub fn ref_claim(text: &str) -> Result<String, String> {
+    let text = claim_value(text)?;
+    let not = |why: String| Err(format!("`{text}` is not a git ref: {why}"));
+    if !text.starts_with("refs/") {
+        return not("give it in full, under refs/ (refs/heads/main, refs/tags/v1.0)".into());
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_ascii_control() || " ~^:?*[\\".contains(*c))
+    {
+        return not(format!("it holds `{c}`"));
+    }
+    for bad in ["..", "@{"] {
+        if text.contains(bad) {
+            return not(format!("it holds `{bad}`"));
+        }
+    }
+    if text.ends_with('.') {
+        return not("it ends with `.`".into());
+    }
+    for component in text.split('/') {
+        if component.is_empty() {
+            return not("it has an empty component".into());
+        }
+        if component.starts_with('.') || component.ends_with(".lock") {
+            return not(format!("component `{component}`"));
+        }
+    }
+    Ok(text)
+}
+
+/// `--workflow`: [`claim_value`], and a relative path without empty, `.` or `..`
+/// components and without the pattern characters `* ? [ \`.
+pub fn workflow_claim(text: &str) -> Result<String, String> {
+    let text = claim_value(text)?;
+    if let Some(c) = text.chars().find(|c| "*?[\\".contains(*c)) {
+        return Err(format!("`{text}` is not a workflow path: it holds `{c}`"));
+    }
+    for segment in text.split('/') {
+        check_path_segment(&text, segment)?;
+    }
+    Ok(text)
+}
+
+/// `--event`: an event name, lower-case letters, digits and `_` (`push`,
+/// `pull_request`, `workflow_dispatch`).
+pub fn event_claim(text: &str) -> Result<String, String> {
+    let text = claim_value(text)?;
+    if text.is_empty()
+        || !text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "`{text}` is not an event name (lower-case letters, digits and `_`, as `push`)"
+        ));
+    }
+    Ok(text)
+}
+
+/// Refuses an empty, `.` or `..` component of the path `text`.
+fn check_path_segment(text: &str, segment: &str) -> Result<(), String> {
+    match segment {
+        "" => Err(format!("`{text}` has an empty component")),
+        "." | ".." => Err(format!("`{text}` has a `{segment}` component")),
+        _ => Ok(()),
+    }
+}
+
 /// `match:` of an environment: each field, when given, is a non-empty list of patterns.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClaimMatch {
@@ -331,6 +429,75 @@ impl<'de> Deserialize<'de> for ClaimMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Claims are matched as text: a claim must be what it looks like (an attack run
+    /// noted that `refs/tags/v*` as a claim matched the pattern `refs/tags/v*`).
+    #[test]
+    fn claims_must_have_the_form_of_what_they_name() {
+        for good in ["acme/app", "Acme-1/app.rs_2", "group/sub/project"] {
+            assert_eq!(repository_claim(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "acme",
+            "acme/",
+            "acme//app",
+            "./acme/app",
+            "acme/app/../app",
+            "acme/*",
+            "acme/app ",
+        ] {
+            assert!(repository_claim(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "refs/heads/main",
+            "refs/tags/v1.2.0",
+            "refs/pull/12/merge",
+            "refs/heads/feature/x-y",
+        ] {
+            assert_eq!(ref_claim(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "main",
+            "refs/tags/v*",
+            "refs/tags/../heads/x",
+            "refs/heads/a..b",
+            "refs/heads/",
+            "refs//heads/x",
+            "refs/heads/.hidden",
+            "refs/heads/x.lock",
+            "refs/heads/x.",
+            "refs/heads/a b",
+            "refs/heads/a~1",
+            "refs/heads/a^",
+            "refs/heads/a:b",
+            "refs/heads/a?",
+            "refs/heads/a[",
+            "refs/heads/a\\b",
+            "refs/heads/a@{1}",
+        ] {
+            assert!(ref_claim(bad).is_err(), "{bad:?}");
+        }
+        for good in [".github/workflows/ci.yaml", "ci/release.yml"] {
+            assert_eq!(workflow_claim(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "/etc/x.yaml",
+            ".github/../x.yaml",
+            ".github//w.yaml",
+            ".github/workflows/*.yaml",
+        ] {
+            assert!(workflow_claim(bad).is_err(), "{bad:?}");
+        }
+        for good in ["push", "pull_request", "workflow_dispatch"] {
+            assert_eq!(event_claim(good).unwrap(), good);
+        }
+        for bad in ["", "Push", "push ", "pull-request", "push*"] {
+            assert!(event_claim(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn claims_with_control_characters_are_refused() {

@@ -41,7 +41,10 @@ mod resolve;
 mod testing;
 mod units;
 
-pub use claims::{claim_value, ClaimMatch, Claims, Pattern};
+pub use claims::{
+    claim_value, event_claim, ref_claim, repository_claim, workflow_claim, ClaimMatch, Claims,
+    Pattern,
+};
 pub use environment::{
     Approval, Delivery, Environment, SecretSpec, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_FORMAT,
 };
