@@ -193,7 +193,7 @@ mod tests {
         let mut out = MaskedWriter::new(Vec::new(), &masker);
         out.write_all(b"\x1b]0;s3cr3t-value\x07").await.unwrap();
         out.settle().await.unwrap();
-        assert_eq!(out.inner, b"^[]0;***\x07");
+        assert_eq!(out.inner, b"^[]0;***^G");
     }
 
     #[tokio::test]

@@ -463,19 +463,19 @@ fn connect_authority_oddities_are_denied_or_decided_on_what_is_dialled() {
 
 // ------------------------------------------------------ 5. the job's size against the agent
 
-/// Environment values past what execve(2) takes (one of 200 KiB; twenty-five of 100 KiB)
+/// Environment values past what execve(2) takes (one of 150 KiB; fifty of 50 KiB)
 /// fail their step cleanly; the next step runs and nothing is left.
 #[test]
 fn env_values_past_execve_limits_fail_the_step_cleanly() {
     require_privilege!();
     let world = World::new("", "");
-    let big = "y".repeat(200 * 1024);
+    let big = "y".repeat(150 * 1024);
     let mut yaml = format!("name: hugeenv\nsteps:\n  - name: one big\n    env:\n      BIG: \"{big}\"\n    run: echo survived-one\n    continue-on-error: true\n  - name: many\n    env:\n");
     // 2.5 MiB of environment (more than ARG_MAX here) from a file under the job file's
-    // 1 MiB: one value, named by an anchor 25 times.
-    let chunk = "z".repeat(100 * 1024);
+    // 256 KiB: one value, named by an anchor 50 times.
+    let chunk = "z".repeat(50 * 1024);
     yaml.push_str(&format!("      M0: &m \"{chunk}\"\n"));
-    for i in 1..25 {
+    for i in 1..50 {
         yaml.push_str(&format!("      M{i}: *m\n"));
     }
     yaml.push_str("    run: echo survived-many\n    continue-on-error: true\n  - name: after\n    run: echo after-ok\n");

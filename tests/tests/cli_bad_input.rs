@@ -250,9 +250,9 @@ fn hostile_job_files_are_refused_without_being_read_or_scanned_whole() {
     std::fs::write(&big, text).unwrap();
     let binary = dir.path().join("binary.yaml");
     std::fs::write(&binary, b"name: x\nsteps:\n  - run: echo \xc3\x28\n").unwrap();
-    // 300 names for a 500 KiB value: 150 MiB once replayed, from a 0.5 MiB file.
+    // 300 names for a 100 KiB value: 30 MiB once replayed, from a 0.1 MiB file.
     let aliases = dir.path().join("aliases.yaml");
-    let mut text = format!("name: x\nenv:\n  BIG: &b \"{}\"\n", "x".repeat(500 << 10));
+    let mut text = format!("name: x\nenv:\n  BIG: &b \"{}\"\n", "x".repeat(100 << 10));
     for i in 0..300 {
         text.push_str(&format!("  E{i}: *b\n"));
     }
@@ -261,11 +261,11 @@ fn hostile_job_files_are_refused_without_being_read_or_scanned_whole() {
     let cases = [
         (
             "/dev/zero",
-            "/dev/zero: the file is larger than 1 MiB".to_owned(),
+            "/dev/zero: the file is larger than 256 KiB".to_owned(),
         ),
         (
             "aliases.yaml",
-            "aliases.yaml:3:8: env.E19: aliases (`*name`) repeat the file's values beyond 9 MiB"
+            "aliases.yaml:3:8: env.E80: aliases (`*name`) repeat the file's values beyond 8 MiB"
                 .to_owned(),
         ),
         (
@@ -274,7 +274,7 @@ fn hostile_job_files_are_refused_without_being_read_or_scanned_whole() {
         ),
         (
             "big.yaml",
-            "big.yaml: the file is larger than 1 MiB".to_owned(),
+            "big.yaml: the file is larger than 256 KiB".to_owned(),
         ),
         (
             "binary.yaml",

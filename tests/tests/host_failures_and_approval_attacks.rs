@@ -946,3 +946,47 @@ fn a_hung_proxy_of_a_killed_agent_is_reaped_by_the_next_start() {
     );
     looping.assert_nothing_got_out();
 }
+
+/// A ref claim with an invisible TAG character (U+E0001) is bad input; it once waited
+/// for approval and was listed to the approver as the release tag `refs/tags/v1.0`.
+#[test]
+fn a_ref_claim_with_an_invisible_character_never_reaches_the_approver() {
+    require_privilege!();
+    let world = World::new("", GATED_CONFIG);
+    let job = world.job(
+        "rel.yaml",
+        "name: rel\nenvironment: release\nsteps:\n  - run: echo REL-RAN\n",
+    );
+    // `refs/tags/v1.0` and an invisible TAG character: it once waited for approval and
+    // was listed as the release tag `refs/tags/v1.0`.
+    let forged = "refs/tags/v1.0\u{E0001}";
+    let output = world
+        .command(&[
+            "run",
+            &job.to_string_lossy(),
+            "--config",
+            &world.config.to_string_lossy(),
+            "--repository",
+            "acme/app",
+            "--ref",
+            forged,
+            "--event",
+            "push",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    println!("{}", describe(&output));
+    assert_eq!(output.status.code(), Some(64), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("U+E0001"));
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("REL-RAN"));
+    let listing = world
+        .command(&["approve", "--config", &world.config.to_string_lossy()])
+        .output()
+        .expect("approve");
+    assert!(
+        !String::from_utf8_lossy(&listing.stdout).contains("j-"),
+        "a job waits for approval: {}",
+        describe(&listing)
+    );
+}

@@ -130,46 +130,75 @@ pub struct HttpView<'a> {
 }
 
 /// Headers by which common servers and frameworks take another method, path or host
-/// than the request's own (Google APIs, Rails and Rack, Symfony, Laravel, IIS URL
-/// Rewrite, Zend; `X-Forwarded-Host` and `X-Host` where a framework trusts them for
-/// routing): a rule restricting methods or paths cannot judge a request that carries one.
+/// than the request's own (Google APIs, Rails and Rack, Symfony, Laravel, Spring, IIS URL
+/// Rewrite, Zend, nginx, Traefik and Envoy setups; `Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Server`,
+/// `X-Forwarded-Prefix` and `X-Host` where a framework trusts them for routing): a rule
+/// restricting methods or paths cannot judge a request that carries one. Compared after
+/// [`header_key`].
 pub const OVERRIDE_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-method",
     "x-original-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-envoy-original-path",
     "x-rewrite-url",
+    "forwarded",
     "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
     "x-host",
 ];
 
-/// Whether a request with header names `headers` and target `path` asks the server to
-/// take another method or path: one of [`OVERRIDE_HEADERS`], in any case and with `_`
-/// for any `-` (PHP and CGI servers read `X_HTTP_METHOD_OVERRIDE` as the same header),
-/// or a `_method` query parameter (which Laravel and Symfony read as the method). A
-/// `_method` field in a form body is not seen (bodies are not read).
+/// A header name as servers compare it: lower case, with every character other than a
+/// letter or a digit taken as `-` (PHP and CGI read `X_HTTP_METHOD_OVERRIDE`, and some
+/// frameworks `X.HTTP.Method.Override`, as `X-HTTP-Method-Override`).
+pub fn header_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// A request parameter's name as PHP, Node and Python read it: percent-decoded, leading
+/// blanks and `+` dropped, and `.`, space and `[` taken as `_`, in lower case.
+fn parameter_key(raw: &str) -> String {
+    let decoded = pattern::percent_decode(raw)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_else(|| raw.to_owned());
+    decoded
+        .trim_start_matches([' ', '+'])
+        .chars()
+        .map(|c| match c {
+            '.' | ' ' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether a request with header names `headers` and target `target` (path and query)
+/// asks the server to take another method, path or host: one of [`OVERRIDE_HEADERS`],
+/// or a `_method` parameter (which Laravel and Symfony read as the method) in the query
+/// or as a path parameter, however its name is spelt ([`parameter_key`]; found by an
+/// attack run: `?.method=DELETE` and `?_%6Dethod=DELETE` reached a server). A `_method`
+/// field in a form body is not seen (bodies are not read).
 pub fn asks_for_another_method_or_path<'a>(
     mut headers: impl Iterator<Item = &'a str>,
-    path: &str,
+    target: &str,
 ) -> bool {
-    let same = |name: &str, known: &str| {
-        name.len() == known.len()
-            && name.bytes().zip(known.bytes()).all(|(a, b)| {
-                let a = if a == b'_' {
-                    b'-'
-                } else {
-                    a.to_ascii_lowercase()
-                };
-                a == b
-            })
-    };
-    let by_header = headers.any(|name| OVERRIDE_HEADERS.iter().any(|known| same(name, known)));
-    let query = path.split_once('?').map_or("", |(_, q)| q);
-    let by_query = query.split('&').any(|pair| {
+    let by_header = headers.any(|name| OVERRIDE_HEADERS.contains(&header_key(name).as_str()));
+    let by_parameter = target.split(['?', '&', ';']).skip(1).any(|pair| {
         let name = pair.split('=').next().unwrap_or("");
-        name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5fmethod")
+        parameter_key(name) == "_method"
     });
-    by_header || by_query
+    by_header || by_parameter
 }
 
 /// The outcome of one check.

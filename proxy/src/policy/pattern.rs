@@ -83,7 +83,9 @@ impl PathPattern {
 /// Paths that servers may read differently: see the module documentation.
 pub fn is_ambiguous(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%25", "\\", ";"]
+    // Encoded `;`, `?` and `#` too: a server that decodes before it splits the path reads
+    // `/ok/admin%3F.json` as `/ok/admin` (found by an attack run).
+    if ["%2f", "%5c", "%2e", "%25", "%3b", "%3f", "%23", "\\", ";"]
         .iter()
         .any(|bad| lower.contains(bad))
     {
@@ -105,11 +107,15 @@ pub fn is_ambiguous(path: &str) -> bool {
 const PATH_DELIMITERS: &[char] = &['.', '/', '\\', '%', ';', '?', '#'];
 
 /// Look-alikes of [`PATH_DELIMITERS`] that are not NFKC-equivalent to them but that
-/// Windows' best-fit mapping or IDNA turn into one: division slash, fraction slash, big
-/// solidus, set minus, reverse solidus operator, big reverse solidus, ideographic full
-/// stop.
+/// Windows' best-fit mapping, a legacy code page or IDNA turn into one: division slash,
+/// fraction slash, big solidus, set minus, reverse solidus operator, big reverse solidus,
+/// ideographic full stop; the yen sign and the won sign, which are `\\` in code pages 932
+/// and 949 (a Japanese or Korean Windows server reads `..¥..¥` as `..\\..\\`; found by an
+/// attack run). Their compatibility forms (fullwidth ¥ and ₩, the halfwidth ideographic
+/// full stop) decompose to them and are caught too.
 const BEST_FIT_DELIMITERS: &[char] = &[
-    '\u{2215}', '\u{2044}', '\u{29f8}', '\u{2216}', '\u{29f5}', '\u{29f9}', '\u{3002}',
+    '\u{2215}', '\u{2044}', '\u{29f8}', '\u{2216}', '\u{29f5}', '\u{29f9}', '\u{3002}', '\u{a5}',
+    '\u{20a9}',
 ];
 
 /// Whether the non-ASCII `c` may become one of [`PATH_DELIMITERS`] on a server.
@@ -123,13 +129,15 @@ fn stands_for_a_delimiter(c: char) -> bool {
         return true;
     }
     let mut found = false;
-    decompose_compatible(c, |part| found |= PATH_DELIMITERS.contains(&part));
+    decompose_compatible(c, |part| {
+        found |= PATH_DELIMITERS.contains(&part) || BEST_FIT_DELIMITERS.contains(&part)
+    });
     found
 }
 
 /// `path` with every `%XX` escape decoded; `None` when a `%` does not start two hex
 /// digits.
-fn percent_decode(path: &str) -> Option<Vec<u8>> {
+pub(crate) fn percent_decode(path: &str) -> Option<Vec<u8>> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -257,6 +265,15 @@ mod tests {
             ("/ok/**", "/ok/\u{ff05}2e\u{ff05}2e/evil", false),
             ("/ok/**", "/ok/a\u{37e}b", false),
             ("/ok/**", "/ok/a\u{ff1f}b", false),
+            ("/ok/*", "/ok/..\u{a5}..\u{a5}evil", false),
+            ("/ok/*", "/ok/..%C2%A5..%C2%A5evil", false),
+            ("/ok/*", "/ok/..\u{20a9}evil", false),
+            ("/ok/*", "/ok/\u{ff61}\u{ff61}\u{a5}evil", false),
+            ("/ok/*", "/ok/..\u{ffe5}evil", false),
+            ("/ok/*", "/ok/..\u{ffe6}evil", false),
+            ("/ok/*", "/ok/admin%3F.json", false),
+            ("/ok/*", "/ok/admin%23.json", false),
+            ("/ok/*", "/ok/x%3b_method=DELETE", false),
             // Legitimate escapes and other non-ASCII text still match.
             ("/rust-lang/**", "/rust-lang/caf%C3%A9", true),
             ("/rust-lang/**", "/rust-lang/a%20b", true),

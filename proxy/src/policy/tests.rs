@@ -139,6 +139,12 @@ fn override_requests_need_an_unrestricted_rule() {
         &["x-http_method"],
         &["X-Forwarded-Host"],
         &["x-host"],
+        &["Forwarded"],
+        &["X-Original-Method"],
+        &["x-forwarded-prefix"],
+        &["X-Original-URI"],
+        &["X.HTTP.Method.Override"],
+        &["x-forwarded-server"],
     ] {
         let d = check("github.com", headers, "/rust-lang/cargo");
         assert!(!d.allowed, "{headers:?}");
@@ -157,6 +163,14 @@ fn override_requests_need_an_unrestricted_rule() {
     for path in [
         "/rust-lang/cargo?_method=DELETE",
         "/rust-lang/cargo?a=1&%5Fmethod=put",
+        "/rust-lang/cargo?_%6Dethod=DELETE",
+        "/rust-lang/cargo?%5F%6D%65%74%68%6F%64=DELETE",
+        "/rust-lang/cargo?.method=DELETE",
+        "/rust-lang/cargo?+_method=DELETE",
+        "/rust-lang/cargo?%20_method=DELETE",
+        "/rust-lang/cargo?[method=DELETE",
+        "/rust-lang/cargo?a=1;_method=DELETE",
+        "/rust-lang/cargo;_method=DELETE",
     ] {
         assert!(!check("github.com", &[], path).allowed, "{path}");
     }

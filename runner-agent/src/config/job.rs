@@ -32,7 +32,10 @@ pub const DEFAULT_ENVIRONMENT: &str = "default";
 
 /// The largest job file read. A job file may come from the repository being built, and
 /// the agent parses it as root outside every runner's limits; real ones are a few KiB.
-pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+/// The YAML loader holds about 200 bytes per byte of a file of tiny nested nodes before
+/// anything can check them (1 MiB of `? ? ? ...` took 220 MB; found by an attack run),
+/// so the limit also bounds that: about 55 MB.
+pub const MAX_JOB_FILE_BYTES: u64 = 256 << 10;
 
 /// What a job file's values may add up to once its aliases (`*name`) are replayed
 /// (`egress_proxy::yaml::parse_str_within`; twenty times the file when that is more).

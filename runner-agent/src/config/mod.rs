@@ -53,7 +53,7 @@ pub use host::{
     default_runner_pool, HostConfig, NetworkConfig, RunnerConfig, ADDRESSES_PER_RUNNER,
     DEFAULT_IMAGE, DEFAULT_MAX_CONCURRENT, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR,
 };
-pub use job::{JobFile, Step, DEFAULT_ENVIRONMENT};
+pub use job::{JobFile, Step, DEFAULT_ENVIRONMENT, MAX_JOB_EXPANSION, MAX_JOB_FILE_BYTES};
 pub use limits::{EffectiveLimits, Limits, DEFAULT_LIMITS};
 pub use names::{check_environment_name, check_secret_name, is_unprintable, IMAGES};
 pub use resolve::{render_effective, ResolvedJob};

@@ -147,23 +147,46 @@ impl ScalarForm for Text {
     }
 }
 
-/// Whether `c` must never reach an operator's terminal as it is: a control character, or
-/// an invisible formatting character that reorders or hides what is shown around it (the
+/// Whether `c` must never reach an operator's terminal as it is: a control character, an
+/// invisible formatting character that reorders or hides what is shown around it (the
 /// "Trojan Source" class: bidirectional overrides and isolates, zero-width characters,
-/// line and paragraph separators; found by an attack run on the approval listing).
+/// line and paragraph separators; found by an attack run on the approval listing), any
+/// other default-ignorable code point (Unicode's Default_Ignorable_Code_Point: variation
+/// selectors, tag characters, Hangul fillers, invisible musical and Khmer signs; a later
+/// run hid `refs/tags/v1.0<U+E0001>` from an approver with one), or a blank other than
+/// the ASCII space (ideographic and other wide spaces, the braille blank: a later run
+/// used 120 of them to push the agent's real verdict off the line a forged one began).
 pub fn is_unprintable(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
+            // Default_Ignorable_Code_Point (DerivedCoreProperties.txt) and the other
+            // format characters that hide or reorder text.
             '\u{00AD}'
+                | '\u{034F}'
                 | '\u{061C}'
-                | '\u{180E}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206F}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+                // Blanks other than the ASCII space.
+                | '\u{00A0}'
+                | '\u{1680}'
+                | '\u{2000}'..='\u{200A}'
+                | '\u{202F}'
+                | '\u{205F}'
+                | '\u{2800}'
+                | '\u{3000}'
         )
 }
 
@@ -194,7 +217,9 @@ impl ScalarForm for Name {
                 "this name is longer than {MAX_NAME_CHARS} characters"
             ));
         }
-        Ok(Name(text))
+        // Runs of spaces become one: a name is printed before the agent's verdict on a
+        // step, and spaces could push that verdict out of sight.
+        Ok(Name(text.split_whitespace().collect::<Vec<_>>().join(" ")))
     }
 }
 
@@ -274,6 +299,48 @@ scalar_deserialize!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Invisible characters and wide blanks hid a claim's tail from an approver and
+    /// pushed a step's real verdict off its line (found by attack runs).
+    #[test]
+    fn invisible_characters_and_wide_blanks_are_unprintable() {
+        for c in [
+            '\u{E0001}',
+            '\u{E0020}',
+            '\u{E007F}',
+            '\u{FE0F}',
+            '\u{034F}',
+            '\u{3164}',
+            '\u{115F}',
+            '\u{FFA0}',
+            '\u{1D173}',
+            '\u{180B}',
+            '\u{17B4}',
+            '\u{3000}',
+            '\u{2003}',
+            '\u{00A0}',
+            '\u{2800}',
+            '\u{202E}',
+            '\u{200B}',
+            '\u{1b}',
+        ] {
+            assert!(is_unprintable(c), "U+{:04X}", c as u32);
+            // A ref claim ending in one once reached the approver as `refs/tags/v1.0`.
+            assert!(crate::config::ref_claim(&format!("refs/tags/v1.0{c}")).is_err());
+        }
+        for c in ['a', ' ', 'é', '日', '€', '-', '\u{1F600}'] {
+            assert!(!is_unprintable(c), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn names_are_one_line_of_single_spaces() {
+        assert_eq!(
+            Name::parse("  build   and  test ").unwrap().0,
+            "build and test"
+        );
+        assert!(Name::parse("build: ok (0.1s)\u{3000}\u{3000}").is_err());
+    }
 
     #[test]
     fn environment_names() {

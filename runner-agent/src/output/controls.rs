@@ -10,7 +10,10 @@
 //!   They cannot move the cursor; they can make text invisible (black on black,
 //!   "conceal"), so [`ControlFilter::take_styled`] tells the writer to reset the style
 //!   before the agent's next line.
-//! - Every other ESC becomes the visible `^[` (the rest of its sequence stays as text).
+//! - Every other ESC becomes the visible `^[` (the rest of its sequence stays as text),
+//!   and so does every other control character but tab, newline, carriage return and
+//!   backspace, in caret notation (shift-out, `^N`, would switch a console's character
+//!   set for the agent's lines that follow).
 //! - A C1 control character (U+0080 to U+009F in UTF-8), which some terminals take as ESC
 //!   plus a letter (U+009B is CSI), becomes U+FFFD. A lone byte 0x9B is left alone: it is
 //!   not UTF-8, and only a terminal in an 8-bit mode obeys it.
@@ -110,6 +113,13 @@ impl ControlFilter {
         match byte {
             0x1b => self.state = State::Esc,
             0xc2 => self.state = State::C2,
+            // Tab, newline, carriage return and backspace act within the job's own lines.
+            b'\t' | b'\n' | b'\r' | 0x08 => out.push(byte),
+            // Every other control character is shown in caret notation: shift-out (^N)
+            // would leave a console drawing the agent's lines in line-graphics glyphs
+            // (found by an attack run), and none of them is text.
+            0x00..=0x1f => out.extend_from_slice(&[b'^', byte + 0x40]),
+            0x7f => out.extend_from_slice(b"^?"),
             _ => out.push(byte),
         }
     }
@@ -187,10 +197,12 @@ mod tests {
         // Other characters starting with 0xC2 pass, split or not, and at the end.
         assert_eq!(shown(&[b"\xc2", b"\xa9 \xc2\xb5"]), "© µ".as_bytes());
         assert_eq!(shown(&[b"end\xc2"]), b"end\xc2");
-        // Tabs, carriage returns (progress bars) and other UTF-8 pass.
+        // Other control characters are shown in caret notation.
+        assert_eq!(shown(&[b"a\x0eb\x0fc\x07\x0c\x00\x7f"]), b"a^Nb^Oc^G^L^@^?");
+        // Tabs, carriage returns (progress bars), backspaces and other UTF-8 pass.
         assert_eq!(
-            shown(&[b"\t10%\r20%\n\xe2\x82\xac"]),
-            "\t10%\r20%\n€".as_bytes()
+            shown(&[b"\t10%\r20%\x08\n\xe2\x82\xac"]),
+            "\t10%\r20%\x08\n€".as_bytes()
         );
     }
 }
