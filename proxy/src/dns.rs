@@ -294,20 +294,25 @@ fn question_count_reason(query: &Message) -> String {
 /// How many questions of a refused multi-question message its event names.
 const NAMED_QUESTIONS: usize = 4;
 
-/// Rebuilds an upstream answer for the client: A, AAAA and CNAME records only, internal
-/// addresses (`special`: ranges and, in the proxy, the host's own addresses) removed
-/// unless a `cidr` rule lists them. Returns the reply, the first
-/// address kept and the first address removed.
+/// Rebuilds an upstream answer for the client: only the question's chain
+/// ([`chain::on_chain`]: its CNAMEs and the A or AAAA records of the name it ends at),
+/// internal addresses (`special`: ranges and, in the proxy, the host's own addresses)
+/// removed unless a `cidr` rule lists them. Returns the reply, the first address kept,
+/// the first address removed, and how many records were off the chain.
 pub fn filter_answer(
     query: &Message,
     upstream: &Message,
     policy: &Policy,
     special: &SpecialNets,
-) -> (Message, Option<IpAddr>, Option<IpAddr>) {
+) -> (Message, Option<IpAddr>, Option<IpAddr>, usize) {
     let mut reply = reply_to(query, upstream.response_code());
     let mut first_ip = None;
     let mut removed = None;
-    for answer in upstream.answers() {
+    let Some(question) = query.queries().first() else {
+        return (reply, None, None, upstream.answers().len());
+    };
+    let chain = chain::on_chain(upstream.answers(), question.name(), question.query_type());
+    for answer in chain.records {
         let ip = match answer.data() {
             RData::A(a) => Some(IpAddr::V4((*a).into())),
             RData::AAAA(a) => Some(IpAddr::V6((*a).into())),
@@ -324,7 +329,7 @@ pub fn filter_answer(
         }
         reply.add_answer(Record::clone(answer));
     }
-    (reply, first_ip, removed)
+    (reply, first_ip, removed, chain.stray)
 }
 
 /// Resolves an allowed question upstream and rebuilds the answer ([`filter_answer`]),
@@ -358,8 +363,18 @@ async fn ask_upstream(shared: &Shared, question: Question, udp: bool) -> Option<
             return encode(reply_to(&query, ResponseCode::ServFail), udp);
         }
     };
-    let (reply, first_ip, removed) =
+    let (reply, first_ip, removed, stray) =
         filter_answer(&query, &upstream, &client.policy, &shared.special);
+    if stray > 0 {
+        record(
+            shared,
+            client,
+            &subject,
+            &Decision::deny(format!(
+                "{stray} answer records off the question's chain dropped"
+            )),
+        );
+    }
     if let Some(ip) = removed {
         let rebinding = Subject {
             ip: Some(ip),
@@ -620,6 +635,7 @@ async fn tcp_connection(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
     }
 }
 
+pub mod chain;
 mod udp_receive;
 
 #[cfg(test)]
@@ -759,7 +775,7 @@ mod tests {
             60,
             RData::TXT(rdata::TXT::new(vec!["x".into()])),
         ));
-        let (reply, first, removed) = filter_answer(&q, &upstream, &p, &SpecialNets::default());
+        let (reply, first, removed, _) = filter_answer(&q, &upstream, &p, &SpecialNets::default());
         assert_eq!(reply.answers().len(), 2);
         assert_eq!(first, Some("203.0.113.5".parse().unwrap()));
         assert_eq!(removed, Some("127.0.0.1".parse().unwrap()));
@@ -784,13 +800,15 @@ mod tests {
             "2001:db8:100::1".parse().unwrap(),
         ];
         let special = SpecialNets::default().with_local(Arc::new(move |ip| own.contains(&ip)));
-        let (reply, first, removed) = filter_answer(&q, &upstream, &policy(), &special);
+        let (reply, first, removed, _) = filter_answer(&q, &upstream, &policy(), &special);
         assert_eq!(reply.answers().len(), 1);
         assert_eq!(first, Some("203.0.113.5".parse().unwrap()));
         assert_eq!(removed, Some("198.51.100.1".parse().unwrap()));
-        // Without the check (the ranges alone), both would have been handed out.
-        let (reply, _, removed) = filter_answer(&q, &upstream, &policy(), &SpecialNets::default());
-        assert_eq!((reply.answers().len(), removed), (3, None));
+        // Without the check (the ranges alone), both A records would have been handed
+        // out. (The AAAA record answers no A question: it is off the chain.)
+        let (reply, _, removed, stray) =
+            filter_answer(&q, &upstream, &policy(), &SpecialNets::default());
+        assert_eq!((reply.answers().len(), removed, stray), (2, None, 1));
         // A cidr rule listing the address lets it through.
         let mut allow = policy_rules();
         allow.push(RuleConfig {
@@ -804,9 +822,17 @@ mod tests {
             ..EgressConfig::default()
         };
         let listed = Policy::new(&config).unwrap();
-        let (reply, first, removed) = filter_answer(&q, &upstream, &listed, &special);
+        let (reply, first, removed, _) = filter_answer(&q, &upstream, &listed, &special);
         assert_eq!(reply.answers().len(), 2);
         assert_eq!(first, Some("198.51.100.1".parse().unwrap()));
+        assert_eq!(removed, None);
+        // The host's own IPv6 address, asked for, is removed: no rule lists it.
+        let q6 = query("self.example.com.", RecordType::AAAA);
+        let mut upstream6 = upstream.clone();
+        upstream6.take_queries();
+        upstream6.add_query(q6.queries()[0].clone());
+        let (reply, _, removed, _) = filter_answer(&q6, &upstream6, &listed, &special);
+        assert_eq!(reply.answers().len(), 0);
         assert_eq!(removed, Some("2001:db8:100::1".parse().unwrap()));
     }
 

@@ -93,8 +93,12 @@ impl Resolver {
         }
         let mut addrs = Vec::new();
         let mut ttl = MAX_TTL;
-        for message in [v4.ok(), v6.ok()].into_iter().flatten() {
-            for record in message.answers() {
+        let asked = [(v4.ok(), RecordType::A), (v6.ok(), RecordType::AAAA)];
+        for (message, rtype) in asked {
+            let Some(message) = message else { continue };
+            // Only the question's chain: an address the answer gives another name is not
+            // one of this name (crate::dns::chain).
+            for record in crate::dns::chain::on_chain(message.answers(), &dns_name, rtype).records {
                 let ip = match record.data() {
                     RData::A(a) => IpAddr::V4(Ipv4Addr::from(*a)),
                     RData::AAAA(a) => IpAddr::V6(Ipv6Addr::from(*a)),

@@ -837,15 +837,25 @@ async fn dns_udp(socket: UdpSocket, records: Arc<Records>) {
 }
 
 async fn dns_tcp(listener: TcpListener, records: Arc<Records>) {
+    serve_dns_over_tcp(listener, move |wire| dns_answer(&records, wire, true)).await
+}
+
+/// Serves DNS over TCP (RFC 7766: each message after its 2-byte length) on `listener`,
+/// answering each message with `answer` (`None` closes that connection).
+pub async fn serve_dns_over_tcp(
+    listener: TcpListener,
+    answer: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+) {
+    let answer = Arc::new(answer);
     while let Ok((mut stream, _)) = listener.accept().await {
-        let records = Arc::clone(&records);
+        let answer = Arc::clone(&answer);
         tokio::spawn(async move {
             while let Ok(len) = stream.read_u16().await {
                 let mut wire = vec![0u8; usize::from(len)];
                 if stream.read_exact(&mut wire).await.is_err() {
                     return;
                 }
-                let Some(reply) = dns_answer(&records, &wire, true) else {
+                let Some(reply) = answer(&wire) else {
                     return;
                 };
                 let mut framed = u16::try_from(reply.len())
