@@ -22,7 +22,12 @@
 //! - the value in ASCII lower case: the proxy and the DNS filter normalise names to lower
 //!   case before they decide and record, so a value a job puts into a host name or DNS
 //!   label (`$TOKEN.allowed.example`) reaches the audit log and the egress summary lower
-//!   cased.
+//!   cased;
+//! - the value as a DNS label in presentation form (RFC 1035 §5.1, as hickory writes
+//!   it: a backslash before every character but letters, digits, `-` and `_`, and
+//!   `\DDD` in octal for the unprintable ones), since the DNS filter quotes a refused
+//!   name that way: `Tk!/+=` sent as one label was logged as `Tk\!\/\+\=` (found by
+//!   an attack run).
 //!
 //! Tiny values: the raw form is always masked, whatever its length, because the
 //! operator declared it secret. Derived forms shorter than 4 characters are skipped:
@@ -187,6 +192,7 @@ pub fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     let mut derived = base64_forms(value);
     derived.extend(percent_forms(value));
     derived.extend(json_form(value));
+    derived.push(dns_label_form(value));
     derived.push(Zeroizing::new(value.to_ascii_lowercase()));
     derived.retain(|form| form.len() >= MIN_DERIVED_LEN && form[..] != *value);
     derived.push(Zeroizing::new(value.to_vec()));
@@ -255,6 +261,19 @@ fn percent_forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     out
 }
 
+/// The value as one DNS label in presentation form (module documentation).
+fn dns_label_form(value: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(value.len() * 4));
+    for &byte in value {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(byte),
+            0x21..=0x7e => out.extend_from_slice(&[b'\\', byte]),
+            _ => out.extend_from_slice(format!("\\{byte:03o}").as_bytes()),
+        }
+    }
+    out
+}
+
 /// The value as it appears inside a JSON string (RFC 8259 §7, serde_json's choices:
 /// the short escapes where they exist, `\u00XX` for other control characters,
 /// everything else as is). `None` when the value is not UTF-8: it cannot appear in a
@@ -293,6 +312,21 @@ mod tests {
 
     fn masked(values: &[&str], input: &str) -> String {
         masker(values).mask_str(input)
+    }
+
+    /// The DNS filter quotes a refused name in presentation form: a value sent as one
+    /// label came out escaped and unmasked (found by an attack run).
+    #[test]
+    fn a_value_written_as_a_dns_label_is_masked() {
+        let value = r#"Tk!/+=$"\~.19fb"#;
+        let quoted = r#"`Tk\!\/\+\=\$\"\\\~\.19fb.allowed.test.` is not a valid host name"#;
+        assert_eq!(
+            masked(&[value], quoted),
+            "`***.allowed.test.` is not a valid host name"
+        );
+        // Unprintable bytes are written as octal triples.
+        let m = Masker::new([b"ab\ncd\xffef".as_slice()]);
+        assert_eq!(m.mask(b"x ab\\012cd\\377ef y"), b"x *** y");
     }
 
     /// What a stream gives for `chunks`.
@@ -393,11 +427,12 @@ mod tests {
                 "{form}"
             );
         }
-        // Unreserved characters stay as they are, so the raw form covers them.
+        // Unreserved characters stay as they are, so the raw form covers them (the DNS
+        // label form, which escapes `.` and `~`, is another matter).
         let forms: Vec<Vec<u8>> = forms(b"A-z.0_~").iter().map(|f| f.to_vec()).collect();
         assert!(forms
             .iter()
-            .all(|f| f == b"A-z.0_~" || !f.starts_with(b"A")));
+            .all(|f| f == b"A-z.0_~" || f == br"A-z\.0_\~" || !f.starts_with(b"A")));
     }
 
     #[test]

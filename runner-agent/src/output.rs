@@ -60,9 +60,9 @@ impl<W: AsyncWrite + Unpin> MaskedWriter<W> {
 
     /// Writes the held-back tail and flushes: call when a step's output has ended.
     pub async fn settle(&mut self) -> io::Result<()> {
-        let rest = self.masker.finish();
-        let mut rest = self.controls.push(&rest);
-        rest.extend(self.controls.finish());
+        let tail = self.controls.finish();
+        let mut rest = self.masker.push(&tail);
+        rest.extend_from_slice(&self.masker.finish());
         self.queue(rest);
         std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
         self.inner.flush().await
@@ -124,9 +124,12 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for MaskedWriter<W> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        let masked = this.masker.push(buf);
-        let shown = this.controls.push(&masked);
-        this.queue(shown);
+        // Filtered first, then masked: the masker must see the text the terminal will
+        // show (a value holding `^G` was spelled by the caret notation of a bell after
+        // masking; found by an attack run).
+        let shown = this.controls.push(buf);
+        let masked = this.masker.push(&shown);
+        this.queue(masked);
         // The chunk is taken; its masked form is written now or on the next call.
         let _ = this.poll_drain(cx)?;
         Poll::Ready(Ok(buf.len()))
@@ -186,7 +189,8 @@ mod tests {
         assert_eq!(out.inner, b"\x1b[30;40mhidden\n\x1b[0m<== agent\n");
     }
 
-    /// Masking comes first: a secret is masked even when control bytes surround it.
+    /// A secret is masked in what is shown, control bytes around it or not, and also
+    /// when the filter's caret notation is what spells it.
     #[tokio::test]
     async fn secrets_inside_control_sequences_are_masked_and_shown() {
         let masker = Masker::new([b"s3cr3t-value".as_slice()]);
@@ -194,6 +198,11 @@ mod tests {
         out.write_all(b"\x1b]0;s3cr3t-value\x07").await.unwrap();
         out.settle().await.unwrap();
         assert_eq!(out.inner, b"^[]0;***^G");
+        let masker = Masker::new([b"ca^Gret-value".as_slice()]);
+        let mut out = MaskedWriter::new(Vec::new(), &masker);
+        out.write_all(b"x ca\x07ret-value y").await.unwrap();
+        out.settle().await.unwrap();
+        assert_eq!(out.inner, b"x *** y");
     }
 
     #[tokio::test]

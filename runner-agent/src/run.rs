@@ -278,6 +278,10 @@ pub async fn run(request: RunRequest) -> i32 {
         Err(why) => return refuse(&mut record, &host, "setup failed", why),
     };
     record.secrets = released.record.clone();
+    // From here on the record and what is printed mask the job's name like its output:
+    // a name can be built from a secret's value (found by an attack run).
+    record.name = released.masker.mask_str(&record.name);
+    let masker = released.masker.clone();
     if let Err(err) = record.write(&host.state_dir) {
         eprintln!("error: {err}");
         return EXIT_SETUP;
@@ -302,6 +306,7 @@ pub async fn run(request: RunRequest) -> i32 {
         job_id: &job_id,
     };
     let (code, detail) = admitted.run(released, audit_log, &mut record).await;
+    let detail = detail.map(|text| masker.mask_str(&text));
     let status = match code {
         EXIT_OK => "succeeded",
         EXIT_SETUP => "setup failed",
@@ -488,7 +493,8 @@ impl Admitted<'_> {
             bpf_pin_root: PathBuf::from(BPF_PIN_ROOT),
         };
 
-        let span = tracing::info_span!("job", job = %job_id, name = %job.name);
+        let span =
+            tracing::info_span!("job", job = %job_id, name = %released.masker.mask_str(&job.name));
         let _enter = span.enter();
         let started = Instant::now();
         let created = Sandbox::create(&sandbox_config, job_id).await;
@@ -504,7 +510,7 @@ impl Admitted<'_> {
         }
         eprintln!(
             "runner-agent: job {} ({job_id}) on runner {} in environment `{}`",
-            job.name,
+            released.masker.mask_str(&job.name),
             sandbox.runner(),
             resolved.environment_name
         );
