@@ -787,14 +787,21 @@ fn web_answer(hit: &WebHit) -> Vec<u8> {
     response
 }
 
-fn dns_answer(records: &Records, wire: &[u8], tcp: bool) -> Option<Vec<u8>> {
-    let query = Message::from_vec(wire).ok()?;
+/// The start of a recursive resolver's response to `query`: its id, the response flag,
+/// recursion desired as asked and available; no question or answer yet.
+pub fn dns_response_to(query: &Message) -> Message {
     let mut reply = Message::new();
     reply
         .set_id(query.id())
         .set_message_type(MessageType::Response)
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true);
+    reply
+}
+
+fn dns_answer(records: &Records, wire: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    let query = Message::from_vec(wire).ok()?;
+    let mut reply = dns_response_to(&query);
     for question in query.queries() {
         reply.add_query(question.clone());
         let name = question

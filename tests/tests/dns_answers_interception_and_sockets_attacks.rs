@@ -10,11 +10,12 @@ use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
 use runner_agent_tests::agent::{describe, python_step, World, HOST_SIDE};
 use runner_agent_tests::netbed::{
-    allowed_test_config, serve_dns_over_tcp, settle, NetBed, HOST_INET_IP, TRAP_IPS, WEB_IP,
+    allowed_test_config, dns_response_to, serve_dns_over_tcp, settle, NetBed, HOST_INET_IP,
+    TRAP_IPS, WEB_IP,
 };
 use runner_agent_tests::require_privilege;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -149,12 +150,7 @@ fn cname(owner: Name, target: Name) -> Record {
 fn own_answer(state: &OwnDns, wire: &[u8]) -> Option<Vec<u8>> {
     let query = Message::from_vec(wire).ok()?;
     let question = query.queries().first()?.clone();
-    let mut reply = Message::new();
-    reply
-        .set_id(query.id())
-        .set_message_type(MessageType::Response)
-        .set_recursion_desired(query.recursion_desired())
-        .set_recursion_available(true);
+    let mut reply = dns_response_to(&query);
     reply.add_query(question.clone());
     let qname = question.name().clone();
     let lname = qname.to_ascii().trim_end_matches('.').to_ascii_lowercase();
@@ -402,7 +398,7 @@ fn start_upstreams(bed: &NetBed) -> Upstreams {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "redteam8 upstream ca");
+        .push(DnType::CommonName, "test upstream ca");
     let ca = ca_params.self_signed(&ca_key).expect("ca");
     let seen = Arc::new(Mutex::new(Vec::new()));
     // (last octet, names in the certificate, expired)
@@ -543,7 +539,7 @@ const KEY_HUNT: &str = r#"  - name: look for the CA key and the upstream roots
       env | grep -i -E "key|ca_|cert|ssl" | sed 's/^/ENV /'
       for p in /proc/[0-9]*; do tr '\0' '\n' < $p/environ 2>/dev/null | grep -i "PRIVATE" | sed "s|^|PROCENV $p |"; done
       grep -c "BEGIN CERTIFICATE" /etc/ssl/certs/ca-certificates.crt | sed 's/^/CERTS /'
-      grep -l "redteam8" /etc/ssl/certs/ca-certificates.crt 2>/dev/null | sed 's/^/UPSTREAMCA /'
+      grep -l -F "UPSTREAM_CA_LINE" /etc/ssl/certs/ca-certificates.crt 2>/dev/null | sed 's/^/UPSTREAMCA /'
 "#;
 
 /// Terminated TLS: the upstream must verify (expired, other name, IP SAN only), each
@@ -565,7 +561,19 @@ fn upstream_verification_and_the_job_ca() {
     let ca_path = world.dir.path().join("upstream-ca.pem");
     std::fs::write(&ca_path, &up.ca_pem).expect("write ca");
     let world = world.with_agent_env("SSL_CERT_FILE", &ca_path.to_string_lossy());
-    let steps = format!("{}{KEY_HUNT}", py_step("job ca", JOB_CA, ""));
+    // The upstream CA is in the bundle only if one of its base64 lines is: its name is
+    // encoded inside the PEM, so a search for the name could never find it.
+    let ca_line = up
+        .ca_pem
+        .lines()
+        .nth(2)
+        .expect("a line of the CA's body")
+        .to_owned();
+    let steps = format!(
+        "{}{}",
+        py_step("job ca", JOB_CA, ""),
+        KEY_HUNT.replace("UPSTREAM_CA_LINE", &ca_line)
+    );
     let (output, events) = run_job(&world, "rt8ca", &steps);
     let out = stdout(&output);
     assert!(out.contains("RT8-CA-DONE"), "{}", describe(&output));

@@ -477,17 +477,7 @@ def tfo(label, addr, data):
     try:
         n = s.sendto(data, MSG_FASTOPEN, addr)
         print("ATTEMPT", label, "sendto returned", n, flush=True)
-        s.settimeout(3)
-        out = b""
-        try:
-            while True:
-                b = s.recv(4096)
-                if not b:
-                    break
-                out += b
-        except OSError as e:
-            out += (" <%s>" % e).encode()
-        print("ATTEMPT", label, "->", repr(out[:100]), flush=True)
+        print("ATTEMPT", label, "->", repr(read_all(s, 3)[:100]), flush=True)
     except OSError as e:
         print("ATTEMPT", label, "-> refused", e, flush=True)
     s.close()

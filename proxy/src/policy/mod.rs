@@ -133,8 +133,8 @@ pub struct HttpView<'a> {
 /// than the request's own (Google APIs, Rails and Rack, Symfony, Laravel, Spring, IIS URL
 /// Rewrite, Zend, nginx, Traefik and Envoy setups; `Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Server`,
 /// `X-Forwarded-Prefix` and `X-Host` where a framework trusts them for routing): a rule
-/// restricting methods or paths cannot judge a request that carries one. Compared after
-/// [`header_key`].
+/// restricting methods or paths cannot judge a request that carries one. Compared as
+/// [`same_header`] does.
 pub const OVERRIDE_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
@@ -152,19 +152,21 @@ pub const OVERRIDE_HEADERS: &[&str] = &[
     "x-host",
 ];
 
-/// A header name as servers compare it: lower case, with every character other than a
-/// letter or a digit taken as `-` (PHP and CGI read `X_HTTP_METHOD_OVERRIDE`, and some
-/// frameworks `X.HTTP.Method.Override`, as `X-HTTP-Method-Override`).
-pub fn header_key(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
+/// Whether the header `name` is `known` (lower case, `-` between words) as servers
+/// compare names: in any case, with every character other than a letter or a digit
+/// taken as `-` (PHP and CGI read `X_HTTP_METHOD_OVERRIDE`, and some frameworks
+/// `X.HTTP.Method.Override`, as `X-HTTP-Method-Override`). Allocates nothing: it runs for
+/// every header of every request.
+pub fn same_header(name: &str, known: &str) -> bool {
+    name.len() == known.len()
+        && name.bytes().zip(known.bytes()).all(|(a, b)| {
+            let a = if a.is_ascii_alphanumeric() {
+                a.to_ascii_lowercase()
             } else {
-                '-'
-            }
+                b'-'
+            };
+            a == b
         })
-        .collect()
 }
 
 /// A request parameter's name as PHP, Node and Python read it: percent-decoded, leading
@@ -193,7 +195,11 @@ pub fn asks_for_another_method_or_path<'a>(
     mut headers: impl Iterator<Item = &'a str>,
     target: &str,
 ) -> bool {
-    let by_header = headers.any(|name| OVERRIDE_HEADERS.contains(&header_key(name).as_str()));
+    let by_header = headers.any(|name| {
+        OVERRIDE_HEADERS
+            .iter()
+            .any(|known| same_header(name, known))
+    });
     let by_parameter = target.split(['?', '&', ';']).skip(1).any(|pair| {
         let name = pair.split('=').next().unwrap_or("");
         parameter_key(name) == "_method"
